@@ -1,0 +1,1 @@
+"""Meter protocol drivers: one interface (drivers.base.MeterDriver), several protocols."""

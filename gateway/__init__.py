@@ -1,0 +1,1 @@
+"""Remote prepaid and meter-control gateway."""

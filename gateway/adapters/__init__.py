@@ -1,0 +1,1 @@
+"""Adapters: storage (SQLite, PostgreSQL), MQTT publisher, notifiers."""

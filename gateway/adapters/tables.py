@@ -1,0 +1,142 @@
+"""The database schema (SQLAlchemy Core). Alembic migrations in gateway/migrations create it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+
+metadata = sa.MetaData()
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes in and out, on SQLite (which keeps no zone) as on PostgreSQL."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: times are stored in UTC and must carry a zone")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+accounts = sa.Table(
+    "accounts", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("balance_fen", sa.BigInteger, nullable=False),
+    sa.Column("supply", sa.String(16), nullable=False),
+    sa.Column("warned_level", sa.Integer, nullable=False),
+    sa.Column("deferred_reason", sa.String(200), nullable=False, server_default=""),
+    sa.Column("hold_until", UtcDateTime, nullable=True),
+    sa.Column("period_wh", sa.BigInteger, nullable=False),
+    sa.Column("period_charged_fen", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+meters = sa.Table(
+    "meters", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("billed_wh", sa.BigInteger, nullable=True),
+    sa.Column("billed_at", UtcDateTime, nullable=True),
+    sa.Column("relay", sa.String(16), nullable=False, server_default="unknown"),
+    sa.Column("health", sa.String(16), nullable=False, server_default="unknown"),
+    sa.Column("last_success_at", UtcDateTime, nullable=True),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.String(500), nullable=True),
+)
+
+readings = sa.Table(
+    "readings", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("meter_id", sa.String(64), sa.ForeignKey("meters.id"), nullable=False),
+    sa.Column("taken_at", UtcDateTime, nullable=False),
+    sa.Column("energy_wh", sa.BigInteger, nullable=False),
+    sa.Column("power_w", sa.Integer, nullable=True),
+    sa.Column("voltage_v", sa.Float, nullable=True),
+    sa.Column("current_a", sa.Float, nullable=True),
+    sa.Column("relay", sa.String(16), nullable=True),
+    sa.Column("billed", sa.Boolean, nullable=False),
+    sa.Index("ix_readings_meter_taken", "meter_id", "taken_at"),
+)
+
+ledger = sa.Table(
+    "ledger_entries", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("kind", sa.String(24), nullable=False),  # opening, payment, reversal, charge, adjustment, ...
+    sa.Column("amount_fen", sa.BigInteger, nullable=False),  # signed: credit > 0, debit < 0
+    sa.Column("balance_after_fen", sa.BigInteger, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("reference", sa.String(200), nullable=True),
+    sa.Column("energy_wh", sa.BigInteger, nullable=True),
+    sa.Index("ix_ledger_account", "account_id", "id"),
+)
+
+payments = sa.Table(
+    "payments", metadata,
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("payment_id", sa.String(128), primary_key=True),
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("amount_fen", sa.BigInteger, nullable=False),
+    sa.Column("paid_at", UtcDateTime, nullable=True),
+    sa.Column("channel", sa.String(64), nullable=True),
+    sa.Column("ledger_entry_id", sa.BigInteger, nullable=False),
+    sa.Column("balance_after_fen", sa.BigInteger, nullable=False),
+    sa.Column("received_at", UtcDateTime, nullable=False),
+)
+
+commands = sa.Table(
+    "commands", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("meter_id", sa.String(64), sa.ForeignKey("meters.id"), nullable=False),
+    sa.Column("action", sa.String(8), nullable=False),
+    sa.Column("origin", sa.String(16), nullable=False),  # automatic, operator, billing
+    sa.Column("operator", sa.String(100), nullable=True),
+    sa.Column("reason", sa.String(500), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.String(500), nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Index("ix_commands_meter_state", "meter_id", "state"),
+)
+
+outbox = sa.Table(
+    "outbox", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("topic", sa.String(200), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("published_at", UtcDateTime, nullable=True),
+)
+
+api_keys = sa.Table(
+    "api_keys", metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+audit_log = sa.Table(
+    "audit_log", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("actor", sa.String(100), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(200), nullable=True),
+    sa.Column("detail", sa.JSON, nullable=True),
+)

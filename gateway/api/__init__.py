@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): payments, accounts, meters, commands, health."""

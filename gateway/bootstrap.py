@@ -1,0 +1,136 @@
+"""Wires everything together; with cli.py the only place that reads settings.
+
+``Gateway`` is an async context manager: it opens the database (migrating it), syncs the catalog, opens one
+driver per bus, starts the bus scheduler, and serves the API when asked to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from drivers.base import MeterDriver
+from gateway.adapters.database import create_engine, migrate
+from gateway.api.main import create_app
+from gateway.service.accounts import ensure_catalog_rows
+from gateway.service.catalog import Catalog
+from gateway.service.handlers import Service
+from gateway.service.scheduler import BusRunner, Scheduler
+from gateway.service.uow import UnitOfWorkFactory
+from gateway.settings import BusSettings, Settings
+
+__all__ = ["Gateway", "build_bus", "check_models", "default_models_dir", "site_models"]
+
+log = logging.getLogger(__name__)
+
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
+
+
+def default_models_dir() -> Path:
+    return REPO_CONFIG / "meters"
+
+
+def build_bus(bus: BusSettings, meters: list[Any], models: dict[str, Any]) -> tuple[MeterDriver[Any], dict[str, Any]]:
+    """The driver of one bus and, for each meter on it, the driver's own meter description."""
+    if bus.protocol.startswith("modbus"):
+        from drivers.modbus import ModbusMeter, ModbusRtuDriver, ModbusTcpDriver
+
+        driver: MeterDriver[Any]
+        if bus.protocol == "modbus-tcp":
+            driver = ModbusTcpDriver(bus.host, bus.port, timeout=bus.timeout_s, retries=bus.retries)
+        else:
+            port = bus.device if bus.protocol == "modbus-rtu" else f"socket://{bus.host}:{bus.port}"
+            driver = ModbusRtuDriver(port, baudrate=bus.baudrate, parity=bus.parity, stopbits=bus.stopbits,
+                                     timeout=bus.timeout_s)
+        targets = {m.id: ModbusMeter(m.id, m.unit_id, _model(models, m.model, m.id)) for m in meters}
+        return driver, targets
+    from drivers.dlt645 import Dlt645Driver, Dlt645Meter
+    from drivers.transports import SerialTransport, TcpTransport
+
+    if bus.protocol == "dlt645-serial":
+        transport = SerialTransport(bus.device, baudrate=bus.baudrate, parity=bus.parity, stopbits=bus.stopbits)
+    else:
+        transport = TcpTransport(bus.host, bus.port)
+    driver = Dlt645Driver(transport, timeout=bus.timeout_s, retries=bus.retries)
+    return driver, {m.id: Dlt645Meter(m.id, m.address.zfill(12)) for m in meters}
+
+
+def _model(models: dict[str, Any], name: str, meter_id: str) -> Any:
+    if name not in models:
+        raise ValueError(f"meter {meter_id}: unknown meter model {name!r} (known: {', '.join(sorted(models))})")
+    return models[name]
+
+
+class Gateway:
+    """The running gateway of one settings file."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], dt.datetime] | None = None,
+                 base_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.base_dir = base_dir or Path.cwd()
+        self.catalog = Catalog.from_settings(settings)
+        self.engine = create_engine(self._db_url())
+        self.uow = UnitOfWorkFactory(self.engine)
+        self.service = Service(self.uow, self.catalog, clock)
+        self.scheduler: Scheduler | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    def _db_url(self) -> str:
+        url = self.settings.database.url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            relative = url.removeprefix("sqlite:///")
+            if relative != ":memory:":
+                return "sqlite:///" + str((self.base_dir / relative).resolve())
+        return url
+
+    def static_keys(self) -> dict[str, tuple[str, str]]:
+        return {k.sha256: (k.name, k.role) for k in self.settings.api.keys}
+
+    def app(self) -> FastAPI:
+        return create_app(self.service, static_keys=self.static_keys())
+
+    async def __aenter__(self) -> Gateway:
+        await migrate(self.engine)
+        async with self.uow() as uow:
+            await ensure_catalog_rows(uow, self.catalog, self.service.clock())
+            await uow.commit()
+        runners = []
+        models = site_models(self.settings, base_dir=self.base_dir)
+        for bus in self.settings.buses:
+            meters = [m for m in self.settings.meters if m.bus == bus.id]
+            driver, targets = build_bus(bus, meters, models)
+            runners.append(BusRunner(bus.id, driver, targets, self.service, gap_s=bus.gap_ms / 1000))
+        self.scheduler = await self._stack.enter_async_context(Scheduler(self.service, runners))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self._stack.aclose()
+        finally:
+            await self.engine.dispose()
+
+
+def site_models(settings: Settings, *, base_dir: Path) -> dict[str, Any]:
+    """The Modbus meter models of the site (none when it has no Modbus bus)."""
+    if not any(b.protocol.startswith("modbus") for b in settings.buses):
+        return {}
+    from drivers.modbus import load_models
+
+    models_dir = Path(settings.models_dir) if settings.models_dir else default_models_dir()
+    return load_models(models_dir if models_dir.is_absolute() else base_dir / models_dir)
+
+
+def check_models(settings: Settings, *, base_dir: Path) -> None:
+    """Load the meter model files the settings refer to; raise ValueError naming a missing or bad one."""
+    models = site_models(settings, base_dir=base_dir)
+    buses = {b.id: b for b in settings.buses}
+    for i, meter in enumerate(settings.meters):
+        if buses[meter.bus].protocol.startswith("modbus") and meter.model not in models:
+            raise ValueError(f"meters[{i}].model: unknown meter model {meter.model!r} "
+                             f"(known: {', '.join(sorted(models))})")

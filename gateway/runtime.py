@@ -1,0 +1,44 @@
+"""Running the gateway with its HTTP server, and small database chores for the CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+import sqlalchemy as sa
+import uvicorn
+
+from gateway.adapters import tables as t
+from gateway.bootstrap import Gateway
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings, *, base_dir: Path, banner: str | None = None) -> None:
+    """Run the gateway and its API until SIGINT/SIGTERM (uvicorn handles both), then stop cleanly."""
+    async with Gateway(settings, base_dir=base_dir) as gateway:
+        config = uvicorn.Config(gateway.app(), host=settings.api.host, port=settings.api.port, log_level="warning",
+                                lifespan="off")
+        server = uvicorn.Server(config)
+        log.info("API on http://%s:%s (OpenAPI at /docs)", settings.api.host, settings.api.port)
+        if banner:
+            print(banner, flush=True)
+        await server.serve()
+    log.info("gateway stopped")
+
+
+async def store_key(settings: Settings, *, base_dir: Path, name: str, role: str, digest: str) -> None:
+    from gateway.adapters.database import migrate
+
+    gateway = Gateway(settings, base_dir=base_dir)
+    try:
+        await migrate(gateway.engine)
+        async with gateway.uow() as uow:
+            await uow.execute(sa.delete(t.api_keys).where(t.api_keys.c.name == name))
+            await uow.execute(sa.insert(t.api_keys).values(name=name, sha256=digest, role=role,
+                                                           created_at=dt.datetime.now(dt.UTC)))
+            await uow.commit()
+    finally:
+        await gateway.engine.dispose()

@@ -1,0 +1,101 @@
+"""Relay commands: creation (with supersession), state transitions with an audit trail, and queries.
+
+Lifecycle (DESIGN.md §9)::
+
+    queued ─▶ sending ─▶ sent ─▶ confirmed
+       │          │         └──▶ failed
+       └──────────┴──▶ superseded / cancelled / expired
+
+Every transition is a conditional UPDATE (``WHERE state = <expected>``), so a runner never overwrites a state
+that somebody else changed meanwhile (a cancel, a newer command).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from gateway.adapters import tables as t
+from gateway.service.uow import UnitOfWork
+
+__all__ = ["ACTIVE_STATES", "CommandRecord", "create_command", "get_command", "transition"]
+
+ACTIVE_STATES = ("queued", "sending", "sent")
+FINAL_STATES = ("confirmed", "failed", "superseded", "cancelled", "expired")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    id: str
+    meter_id: str
+    action: str
+    origin: str
+    operator: str | None
+    reason: str | None
+    state: str
+    attempts: int
+    last_error: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    expires_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> CommandRecord:
+        return cls(row.id, row.meter_id, row.action, row.origin, row.operator, row.reason, row.state, row.attempts,
+                   row.last_error, row.created_at, row.updated_at, row.expires_at)
+
+
+async def create_command(uow: UnitOfWork, *, meter_id: str, action: str, origin: str, now: dt.datetime,
+                         expires_at: dt.datetime, operator: str | None = None,
+                         reason: str | None = None) -> CommandRecord:
+    """Queue a relay command; any other active command for the meter is superseded by it."""
+    command_id = str(uuid.uuid4())
+    older = (await uow.execute(sa.select(t.commands.c.id, t.commands.c.state).where(
+        t.commands.c.meter_id == meter_id, t.commands.c.state.in_(ACTIVE_STATES)))).all()
+    for row in older:
+        await transition(uow, row.id, row.state, "superseded", now, error=f"superseded by {command_id}")
+    await uow.execute(sa.insert(t.commands).values(
+        id=command_id, meter_id=meter_id, action=action, origin=origin, operator=operator, reason=reason,
+        state="queued", attempts=0, created_at=now, updated_at=now, expires_at=expires_at))
+    record = CommandRecord(command_id, meter_id, action, origin, operator, reason, "queued", 0, None, now, now,
+                           expires_at)
+    await uow.add_outbox(f"commands/{command_id}", command_payload(record), now)
+    return record
+
+
+async def transition(uow: UnitOfWork, command_id: str, expected: str, new: str, now: dt.datetime, *,
+                     error: str | None = None, attempt: bool = False) -> bool:
+    """Move a command from ``expected`` to ``new``; False (and nothing written) if it is no longer ``expected``."""
+    values: dict[str, Any] = {"state": new, "updated_at": now}
+    if error is not None:
+        values["last_error"] = error[:500]
+    if attempt:
+        values["attempts"] = t.commands.c.attempts + 1
+    result = await uow.execute(sa.update(t.commands).where(
+        t.commands.c.id == command_id, t.commands.c.state == expected).values(**values))
+    if result.rowcount != 1:
+        return False
+    record = await get_command(uow, command_id)
+    assert record is not None
+    await uow.audit("gateway", "command." + new, command_id, {"from": expected, "error": error}, now)
+    await uow.add_outbox(f"commands/{command_id}", command_payload(record), now)
+    if new == "failed":
+        await uow.add_outbox("alarms", {"type": "CommandFailed", "command_id": command_id,
+                                        "meter_id": record.meter_id, "action": record.action,
+                                        "error": record.last_error, "at": now.isoformat()}, now)
+    return True
+
+
+async def get_command(uow: UnitOfWork, command_id: str) -> CommandRecord | None:
+    row = (await uow.execute(sa.select(t.commands).where(t.commands.c.id == command_id))).one_or_none()
+    return None if row is None else CommandRecord.from_row(row)
+
+
+def command_payload(record: CommandRecord) -> dict[str, Any]:
+    return {"type": "CommandState", "id": record.id, "meter_id": record.meter_id, "action": record.action,
+            "state": record.state, "attempts": record.attempts, "last_error": record.last_error,
+            "at": record.updated_at.isoformat()}

@@ -1,0 +1,90 @@
+"""The unit of work: one database transaction, with the repositories that work inside it.
+
+``async with uow:`` opens a transaction; ``await uow.commit()`` makes it durable; leaving the block without a
+commit rolls back. Events recorded by domain objects are written to the outbox in the same transaction by the
+repository, so publishing never runs ahead of (or without) the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.adapters import tables as t
+
+__all__ = ["UnitOfWork", "UnitOfWorkFactory"]
+
+
+class UnitOfWork:
+    def __init__(self, engine: AsyncEngine, write_lock: asyncio.Lock | None) -> None:
+        # write_lock is None for read-only work (and on PostgreSQL, where row locks do the job).
+        self._engine = engine
+        self._write_lock = write_lock
+        self._conn: AsyncConnection | None = None
+        self._locked = False
+
+    @property
+    def conn(self) -> AsyncConnection:
+        if self._conn is None:
+            raise RuntimeError("unit of work used outside `async with`")
+        return self._conn
+
+    async def __aenter__(self) -> UnitOfWork:
+        # SQLite has one writer at a time: serialise our own writers instead of spinning on SQLITE_BUSY.
+        if self._write_lock is not None:
+            await self._write_lock.acquire()
+            self._locked = True
+        try:
+            self._conn = await self._engine.connect()
+            await self._conn.begin()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if self._conn is not None:
+                if self._conn.in_transaction():
+                    await self._conn.rollback()
+                await self._conn.close()
+        finally:
+            self._conn = None
+            self._release()
+
+    def _release(self) -> None:
+        if self._locked and self._write_lock is not None:
+            self._write_lock.release()
+            self._locked = False
+
+    async def commit(self) -> None:
+        await self.conn.commit()
+        await self.conn.begin()
+
+    async def execute(self, statement: Any, params: Any = None) -> sa.CursorResult[Any]:
+        return await self.conn.execute(statement, params)
+
+    async def add_outbox(self, topic: str, payload: dict[str, Any], now: dt.datetime) -> None:
+        await self.conn.execute(sa.insert(t.outbox).values(topic=topic, payload=payload, created_at=now))
+
+    async def audit(self, actor: str, action: str, target: str | None, detail: dict[str, Any] | None,
+                    now: dt.datetime) -> None:
+        await self.conn.execute(
+            sa.insert(t.audit_log).values(at=now, actor=actor, action=action, target=target, detail=detail)
+        )
+
+
+class UnitOfWorkFactory:
+    """Makes units of work on one engine; on SQLite it also owns the in-process write lock."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    def __call__(self, *, readonly: bool = False) -> UnitOfWork:
+        """A unit of work; ``readonly`` ones skip the write lock (WAL lets readers run beside the writer)."""
+        return UnitOfWork(self.engine, None if readonly else self._write_lock)

@@ -1,0 +1,277 @@
+"""Typed settings: one YAML file validated by pydantic, with GATEWAY_* environment overrides for secrets.
+
+Only ``bootstrap`` and ``cli`` read settings; the domain gets plain values.
+
+Environment overrides: ``GATEWAY_<KEY>__<KEY>...`` sets a nested key before validation, e.g.
+``GATEWAY_DATABASE__URL=postgresql://...`` or ``GATEWAY_MQTT__PASSWORD=...``. List items are addressed by index
+(``GATEWAY_API__KEYS__0__SHA256``). Values are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.domain.money import AmountError, parse_price, parse_yuan
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+ENV_PREFIX = "GATEWAY_"
+
+
+class ConfigError(Exception):
+    """A configuration file that can't be used. The message names the file, the key path and the problem."""
+
+
+def _yuan(value: Any) -> int:
+    try:
+        return parse_yuan(str(value), allow_zero=True)
+    except AmountError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Yuan = Annotated[int, Field(description="an amount in yuan, e.g. \"20.00\"; held as integer fen")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteSettings(_Strict):
+    name: str = "site"
+    timezone: str = "Asia/Shanghai"
+    currency: str = "CNY"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
+class DatabaseSettings(_Strict):
+    url: str = "sqlite:///var/gateway.db"
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "sqlite+aiosqlite:///", "postgresql://", "postgresql+asyncpg://")):
+            raise ValueError("database url must start with sqlite:/// or postgresql://")
+        return value
+
+
+class ApiKeySettings(_Strict):
+    name: str
+    role: Literal["viewer", "billing", "operator", "admin"]
+    sha256: str = Field(description="hex SHA-256 of the key; the key itself never goes in the file")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        value = value.lower()
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            raise ValueError("sha256 must be 64 hex digits (see `meter-gateway keys create`)")
+        return value
+
+
+class ApiSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    keys: list[ApiKeySettings] = []
+    max_payment: Yuan = 1_000_000  # 10,000.00 yuan
+
+    _max = field_validator("max_payment", mode="before")(classmethod(lambda cls, v: _yuan(v)))
+
+
+class MqttSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    prefix: str = "meter-gateway"
+    username: str | None = None
+    password: str | None = Field(None, repr=False)
+    tls_ca: str | None = None
+
+
+class EngineSettings(_Strict):
+    stale_after_s: float = Field(300, gt=0, description="a reading older than this may not justify a disconnect")
+    command_expiry_s: float = Field(600, gt=0)
+    confirm_interval_s: float = Field(0.5, gt=0, description="how often a sent command's relay is read back")
+
+
+class TariffSettings(_Strict):
+    kind: Literal["flat"] = "flat"
+    price: Decimal = Field(description="yuan per kWh, up to 4 decimal places")
+
+    @field_validator("price", mode="before")
+    @classmethod
+    def _price(cls, value: Any) -> Decimal:
+        try:
+            return parse_price(value)
+        except AmountError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class AccountSettings(_Strict):
+    id: str = Field(min_length=1, max_length=64)
+    tariff: str
+    opening_balance: Yuan = 0
+    warning1: Yuan = 2000
+    warning2: Yuan = 500
+    overdraft: Yuan = 0
+    reconnect_min_topup: Yuan = 100
+    protected: bool = False
+    contacts: list[str] = []
+
+    _money = field_validator("opening_balance", "warning1", "warning2", "overdraft", "reconnect_min_topup",
+                             mode="before")(classmethod(lambda cls, v: _yuan(v)))
+
+
+class BusSettings(_Strict):
+    id: str
+    protocol: Literal["modbus-tcp", "modbus-rtu", "modbus-rtu-tcp", "dlt645-serial", "dlt645-tcp"]
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    device: str | None = Field(None, description="serial device path (or socket://host:port)")
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    timeout_s: float = Field(1.0, gt=0)
+    retries: int = Field(0, ge=0, le=5)
+    gap_ms: float = Field(0, ge=0, description="inter-frame gap between transactions")
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> BusSettings:
+        if self.protocol.endswith("tcp") and (self.host is None or self.port is None):
+            raise ValueError(f"a {self.protocol} bus needs host and port")
+        if self.protocol in ("modbus-rtu", "dlt645-serial") and not self.device:
+            raise ValueError(f"a {self.protocol} bus needs device")
+        return self
+
+
+class MeterSettings(_Strict):
+    id: str = Field(min_length=1, max_length=64)
+    bus: str
+    account: str
+    unit_id: int | None = Field(None, ge=1, le=247, description="Modbus unit id")
+    address: str | None = Field(None, description="DL/T 645 nameplate address, 12 digits")
+    model: str = "generic-prepaid"
+    poll_interval_s: float = Field(60, gt=0)
+    max_power_w: int = Field(60_000, gt=0, description="contract capacity, for the plausibility check")
+
+
+class Settings(_Strict):
+    """The whole gateway configuration (see config/gateway.example.yaml)."""
+
+    site: SiteSettings = SiteSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    api: ApiSettings = ApiSettings()
+    mqtt: MqttSettings | None = None
+    engine: EngineSettings = EngineSettings()
+    models_dir: str | None = Field(None, description="meter model files; default: the shipped config/meters")
+    tariffs: dict[str, TariffSettings] = {}
+    accounts: list[AccountSettings] = []
+    buses: list[BusSettings] = []
+    meters: list[MeterSettings] = []
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        _unique("accounts", [a.id for a in self.accounts])
+        _unique("buses", [b.id for b in self.buses])
+        _unique("meters", [m.id for m in self.meters])
+        for i, account in enumerate(self.accounts):
+            if account.tariff not in self.tariffs:
+                raise ValueError(f"accounts[{i}].tariff: unknown tariff {account.tariff!r}")
+        account_ids = {a.id for a in self.accounts}
+        buses = {b.id: b for b in self.buses}
+        for i, meter in enumerate(self.meters):
+            if meter.account not in account_ids:
+                raise ValueError(f"meters[{i}].account: unknown account {meter.account!r}")
+            bus = buses.get(meter.bus)
+            if bus is None:
+                raise ValueError(f"meters[{i}].bus: unknown bus {meter.bus!r}")
+            if bus.protocol.startswith("modbus") and meter.unit_id is None:
+                raise ValueError(f"meters[{i}].unit_id: required on a Modbus bus")
+            if bus.protocol.startswith("dlt645") and not (meter.address and meter.address.isdigit()
+                                                          and len(meter.address) <= 12):
+                raise ValueError(f"meters[{i}].address: a DL/T 645 meter needs a numeric address of up to 12 digits")
+        return self
+
+
+def _unique(what: str, ids: list[str]) -> None:
+    seen: set[str] = set()
+    for value in ids:
+        if value in seen:
+            raise ValueError(f"{what}: duplicate id {value!r}")
+        seen.add(value)
+
+
+def hash_key(key: str) -> str:
+    """The SHA-256 hex digest under which an API key is stored."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path or path[0] not in Settings.model_fields:
+            continue  # other GATEWAY_* variables are not settings
+        value = yaml.safe_load(raw) if raw else raw
+        node: Any = data
+        for key in path[:-1]:
+            if isinstance(node, list):
+                node = node[int(key)] if key.isdigit() and int(key) < len(node) else None
+            else:
+                node = node.setdefault(key, {}) if isinstance(node, dict) else None
+            if node is None:
+                break
+        else:
+            last = path[-1]
+            if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+                node[int(last)] = value
+            elif isinstance(node, dict):
+                node[last] = value
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def load_settings(path: str | Path, *, environ: dict[str, str] | None = None) -> Settings:
+    """Read, override from the environment and validate a settings file; raise ConfigError with a clear message."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    _apply_env(data, dict(os.environ if environ is None else environ))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            where = f"{_loc(tuple(err['loc']))}: " if err["loc"] else ""
+            problems.append(f"{path}: {where}{msg}")
+        raise ConfigError("\n".join(problems)) from None

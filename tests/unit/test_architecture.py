@@ -1,0 +1,52 @@
+"""Dependencies point inward: the domain imports only the standard library and itself; drivers and
+simulators never import the gateway."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                names.add("." * node.level + (node.module or ""))
+            elif node.module:
+                names.add(node.module)
+    return names
+
+
+def _files(folder: str) -> list[Path]:
+    files = sorted((ROOT / folder).rglob("*.py"))
+    assert files, f"no Python files under {folder}"
+    return files
+
+
+@pytest.mark.parametrize("path", _files("gateway/domain"), ids=lambda p: p.name)
+def test_domain_imports_only_stdlib_and_itself(path: Path) -> None:
+    for name in _imports(path):
+        top = name.split(".")[0]
+        allowed = name.startswith("gateway.domain") or top in sys.stdlib_module_names or top == "__future__"
+        assert allowed, f"{path.relative_to(ROOT)} imports {name}"
+
+
+@pytest.mark.parametrize("path", _files("drivers") + _files("simulators"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_drivers_and_simulators_do_not_import_gateway(path: Path) -> None:
+    for name in _imports(path):
+        assert name.split(".")[0] != "gateway", f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import sqlalchemy\nfrom gateway.adapters import tables\n")
+    assert {"sqlalchemy", "gateway.adapters"} <= _imports(bad)

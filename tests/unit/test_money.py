@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.domain.money import AmountError, cost_fen, format_fen, parse_price, parse_yuan
+
+
+@pytest.mark.parametrize(("text", "fen"), [("50.00", 5000), ("0.5", 50), ("12", 1200), (" 0.01 ", 1)])
+def test_parse_yuan(text: str, fen: int) -> None:
+    assert parse_yuan(text) == fen
+
+
+@pytest.mark.parametrize("text", ["1.234", "NaN", "inf", "-Infinity", "-5.00", "0", "1e3", "abc", "", "1_000"])
+def test_parse_yuan_refuses(text: str) -> None:
+    with pytest.raises(AmountError):
+        parse_yuan(text)
+
+
+def test_parse_yuan_maximum() -> None:
+    assert parse_yuan("100.00", max_fen=10000) == 10000
+    with pytest.raises(AmountError, match="maximum"):
+        parse_yuan("100.01", max_fen=10000)
+
+
+@given(st.integers(min_value=-10**12, max_value=10**12))
+def test_format_and_parse_round_trip(fen: int) -> None:
+    assert parse_yuan(format_fen(fen), allow_zero=True, allow_negative=True) == fen
+
+
+def test_format_fen() -> None:
+    assert format_fen(5020) == "50.20"
+    assert format_fen(-5) == "-0.05"
+    assert format_fen(0) == "0.00"
+
+
+def test_cost_rounds_half_up() -> None:
+    # 1 Wh at 0.5 yuan/kWh = 0.05 fen -> 0; 10 Wh -> 0.5 fen -> 1 (half up)
+    assert cost_fen(1, Decimal("0.5")) == 0
+    assert cost_fen(10, Decimal("0.5")) == 1
+    assert cost_fen(1000, Decimal("0.5600")) == 56
+
+
+def test_price_precision() -> None:
+    assert parse_price("0.5283") == Decimal("0.5283")
+    with pytest.raises(AmountError):
+        parse_price("0.52831")
+    with pytest.raises(AmountError):
+        parse_price("-1")
