@@ -25,7 +25,7 @@ ROLES = ("viewer", "billing", "operator", "admin")
 
 def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("pymodbus", "uvicorn.access", "aiosqlite", "alembic.runtime.migration"):
+    for noisy in ("pymodbus", "uvicorn.access", "aiosqlite", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

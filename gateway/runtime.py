@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -16,12 +20,36 @@ from gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class ApiServer(uvicorn.Server):
+    """uvicorn's server, but a SIGINT/SIGTERM only asks it to stop: uvicorn would re-raise the signal after
+    serving, killing the process before the gateway (and the demo's simulators) shut down cleanly."""
+
+    def __init__(self, config: uvicorn.Config, *, handle_signals: bool = True) -> None:
+        super().__init__(config)
+        self.handle_signals = handle_signals
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if not self.handle_signals:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+
 async def serve(settings: Settings, *, base_dir: Path, banner: str | None = None) -> None:
     """Run the gateway and its API until SIGINT/SIGTERM (uvicorn handles both), then stop cleanly."""
     async with Gateway(settings, base_dir=base_dir) as gateway:
         config = uvicorn.Config(gateway.app(), host=settings.api.host, port=settings.api.port, log_level="warning",
                                 lifespan="off")
-        server = uvicorn.Server(config)
+        server = ApiServer(config)
         log.info("API on http://%s:%s (OpenAPI at /docs)", settings.api.host, settings.api.port)
         if banner:
             print(banner, flush=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-__all__ = ["AmountError", "cost_fen", "format_fen", "parse_price", "parse_yuan"]
+__all__ = ["AmountError", "cost_fen", "format_fen", "parse_price", "parse_yuan", "round_fen"]
 
 _FEN = Decimal("0.01")
 _WH_PER_KWH = Decimal(1000)
@@ -71,5 +71,9 @@ def parse_price(text: str | Decimal | int | float) -> Decimal:
 
 def cost_fen(energy_wh: int, price_per_kwh: Decimal) -> int:
     """The cost of ``energy_wh`` at ``price_per_kwh`` yuan, rounded ROUND_HALF_UP to the fen."""
-    yuan = Decimal(energy_wh) / _WH_PER_KWH * price_per_kwh
+    return round_fen(Decimal(energy_wh) / _WH_PER_KWH * price_per_kwh)
+
+
+def round_fen(yuan: Decimal) -> int:
+    """An exact amount of yuan rounded ROUND_HALF_UP to integer fen (the one place money is rounded)."""
     return int((yuan / _FEN).quantize(Decimal(1), rounding=ROUND_HALF_UP))

@@ -1,0 +1,232 @@
+"""Serve a ``SimulatedBus`` over a serial path (e.g. one end of a pty pair) and/or TCP.
+
+``pace`` emulates the line a pty does not: the request's and the reply's line time (11 bits per byte at the
+baud rate) plus a reply delay Td drawn from ``td`` (default 20-50 ms). Faults are applied per meter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import termios
+from collections.abc import Callable
+from typing import Any
+
+import serial
+import serial_asyncio_fast
+
+from drivers.dlt645.codec import Frame, FrameReader
+from simulators.dlt645.bus import SimulatedBus
+from simulators.dlt645.load import DailyLoad
+from simulators.dlt645.model import Fault, SimulatedDlt645Meter
+
+__all__ = ["Dlt645Simulator", "make_meters", "serve_dlt645"]
+
+log = logging.getLogger(__name__)
+
+BITS_PER_BYTE = 11  # start + 8 data + even parity + stop
+
+
+def make_meters(count: int, *, first_address: int = 1, seed: int = 0, **options: Any) -> list[SimulatedDlt645Meter]:
+    """``count`` meters with consecutive addresses, seeded loads and starting energies."""
+    meters = []
+    for i in range(count):
+        rng = random.Random(seed * 100_003 + i)
+        start = tuple(rng.uniform(100_000, 2_000_000) for _ in range(4))
+        meters.append(
+            SimulatedDlt645Meter(
+                f"{first_address + i:012d}",
+                energy_wh=start,  # type: ignore[arg-type]
+                load=DailyLoad.seeded(seed * 100_003 + i),
+                balance_fen=rng.randrange(0, 20_000),
+                **options,
+            )
+        )
+    return meters
+
+
+class _LineProtocol(asyncio.Protocol):
+    """One connection to the bus: frames in, the simulator's replies out, one at a time."""
+
+    def __init__(self, simulator: Dlt645Simulator) -> None:
+        self.simulator = simulator
+        self.reader = FrameReader()
+        self.transport: asyncio.Transport | None = None
+        self.queue: asyncio.Queue[tuple[Frame, int]] = asyncio.Queue()
+        self.worker: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.worker = asyncio.get_running_loop().create_task(self._work(), name="dlt645-sim.line")
+        self.simulator._lines.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self.reader.feed(data):
+            self.queue.put_nowait((frame, len(frame.encode()) + 4))  # masters send 4 FE in front
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.simulator._lines.discard(self)
+        if self.worker is not None:
+            self.worker.cancel()
+
+    async def _work(self) -> None:
+        while True:
+            frame, request_len = await self.queue.get()
+            async with self.simulator._bus_lock:  # one line: one transaction at a time across endpoints
+                await self.simulator._answer(self, frame, request_len)
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+class Dlt645Simulator:
+    """Simulated DL/T 645 meters on one bus, served while the context is entered.
+
+    Args:
+        meters: how many meters (addresses ``first_address`` … consecutive), or a list of ready meters.
+        serial: a serial device path to serve on (e.g. the simulator end of a pty pair).
+        tcp: ``"host:port"`` to listen on (port 0 picks a free one; see ``tcp_port``).
+        baud: line rate used by ``pace`` (and to open ``serial``).
+        parity: ``None`` tries E (8E1) and falls back to N on a pty, which refuses parity E.
+        pace: emulate line time and Td.
+        td: the reply delay range in seconds when pacing.
+        seed: seeds the loads, starting energies and Td draws.
+        preamble: FE bytes in front of replies (meters send 0-4).
+    """
+
+    def __init__(
+        self,
+        *,
+        meters: int | list[SimulatedDlt645Meter] = 1,
+        serial: str | None = None,
+        tcp: str | None = None,
+        baud: int = 2400,
+        parity: str | None = None,
+        pace: bool = False,
+        td: tuple[float, float] = (0.020, 0.050),
+        seed: int = 0,
+        first_address: int = 1,
+        preamble: int = 0,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        if isinstance(meters, int):
+            meters = make_meters(meters, first_address=first_address, seed=seed)
+        self.bus = SimulatedBus(meters)
+        self.serial_path = serial
+        self.tcp = tcp
+        self.baud = baud
+        self.parity = parity
+        self.pace = pace
+        self.td = td
+        self.preamble = preamble
+        self._rng = random.Random(seed)
+        self._sleep = sleep
+        self._bus_lock = asyncio.Lock()
+        self._lines: set[_LineProtocol] = set()
+        self._server: asyncio.Server | None = None
+        self._serial_transport: asyncio.BaseTransport | None = None
+        self.tcp_port: int | None = None
+        self.replies_sent = 0
+
+    @property
+    def meters(self) -> list[SimulatedDlt645Meter]:
+        return self.bus.meters
+
+    def meter(self, address: str) -> SimulatedDlt645Meter:
+        return self.bus.meter(address)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.tcp is not None:
+            host, _, port = self.tcp.rpartition(":")
+            self._server = await loop.create_server(lambda: _LineProtocol(self), host or "127.0.0.1", int(port))
+            self.tcp_port = self._server.sockets[0].getsockname()[1]
+        if self.serial_path is not None:
+            self._serial_transport = await self._open_serial(self.serial_path)
+        log.info("dlt645 simulator: %d meters, serial=%s tcp=%s", len(self.meters), self.serial_path, self.tcp_port)
+
+    async def _open_serial(self, path: str) -> asyncio.BaseTransport:
+        loop = asyncio.get_running_loop()
+        for parity in [self.parity] if self.parity else ["E", "N"]:
+            try:
+                transport, _ = await serial_asyncio_fast.create_serial_connection(
+                    loop, lambda: _LineProtocol(self), path, baudrate=self.baud, parity=parity
+                )
+                return transport
+            except (termios.error, serial.SerialException, OSError) as exc:
+                if self.parity or parity == "N":
+                    raise
+                log.info("dlt645 simulator: %s refuses parity E (%s), using N (a pty?)", path, exc)
+        raise AssertionError("unreachable")
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self._serial_transport is not None:
+            self._serial_transport.close()
+            self._serial_transport = None
+        for line in list(self._lines):
+            if line.transport is not None:
+                line.transport.close()
+            if line.worker is not None:
+                line.worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await line.worker
+        self._lines.clear()
+
+    async def __aenter__(self) -> Dlt645Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _answer(self, line: _LineProtocol, frame: Frame, request_len: int) -> None:
+        reply = self.bus.handle(frame)
+        if reply is None:
+            return
+        raw = reply.frame.encode(preamble=self.preamble)
+        fault = reply.meter.take_fault()
+        delay = 0.0
+        if self.pace:
+            delay += self._rng.uniform(*self.td) + (request_len + len(raw)) * BITS_PER_BYTE / self.baud
+        if fault is not None:
+            if fault.kind is Fault.SILENCE:
+                return
+            if fault.kind is Fault.SLOW:
+                delay += fault.delay
+            elif fault.kind is Fault.BAD_CHECKSUM:
+                raw = raw[:-2] + bytes([raw[-2] ^ 0xFF]) + raw[-1:]
+            elif fault.kind is Fault.GARBAGE:
+                raw = bytes(self._rng.choice([0x68, 0x16, 0x00, 0x33, 0xFE]) for _ in range(len(raw)))
+        if delay:
+            await self._sleep(delay)
+        line.send(raw)
+        self.replies_sent += 1
+
+
+async def serve_dlt645(
+    *,
+    meters: int,
+    serial: str | None,
+    tcp: str | None,
+    baud: int,
+    pace: bool,
+    seed: int,
+    first_address: int = 1,
+) -> None:
+    """Serve ``meters`` simulated meters until cancelled (the ``meter-gateway simulate dlt645`` command)."""
+    if serial is None and tcp is None:
+        raise ValueError("give a serial path, a TCP host:port, or both")
+    async with Dlt645Simulator(
+        meters=meters, serial=serial, tcp=tcp, baud=baud, pace=pace, seed=seed, first_address=first_address
+    ) as simulator:
+        addresses = ", ".join(m.address for m in simulator.meters[:5]) + (" …" if len(simulator.meters) > 5 else "")
+        log.info("dlt645 simulator serving %s (tcp port %s)", addresses, simulator.tcp_port)
+        await asyncio.Event().wait()
