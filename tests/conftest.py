@@ -17,3 +17,21 @@ def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A socat pty pair (gateway end, simulator end)."""
     with socat_pty_pair(tmp_path) as pair:
         yield pair
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throwaway PostgreSQL cluster for the whole run (skipped outside CI when PostgreSQL is missing)."""
+    from tests.postgres import postgres_cluster
+
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same storage test on SQLite (a file) and on PostgreSQL (a fresh database in the throwaway cluster)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gw.db'}"
+    cluster = request.getfixturevalue("pg_cluster")
+    return str(cluster.create_database())

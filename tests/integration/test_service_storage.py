@@ -1,4 +1,5 @@
-"""The service layer on a real SQLite file: payments exactly once, charges, commands, the ledger invariant."""
+"""The service layer on real databases (a SQLite file and PostgreSQL): payments exactly once, charges, commands,
+the ledger invariant."""
 
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ class Clock:
         return self.now
 
 
-def site(tmp_path: Path) -> Settings:
+def site(db_url: str) -> Settings:
     return Settings.model_validate({
-        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
+        "database": {"url": db_url},
         "tariffs": {"flat": {"price": "0.5000"}},
         "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "1.00", "reconnect_min_topup": "1.00"}],
         "meters": [],
@@ -37,8 +38,8 @@ def site(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path):
-    async with Gateway(site(tmp_path), clock=Clock(), base_dir=tmp_path) as gw:
+async def gateway(db_url: str, tmp_path: Path):
+    async with Gateway(site(db_url), clock=Clock(), base_dir=tmp_path) as gw:
         yield gw
 
 
@@ -79,9 +80,10 @@ async def test_concurrent_duplicates_credit_once(gateway: Gateway) -> None:
 
 async def test_payment_survives_a_new_engine(tmp_path: Path) -> None:
     """A 2xx means committed: a fresh process (engine) sees it."""
-    async with Gateway(site(tmp_path), base_dir=tmp_path) as gw:
+    url = f"sqlite:///{tmp_path / 'gw.db'}"
+    async with Gateway(site(url), base_dir=tmp_path) as gw:
         await gw.service.record_payment(source="billing", payment_id="P-9", account_id="A-1", amount_fen=700)
-    async with Gateway(site(tmp_path), base_dir=tmp_path) as gw:
+    async with Gateway(site(url), base_dir=tmp_path) as gw:
         async with gw.uow(readonly=True) as uow:
             assert (await uow.execute(sa.select(t.accounts.c.balance_fen))).scalar_one() == 800
             assert (await uow.execute(sa.text("PRAGMA journal_mode"))).scalar_one() == "wal"
@@ -94,9 +96,9 @@ async def test_the_verifier_finds_a_broken_balance(gateway: Gateway) -> None:
         assert any("balance 1" in p for p in await verify_ledger(uow))
 
 
-async def test_readings_charge_and_disconnect_then_payment_reconnects(tmp_path: Path) -> None:
+async def test_readings_charge_and_disconnect_then_payment_reconnects(db_url: str, tmp_path: Path) -> None:
     settings = Settings.model_validate({
-        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
+        "database": {"url": db_url},
         "tariffs": {"flat": {"price": "1.0000"}},
         "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "1.00", "reconnect_min_topup": "1.00"}],
         "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
@@ -129,6 +131,7 @@ async def test_readings_charge_and_disconnect_then_payment_reconnects(tmp_path: 
             commands = (await uow.execute(sa.select(t.commands.c.action, t.commands.c.state)
                                           .order_by(t.commands.c.created_at))).all()
         assert [tuple(c) for c in commands] == [("open", "queued")]  # 0.50 < reconnect threshold 1.00
+        clock.now = NOW + dt.timedelta(minutes=4)
         await service.record_payment(source="billing", payment_id="P-2", account_id="A-1", amount_fen=100)
         async with gw.uow(readonly=True) as uow:
             commands = (await uow.execute(sa.select(t.commands.c.action, t.commands.c.state)
