@@ -12,7 +12,7 @@ import contextlib
 import termios
 import urllib.parse
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 import serial
 import serial_asyncio_fast
@@ -142,7 +142,7 @@ class ByteTransport:
             transport.close()
             await asyncio.sleep(0)  # let the loop run connection_lost
 
-    async def __aenter__(self) -> ByteTransport:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 

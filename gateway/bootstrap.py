@@ -97,6 +97,8 @@ class Gateway:
 
     async def __aenter__(self) -> Gateway:
         await migrate(self.engine)
+        self.service.writer.start()
+        self._stack.push_async_callback(self.service.writer.aclose)
         async with self.uow() as uow:
             await ensure_catalog_rows(uow, self.catalog, self.service.clock())
             await uow.commit()

@@ -17,8 +17,10 @@ app = typer.Typer(help="Remote prepaid and meter-control gateway.", no_args_is_h
                   pretty_exceptions_enable=False, add_completion=False)
 simulate = typer.Typer(help="Serve simulated meters (Modbus or DL/T 645).", no_args_is_help=True)
 keys = typer.Typer(help="API keys.", no_args_is_help=True)
+ledger = typer.Typer(help="The prepaid ledger.", no_args_is_help=True)
 app.add_typer(simulate, name="simulate")
 app.add_typer(keys, name="keys")
+app.add_typer(ledger, name="ledger")
 
 ROLES = ("viewer", "billing", "operator", "admin")
 
@@ -125,6 +127,20 @@ def keys_create(role: Annotated[str, typer.Option(help="viewer, billing, operato
         typer.echo("add this to api.keys in the settings file:")
         typer.echo(f"  - {{name: {name}, role: {role}, sha256: {digest}}}")
     typer.echo(f"key (shown once): {key}")
+
+
+@ledger.command("verify")
+def ledger_verify(config: Annotated[Path, typer.Option("--config", "-c", help="the settings file")]) -> None:
+    """Check the ledger invariant: every balance equals the sum of its entries; every payment is credited once."""
+    from gateway.runtime import verify
+
+    problems, accounts, entries = asyncio.run(verify(_load(config), base_dir=config.resolve().parent))
+    for problem in problems:
+        typer.echo(problem, err=True)
+    if problems:
+        typer.echo(f"ledger NOT consistent: {len(problems)} problems", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ledger consistent: {accounts} accounts, {entries} entries")
 
 
 def main() -> None:

@@ -70,3 +70,18 @@ async def store_key(settings: Settings, *, base_dir: Path, name: str, role: str,
             await uow.commit()
     finally:
         await gateway.engine.dispose()
+
+
+async def verify(settings: Settings, *, base_dir: Path) -> tuple[list[str], int, int]:
+    """Run the ledger check on a gateway's database: (problems, accounts, entries)."""
+    from gateway.service.verify import verify_ledger
+
+    gateway = Gateway(settings, base_dir=base_dir)
+    try:
+        async with gateway.uow(readonly=True) as uow:
+            problems = await verify_ledger(uow)
+            accounts = (await uow.execute(sa.select(sa.func.count()).select_from(t.accounts))).scalar_one()
+            entries = (await uow.execute(sa.select(sa.func.count()).select_from(t.ledger))).scalar_one()
+        return problems, accounts, entries
+    finally:
+        await gateway.engine.dispose()

@@ -45,7 +45,11 @@ class SimClock:
     """Simulated time starting at ``start`` (default: now) and running ``speed`` times real time."""
 
     def __init__(
-        self, *, speed: float = 1.0, start: float | None = None, monotonic: Callable[[], float] = time.monotonic
+        self,
+        *,
+        speed: float = 1.0,
+        start: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
@@ -130,7 +134,9 @@ class SimulatedMeter:
     @property
     def voltage_v(self) -> float:
         slot = math.floor(self._t / 60)
-        return self.nominal_voltage_v * (1 + 0.01 * (2 * unit_random(self.profile.seed, self.profile.index, -slot) - 1))
+        return self.nominal_voltage_v * (
+            1 + 0.01 * (2 * unit_random(self.profile.seed, self.profile.index, -slot) - 1)
+        )
 
     @property
     def current_a(self) -> float:
@@ -171,7 +177,7 @@ class SimulatedMeter:
         self._advance()
         self._by_rate = [energy_wh * share for share in _START_SPLIT]
 
-    # -- integration -------------------------------------------------------------------------------------------
+    # -- integration ---------------------------------------------------------------------------------------
     def _advance(self) -> None:
         now = self.clock.now()
         if self._open_at is not None and self._open_at <= now:

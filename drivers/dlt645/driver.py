@@ -144,7 +144,9 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
                 data = await self.transport.read(timeout=remaining)
             except MeterTimeout:
                 if reader.discarded or reader.pending:
-                    raise FrameError(f"garbled reply ({reader.discarded + reader.pending} unusable bytes)") from None
+                    raise FrameError(
+                        f"garbled reply ({reader.discarded + reader.pending} unusable bytes)"
+                    ) from None
                 raise
             for frame in reader.feed(data):
                 if self._answers(request, frame):
@@ -217,7 +219,9 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
             return values[0], tuple(values[1:]) or None
         total = await self._read_value(meter, DI.ENERGY_FORWARD_TOTAL, ENERGY)
         if total is None:
-            raise ExceptionReply("meter has no forward active energy", code=ErrorBits.NO_DATA, meter_id=meter.id)
+            raise ExceptionReply(
+                "meter has no forward active energy", code=ErrorBits.NO_DATA, meter_id=meter.id
+            )
         rates: list[int] = []
         for rate in range(1, self.rates + 1):
             value = await self._read_value(meter, energy_rate_di(rate), ENERGY)
@@ -256,7 +260,9 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
             energy_wh=energy_wh,
             energy_wh_by_rate=by_rate,
             # XX.XXXX kW: the scaled value is in 0.1 W
-            power_w=None if power is None else int(Decimal(power).scaleb(-1).quantize(Decimal(1), ROUND_HALF_UP)),
+            power_w=None
+            if power is None
+            else int(Decimal(power).scaleb(-1).quantize(Decimal(1), ROUND_HALF_UP)),
             voltage_v=None if voltage is None else float(Decimal(voltage).scaleb(-VOLTAGE.decimals)),
             current_a=None if current is None else float(Decimal(current).scaleb(-CURRENT.decimals)),
             relay=None if status is None else _relay_state(status),
@@ -309,7 +315,9 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
         if reply.is_abnormal:
             code = reply.error_code or 0
             words = describe_error(code)
-            raise CommandRefused(f"meter refused {command.name}: {words}", reason=words, code=code, meter_id=meter.id)
+            raise CommandRefused(
+                f"meter refused {command.name}: {words}", reason=words, code=code, meter_id=meter.id
+            )
 
     async def trip(self, meter: Dlt645Meter, *, valid_until: dt.datetime | None = None) -> None:
         await self.remote_control(meter, RemoteCommand.TRIP, valid_until=valid_until)

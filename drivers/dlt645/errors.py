@@ -1,10 +1,10 @@
 """Codec errors of DL/T 645. All are ``drivers.errors.FrameError``, so a driver can let them through unchanged.
 
-    FrameError (drivers.errors)
-    └── Dlt645CodecError      anything the DL/T 645 codec rejects while decoding
-        ├── ChecksumError     CS byte does not match the sum
-        ├── BcdError          a nibble above 9 where BCD was expected
-        └── AddressError      an address field that is not 12 BCD digits / AA wildcards
+FrameError (drivers.errors)
+└── Dlt645CodecError      anything the DL/T 645 codec rejects while decoding
+    ├── ChecksumError     CS byte does not match the sum
+    ├── BcdError          a nibble above 9 where BCD was expected
+    └── AddressError      an address field that is not 12 BCD digits / AA wildcards
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ __all__ = ["run_time_sync"]
 log = logging.getLogger(__name__)
 
 
-async def run_time_sync(driver: Dlt645Driver, *, interval: float = 24 * 3600.0, first_delay: float = 0.0) -> None:
+async def run_time_sync(
+    driver: Dlt645Driver, *, interval: float = 24 * 3600.0, first_delay: float = 0.0
+) -> None:
     """Broadcast the driver's clock every ``interval`` seconds until cancelled. Failures are logged, not raised.
 
     Run it as a named task, e.g. ``asyncio.create_task(run_time_sync(d), name="gateway[bus1].timesync")``.

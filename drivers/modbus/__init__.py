@@ -1,11 +1,11 @@
 """Modbus meters: register maps as data (config/meters/*.yaml), pure decoding, and TCP / RTU drivers.
 
-    registers.py    encodings, function codes, the read planner (pure)
-    quantities.py   quantity names, units, conversion to Wh / W / V / A / fen (pure)
-    models.py       the meter model file format and its loader
-    values.py       replies -> canonical values -> Reading (pure)
-    exceptions.py   pymodbus / serial / timeout errors -> drivers.errors
-    driver.py       ModbusTcpDriver, ModbusRtuDriver (pymodbus clients)
+registers.py    encodings, function codes, the read planner (pure)
+quantities.py   quantity names, units, conversion to Wh / W / V / A / fen (pure)
+models.py       the meter model file format and its loader
+values.py       replies -> canonical values -> Reading (pure)
+exceptions.py   pymodbus / serial / timeout errors -> drivers.errors
+driver.py       ModbusTcpDriver, ModbusRtuDriver (pymodbus clients)
 """
 
 from drivers.modbus.driver import ModbusMeter, ModbusRtuDriver, ModbusTcpDriver

@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.client.base import ModbusBaseClient
@@ -52,18 +53,22 @@ class ModbusMeter:
             return self.unit_id, self.model.relay
         if self.breaker is not None and self.breaker.model.relay is not None:
             return self.breaker.unit_id, self.breaker.model.relay
-        raise UnsupportedOperation(f"model {self.model.model} has no relay and no breaker is set", meter_id=self.id)
+        raise UnsupportedOperation(
+            f"model {self.model.model} has no relay and no breaker is set", meter_id=self.id
+        )
 
 
 class _ModbusDriver(MeterDriver[ModbusMeter]):
     """Shared code of the TCP and RTU drivers: one pymodbus client, one transaction at a time."""
 
-    def __init__(self, *, timeout: float, retries: int, endpoint: str) -> None:
+    def __init__(self, *, timeout: float, retries: int, endpoint: str, frame_gap: float = 0.0) -> None:
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be positive and retries not negative")
         self.timeout = timeout
         self.retries = retries
         self.endpoint = endpoint
+        self._frame_gap = frame_gap  # silence kept between two transactions on the line
+        self._last_end = 0.0
         self._client: ModbusBaseClient | None = None
         self._lock = asyncio.Lock()
 
@@ -80,14 +85,22 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
             raise ConnectError(f"cannot connect to {self.endpoint}")
         return self._client
 
-    async def _transact(self, meter_id: str, what: str, call: Callable[[ModbusBaseClient], Awaitable[P]]) -> P:
+    async def _transact(
+        self, meter_id: str, what: str, call: Callable[[ModbusBaseClient], Awaitable[P]]
+    ) -> P:
         # pymodbus enforces (retries + 1) x timeout itself; the outer deadline only guards against a hang.
         deadline = self.timeout * (self.retries + 2)
+        loop = asyncio.get_running_loop()
         async with self._lock:
-            with map_modbus_exceptions(meter_id=meter_id, what=f"{self.endpoint} {what}"):
-                client = await self._connected()
-                reply = await asyncio.wait_for(call(client), deadline)
-                return check_reply(reply, meter_id=meter_id, what=f"{self.endpoint} {what}")
+            if (wait := self._last_end + self._frame_gap - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            try:
+                with map_modbus_exceptions(meter_id=meter_id, what=f"{self.endpoint} {what}"):
+                    client = await self._connected()
+                    reply = await asyncio.wait_for(call(client), deadline)
+                    return check_reply(reply, meter_id=meter_id, what=f"{self.endpoint} {what}")
+            finally:
+                self._last_end = loop.time()
 
     async def read_table(self, meter_id: str, unit_id: int, request: ReadRequest) -> list[int]:
         """One read request; bits come back as 0/1. Public for tools and tests."""
@@ -106,7 +119,11 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
                     return client.read_input_registers(address, count=count, device_id=unit_id)
 
         reply = await self._transact(meter_id, what, call)
-        values = [int(bit) for bit in reply.bits] if request.table in ("coil", "discrete") else list(reply.registers)
+        values = (
+            [int(bit) for bit in reply.bits]
+            if request.table in ("coil", "discrete")
+            else list(reply.registers)
+        )
         if len(values) < count:
             raise FrameError(f"{what}: {len(values)} values in the reply", meter_id=meter_id)
         return values[:count]
@@ -125,7 +142,9 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
         relay = relay_state_from_replies(model, replies)
         return reading_from_values(meter.id, values, taken_at=taken_at, relay=relay)
 
-    async def set_relay(self, meter: ModbusMeter, action: RelayAction, *, valid_until: dt.datetime | None = None) -> None:
+    async def set_relay(
+        self, meter: ModbusMeter, action: RelayAction, *, valid_until: dt.datetime | None = None
+    ) -> None:
         """Write the relay command; a Modbus exception reply raises ``CommandRefused``.
 
         Modbus cannot carry ``valid_until``; a command whose time has passed is not sent.
@@ -134,8 +153,11 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
         command = relay.command
         value = command.open if action is RelayAction.OPEN else command.close
         if valid_until is not None and dt.datetime.now(dt.UTC) >= valid_until:
-            raise CommandRefused(f"relay {action.value} expired at {valid_until.isoformat()}",
-                                 reason="expired before it was sent", meter_id=meter.id)
+            raise CommandRefused(
+                f"relay {action.value} expired at {valid_until.isoformat()}",
+                reason="expired before it was sent",
+                meter_id=meter.id,
+            )
 
         def call(client: ModbusBaseClient) -> Awaitable[ModbusPDU]:
             address = command.address
@@ -149,12 +171,16 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
                 case _:
                     return client.write_registers(address, [value], device_id=unit_id)
 
-        what = f"unit {unit_id} relay {action.value} (FC{command.write_function:02d} {command.table} {command.address:#06x})"
+        what = f"unit {unit_id} relay {action.value} (FC{command.write_function:02d} {command.address:#06x})"
         try:
             await self._transact(meter.id, what, call)
         except ExceptionReply as exc:
-            raise CommandRefused(str(exc), reason=f"Modbus exception {exc.code} ({exception_name(exc.code)})",
-                                 code=exc.code, meter_id=meter.id) from exc
+            raise CommandRefused(
+                str(exc),
+                reason=f"Modbus exception {exc.code} ({exception_name(exc.code)})",
+                code=exc.code,
+                meter_id=meter.id,
+            ) from exc
 
     async def read_relay(self, meter: ModbusMeter) -> RelayState:
         """Read the relay's actual state register."""
@@ -188,8 +214,15 @@ class ModbusTcpDriver(_ModbusDriver):
 
     def _new_client(self) -> ModbusBaseClient:
         # reconnect_delay=0: no background reconnect loop; the driver reconnects on the next request.
-        return AsyncModbusTcpClient(self.host, port=self.port, framer=FramerType.SOCKET, timeout=self.timeout,
-                                    retries=self.retries, reconnect_delay=0, name=self.endpoint)
+        return AsyncModbusTcpClient(
+            self.host,
+            port=self.port,
+            framer=FramerType.SOCKET,
+            timeout=self.timeout,
+            retries=self.retries,
+            reconnect_delay=0,
+            name=self.endpoint,
+        )
 
 
 class ModbusRtuDriver(_ModbusDriver):
@@ -212,13 +245,45 @@ class ModbusRtuDriver(_ModbusDriver):
         timeout: float = 1.0,
         retries: int = 0,
     ) -> None:
-        super().__init__(timeout=timeout, retries=retries, endpoint=f"modbus-rtu:{port}")
+        # RTU frames are separated by at least 3.5 character times (11 bits each; 1.75 ms above 19200 bd).
+        gap = 3.5 * 11 / baudrate if baudrate <= 19200 else 0.00175
+        super().__init__(timeout=timeout, retries=retries, endpoint=f"modbus-rtu:{port}", frame_gap=gap)
         self.port = port
+        self._socket = _socket_address(port) if port.startswith("socket://") else None
         self.baudrate = baudrate
         self.parity = parity
         self.stopbits = stopbits
 
     def _new_client(self) -> ModbusBaseClient:
-        return AsyncModbusSerialClient(self.port, framer=FramerType.RTU, baudrate=self.baudrate, parity=self.parity,
-                                       stopbits=self.stopbits, timeout=self.timeout, retries=self.retries,
-                                       reconnect_delay=0, name=self.endpoint)
+        if self._socket is not None:
+            # An asyncio TCP connection with RTU framing: pyserial's socket:// handler would block the event
+            # loop for 0.3 s on every close.
+            host, port = self._socket
+            return AsyncModbusTcpClient(
+                host,
+                port=port,
+                framer=FramerType.RTU,
+                timeout=self.timeout,
+                retries=self.retries,
+                reconnect_delay=0,
+                name=self.endpoint,
+            )
+        return AsyncModbusSerialClient(
+            self.port,
+            framer=FramerType.RTU,
+            baudrate=self.baudrate,
+            parity=self.parity,
+            stopbits=self.stopbits,
+            timeout=self.timeout,
+            retries=self.retries,
+            reconnect_delay=0,
+            name=self.endpoint,
+        )
+
+
+def _socket_address(url: str) -> tuple[str, int]:
+    """``socket://host:port`` -> (host, port), as pyserial reads it."""
+    parts = urlsplit(url)
+    if parts.hostname is None or parts.port is None:
+        raise ValueError(f"{url!r} is not socket://host:port")
+    return parts.hostname, parts.port

@@ -20,7 +20,7 @@ P = TypeVar("P", bound=ModbusPDU)
 
 @contextmanager
 def map_modbus_exceptions(*, meter_id: str | None = None, what: str = "request") -> Iterator[None]:
-    """Turn library exceptions raised in the block into the most specific ``DriverError``, ``from`` the original.
+    """Turn library exceptions raised in the block into the most specific ``DriverError`` (``from`` it).
 
     ``DriverError`` passes through unchanged (e.g. an ``ExceptionReply`` from ``check_reply``).
     """
@@ -50,6 +50,7 @@ def check_reply(reply: P | None, *, meter_id: str | None = None, what: str = "re
         raise MeterTimeout(f"{what}: no answer", meter_id=meter_id)
     if reply.isError():
         code = int(getattr(reply, "exception_code", 0))
-        raise ExceptionReply(f"{what}: Modbus exception {code} ({exception_name(code)})", code=code,
-                             meter_id=meter_id)
+        raise ExceptionReply(
+            f"{what}: Modbus exception {code} ({exception_name(code)})", code=code, meter_id=meter_id
+        )
     return reply

@@ -187,8 +187,10 @@ class MeterModel(_Strict):
             except KeyError as exc:
                 raise ValueError(f"registers.{name}.unit: {exc.args[0]}") from None
             if spec.table not in BIT_TABLES and spec.length > limit:
-                raise ValueError(f"registers.{name}: {spec.encoding} needs {spec.length} registers per request, "
-                                 f"defaults.max_registers_per_request is {limit}")
+                raise ValueError(
+                    f"registers.{name}: {spec.encoding} needs {spec.length} registers per request, "
+                    f"defaults.max_registers_per_request is {limit}"
+                )
         rates = [name for name in RATE_QUANTITIES if name in self.registers]
         if rates != list(RATE_QUANTITIES[: len(rates)]):
             raise ValueError("registers: rate registers must be energy_import_rate1 .. rateN without gaps")
@@ -196,7 +198,9 @@ class MeterModel(_Strict):
         return self
 
     def _spans(self) -> list[tuple[str, str, int, int]]:
-        spans = [(f"registers.{n}", s.table, s.address, s.length) for n, s in self.registers.items()]
+        spans: list[tuple[str, str, int, int]] = [
+            (f"registers.{n}", s.table, s.address, s.length) for n, s in self.registers.items()
+        ]
         if self.relay is not None:
             command, state = self.relay.command, self.relay.state
             spans.append(("relay.command", command.table, command.address, 1))
@@ -219,10 +223,12 @@ class MeterModel(_Strict):
 
 
 def _check_overlaps(spans: list[tuple[str, str, int, int]]) -> None:
-    ordered = sorted(spans, key=lambda s: (s[1], s[2]))
-    for (name_a, table_a, addr_a, len_a), (name_b, table_b, addr_b, _) in zip(ordered, ordered[1:], strict=False):
-        if table_a == table_b and addr_b < addr_a + len_a:
-            raise ValueError(f"{name_a} and {name_b} overlap in the {table_a} table at {addr_b:#06x}")
+    reach: dict[str, tuple[str, int]] = {}  # per table: the span that reaches furthest so far, and its end
+    for name, table, address, count in sorted(spans, key=lambda s: (s[1], s[2])):
+        previous, end = reach.get(table, ("", -1))
+        if address < end:
+            raise ValueError(f"{previous} and {name} overlap in the {table} table at {address:#06x}")
+        reach[table] = (name, address + count)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -231,7 +237,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -242,7 +248,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _parse_yaml(text: str, path: str | Path) -> Any:
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ModelFileError(path, f"invalid YAML: {exc}") from exc
 
@@ -261,8 +267,13 @@ def _describe(exc: ValidationError) -> str:
         where = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         value = error.get("input")
-        if error["type"] in ("literal_error", "string_pattern_mismatch", "int_type", "greater_than_equal",
-                             "less_than_equal") and not isinstance(value, Mapping | list):
+        if error["type"] in (
+            "literal_error",
+            "string_pattern_mismatch",
+            "int_type",
+            "greater_than_equal",
+            "less_than_equal",
+        ) and not isinstance(value, Mapping | list):
             message += f" (got {value!r})"
         lines.append(f"{where}: {message}" if where else message)
     return "; ".join(lines)

@@ -157,7 +157,7 @@ K = TypeVar("K", bound=Hashable)
 
 @dataclass(frozen=True, slots=True)
 class ReadPlan(Generic[K]):
-    """Read requests plus, for each item, where its registers are: ``(request index, offset in the reply)``."""
+    """Read requests and, per item, where its registers are: ``(request index, offset in the reply)``."""
 
     requests: tuple[ReadRequest, ...]
     slots: Mapping[K, tuple[int, int]]

@@ -92,7 +92,6 @@ payments = sa.Table(
     sa.Column("amount_fen", sa.BigInteger, nullable=False),
     sa.Column("paid_at", UtcDateTime, nullable=True),
     sa.Column("channel", sa.String(64), nullable=True),
-    sa.Column("ledger_entry_id", sa.BigInteger, nullable=False),
     sa.Column("balance_after_fen", sa.BigInteger, nullable=False),
     sa.Column("received_at", UtcDateTime, nullable=False),
 )

@@ -38,7 +38,6 @@ class PaymentPublic(BaseModel):
     channel: str | None
     balance: str = Field(description="the account's balance right after this payment")
     received_at: dt.datetime
-    ledger_entry_id: int
 
 
 class AccountPublic(BaseModel):

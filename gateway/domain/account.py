@@ -1,18 +1,31 @@
 """The prepaid account and its balance engine.
 
-``PrepaidAccount`` is pure: its methods change the account, return what they decided and append events to
-``account.events``; they do no I/O. The service layer loads an account, calls them, and saves the account with
-its ledger entries and the events in one transaction.
+``PrepaidAccount`` is pure: its methods change the account, return what they decided, append events to
+``account.events`` and ledger entries to ``account.entries``; they do no I/O and never read the clock. The
+service layer loads an account (``PrepaidAccount.from_state``), calls them, and saves ``account.state_dict()``
+with the drained entries and events in one transaction.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from gateway.domain import events as ev
+from gateway.domain.account_money import MoneyMixin
+from gateway.domain.account_readings import ReadingsMixin
+from gateway.domain.billing import BillingState
+from gateway.domain.emergency import EmergencyCredit
+from gateway.domain.guardrails import disconnect_refusal
+from gateway.domain.ledger import LedgerEntry
+from gateway.domain.metering import MeterCursor
+from gateway.domain.policy import RateLimiter, SitePolicy
+from gateway.domain.state import account_from_state, account_state
 from gateway.domain.tariffs import Tariff
+from gateway.domain.timeutil import require_aware
 
 __all__ = ["Decision", "MeterCursor", "PrepaidAccount", "Supply", "Thresholds"]
 
@@ -32,21 +45,85 @@ class Decision(str, enum.Enum):
 
 # Credit levels, in order of severity.
 OK, WARNING_1, WARNING_2, EXHAUSTED, DISCONNECT_POINT = range(5)
+CREDIT_STATES = ("ok", "warning1", "warning2", "exhausted", "disconnect_point")
 
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
     """Balance thresholds in fen.
 
-    Warning 1 and 2 are balances at or below which a low-credit warning goes out (2 is the final one).
-    The disconnect point is ``-overdraft_fen``. Reconnect happens at or above the disconnect point plus
-    ``reconnect_min_topup_fen`` (and never below zero unless overdraft is allowed).
+    Warning 1 and 2 are balances at or below which a low-credit warning goes out (2 is the final one, which
+    starts the notice period). The disconnect point is ``-overdraft``; ``overdraft_fen=None`` takes the
+    overdraft from the account's credit class (``SitePolicy.credit_classes``). Reconnect happens at or above
+    the disconnect point plus ``reconnect_min_topup_fen``.
     """
 
     warning1_fen: int = 2000
     warning2_fen: int = 500
-    overdraft_fen: int = 0
+    overdraft_fen: int | None = None
     reconnect_min_topup_fen: int = 100
+
+    @property
+    def disconnect_point_fen(self) -> int:
+        return -(self.overdraft_fen or 0)
+
+    @property
+    def reconnect_at_fen(self) -> int:
+        return self.disconnect_point_fen + self.reconnect_min_topup_fen
+
+
+class PrepaidAccount(ReadingsMixin, MoneyMixin):
+    """One prepaid account: balance, tariff, thresholds, meters' cursors, and the engine's state."""
+
+    def __init__(self, id: str, tariff: Tariff, thresholds: Thresholds | None = None, balance_fen: int = 0,
+                 supply: Supply = Supply.CONNECTED, warned_level: int = OK, protected: bool = False,
+                 hold_until: dt.datetime | None = None, period_wh: int = 0, period_charged_fen: int = 0,
+                 deferred_reason: str = "", *, site: SitePolicy | None = None, credit_class: str = "",
+                 operator_protected: bool = False, deferred_detail: str = "",
+                 deferred_until: dt.datetime | None = None, final_warning_at: dt.datetime | None = None,
+                 billing: BillingState | None = None, emergency: EmergencyCredit | None = None,
+                 cursors: Mapping[str, MeterCursor] | None = None) -> None:
+        self.id, self.tariff = id, tariff
+        self.thresholds = thresholds or Thresholds()
+        self.site = site or SitePolicy()
+        self.credit_class = credit_class
+        self.balance_fen, self.supply, self.warned_level = balance_fen, Supply(supply), warned_level
+        self.protected = protected  # by configuration (hospital, school, life support)
+        self.operator_protected = operator_protected  # by an operator (admin) through the API
+        self.hold_until = hold_until
+        self.deferred_reason, self.deferred_detail, self.deferred_until = deferred_reason, deferred_detail, deferred_until
+        self.final_warning_at = final_warning_at  # starts the notice period
+        self.billing = billing or BillingState(energy_wh=period_wh, charged_fen=period_charged_fen)
+        self.emergency = emergency or EmergencyCredit()
+        self.cursors: dict[str, MeterCursor] = dict(cursors or {})
+        self.events: list[ev.Event] = []
+        self.entries: list[LedgerEntry] = []
+
+    # --- state (state_dict / from_state live in gateway.domain.state) ---------------------------------------
+    period_wh = property(lambda self: self.billing.energy_wh)
+    period_charged_fen = property(lambda self: self.billing.charged_fen)
+
+    def state_dict(self) -> dict[str, Any]:
+        """All mutable state as a JSON-able dict (schema in ``gateway.domain.state``)."""
+        return account_state(self)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], *, id: str, tariff: Tariff, thresholds: Thresholds | None = None,
+                   site: SitePolicy | None = None, credit_class: str = "", protected: bool = False) -> PrepaidAccount:
+        """Rebuild an account from ``state_dict()`` output and its configuration."""
+        return account_from_state(cls, state, id=id, tariff=tariff, thresholds=thresholds, site=site,
+                                  credit_class=credit_class, protected=protected)
+
+    # --- credit -------------------------------------------------------------------------------------------
+    @property
+    def is_protected(self) -> bool:
+        return self.protected or self.operator_protected
+
+    @property
+    def overdraft_fen(self) -> int:
+        if self.thresholds.overdraft_fen is not None:
+            return self.thresholds.overdraft_fen
+        return self.site.overdraft_for(self.credit_class)
 
     @property
     def disconnect_point_fen(self) -> int:
@@ -54,38 +131,11 @@ class Thresholds:
 
     @property
     def reconnect_at_fen(self) -> int:
-        return self.disconnect_point_fen + self.reconnect_min_topup_fen
+        return self.disconnect_point_fen + self.thresholds.reconnect_min_topup_fen
 
-
-@dataclass(slots=True)
-class MeterCursor:
-    """Where billing of one meter stands: the last cumulative energy billed, and when it was read."""
-
-    meter_id: str
-    energy_wh: int | None = None
-    taken_at: dt.datetime | None = None
-    max_power_w: int = 60_000  # contract capacity used for the plausibility check
-
-
-@dataclass(slots=True)
-class PrepaidAccount:
-    id: str
-    tariff: Tariff
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    balance_fen: int = 0
-    supply: Supply = Supply.CONNECTED
-    warned_level: int = OK
-    protected: bool = False
-    hold_until: dt.datetime | None = None
-    period_wh: int = 0
-    period_charged_fen: int = 0
-    deferred_reason: str = ""  # why the pending disconnect is held back (recorded once per reason)
-    events: list[ev.Event] = field(default_factory=list)
-
-    # --- credit -------------------------------------------------------------------------------------------
     def credit_level(self) -> int:
         t, b = self.thresholds, self.balance_fen
-        if b <= t.disconnect_point_fen:
+        if b <= self.disconnect_point_fen:
             return DISCONNECT_POINT
         if b <= 0:
             return EXHAUSTED
@@ -96,51 +146,13 @@ class PrepaidAccount:
         return OK
 
     def credit_state(self) -> str:
-        return ("ok", "warning1", "warning2", "exhausted", "disconnect_point")[self.credit_level()]
-
-    # --- readings -----------------------------------------------------------------------------------------
-    def apply_reading(self, cursor: MeterCursor, energy_wh: int, taken_at: dt.datetime, *,
-                      margin: float = 1.5, resolution_wh: int = 10) -> int:
-        """Bill a cumulative reading of one of the account's meters; returns the charge in fen.
-
-        The first reading of a meter only sets its baseline. A reading lower than the last one, or a jump larger
-        than the meter's capacity over the elapsed time allows, is quarantined: not billed, baseline unchanged.
-        """
-        if cursor.energy_wh is None or cursor.taken_at is None:
-            cursor.energy_wh, cursor.taken_at = energy_wh, taken_at
-            return 0
-        if taken_at <= cursor.taken_at:
-            return 0  # an old or duplicate reading: nothing new to bill
-        delta = energy_wh - cursor.energy_wh
-        elapsed_h = (taken_at - cursor.taken_at).total_seconds() / 3600
-        plausible = cursor.max_power_w * elapsed_h * margin + resolution_wh
-        if delta < 0 or delta > plausible:
-            reason = "went backwards" if delta < 0 else f"jump of {delta} Wh exceeds plausible {int(plausible)} Wh"
-            self.events.append(ev.ReadingQuarantined(self.id, cursor.meter_id, energy_wh, cursor.energy_wh, reason))
-            return 0
-        cursor.energy_wh, cursor.taken_at = energy_wh, taken_at
-        if delta == 0:
-            return 0
-        self.period_wh += delta
-        period_cost = self.tariff.period_cost_fen(self.period_wh)
-        charge = period_cost - self.period_charged_fen
-        self.period_charged_fen = period_cost
-        self.balance_fen -= charge
-        self.events.append(ev.AccountCharged(self.id, cursor.meter_id, delta, charge, self.balance_fen))
-        self._announce_credit()
-        return charge
-
-    # --- payments -----------------------------------------------------------------------------------------
-    def apply_payment(self, source: str, payment_id: str, amount_fen: int) -> None:
-        if amount_fen <= 0:
-            raise ValueError("a payment must be positive")
-        self.balance_fen += amount_fen
-        self.events.append(ev.PaymentReceived(self.id, source, payment_id, amount_fen, self.balance_fen))
-        self._announce_credit()
+        return CREDIT_STATES[self.credit_level()]
 
     def _announce_credit(self) -> None:
-        """One warning per crossing downwards; crossing back up re-arms it."""
+        """One warning per crossing downwards; crossing back up re-arms it (and the notice period)."""
         level = self.credit_level()
+        if level < WARNING_2:
+            self.final_warning_at = None
         if level < self.warned_level:
             self.warned_level = level
             return
@@ -151,35 +163,67 @@ class PrepaidAccount:
                 self.events.append(ev.CreditExhausted(self.id, self.balance_fen))
         self.warned_level = level
 
+
+    # --- operator flags -----------------------------------------------------------------------------------
+    def set_protected(self, protected: bool, *, by: str = "") -> None:
+        if protected != self.operator_protected:
+            self.operator_protected = protected
+            self.events.append(ev.ProtectionChanged(self.id, protected, by))
+
+    def place_hold(self, until: dt.datetime, *, by: str = "") -> None:
+        """No automatic disconnect before ``until`` (e.g. after a manual reconnect below the disconnect point)."""
+        self.hold_until = require_aware(until, "until")
+        self.events.append(ev.HoldChanged(self.id, until, by))
+
+    def release_hold(self, *, by: str = "") -> None:
+        if self.hold_until is not None:
+            self.hold_until = None
+            self.events.append(ev.HoldChanged(self.id, None, by))
+
     # --- decisions ----------------------------------------------------------------------------------------
-    def evaluate(self, now: dt.datetime, *, readings_ok: bool = True, why_not_ok: str = "") -> Decision:
-        """Decide whether the supply must change. Guardrails may defer a disconnect; reconnects always go."""
+    def evaluate(self, now: dt.datetime, *, readings_ok: bool = True, why_not_ok: str = "",
+                 offline: Collection[str] = (), limiter: RateLimiter | None = None) -> Decision:
+        """Decide whether the supply must change. Guardrails may defer a disconnect; reconnects always go.
+
+        ``offline``: ids of the account's meters the scheduler reports offline. ``readings_ok=False`` with
+        ``why_not_ok`` lets the caller block for reasons of its own. ``limiter``: the site's rate limiter (a
+        disconnect decided here is recorded in it). A refusal is recorded once per (reason, detail).
+        """
+        require_aware(now, "now")
+        if self.warned_level >= WARNING_2 and self.final_warning_at is None:
+            self.final_warning_at = now  # the final warning goes out with this transaction: notice starts
         if self.supply is Supply.DISCONNECTED:
-            if self.balance_fen >= self.thresholds.reconnect_at_fen:
+            if self.balance_fen >= self.reconnect_at_fen:
                 self.supply = Supply.CONNECTED
+                self._clear_deferral()
                 self.events.append(ev.ReconnectRequired(self.id, self.balance_fen))
                 return Decision.RECONNECT
             return Decision.NONE
-        if self.balance_fen > self.thresholds.disconnect_point_fen:
-            self.deferred_reason = ""
+        if self.balance_fen > self.disconnect_point_fen:
+            if self.deferred_reason:
+                self._clear_deferral()
+                self.events.append(ev.DisconnectWithdrawn(self.id, self.balance_fen))
             return Decision.NONE
-        reason = self.disconnect_blocked_by(now, readings_ok=readings_ok, why_not_ok=why_not_ok)
-        if reason:
-            if reason != self.deferred_reason:
-                self.deferred_reason = reason
-                self.events.append(ev.DisconnectDeferred(self.id, reason, self.balance_fen))
+        refusal = disconnect_refusal(self, now, readings_ok=readings_ok, why_not_ok=why_not_ok, offline=offline,
+                                     limiter=limiter)
+        if refusal is not None:
+            self.deferred_until = refusal.until
+            if (refusal.reason, refusal.detail) != (self.deferred_reason, self.deferred_detail):
+                self.deferred_reason, self.deferred_detail = refusal.reason, refusal.detail
+                self.events.append(ev.DisconnectDeferred(self.id, refusal.reason, self.balance_fen, refusal.detail,
+                                                         refusal.until))
             return Decision.NONE
-        self.deferred_reason = ""
+        if limiter is not None:
+            limiter.record(now)
+        self._clear_deferral()
         self.supply = Supply.DISCONNECTED
         self.events.append(ev.DisconnectRequired(self.id, self.balance_fen))
         return Decision.DISCONNECT
 
-    def disconnect_blocked_by(self, now: dt.datetime, *, readings_ok: bool, why_not_ok: str = "") -> str:
-        """The guardrail that forbids an automatic disconnect now, or "" when none does."""
-        if self.protected:
-            return "protected"
-        if self.hold_until is not None and now < self.hold_until:
-            return "operator hold"
-        if not readings_ok:
-            return why_not_ok or "reading not usable"
-        return ""
+    def disconnect_blocked_by(self, now: dt.datetime, *, readings_ok: bool = True, why_not_ok: str = "") -> str:
+        """The reason code of the guardrail that forbids an automatic disconnect now, or "" when none does."""
+        refusal = disconnect_refusal(self, now, readings_ok=readings_ok, why_not_ok=why_not_ok)
+        return refusal.reason if refusal is not None else ""
+
+    def _clear_deferral(self) -> None:
+        self.deferred_reason, self.deferred_detail, self.deferred_until = "", "", None

@@ -1,19 +1,34 @@
-"""Events the domain records (past tense). Handlers publish them after commit."""
+"""Events the domain records (past tense). Handlers publish them after commit; ``event_dict`` makes them JSON."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 from dataclasses import dataclass
+from typing import Any
+
+from gateway.domain.timeutil import to_iso
 
 __all__ = [
     "AccountCharged",
+    "BalanceAdjusted",
+    "BillingPeriodClosed",
     "CreditExhausted",
     "CreditLow",
     "DisconnectDeferred",
     "DisconnectRequired",
+    "DisconnectWithdrawn",
+    "EmergencyCreditGranted",
+    "EmergencyCreditRepaid",
     "Event",
+    "HoldChanged",
     "PaymentReceived",
+    "PaymentReversed",
+    "ProtectionChanged",
+    "QuarantineResolved",
     "ReadingQuarantined",
     "ReconnectRequired",
+    "event_dict",
 ]
 
 
@@ -24,6 +39,7 @@ class Event:
     account_id: str
 
 
+# --- money ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class AccountCharged(Event):
     meter_id: str
@@ -40,6 +56,43 @@ class PaymentReceived(Event):
     balance_fen: int
 
 
+@dataclass(frozen=True, slots=True)
+class PaymentReversed(Event):
+    source: str
+    payment_id: str
+    amount_fen: int  # the credit removed (positive)
+    balance_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencyCreditGranted(Event):
+    amount_fen: int
+    balance_fen: int
+    granted_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencyCreditRepaid(Event):
+    amount_fen: int  # repaid now (negative when a reversal undid a repayment)
+    outstanding_fen: int  # still to repay
+    balance_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceAdjusted(Event):
+    amount_fen: int
+    reason: str
+    balance_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class BillingPeriodClosed(Event):
+    period: str  # "2026-11" (monthly) or "2026" (yearly)
+    energy_wh: int
+    charged_fen: int
+
+
+# --- credit and supply ------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class CreditLow(Event):
     level: int  # 1 or 2 (2 is the final warning)
@@ -58,7 +111,19 @@ class DisconnectRequired(Event):
 
 @dataclass(frozen=True, slots=True)
 class DisconnectDeferred(Event):
-    reason: str
+    """A guardrail refused an automatic disconnect; recorded once per reason. ``until``: when it should end."""
+
+    reason: str  # protected, operator_hold, quarantined_reading, meter_offline, readings_not_ok, stale_reading,
+    #             friendly_window, notice_period, rate_limit
+    balance_fen: int
+    detail: str = ""
+    until: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectWithdrawn(Event):
+    """A deferred disconnect is no longer needed: the balance rose above the disconnect point."""
+
     balance_fen: int
 
 
@@ -68,8 +133,41 @@ class ReconnectRequired(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ProtectionChanged(Event):
+    protected: bool
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldChanged(Event):
+    until: dt.datetime | None  # None: the hold was released
+    by: str = ""
+
+
+# --- readings ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
 class ReadingQuarantined(Event):
     meter_id: str
     energy_wh: int
     previous_wh: int
     reason: str
+    kind: str = ""  # backwards | jump
+    taken_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineResolved(Event):
+    meter_id: str
+    action: str  # accepted | rebased | discarded (a later plausible reading superseded it)
+    energy_wh: int  # the quarantined reading
+    billed_wh: int  # energy billed by the resolution (0 for rebased and discarded)
+    by: str = ""
+
+
+def event_dict(event: Event) -> dict[str, Any]:
+    """A JSON-able dict of the event with its ``type``; datetimes become ISO 8601 UTC strings."""
+    out: dict[str, Any] = {"type": type(event).__name__}
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        out[f.name] = to_iso(value) if isinstance(value, dt.datetime) else value
+    return out

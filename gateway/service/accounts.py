@@ -14,7 +14,8 @@ from gateway.domain.account import MeterCursor, PrepaidAccount, Supply
 from gateway.service.catalog import AccountSpec, Catalog
 from gateway.service.uow import UnitOfWork
 
-__all__ = ["UnknownAccount", "UnknownMeter", "ensure_catalog_rows", "load_account", "save_account"]
+__all__ = ["UnknownAccount", "UnknownMeter", "ensure_catalog_rows", "load_account", "load_accounts", "save_account",
+           "save_accounts"]
 
 
 class UnknownAccount(LookupError):
@@ -31,20 +32,20 @@ async def ensure_catalog_rows(uow: UnitOfWork, catalog: Catalog, now: dt.datetim
     A new account starts with its opening balance as the first ledger entry; existing ones are left alone.
     """
     existing = set((await uow.execute(sa.select(t.accounts.c.id))).scalars())
-    for spec in catalog.accounts.values():
-        if spec.id in existing:
-            continue
-        await uow.execute(sa.insert(t.accounts).values(
+    new = [spec for spec in catalog.accounts.values() if spec.id not in existing]
+    if new:
+        await uow.execute(sa.insert(t.accounts), [dict(
             id=spec.id, balance_fen=spec.opening_balance_fen, supply=Supply.CONNECTED.value, warned_level=0,
-            deferred_reason="", period_wh=0, period_charged_fen=0, updated_at=now))
-        await uow.execute(sa.insert(t.ledger).values(
+            deferred_reason="", period_wh=0, period_charged_fen=0, updated_at=now) for spec in new])
+        await uow.execute(sa.insert(t.ledger), [dict(
             account_id=spec.id, kind="opening", amount_fen=spec.opening_balance_fen,
-            balance_after_fen=spec.opening_balance_fen, created_at=now, reference="settings"))
+            balance_after_fen=spec.opening_balance_fen, created_at=now, reference="settings") for spec in new])
     known = {row.id: row.account_id for row in await uow.execute(sa.select(t.meters.c.id, t.meters.c.account_id))}
+    new_meters = [dict(id=m.id, account_id=m.account_id) for m in catalog.meters.values() if m.id not in known]
+    if new_meters:
+        await uow.execute(sa.insert(t.meters), new_meters)
     for meter in catalog.meters.values():
-        if meter.id not in known:
-            await uow.execute(sa.insert(t.meters).values(id=meter.id, account_id=meter.account_id))
-        elif known[meter.id] != meter.account_id:
+        if meter.id in known and known[meter.id] != meter.account_id:
             await uow.execute(sa.update(t.meters).where(t.meters.c.id == meter.id).values(
                 account_id=meter.account_id, billed_wh=None, billed_at=None))
 
@@ -58,11 +59,24 @@ def _spec(catalog: Catalog, account_id: str) -> AccountSpec:
 
 async def load_account(uow: UnitOfWork, catalog: Catalog, account_id: str) -> PrepaidAccount:
     """Load an account for change (row-locked on PostgreSQL)."""
-    spec = _spec(catalog, account_id)
-    row = (await uow.execute(
-        sa.select(t.accounts).where(t.accounts.c.id == account_id).with_for_update())).one_or_none()
-    if row is None:
+    _spec(catalog, account_id)
+    accounts = await load_accounts(uow, catalog, [account_id])
+    if account_id not in accounts:
         raise UnknownAccount(account_id)
+    return accounts[account_id]
+
+
+async def load_accounts(uow: UnitOfWork, catalog: Catalog, account_ids: list[str]) -> dict[str, PrepaidAccount]:
+    """Load accounts for change, row-locked on PostgreSQL (in id order, so that writers never deadlock)."""
+    if not account_ids:
+        return {}
+    rows = await uow.execute(sa.select(t.accounts).where(t.accounts.c.id.in_(sorted(account_ids)))
+                             .order_by(t.accounts.c.id).with_for_update())
+    return {row.id: _account(catalog, row) for row in rows if row.id in catalog.accounts}
+
+
+def _account(catalog: Catalog, row: Any) -> PrepaidAccount:
+    spec = catalog.accounts[row.id]
     return PrepaidAccount(
         id=row.id, tariff=spec.tariff, thresholds=spec.thresholds, balance_fen=row.balance_fen,
         supply=Supply(row.supply), warned_level=row.warned_level, protected=spec.protected,
@@ -84,16 +98,31 @@ async def save_cursor(uow: UnitOfWork, cursor: MeterCursor) -> None:
                       .values(billed_wh=cursor.energy_wh, billed_at=cursor.taken_at))
 
 
+async def save_accounts(uow: UnitOfWork, accounts: list[PrepaidAccount], now: dt.datetime) -> None:
+    """Write the state of several accounts in one executemany (their events and entries are the caller's)."""
+    if not accounts:
+        return
+    b = sa.bindparam
+    statement = sa.update(t.accounts).where(t.accounts.c.id == b("_id")).values(
+        balance_fen=b("balance_fen"), supply=b("supply"), warned_level=b("warned_level"),
+        deferred_reason=b("deferred_reason"), hold_until=b("hold_until"), period_wh=b("period_wh"),
+        period_charged_fen=b("period_charged_fen"), updated_at=b("updated_at"))
+    await uow.execute(statement, [_state(a, now) | {"_id": a.id} for a in accounts])
+
+
+def _state(account: PrepaidAccount, now: dt.datetime) -> dict[str, Any]:
+    return dict(balance_fen=account.balance_fen, supply=account.supply.value, warned_level=account.warned_level,
+                deferred_reason=account.deferred_reason, hold_until=account.hold_until, period_wh=account.period_wh,
+                period_charged_fen=account.period_charged_fen, updated_at=now)
+
+
 async def save_account(uow: UnitOfWork, account: PrepaidAccount, now: dt.datetime,
                        entries: list[dict[str, Any]] = ()) -> list[int]:  # type: ignore[assignment]
     """Write the account's state, its new ledger entries and its events (to the outbox) in the open transaction.
 
     Returns the ids of the ledger entries written.
     """
-    await uow.execute(sa.update(t.accounts).where(t.accounts.c.id == account.id).values(
-        balance_fen=account.balance_fen, supply=account.supply.value, warned_level=account.warned_level,
-        deferred_reason=account.deferred_reason, hold_until=account.hold_until, period_wh=account.period_wh,
-        period_charged_fen=account.period_charged_fen, updated_at=now))
+    await uow.execute(sa.update(t.accounts).where(t.accounts.c.id == account.id).values(**_state(account, now)))
     ids = []
     for entry in entries:
         result = await uow.execute(sa.insert(t.ledger).values(account_id=account.id, created_at=now, **entry)
@@ -114,7 +143,24 @@ def event_topic(event: ev.Event) -> str:
 
 
 def event_payload(event: ev.Event, now: dt.datetime) -> dict[str, Any]:
-    payload = dataclasses.asdict(event)
+    """The JSON payload of an event: its fields (shallow: events hold plain values), type and time."""
+    names = _FIELDS.get(type(event))
+    if names is None:
+        names = _FIELDS[type(event)] = tuple(f.name for f in dataclasses.fields(event))
+    payload = {name: _plain(getattr(event, name)) for name in names}
     payload["type"] = type(event).__name__
     payload["at"] = now.isoformat()
     return payload
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "value") and not isinstance(value, int | str | float):  # enums
+        return value.value
+    return value

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 
 from gateway.adapters import tables as t
 from gateway.service.uow import UnitOfWork
+from gateway.service.writer import payment_reference
 
 __all__ = ["verify_ledger"]
 
@@ -29,10 +30,13 @@ async def verify_ledger(uow: UnitOfWork) -> list[str]:
         if running.get(account_id, 0) != balance:
             problems.append(f"account {account_id}: balance {balance} but its entries sum to "
                             f"{running.get(account_id, 0)}")
-    payments = await uow.execute(sa.select(t.payments.c.source, t.payments.c.payment_id, t.ledger.c.amount_fen,
-                                           t.payments.c.amount_fen.label("paid"))
-                                 .join(t.ledger, t.ledger.c.id == t.payments.c.ledger_entry_id, isouter=True))
-    for row in payments:
-        if row.amount_fen != row.paid:
-            problems.append(f"payment {row.source}/{row.payment_id} has no matching ledger entry")
+    credited: dict[str, int] = {}
+    for row in await uow.execute(sa.select(t.ledger.c.reference, t.ledger.c.amount_fen)
+                                 .where(t.ledger.c.kind == "payment")):
+        credited[row.reference] = credited.get(row.reference, 0) + row.amount_fen
+    for row in await uow.execute(sa.select(t.payments.c.source, t.payments.c.payment_id, t.payments.c.amount_fen)):
+        reference = payment_reference(row.source, row.payment_id)
+        if credited.pop(reference, None) != row.amount_fen:
+            problems.append(f"payment {reference} has no matching ledger entry (or more than one)")
+    problems += [f"ledger payment entry {ref} has no payment record" for ref in credited]
     return problems

@@ -1,12 +1,10 @@
 """Simulated DL/T 645-2007 meters: many addresses on one bus, relay model, prepaid registers, faults."""
 
 from simulators.dlt645.bus import SimulatedBus, read_register
-from simulators.dlt645.load import DailyLoad, tou_rate
 from simulators.dlt645.model import Fault, FaultPlan, RelayKind, SimulatedDlt645Meter
 from simulators.dlt645.server import Dlt645Simulator, make_meters, serve_dlt645
 
 __all__ = [
-    "DailyLoad",
     "Dlt645Simulator",
     "Fault",
     "FaultPlan",
@@ -16,5 +14,4 @@ __all__ = [
     "make_meters",
     "read_register",
     "serve_dlt645",
-    "tou_rate",
 ]

@@ -33,8 +33,8 @@ def _scaled(fmt: DataFormat, value: float) -> bytes:
     return fmt.encode_scaled(max(-limit if fmt.signed else 0, min(limit, scaled)))
 
 
-def _energy(wh: float) -> bytes:
-    return _scaled(ENERGY, wh / 1000)
+def _energy(wh: int) -> bytes:
+    return ENERGY.encode_scaled(min(wh // 10, 99_999_999))  # 0.01 kWh = 10 Wh, truncated like a register
 
 
 def read_register(meter: SimulatedDlt645Meter, di: int) -> bytes | None:
@@ -69,7 +69,9 @@ def read_register(meter: SimulatedDlt645Meter, di: int) -> bytes | None:
         return meter.wire_address
     if di == DI.DATE_WEEKDAY:
         now = meter.local_now()
-        return bytes(bcd_encode(x, 1)[0] for x in ((now.isoweekday() % 7), now.day, now.month, now.year - 2000))
+        return bytes(
+            bcd_encode(x, 1)[0] for x in ((now.isoweekday() % 7), now.day, now.month, now.year - 2000)
+        )
     if di == DI.TIME:
         now = meter.local_now()
         return bytes(bcd_encode(x, 1)[0] for x in (now.second, now.minute, now.hour))
@@ -108,7 +110,11 @@ class SimulatedBus:
                 return Reply(meter, frame.reply(meter.wire_address, address=meter.wire_address))
             return None
         wildcard_ok = frame.function == Function.READ
-        targets = [m for m in self.meters if address_matches(m.wire_address, frame.address, allow_wildcard=wildcard_ok)]
+        targets = [
+            m
+            for m in self.meters
+            if address_matches(m.wire_address, frame.address, allow_wildcard=wildcard_ok)
+        ]
         if len(targets) != 1:
             return None  # nobody, or a collision on the line
         meter = targets[0]

@@ -12,15 +12,16 @@ import logging
 import random
 import termios
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import serial
 import serial_asyncio_fast
 
 from drivers.dlt645.codec import Frame, FrameReader
 from simulators.dlt645.bus import SimulatedBus
-from simulators.dlt645.load import DailyLoad
 from simulators.dlt645.model import Fault, SimulatedDlt645Meter
+from simulators.loadprofile import LoadProfile, unit_random
+from simulators.meter import Clock, SimClock, SimulatedMeter
 
 __all__ = ["Dlt645Simulator", "make_meters", "serve_dlt645"]
 
@@ -29,21 +30,31 @@ log = logging.getLogger(__name__)
 BITS_PER_BYTE = 11  # start + 8 data + even parity + stop
 
 
-def make_meters(count: int, *, first_address: int = 1, seed: int = 0, **options: Any) -> list[SimulatedDlt645Meter]:
-    """``count`` meters with consecutive addresses, seeded loads and starting energies."""
+def make_meters(
+    count: int,
+    *,
+    first_address: int = 1,
+    seed: int = 0,
+    clock: Clock | None = None,
+    speed: float = 1.0,
+    trip_delay_s: float = 0.0,
+    **options: Any,
+) -> list[SimulatedDlt645Meter]:
+    """``count`` meters with consecutive addresses on one simulated clock, seeded loads, energies and balances.
+
+    ``options`` go to ``SimulatedDlt645Meter`` (passwords, relay_kind, supports_block, ...).
+    """
+    clock = clock if clock is not None else SimClock(speed=speed)
     meters = []
-    for i in range(count):
-        rng = random.Random(seed * 100_003 + i)
-        start = tuple(rng.uniform(100_000, 2_000_000) for _ in range(4))
-        meters.append(
-            SimulatedDlt645Meter(
-                f"{first_address + i:012d}",
-                energy_wh=start,  # type: ignore[arg-type]
-                load=DailyLoad.seeded(seed * 100_003 + i),
-                balance_fen=rng.randrange(0, 20_000),
-                **options,
-            )
+    for index in range(count):
+        meter = SimulatedMeter(
+            LoadProfile.seeded(seed, index),
+            clock=clock,
+            energy_wh=100_000 + 9_900_000 * unit_random(seed, index, 4),  # 100 - 10 000 kWh
+            trip_delay_s=trip_delay_s,
         )
+        meter.balance_fen = int(20_000 * unit_random(seed, index, 5))
+        meters.append(SimulatedDlt645Meter(f"{first_address + index:012d}", meter, **options))
     return meters
 
 
@@ -95,6 +106,7 @@ class Dlt645Simulator:
         pace: emulate line time and Td.
         td: the reply delay range in seconds when pacing.
         seed: seeds the loads, starting energies and Td draws.
+        speed: simulated seconds per real second (when ``meters`` is a count).
         preamble: FE bytes in front of replies (meters send 0-4).
     """
 
@@ -109,12 +121,13 @@ class Dlt645Simulator:
         pace: bool = False,
         td: tuple[float, float] = (0.020, 0.050),
         seed: int = 0,
+        speed: float = 1.0,
         first_address: int = 1,
         preamble: int = 0,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         if isinstance(meters, int):
-            meters = make_meters(meters, first_address=first_address, seed=seed)
+            meters = make_meters(meters, first_address=first_address, seed=seed, speed=speed)
         self.bus = SimulatedBus(meters)
         self.serial_path = serial
         self.tcp = tcp
@@ -143,11 +156,15 @@ class Dlt645Simulator:
         loop = asyncio.get_running_loop()
         if self.tcp is not None:
             host, _, port = self.tcp.rpartition(":")
-            self._server = await loop.create_server(lambda: _LineProtocol(self), host or "127.0.0.1", int(port))
+            self._server = await loop.create_server(
+                lambda: _LineProtocol(self), host or "127.0.0.1", int(port)
+            )
             self.tcp_port = self._server.sockets[0].getsockname()[1]
         if self.serial_path is not None:
             self._serial_transport = await self._open_serial(self.serial_path)
-        log.info("dlt645 simulator: %d meters, serial=%s tcp=%s", len(self.meters), self.serial_path, self.tcp_port)
+        log.info(
+            "dlt645 simulator: %d meters, serial=%s tcp=%s", len(self.meters), self.serial_path, self.tcp_port
+        )
 
     async def _open_serial(self, path: str) -> asyncio.BaseTransport:
         loop = asyncio.get_running_loop()
@@ -180,7 +197,7 @@ class Dlt645Simulator:
                     await line.worker
         self._lines.clear()
 
-    async def __aenter__(self) -> Dlt645Simulator:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -220,13 +237,23 @@ async def serve_dlt645(
     pace: bool,
     seed: int,
     first_address: int = 1,
+    speed: float = 1.0,
 ) -> None:
     """Serve ``meters`` simulated meters until cancelled (the ``meter-gateway simulate dlt645`` command)."""
     if serial is None and tcp is None:
         raise ValueError("give a serial path, a TCP host:port, or both")
     async with Dlt645Simulator(
-        meters=meters, serial=serial, tcp=tcp, baud=baud, pace=pace, seed=seed, first_address=first_address
+        meters=meters,
+        serial=serial,
+        tcp=tcp,
+        baud=baud,
+        pace=pace,
+        seed=seed,
+        first_address=first_address,
+        speed=speed,
     ) as simulator:
-        addresses = ", ".join(m.address for m in simulator.meters[:5]) + (" …" if len(simulator.meters) > 5 else "")
+        addresses = ", ".join(m.address for m in simulator.meters[:5]) + (
+            " …" if len(simulator.meters) > 5 else ""
+        )
         log.info("dlt645 simulator serving %s (tcp port %s)", addresses, simulator.tcp_port)
         await asyncio.Event().wait()

@@ -20,17 +20,29 @@ from simulators.meter import SimulatedMeter
 
 __all__ = ["MeterUnit", "ModelLayout", "quantity_value"]
 
-_FC_TABLE: dict[int, Table] = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 3: "holding", 6: "holding",
-                               16: "holding", 4: "input"}
+_FC_TABLE: dict[int, Table] = {
+    1: "coil",
+    5: "coil",
+    15: "coil",
+    2: "discrete",
+    3: "holding",
+    6: "holding",
+    16: "holding",
+    4: "input",
+}
 
 
 def _phase(value: Callable[[SimulatedMeter], float]) -> Callable[[SimulatedMeter], float]:
     return lambda m: value(m) / 3  # a balanced three-phase load
 
 
+def _rate(index: int) -> Callable[[SimulatedMeter], int]:
+    return lambda m: m.energy_wh_by_rate[index]
+
+
 _VALUES: dict[str, Callable[[SimulatedMeter], int | float]] = {
     "energy_import_total": lambda m: m.energy_wh,
-    **{f"energy_import_rate{n}": (lambda m, i=n - 1: m.energy_wh_by_rate[i]) for n in range(1, 5)},
+    **{f"energy_import_rate{n}": _rate(n - 1) for n in range(1, 5)},
     "energy_export_total": lambda m: 0,
     "power": lambda m: m.power_w,
     **{f"power_l{n}": _phase(lambda m: m.power_w) for n in range(1, 4)},
@@ -68,24 +80,40 @@ class ModelLayout:
         slots: list[_Slot] = [self._quantity_slot(name) for name in model.registers]
         if model.relay is not None:
             command, state = model.relay.command, model.relay.state
-            slots.append(_Slot(command.table, command.address, 1, writable=True,
-                               fill=lambda m: [command.close if m.relay_commanded_closed else command.open]))
+            slots.append(
+                _Slot(
+                    command.table,
+                    command.address,
+                    1,
+                    writable=True,
+                    fill=lambda m: [command.close if m.relay_commanded_closed else command.open],
+                )
+            )
             # after the command: where both share one register, it shows the actual state
-            slots.append(_Slot(state.table, state.address, 1,
-                               fill=lambda m: [state.closed if m.relay_closed else state.open]))
+            slots.append(
+                _Slot(
+                    state.table,
+                    state.address,
+                    1,
+                    fill=lambda m: [state.closed if m.relay_closed else state.open],
+                )
+            )
         self.slots: dict[Table, list[_Slot]] = {t: [s for s in slots if s.table == t] for t in TABLES}
 
     def _quantity_slot(self, name: str) -> _Slot:
         spec = self.model.registers[name]
 
         def fill(meter: SimulatedMeter) -> list[int]:
-            raw = from_canonical(name, quantity_value(meter, name), scale=spec.scale, unit=spec.unit,
-                                 encoding=spec.encoding)
+            raw = from_canonical(
+                name, quantity_value(meter, name), scale=spec.scale, unit=spec.unit, encoding=spec.encoding
+            )
             return encode(raw, spec.encoding, spec.word_order)
 
         return _Slot(spec.table, spec.address, spec.length, fill)
 
-    def sim_data(self, meter: SimulatedMeter) -> tuple[list[SimData], list[SimData], list[SimData], list[SimData]]:
+    def sim_data(
+        self, meter: SimulatedMeter
+    ) -> tuple[list[SimData], list[SimData], list[SimData], list[SimData]]:
         """pymodbus blocks (coils, discrete inputs, holding, input) with the meter's values now."""
         blocks: list[list[SimData]] = []
         for table in ("coil", "discrete", "holding", "input"):
@@ -93,14 +121,22 @@ class ModelLayout:
             writable = {slot.address for slot in self.slots[table] if slot.writable}
             for slot in self.slots[table]:  # a later slot at the same address wins, as in _refresh
                 if table in BIT_TABLES:
-                    data[slot.address] = SimData(slot.address, values=[bool(slot.fill(meter)[0])],
-                                                 datatype=DataType.BITS)
+                    data[slot.address] = SimData(
+                        slot.address, values=[bool(slot.fill(meter)[0])], datatype=DataType.BITS
+                    )
                 else:
-                    data[slot.address] = SimData(slot.address, values=slot.fill(meter), datatype=DataType.REGISTERS,
-                                                 readonly=slot.address not in writable)
+                    data[slot.address] = SimData(
+                        slot.address,
+                        values=slot.fill(meter),
+                        datatype=DataType.REGISTERS,
+                        readonly=slot.address not in writable,
+                    )
             if not data:  # pymodbus needs a block per table: an unused one lies out of the way
-                data[0] = (SimData(0xFFF0, values=[False], datatype=DataType.BITS) if table in BIT_TABLES
-                           else SimData(0, datatype=DataType.INVALID))
+                data[0] = (
+                    SimData(0xFFF0, values=[False], datatype=DataType.BITS)
+                    if table in BIT_TABLES
+                    else SimData(0, datatype=DataType.INVALID)
+                )
             blocks.append(list(data.values()))
         return blocks[0], blocks[1], blocks[2], blocks[3]
 

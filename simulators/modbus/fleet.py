@@ -42,7 +42,9 @@ class _Fleet:
         endpoint: str,
     ) -> None:
         if meters < 1 or first_unit_id < 1 or first_unit_id + meters - 1 > MAX_UNITS:
-            raise ValueError(f"unit ids {first_unit_id}..{first_unit_id + meters - 1} are not within 1..{MAX_UNITS}")
+            raise ValueError(
+                f"unit ids {first_unit_id}..{first_unit_id + meters - 1} are not within 1..{MAX_UNITS}"
+            )
         self.model = model
         self.endpoint = endpoint
         self.clock: Clock = clock if clock is not None else SimClock(speed=speed)
@@ -78,14 +80,20 @@ class _Fleet:
         except RuntimeError as exc:  # pymodbus: "Could not start listen, please check address."
             raise OSError(f"cannot serve on {self.endpoint}: {exc}") from exc
         self._server = server
-        log.info("serving %d %s meters on %s, unit ids %d..%d", len(self.units), self.model.model, self.endpoint,
-                 min(self.units), max(self.units))
+        log.info(
+            "serving %d %s meters on %s, unit ids %d..%d",
+            len(self.units),
+            self.model.model,
+            self.endpoint,
+            min(self.units),
+            max(self.units),
+        )
 
     async def stop(self) -> None:
         """Stop answering and close every connection."""
         server, self._server = self._server, None
         if server is not None:
-            await server.shutdown()
+            await server.shutdown()  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -124,8 +132,16 @@ class ModbusFleet(_Fleet):
         clock: Clock | None = None,
     ) -> None:
         scheme = "modbus-tcp" if framer == "socket" else "modbus-rtu-over-tcp"
-        super().__init__(model, meters=meters, first_unit_id=first_unit_id, seed=seed, speed=speed,
-                         first_index=first_index, clock=clock, endpoint=f"{scheme}://{host}:{port}")
+        super().__init__(
+            model,
+            meters=meters,
+            first_unit_id=first_unit_id,
+            seed=seed,
+            speed=speed,
+            first_index=first_index,
+            clock=clock,
+            endpoint=f"{scheme}://{host}:{port}",
+        )
         self.host, self.port, self.framer = host, port, framer
 
     def _new_server(self, devices: list[SimDevice]) -> ModbusBaseServer:
@@ -157,13 +173,27 @@ class ModbusSerialFleet(_Fleet):
         first_index: int = 0,
         clock: Clock | None = None,
     ) -> None:
-        super().__init__(model, meters=meters, first_unit_id=first_unit_id, seed=seed, speed=speed,
-                         first_index=first_index, clock=clock, endpoint=f"modbus-rtu:{port}")
+        super().__init__(
+            model,
+            meters=meters,
+            first_unit_id=first_unit_id,
+            seed=seed,
+            speed=speed,
+            first_index=first_index,
+            clock=clock,
+            endpoint=f"modbus-rtu:{port}",
+        )
         self.port, self.baudrate, self.parity, self.stopbits = port, baudrate, parity, stopbits
 
     def _new_server(self, devices: list[SimDevice]) -> ModbusBaseServer:
-        return ModbusSerialServer(devices, framer=FramerType.RTU, port=self.port, baudrate=self.baudrate,
-                                  parity=self.parity, stopbits=self.stopbits)
+        return ModbusSerialServer(
+            devices,
+            framer=FramerType.RTU,
+            port=self.port,
+            baudrate=self.baudrate,
+            parity=self.parity,
+            stopbits=self.stopbits,
+        )
 
 
 async def serve_modbus(
@@ -176,14 +206,22 @@ async def serve_modbus(
     speed: float,
     framer: Literal["socket", "rtu"] = "socket",
 ) -> None:
-    """Serve ``meters`` simulated meters until cancelled: 247 unit ids per TCP port, on ports port, port+1, ..."""
+    """Serve ``meters`` simulated meters until cancelled: 247 unit ids per TCP port, on port, port + 1, ..."""
     if meters < 1:
         raise ValueError("meters must be at least 1")
     model = load_model(model_path if model_path is not None else DEFAULT_MODEL_PATH)
     clock = SimClock(speed=speed)
     fleets = [
-        ModbusFleet(model, meters=min(MAX_UNITS, meters - first), host=host, port=port + n, seed=seed,
-                    framer=framer, first_index=first, clock=clock)
+        ModbusFleet(
+            model,
+            meters=min(MAX_UNITS, meters - first),
+            host=host,
+            port=port + n,
+            seed=seed,
+            framer=framer,
+            first_index=first,
+            clock=clock,
+        )
         for n, first in enumerate(range(0, meters, MAX_UNITS))
     ]
     try:

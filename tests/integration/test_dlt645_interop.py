@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from dlt645 import DLT645Protocol, MeterClientService, MeterServerService
@@ -26,7 +27,9 @@ from drivers.dlt645 import DI, Dlt645Driver, Dlt645Meter, decode_frame, encode_f
 from drivers.dlt645.address import address_to_wire
 from drivers.errors import CommandRefused, ExceptionReply
 from drivers.transports import SerialTransport, TcpTransport
-from simulators.dlt645 import Dlt645Simulator, make_meters
+from simulators.dlt645 import Dlt645Simulator, SimulatedDlt645Meter, make_meters
+from simulators.meter import ManualClock
+from tests.support import async_wait_until
 
 FIXED = dt.datetime(2026, 6, 1, 4, 0, tzinfo=dt.UTC)
 NAMEPLATE = "123456781012"
@@ -37,8 +40,9 @@ def their_address(nameplate: str) -> str:
     return address_to_wire(nameplate).hex()
 
 
-def fixed_meters(count: int) -> list:  # type: ignore[type-arg]
-    return make_meters(count, seed=3, clock=lambda: FIXED)
+def fixed_meters(count: int, **options: Any) -> list[SimulatedDlt645Meter]:
+    """Meters whose simulated time stands still, so both sides see the same values."""
+    return make_meters(count, seed=3, clock=ManualClock(FIXED.timestamp()), **options)
 
 
 # --- codec cross-check ---------------------------------------------------------------------------------
@@ -75,9 +79,9 @@ def their_reads(client: MeterClientService, nameplate: str) -> dict[str, object]
 
 def check_their_reads(values: dict[str, object], sim: Dlt645Simulator, nameplate: str) -> None:
     meter = sim.meter(nameplate)
-    assert values["energy"] == pytest.approx(int(meter.energy_wh / 10) / 100, abs=0.011)
-    assert values["rate1"] == pytest.approx(int(meter.energy_wh_by_rate[0] / 10) / 100, abs=0.011)
-    assert values["voltage"] == pytest.approx(220.0)
+    assert values["energy"] == pytest.approx(meter.energy_wh // 10 / 100)
+    assert values["rate1"] == pytest.approx(meter.energy_wh_by_rate[0] // 10 / 100)
+    assert values["voltage"] == pytest.approx(meter.voltage_v, abs=0.1)
     assert values["power"] == pytest.approx(meter.power_w / 1000, abs=0.0002)
     assert values["current"] == pytest.approx(meter.current_a, abs=0.002)
     word = int(str(values["status3"]), 16)
@@ -111,44 +115,38 @@ async def test_their_master_reads_our_simulator_over_tcp() -> None:
         client = MeterClientService.new_tcp_client("127.0.0.1", sim.tcp_port or 0, timeout=1.0)
         try:
             for meter in sim.meters:
-                check_their_reads(await asyncio.to_thread(their_reads, client, meter.address), sim, meter.address)
+                check_their_reads(
+                    await asyncio.to_thread(their_reads, client, meter.address), sim, meter.address
+                )
             # a meter that is not on the bus stays silent: their client times out and returns None
             client.client.timeout = 0.2
-            assert await asyncio.to_thread(lambda: (client.set_address("990000000000"), client.read_00(DI.ENERGY_FORWARD_TOTAL))[1]) is None
+            assert client.set_address(their_address("000000000099"))
+            assert await asyncio.to_thread(client.read_00, DI.ENERGY_FORWARD_TOTAL) is None
         finally:
             await asyncio.to_thread(client.disconnect)
 
 
-async def test_their_read_address_with_one_meter() -> None:
-    async with Dlt645Simulator(meters=make_meters(1, first_address=42), tcp="127.0.0.1:0") as sim:
+async def test_their_master_on_a_single_meter_bus() -> None:
+    """Read address (13H to all-AA) and 08H time sync, which need or address the whole bus."""
+    meters = fixed_meters(1, first_address=42)
+    async with Dlt645Simulator(meters=meters, tcp="127.0.0.1:0") as sim:
         client = MeterClientService.new_tcp_client("127.0.0.1", sim.tcp_port or 0, timeout=1.0)
         try:
             item = await asyncio.to_thread(client.read_address)
             assert item is not None
-            # deviation #1 again: it reports the wire order
-            assert item.value == their_address("000000000042")
+            assert item.value == their_address("000000000042")  # deviation #1 again: wire order
             assert bytes(client.address) == sim.meters[0].wire_address
-        finally:
-            await asyncio.to_thread(client.disconnect)
 
-
-async def test_their_time_sync_order_is_reversed() -> None:
-    async with Dlt645Simulator(meters=fixed_meters(1), tcp="127.0.0.1:0") as sim:
-        before = sim.meters[0].local_now()
-        client = MeterClientService.new_tcp_client("127.0.0.1", sim.tcp_port or 0, timeout=1.0)
-        try:
-            # YY MM DD hh mm ss = 25 11 02 12 34 56, read as ss mm hh DD MM YY: month 34 is no date
+            # Deviation #4: YY MM DD hh mm ss = 25 11 02 12 34 56, read in the standard order ss mm hh DD MM YY
+            # gives month 34: no date, ignored.
+            before = sim.meters[0].local_now()
             assert await asyncio.to_thread(client.broadcast_time_sync, dt.datetime(2025, 11, 2, 12, 34, 56))
-            # and a standard 08H on the same connection is applied (proves the first one had arrived before)
-            assert await asyncio.to_thread(
-                client.client.send_only,
-                encode_frame(b"\x99" * 6, 0x08, bytes.fromhex("0504031201") + b"\x26", preamble=4),
-            )
-            from tests.support import async_wait_until
-
+            # A standard 08H sent after it on the same connection is applied, so the first one had arrived.
+            standard = encode_frame(b"\x99" * 6, 0x08, bytes.fromhex("050403120126"), preamble=4)
+            assert await asyncio.to_thread(client.client.send_only, standard)
             await async_wait_until(lambda: sim.meters[0].local_now() != before, timeout=5, what="time set")
             assert sim.meters[0].local_now() == dt.datetime(2026, 1, 12, 3, 4, 5)
-            assert sim.bus.requests_seen == 2
+            assert sim.bus.requests_seen == 3
         finally:
             await asyncio.to_thread(client.disconnect)
 
@@ -195,24 +193,24 @@ async def test_our_driver_reads_their_slave_over_pty(pty: tuple[str, str]) -> No
         await asyncio.to_thread(server.server.stop)
 
 
-async def test_our_driver_reads_their_slave_over_tcp() -> None:
+@pytest.fixture(scope="module")
+def their_tcp_slave() -> Iterator[MeterServerService]:
+    """One slave for the module: building one deep-copies its whole DI table (about a second)."""
     server = their_slave(MeterServerService.new_tcp_server("127.0.0.1", 0, 1.0))
-    assert await asyncio.to_thread(server.server.start)
-    try:
-        async with Dlt645Driver(TcpTransport("127.0.0.1", server.server.port), timeout=1.0) as driver:
-            await check_our_driver(driver)
-            assert await driver.read_address() == NAMEPLATE
-    finally:
-        await asyncio.to_thread(server.server.stop)
+    assert server.server.start()
+    yield server
+    server.server.stop()
 
 
-async def test_their_slave_answers_foreign_addresses() -> None:
+async def test_our_driver_reads_their_slave_over_tcp(their_tcp_slave: MeterServerService) -> None:
+    async with Dlt645Driver(TcpTransport("127.0.0.1", their_tcp_slave.server.port), timeout=1.0) as driver:
+        await check_our_driver(driver)
+        assert await driver.read_address() == NAMEPLATE
+
+
+async def test_their_slave_answers_foreign_addresses(their_tcp_slave: MeterServerService) -> None:
     """Deviation #9: a real meter stays silent for another address; this slave answers with an error."""
-    server = their_slave(MeterServerService.new_tcp_server("127.0.0.1", 0, 1.0))
-    assert await asyncio.to_thread(server.server.start)
-    try:
-        async with Dlt645Driver(TcpTransport("127.0.0.1", server.server.port), timeout=0.5, retries=0) as driver:
-            with pytest.raises(ExceptionReply):
-                await driver.read_data(Dlt645Meter("other", "000000000007"), DI.ENERGY_FORWARD_TOTAL)
-    finally:
-        await asyncio.to_thread(server.server.stop)
+    port = their_tcp_slave.server.port
+    async with Dlt645Driver(TcpTransport("127.0.0.1", port), timeout=0.5, retries=0) as driver:
+        with pytest.raises(ExceptionReply):
+            await driver.read_data(Dlt645Meter("other", "000000000007"), DI.ENERGY_FORWARD_TOTAL)

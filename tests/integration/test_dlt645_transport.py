@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 
@@ -12,8 +13,8 @@ from drivers.base import RelayAction, RelayState
 from drivers.dlt645 import DI, Dlt645Driver, Dlt645Meter
 from drivers.errors import CommandRefused, ConnectError, FrameError, MeterTimeout
 from drivers.transports import SerialTransport, TcpTransport, transport_from_url
-from simulators.dlt645 import Dlt645Simulator, Fault, make_meters
-from tests.support import async_wait_until
+from simulators.dlt645 import Dlt645Simulator, Fault, make_meters, serve_dlt645
+from tests.support import async_wait_until, free_port
 
 
 def meters_of(sim: Dlt645Simulator) -> list[Dlt645Meter]:
@@ -21,7 +22,7 @@ def meters_of(sim: Dlt645Simulator) -> list[Dlt645Meter]:
 
 
 async def test_tcp_three_meters_read_and_trip() -> None:
-    sims = make_meters(3, seed=1, trip_delay=dt.timedelta(seconds=0.3))
+    sims = make_meters(3, seed=1, trip_delay_s=0.3)
     async with Dlt645Simulator(meters=sims, tcp="127.0.0.1:0") as sim:
         assert sim.tcp_port
         async with Dlt645Driver(TcpTransport("127.0.0.1", sim.tcp_port), timeout=0.5) as driver:
@@ -43,29 +44,31 @@ async def _is_open(driver: Dlt645Driver, meter: Dlt645Meter) -> bool:
 
 
 async def test_tcp_refusals_and_faults() -> None:
-    async with Dlt645Simulator(meters=2, tcp="127.0.0.1:0") as sim:
-        async with Dlt645Driver(TcpTransport("127.0.0.1", sim.tcp_port or 0), timeout=0.2, retries=1) as driver:
-            m0, m1 = meters_of(sim)
-            await driver.protect(m0)
-            with pytest.raises(CommandRefused):
-                await driver.set_relay(m0, RelayAction.OPEN)
-            sim.meters[1].passwords = {2: "111111"}
-            with pytest.raises(CommandRefused) as info:
-                await driver.set_relay(m1, RelayAction.OPEN)
-            assert info.value.reason == "wrong password / not authorised"
+    async with (
+        Dlt645Simulator(meters=2, tcp="127.0.0.1:0") as sim,
+        Dlt645Driver(TcpTransport("127.0.0.1", sim.tcp_port or 0), timeout=0.2, retries=1) as driver,
+    ):
+        m0, m1 = meters_of(sim)
+        await driver.protect(m0)
+        with pytest.raises(CommandRefused):
+            await driver.set_relay(m0, RelayAction.OPEN)
+        sim.meters[1].passwords = {2: "111111"}
+        with pytest.raises(CommandRefused) as info:
+            await driver.set_relay(m1, RelayAction.OPEN)
+        assert info.value.reason == "wrong password / not authorised"
 
-            sim.meters[0].inject(Fault.SILENCE)
-            with pytest.raises(MeterTimeout):
-                await driver.read_data(m0, DI.VOLTAGE_A)
-            assert await driver.read_data(m1, DI.VOLTAGE_A)  # the other meter on the bus is unaffected
-            sim.meters[0].inject(Fault.GARBAGE)
-            with pytest.raises(FrameError):
-                await driver.read_data(m0, DI.VOLTAGE_A)
-            sim.meters[0].inject(Fault.BAD_CHECKSUM, count=1)  # the retry succeeds
-            assert await driver.read_data(m0, DI.VOLTAGE_A)
-            sim.meters[0].inject(Fault.SLOW, count=1, delay=0.3)  # late reply, discarded by the retry
-            assert await driver.read_data(m0, DI.VOLTAGE_A)
-            sim.meters[0].clear_fault()
+        sim.meters[0].inject(Fault.SILENCE)
+        with pytest.raises(MeterTimeout):
+            await driver.read_data(m0, DI.VOLTAGE_A)
+        assert await driver.read_data(m1, DI.VOLTAGE_A)  # the other meter on the bus is unaffected
+        sim.meters[0].inject(Fault.GARBAGE)
+        with pytest.raises(FrameError):
+            await driver.read_data(m0, DI.VOLTAGE_A)
+        sim.meters[0].inject(Fault.BAD_CHECKSUM, count=1)  # the retry succeeds
+        assert await driver.read_data(m0, DI.VOLTAGE_A)
+        sim.meters[0].inject(Fault.SLOW, count=1, delay=0.3)  # late reply, discarded by the retry
+        assert await driver.read_data(m0, DI.VOLTAGE_A)
+        sim.meters[0].clear_fault()
 
 
 async def test_tcp_reconnects_after_the_converter_restarts() -> None:
@@ -89,16 +92,18 @@ async def test_tcp_reconnects_after_the_converter_restarts() -> None:
 
 
 async def test_broadcast_time_over_tcp() -> None:
-    async with Dlt645Simulator(meters=3, tcp="127.0.0.1:0") as sim:
-        async with Dlt645Driver(TcpTransport("127.0.0.1", sim.tcp_port or 0)) as driver:
-            target = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
-            await driver.broadcast_time(target)
-            expected = target.astimezone(driver.meter_timezone).replace(tzinfo=None)
-            await async_wait_until(
-                lambda: all(abs(m.local_now() - expected) < dt.timedelta(seconds=5) for m in sim.meters),
-                timeout=5,
-                what="meter clocks set",
-            )
+    async with (
+        Dlt645Simulator(meters=3, tcp="127.0.0.1:0") as sim,
+        Dlt645Driver(TcpTransport("127.0.0.1", sim.tcp_port or 0)) as driver,
+    ):
+        target = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+        await driver.broadcast_time(target)
+        expected = target.astimezone(driver.meter_timezone).replace(tzinfo=None)
+        await async_wait_until(
+            lambda: all(abs(m.local_now() - expected) < dt.timedelta(seconds=5) for m in sim.meters),
+            timeout=5,
+            what="meter clocks set",
+        )
 
 
 async def test_socket_url_through_the_serial_transport() -> None:
@@ -141,18 +146,46 @@ async def test_missing_port_is_a_connect_error(tmp_path) -> None:  # type: ignor
 @pytest.mark.tool("socat")
 async def test_pace_emulates_the_line(pty_pair: tuple[str, str]) -> None:
     gateway_end, simulator_end = pty_pair
-    async with Dlt645Simulator(meters=1, serial=simulator_end, baud=2400, pace=True, td=(0.05, 0.05)) as sim:
-        async with Dlt645Driver(SerialTransport(gateway_end, parity="N"), timeout=1.0) as driver:
-            meter = meters_of(sim)[0]
-            start = time.monotonic()
-            await driver.read_data(meter, DI.ENERGY_FORWARD_TOTAL)
-            elapsed = time.monotonic() - start
+    async with (
+        Dlt645Simulator(meters=1, serial=simulator_end, baud=2400, pace=True, td=(0.05, 0.05)) as sim,
+        Dlt645Driver(SerialTransport(gateway_end, parity="N"), timeout=1.0) as driver,
+    ):
+        meter = meters_of(sim)[0]
+        start = time.monotonic()
+        await driver.read_data(meter, DI.ENERGY_FORWARD_TOTAL)
+        elapsed = time.monotonic() - start
     # 16 request + 4 FE + 20 reply bytes at 11 bits / 2400 bd = 183 ms, plus Td 50 ms
     assert 0.2 <= elapsed < 0.9
 
 
-async def test_two_drivers_one_simulator_serialise_on_the_bus() -> None:
-    async with Dlt645Simulator(meters=4, tcp="127.0.0.1:0") as sim:
-        async with Dlt645Driver(TcpTransport("127.0.0.1", sim.tcp_port or 0)) as driver:
-            readings = await asyncio.gather(*(driver.read(m) for m in meters_of(sim)))
-            assert len({r.meter_id for r in readings}) == 4
+async def test_concurrent_reads_take_turns_on_the_bus() -> None:
+    async with (
+        Dlt645Simulator(meters=4, tcp="127.0.0.1:0") as sim,
+        Dlt645Driver(TcpTransport("127.0.0.1", sim.tcp_port or 0)) as driver,
+    ):
+        readings = await asyncio.gather(*(driver.read(m) for m in meters_of(sim)))
+        assert len({r.meter_id for r in readings}) == 4
+
+
+async def test_serve_dlt645_runs_until_cancelled() -> None:
+    port = free_port()
+    task = asyncio.create_task(
+        serve_dlt645(meters=2, serial=None, tcp=f"127.0.0.1:{port}", baud=2400, pace=False, seed=5, first_address=7),
+        name="test.serve_dlt645",
+    )
+    try:
+        async with Dlt645Driver(TcpTransport("127.0.0.1", port), timeout=0.5) as driver:
+            await async_wait_until(lambda: _answers(driver, Dlt645Meter("m", "8")), timeout=5, what="simulator up")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    with pytest.raises(ValueError):
+        await serve_dlt645(meters=1, serial=None, tcp=None, baud=2400, pace=False, seed=0)
+
+
+async def _answers(driver: Dlt645Driver, meter: Dlt645Meter) -> bool:
+    try:
+        return (await driver.read(meter)).energy_wh > 0
+    except ConnectError:
+        return False

@@ -34,7 +34,8 @@ async def test_driver_reads_energy_that_grows():
         assert first.energy_wh >= 1_000_000  # simulated meters start with 1 000 - 50 000 kWh
         assert first.energy_wh <= sim.energy_wh
         assert first.energy_wh_by_rate is not None and len(first.energy_wh_by_rate) == 4
-        assert abs(sum(first.energy_wh_by_rate) - first.energy_wh) <= 4
+        # rates are floored one by one, and registers are filled one after the other while energy grows
+        assert abs(sum(first.energy_wh_by_rate) - first.energy_wh) <= 100
         assert first.relay is RelayState.CLOSED
         assert first.power_w == 3600
         assert first.voltage_v == pytest.approx(230, abs=3)
@@ -100,16 +101,23 @@ async def test_exception_replies_carry_the_code():
         ModbusTcpDriver("127.0.0.1", fleet.port) as driver,
     ):
         with pytest.raises(ExceptionReply) as info:
-            await driver.read(ModbusMeter("ghost", 9, GENERIC))  # pymodbus answers an unknown unit with code 4
+            await driver.read(
+                ModbusMeter("ghost", 9, GENERIC)
+            )  # pymodbus answers an unknown unit with code 4
         assert info.value.code == 4 and info.value.meter_id == "ghost"
         assert (await driver.read(ModbusMeter("m1", 1, GENERIC))).energy_wh > 0  # the bus goes on
 
 
 async def test_refused_relay_write_raises_command_refused():
-    fc06 = parse_model({**HIKING.model_dump(mode="json"), "relay": {
-        **HIKING.model_dump(mode="json")["relay"],
-        "command": {"table": "holding", "address": 0x1A, "function": 6, "open": 0, "close": 1},
-    }})
+    fc06 = parse_model(
+        {
+            **HIKING.model_dump(mode="json"),
+            "relay": {
+                **HIKING.model_dump(mode="json")["relay"],
+                "command": {"table": "holding", "address": 0x1A, "function": 6, "open": 0, "close": 1},
+            },
+        }
+    )
     async with (
         ModbusFleet(HIKING, meters=1, port=free_port()) as fleet,
         ModbusTcpDriver("127.0.0.1", fleet.port) as driver,
@@ -173,8 +181,11 @@ async def test_rtu_server_listening_on_socket_url():
         ModbusSerialFleet(GENERIC, meters=2, port=f"socket://127.0.0.1:{port}") as fleet,
         ModbusRtuDriver(f"socket://127.0.0.1:{port}") as driver,
     ):
-        await async_wait_until(lambda: _can_read(driver, ModbusMeter("r2", 2, GENERIC)), timeout=5,
-                               what="the RTU-over-TCP listener")
+        await async_wait_until(
+            lambda: _can_read(driver, ModbusMeter("r2", 2, GENERIC)),
+            timeout=5,
+            what="the RTU-over-TCP listener",
+        )
         assert (await driver.read(ModbusMeter("r2", 2, GENERIC))).energy_wh <= fleet.meters[2].energy_wh
 
 

@@ -52,23 +52,30 @@ def driver_for(fleet: ModbusFleet) -> _ModbusDriver:
 
 def test_there_are_model_files():
     ids = {load_model(path).model for path in modbus_model_files()}
-    assert {"generic-prepaid", "eastron-sdm120", "eastron-sdm630", "chint-ddsu666", "hiking-dds238-2-zn-sr",
-            "generic-relay-module"} <= ids
+    assert {
+        "generic-prepaid",
+        "eastron-sdm120",
+        "eastron-sdm630",
+        "chint-ddsu666",
+        "hiking-dds238-2-zn-sr",
+        "generic-relay-module",
+    } <= ids
 
 
 @pytest.mark.parametrize(
-    ("path", "framer"), CASES, ids=[f"{p.stem}/{'modbus-tcp' if f == 'socket' else 'modbus-rtu-over-tcp'}"
-                                    for p, f in CASES]
+    ("path", "framer"),
+    CASES,
+    ids=[f"{p.stem}/{'modbus-tcp' if f == 'socket' else 'modbus-rtu-over-tcp'}" for p, f in CASES],
 )
 async def test_model_file_polls_through_the_driver(path: Path, framer: str):
     model = load_model(path)
     clock = ManualClock(START)
-    async with ModbusFleet(model, meters=2, port=free_port(), seed=11, clock=clock, framer=framer) as fleet:
-        async with driver_for(fleet) as driver:
-            sim = fleet.meters[2]
-            meter = ModbusMeter(f"{model.model}-2", 2, model)
-            await check_readings(driver, model, meter, sim, clock)
-            await check_relay(driver, model, meter, sim, clock)
+    fleet = ModbusFleet(model, meters=2, port=free_port(), seed=11, clock=clock, framer=framer)
+    async with fleet, driver_for(fleet) as driver:
+        sim = fleet.meters[2]
+        meter = ModbusMeter(f"{model.model}-2", 2, model)
+        await check_readings(driver, model, meter, sim, clock)
+        await check_relay(driver, model, meter, sim, clock)
 
 
 async def check_readings(driver, model: MeterModel, meter, sim, clock: ManualClock) -> None:
@@ -78,8 +85,13 @@ async def check_readings(driver, model: MeterModel, meter, sim, clock: ManualClo
         return
     sim.set_power_w(1234)
     first = await driver.read(meter)
-    values = {"energy_import_total": first.energy_wh, "power": first.power_w, "voltage": first.voltage_v,
-              "current": first.current_a, **first.extra}
+    values = {
+        "energy_import_total": first.energy_wh,
+        "power": first.power_w,
+        "voltage": first.voltage_v,
+        "current": first.current_a,
+        **first.extra,
+    }
     for name, spec in model.registers.items():
         if name in values:
             expected = quantity_value(sim, name)

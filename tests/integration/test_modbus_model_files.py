@@ -34,8 +34,11 @@ def test_shipped_directory_loads_with_aliases():
     assert models["sdm120"].model == "eastron-sdm120"
     hiking = models["hiking-dds238-2-zn-sr"]
     assert hiking.relay is not None
-    assert (hiking.relay.command.table, hiking.relay.command.address, hiking.relay.command.write_function) == (
-        "holding", 0x001A, 16)
+    assert (
+        hiking.relay.command.table,
+        hiking.relay.command.address,
+        hiking.relay.command.write_function,
+    ) == ("holding", 0x001A, 16)
 
 
 def test_generic_prepaid_is_the_documented_map():
@@ -53,8 +56,15 @@ def test_generic_prepaid_is_the_documented_map():
     }
     assert model.relay is not None
     assert (model.relay.command.table, model.relay.command.address, model.relay.command.write_function) == (
-        "coil", 0, 5)
-    assert (model.relay.state.table, model.relay.state.address, model.relay.state.closed) == ("discrete", 0, 1)
+        "coil",
+        0,
+        5,
+    )
+    assert (model.relay.state.table, model.relay.state.address, model.relay.state.closed) == (
+        "discrete",
+        0,
+        1,
+    )
 
 
 @pytest.mark.parametrize("path", sorted(METERS.glob("*.yaml")), ids=lambda p: p.name)

@@ -5,20 +5,26 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.domain import events as ev
 from gateway.domain.account import Decision, MeterCursor, PrepaidAccount, Supply, Thresholds
+from gateway.domain.errors import EmergencyCreditRefused, InvalidAmount, NoQuarantinedReading, UnknownMeter
+from gateway.domain.ledger import EntryKind
 from gateway.domain.money import cost_fen
+from gateway.domain.policy import SitePolicy
 from gateway.domain.tariffs import FlatTariff
 
 T0 = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)
 PRICE = Decimal("0.5283")
+PLAIN = SitePolicy(notice_period=dt.timedelta(0), stale_after=None)  # no notice, staleness judged by the caller
 
 
-def account(balance: int = 10_000, **thresholds: int) -> PrepaidAccount:
-    return PrepaidAccount("A-1", FlatTariff(PRICE), Thresholds(**thresholds), balance_fen=balance)
+def account(balance: int = 10_000, site: SitePolicy = PLAIN, **thresholds: int) -> PrepaidAccount:
+    thresholds.setdefault("overdraft_fen", 0)
+    return PrepaidAccount("A-1", FlatTariff(PRICE), Thresholds(**thresholds), balance_fen=balance, site=site)
 
 
 def at(minutes: float) -> dt.datetime:
@@ -29,6 +35,16 @@ def test_first_reading_sets_the_baseline_only() -> None:
     acc, cur = account(), MeterCursor("M-1")
     assert acc.apply_reading(cur, 123_456, at(0)) == 0
     assert (cur.energy_wh, acc.balance_fen) == (123_456, 10_000)
+    assert acc.cursors["M-1"] is cur  # a cursor handed in is adopted into the account's state
+
+
+def test_meters_by_id_must_be_known() -> None:
+    acc = account()
+    with pytest.raises(UnknownMeter):
+        acc.apply_reading("M-9", 1, at(0))
+    acc.add_meter("M-9", max_power_w=5_000)
+    assert acc.apply_reading("M-9", 1, at(0)) == 0
+    assert acc.cursors["M-9"].max_power_w == 5_000
 
 
 @given(st.lists(st.integers(min_value=0, max_value=500), min_size=1, max_size=200))
@@ -43,17 +59,58 @@ def test_charges_never_drift(deltas: list[int]) -> None:
     charged = sum(e.amount_fen for e in acc.events if isinstance(e, ev.AccountCharged))
     assert charged == cost_fen(energy - 1000, PRICE)
     assert acc.balance_fen == 10**9 - charged
+    assert -sum(e.amount_fen for e in acc.entries) == charged
 
 
-def test_backwards_and_implausible_readings_are_quarantined() -> None:
+def test_backwards_and_implausible_readings_are_quarantined_once() -> None:
     acc, cur = account(), MeterCursor("M-1", max_power_w=10_000)
     acc.apply_reading(cur, 5_000, at(0))
     assert acc.apply_reading(cur, 4_000, at(1)) == 0
-    # 10 kW for one minute is ~167 Wh; 100 kWh is not plausible
-    assert acc.apply_reading(cur, 105_000, at(2)) == 0
+    assert acc.apply_reading(cur, 3_000, at(2)) == 0  # still quarantined: no second alarm
     quarantined = [e for e in acc.events if isinstance(e, ev.ReadingQuarantined)]
-    assert [q.energy_wh for q in quarantined] == [4_000, 105_000]
+    assert [(q.energy_wh, q.kind) for q in quarantined] == [(4_000, "backwards")]
     assert cur.energy_wh == 5_000 and acc.balance_fen == 10_000
+    assert cur.pending is not None and cur.pending.latest is not None and cur.pending.latest.energy_wh == 3_000
+
+
+def test_a_jump_is_quarantined_and_a_later_plausible_reading_discards_it() -> None:
+    acc, cur = account(), MeterCursor("M-1", max_power_w=10_000)
+    acc.apply_reading(cur, 5_000, at(0))
+    # 10 kW for one minute is ~167 Wh (x1.5 margin = 250 + 10); 100 kWh is not plausible
+    assert acc.apply_reading(cur, 105_000, at(1)) == 0
+    assert acc.disconnect_blocked_by(at(1)) == "quarantined_reading"
+    charge = acc.apply_reading(cur, 5_200, at(2))
+    assert charge == cost_fen(200, PRICE) and cur.pending is None
+    resolved = [e for e in acc.events if isinstance(e, ev.QuarantineResolved)]
+    assert [(r.action, r.energy_wh) for r in resolved] == [("discarded", 105_000)]
+
+
+def test_accepting_a_jump_bills_it_and_then_the_readings_since() -> None:
+    acc = account(balance=100_000)
+    acc.add_meter("M-1", max_power_w=1_000)
+    acc.apply_reading("M-1", 0, at(0))
+    acc.apply_reading("M-1", 50_000, at(10))  # 50 kWh in 10 minutes from a 1 kW meter
+    acc.apply_reading("M-1", 50_100, at(20))  # implausible against the baseline as well: kept as the latest
+    assert acc.balance_fen == 100_000
+    charge = acc.accept_reading("M-1", by="op")
+    assert charge == cost_fen(50_100, PRICE)
+    assert acc.cursors["M-1"].energy_wh == 50_100 and acc.cursors["M-1"].pending is None
+    with pytest.raises(NoQuarantinedReading):
+        acc.accept_reading("M-1")
+
+
+def test_a_backwards_reading_needs_rollover_or_an_amount_or_a_rebase() -> None:
+    acc = account(balance=100_000)
+    acc.add_meter("M-1")
+    acc.apply_reading("M-1", 999_999_000, at(0))
+    acc.apply_reading("M-1", 500, at(10))
+    with pytest.raises(NoQuarantinedReading, match="rollover"):
+        acc.accept_reading("M-1")
+    acc.add_meter("M-1", rollover_wh=1_000_000_000)
+    assert acc.accept_reading("M-1") == cost_fen(1_500, PRICE)
+    acc.apply_reading("M-1", 100, at(20))  # a reset: re-base without billing the gap
+    assert acc.rebase_meter("M-1") == 0
+    assert acc.cursors["M-1"].energy_wh == 100
 
 
 def test_one_warning_per_crossing_and_rearm() -> None:
@@ -96,6 +153,55 @@ def test_guardrails_defer_a_disconnect_and_record_the_reason_once() -> None:
     assert acc.evaluate(at(5)) is Decision.NONE
     assert acc.evaluate(at(6), readings_ok=True) is Decision.NONE
     assert acc.evaluate(at(11), readings_ok=False, why_not_ok="meter M-1 reading stale") is Decision.NONE
-    assert [e.reason for e in acc.events if isinstance(e, ev.DisconnectDeferred)] == [
-        "protected", "operator hold", "meter M-1 reading stale"]
+    deferred = [e for e in acc.events if isinstance(e, ev.DisconnectDeferred)]
+    assert [(e.reason, e.detail) for e in deferred] == [
+        ("protected", ""), ("operator_hold", "until 2026-11-23T00:10:00Z"),
+        ("readings_not_ok", "meter M-1 reading stale")]
+    assert deferred[1].until == at(10)
     assert acc.evaluate(at(12)) is Decision.DISCONNECT  # the reason ended: the disconnect happens
+    assert acc.deferred_reason == ""
+
+
+def test_notice_period_starts_at_the_final_warning() -> None:
+    acc = account(balance=600, site=SitePolicy(stale_after=None), warning2_fen=500)
+    acc.apply_adjustment(-700, "test")  # straight from OK to below zero in one movement
+    assert acc.evaluate(at(0)) is Decision.NONE
+    assert acc.deferred_reason == "notice_period" and acc.deferred_until == at(24 * 60)
+    assert acc.evaluate(at(24 * 60 - 1)) is Decision.NONE
+    assert acc.evaluate(at(24 * 60)) is Decision.DISCONNECT
+
+
+def test_payments_repay_emergency_credit_and_reversals_restore_the_debt() -> None:
+    acc = account(balance=-100)
+    assert acc.grant_emergency_credit(at(0), by="op") == 1_000
+    with pytest.raises(EmergencyCreditRefused, match="not yet repaid"):
+        acc.grant_emergency_credit(at(1))
+    acc.apply_payment("billing", "P-1", 600)
+    acc.apply_payment("billing", "P-2", 5_000)
+    assert acc.emergency.outstanding_fen == 0
+    assert [(e.kind, e.amount_fen) for e in acc.entries] == [
+        (EntryKind.EMERGENCY_CREDIT, 1_000), (EntryKind.PAYMENT, 600), (EntryKind.REPAYMENT, -600),
+        (EntryKind.PAYMENT, 5_000), (EntryKind.REPAYMENT, -400)]
+    acc.apply_reversal("billing", "P-2", 5_000)
+    assert acc.emergency.outstanding_fen == 400
+    # -100 + 1000 (grant) + 600 - 600 (repaid) + 5000 - 400 (repaid) - 5000 (reversal) + 400 (repayment undone)
+    assert acc.balance_fen == 900
+    assert acc.balance_fen == -100 + sum(e.amount_fen for e in acc.entries)
+    with pytest.raises(EmergencyCreditRefused, match="not yet repaid"):
+        acc.grant_emergency_credit(at(60 * 24 * 40))
+
+
+def test_amounts_must_be_positive() -> None:
+    acc = account()
+    for call in (lambda: acc.apply_payment("b", "P", 0), lambda: acc.apply_reversal("b", "P", -1),
+                 lambda: acc.apply_adjustment(0, "x")):
+        with pytest.raises(InvalidAmount):
+            call()
+    with pytest.raises(ValueError):  # InvalidAmount is a ValueError, as before
+        acc.apply_payment("b", "P", -5)
+
+
+def test_naive_times_are_refused() -> None:
+    acc = account()
+    with pytest.raises(ValueError, match="aware"):
+        acc.evaluate(dt.datetime(2026, 11, 23))

@@ -152,7 +152,12 @@ def test_real_time_sync_vectors(raw: str, moment: dt.datetime) -> None:
     ("raw", "fmt", "di", "value"),
     [
         ("68 12 90 78 56 34 12 68 91 06 33 34 34 35 34 55 76 16", VOLTAGE, DI.VOLTAGE_A, Decimal("220.1")),
-        ("68 12 90 78 56 34 12 68 91 07 33 34 35 35 67 45 B3 4E 16", CURRENT, DI.CURRENT_A, Decimal("-1.234")),
+        (
+            "68 12 90 78 56 34 12 68 91 07 33 34 35 35 67 45 B3 4E 16",
+            CURRENT,
+            DI.CURRENT_A,
+            Decimal("-1.234"),
+        ),
         ("68 12 90 78 56 34 12 68 91 07 33 33 36 35 33 83 35 DA 16", POWER, DI.POWER_TOTAL, Decimal("2.5")),
         ("68 12 90 78 56 34 12 68 91 08 33 35 C3 33 53 83 33 33 B9 16", MONEY, DI.BALANCE, Decimal("50.20")),
     ],
@@ -254,7 +259,9 @@ def test_reader_resyncs_on_noise() -> None:
     f2 = Frame(ADDR, 0x9C)
     corrupt = bytearray(f1.encode())
     corrupt[-2] ^= 0xFF
-    stream = b"\x00\x68\x16junk" + b"\xfe" * 7 + f1.encode() + bytes(corrupt) + b"\x68\x68" + f2.encode(preamble=2)
+    stream = (
+        b"\x00\x68\x16junk" + b"\xfe" * 7 + f1.encode() + bytes(corrupt) + b"\x68\x68" + f2.encode(preamble=2)
+    )
     reader = FrameReader()
     got: list[Frame] = []
     for i in range(0, len(stream), 3):  # split across arbitrary chunk boundaries

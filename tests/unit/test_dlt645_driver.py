@@ -72,7 +72,8 @@ class ScriptedTransport(ByteTransport):
 
 
 VALUES: dict[int, bytes] = {
-    DI.ENERGY_FORWARD_BLOCK: ENERGY.encode("12345.67") + b"".join(ENERGY.encode(v) for v in ("1", "2.5", "3", "4")),
+    DI.ENERGY_FORWARD_BLOCK: ENERGY.encode("12345.67")
+    + b"".join(ENERGY.encode(v) for v in ("1", "2.5", "3", "4")),
     DI.ENERGY_FORWARD_TOTAL: ENERGY.encode("12345.67"),
     DI.VOLTAGE_A: VOLTAGE.encode("220.1"),
     DI.CURRENT_A: CURRENT.encode("-1.234"),
@@ -202,7 +203,9 @@ async def test_one_transaction_at_a_time() -> None:
 async def test_read_relay_uses_bit_4_not_bit_6() -> None:
     values = dict(VALUES)
     values[DI.STATUS_WORD_3] = (0x0040).to_bytes(2, "little")  # commanded trip, contact still closed
-    assert await make_driver(ScriptedTransport(meter_responder(values))).read_relay(METER) is RelayState.CLOSED
+    assert (
+        await make_driver(ScriptedTransport(meter_responder(values))).read_relay(METER) is RelayState.CLOSED
+    )
     values[DI.STATUS_WORD_3] = (0x0010).to_bytes(2, "little")
     assert await make_driver(ScriptedTransport(meter_responder(values))).read_relay(METER) is RelayState.OPEN
 
@@ -212,7 +215,9 @@ async def test_trip_frame_is_the_golden_frame(caplog: pytest.LogCaptureFixture) 
     driver = make_driver(transport, password="123456", operator_code="12345678")
     caplog.set_level(logging.DEBUG)
     # 2026-12-31 23:59:59 in Asia/Shanghai is 15:59:59 UTC
-    await driver.set_relay(METER, RelayAction.OPEN, valid_until=dt.datetime(2026, 12, 31, 15, 59, 59, tzinfo=dt.UTC))
+    await driver.set_relay(
+        METER, RelayAction.OPEN, valid_until=dt.datetime(2026, 12, 31, 15, 59, 59, tzinfo=dt.UTC)
+    )
     assert transport.requests == [
         bytes.fromhex(
             "FE FE FE FE 68 12 90 78 56 34 12 68 1C 10 35 89 67 45 AB 89 67 45 4D 33 8C 8C 56 64 45 59 EC 16"
@@ -227,13 +232,19 @@ async def test_close_uses_configured_command_and_meter_overrides() -> None:
     driver = make_driver(transport, close_command=RemoteCommand.CLOSE_ALLOWED)
     await driver.set_relay(METER, RelayAction.CLOSE)
     special = Dlt645Meter(
-        "m3", "3", password="654321", password_level=4, operator_code="00000042",
+        "m3",
+        "3",
+        password="654321",
+        password_level=4,
+        operator_code="00000042",
         close_command=RemoteCommand.DIRECT_CLOSE,
     )
     await driver.set_relay(special, RelayAction.CLOSE, valid_until=dt.datetime(2026, 6, 1, 12, 30))
     first, second = (parse_remote_control_request(decode_frame(r)) for r in transport.requests)
     assert first.command == RemoteCommand.CLOSE_ALLOWED and first.password_level == 2
-    assert first.password == "000000" and first.valid_until == dt.datetime(2026, 6, 1, 20, 5)  # now + 5 min, +8 h
+    assert first.password == "000000" and first.valid_until == dt.datetime(
+        2026, 6, 1, 20, 5
+    )  # now + 5 min, +8 h
     assert second.command == RemoteCommand.DIRECT_CLOSE and second.password == "654321"
     assert second.password_level == 4 and second.operator_code == "00000042"
     assert second.valid_until == dt.datetime(2026, 6, 1, 20, 30)  # naive valid_until is UTC
@@ -268,7 +279,9 @@ async def test_refusal_names_the_error_bits() -> None:
 async def test_expired_command_is_not_sent() -> None:
     transport = ScriptedTransport(meter_responder(VALUES))
     with pytest.raises(CommandRefused) as info:
-        await make_driver(transport).set_relay(METER, RelayAction.OPEN, valid_until=NOW - dt.timedelta(seconds=1))
+        await make_driver(transport).set_relay(
+            METER, RelayAction.OPEN, valid_until=NOW - dt.timedelta(seconds=1)
+        )
     assert info.value.reason == "expired before sending" and transport.requests == []
 
 
@@ -290,7 +303,13 @@ async def test_read_address() -> None:
 def test_meter_validation_and_repr() -> None:
     meter = Dlt645Meter("m", "42", password="999999")
     assert meter.address == "000000000042" and "999999" not in repr(meter)
-    for bad in ({"address": "AAAAAAAA0042"}, {"address": "99999999999999"}, {"address": "x"},
-                {"password": "12345"}, {"operator_code": "1"}, {"close_command": RemoteCommand.TRIP}):
+    for bad in (
+        {"address": "AAAAAAAA0042"},
+        {"address": "99999999999999"},
+        {"address": "x"},
+        {"password": "12345"},
+        {"operator_code": "1"},
+        {"close_command": RemoteCommand.TRIP},
+    ):
         with pytest.raises(ValueError):
             Dlt645Meter(**{"id": "m", "address": "42", **bad})  # type: ignore[arg-type]

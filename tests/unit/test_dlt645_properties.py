@@ -27,7 +27,9 @@ def test_encode_decode_round_trip(frame: Frame, preamble: int) -> None:
     assert decode_frame(encode_frame(frame.address, frame.control, frame.data, preamble=preamble)) == frame
 
 
-@given(st.lists(frames, max_size=5), st.lists(st.binary(max_size=30), min_size=6, max_size=6), st.integers(1, 17))
+@given(
+    st.lists(frames, max_size=5), st.lists(st.binary(max_size=30), min_size=6, max_size=6), st.integers(1, 17)
+)
 def test_reader_finds_frames_between_clean_gaps(frames_: list[Frame], gaps: list[bytes], chunk: int) -> None:
     """Frames separated by FE runs come out in order, whatever the chunking."""
     stream = b"".join(b"\xfe" * len(gap) + f.encode() for f, gap in zip(frames_, gaps, strict=False))
@@ -113,7 +115,9 @@ def test_datetime_decode_raises_only_codec_errors(raw: bytes) -> None:
     st.sampled_from([0x1A, 0x1B, 0x1C, 0x2A, 0x2B, 0x3A, 0x3B]),
     st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2099, 12, 31)),
 )
-def test_remote_control_round_trip(level: int, password: str, operator: str, command: int, until: dt.datetime) -> None:
+def test_remote_control_round_trip(
+    level: int, password: str, operator: str, command: int, until: dt.datetime
+) -> None:
     request = RemoteControlRequest(level, password, operator, command, until.replace(microsecond=0))
     frame = remote_control_request(b"\x01\x00\x00\x00\x00\x00", request)
     assert parse_remote_control_request(decode_frame(frame.encode(preamble=4))) == request

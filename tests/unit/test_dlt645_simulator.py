@@ -13,21 +13,29 @@ import pytest
 from drivers.base import RelayAction, RelayState
 from drivers.dlt645 import DI, Dlt645Driver, Dlt645Meter, ErrorBits, Frame, RemoteCommand, decode_frame
 from drivers.dlt645.address import address_to_wire, wildcard_address
-from drivers.dlt645.messages import RemoteControlRequest, broadcast_time_request, read_request, remote_control_request
+from drivers.dlt645.messages import (
+    RemoteControlRequest,
+    broadcast_time_request,
+    read_request,
+    remote_control_request,
+)
 from drivers.errors import CommandRefused, ExceptionReply, FrameError, MeterTimeout
 from drivers.transports import ByteTransport
-from simulators.dlt645 import Fault, RelayKind, SimulatedBus, SimulatedDlt645Meter, make_meters
+from simulators.dlt645 import Fault, RelayKind, SimulatedBus, make_meters
+from simulators.meter import ManualClock
 
 
-class Clock:
+class Clock(ManualClock):
+    """The simulator's manual clock (UNIX seconds) that the driver can also read as a UTC datetime."""
+
     def __init__(self) -> None:
-        self.now = dt.datetime(2026, 6, 1, 4, 0, tzinfo=dt.UTC)  # 12:00 in Shanghai
+        super().__init__(dt.datetime(2026, 6, 1, 4, 0, tzinfo=dt.UTC).timestamp())  # 12:00 in Shanghai
 
     def __call__(self) -> dt.datetime:
-        return self.now
+        return dt.datetime.fromtimestamp(self.now(), dt.UTC)
 
     def tick(self, **delta: float) -> None:
-        self.now += dt.timedelta(**delta)
+        self.advance(dt.timedelta(**delta).total_seconds())
 
 
 class BusTransport(ByteTransport):
@@ -78,7 +86,9 @@ def clock() -> Clock:
     return Clock()
 
 
-def make(clock: Clock, count: int = 3, **options: object) -> tuple[SimulatedBus, Dlt645Driver, list[Dlt645Meter]]:
+def make(
+    clock: Clock, count: int = 3, **options: object
+) -> tuple[SimulatedBus, Dlt645Driver, list[Dlt645Meter]]:
     bus = SimulatedBus(make_meters(count, seed=7, clock=clock, **options))
     driver = Dlt645Driver(BusTransport(bus), timeout=0.01, retries=0, clock=clock)
     meters = [Dlt645Meter(f"m{i}", m.address) for i, m in enumerate(bus.meters)]
@@ -92,7 +102,7 @@ async def test_each_meter_answers_its_own_address(clock: Clock) -> None:
         assert 0 <= sim.energy_wh - reading.energy_wh < 10  # the register truncates to 0.01 kWh
         assert reading.energy_wh_by_rate is not None and len(reading.energy_wh_by_rate) == 4
         assert reading.relay is RelayState.CLOSED and reading.meter_balance_fen == sim.balance_fen
-        assert reading.voltage_v == pytest.approx(220.0)
+        assert reading.voltage_v == pytest.approx(sim.voltage_v, abs=0.1)
     with pytest.raises(MeterTimeout):
         await driver.read(Dlt645Meter("ghost", "999"))
 
@@ -119,13 +129,13 @@ def test_addressing_rules(clock: Clock) -> None:
 
 
 async def test_trip_delay_bit6_then_bit4(clock: Clock) -> None:
-    bus, driver, (meter, *_) = make(clock, trip_delay=dt.timedelta(seconds=30))
+    bus, driver, (meter, *_) = make(clock, trip_delay_s=600)
     before = bus.meters[0].energy_wh
     await driver.set_relay(meter, RelayAction.OPEN)
     word = await driver.read_status_word_3(meter)
     assert word & 0x40 and not word & 0x10 and word & 0x80  # commanded, not yet open, pre-trip alarm
     assert await driver.read_relay(meter) is RelayState.CLOSED
-    clock.tick(seconds=31)
+    clock.tick(seconds=601)
     word = await driver.read_status_word_3(meter)
     assert word & 0x50 == 0x50 and not word & 0x80
     assert await driver.read_relay(meter) is RelayState.OPEN
@@ -203,13 +213,13 @@ async def test_expired_by_meter_clock_is_refused(clock: Clock) -> None:
     bus, driver, (meter, *_) = make(clock)
     bus.meters[0].clock_offset = dt.timedelta(hours=1)  # the meter's clock runs an hour ahead
     with pytest.raises(CommandRefused) as info:
-        await driver.trip(meter, valid_until=clock.now + dt.timedelta(minutes=5))
+        await driver.trip(meter, valid_until=clock() + dt.timedelta(minutes=5))
     assert info.value.code == ErrorBits.OTHER and not bus.meters[0].relay_open
 
 
 async def test_broadcast_time_sets_every_clock(clock: Clock) -> None:
     bus, driver, _ = make(clock)
-    await driver.broadcast_time(clock.now + dt.timedelta(minutes=10))
+    await driver.broadcast_time(clock() + dt.timedelta(minutes=10))
     for sim in bus.meters:
         assert sim.local_now() == dt.datetime(2026, 6, 1, 12, 10)
     assert bus.handle(broadcast_time_request(dt.datetime(2026, 1, 1))) is None
@@ -219,7 +229,7 @@ async def test_block_unsupported_falls_back(clock: Clock) -> None:
     bus, driver, (meter, *_) = make(clock, supports_block=False)
     reading = await driver.read(meter)
     sim = bus.meters[0]
-    assert reading.energy_wh_by_rate == tuple(int(v / 10) * 10 for v in sim.energy_wh_by_rate)
+    assert reading.energy_wh_by_rate == tuple(v // 10 * 10 for v in sim.energy_wh_by_rate)
 
 
 async def test_registers(clock: Clock) -> None:
@@ -240,7 +250,7 @@ async def test_energy_accrues_to_the_current_rate(clock: Clock) -> None:
     bus, _, _ = make(clock, count=1)
     sim = bus.meters[0]
     before = sim.energy_wh_by_rate
-    clock.tick(hours=1)  # 12:00-13:00 local is rate 3 (平)
+    clock.tick(hours=1)  # 12:00-13:00 local is rate 3 (平, flat)
     after = sim.energy_wh_by_rate
     assert after[2] > before[2] and after[:2] == before[:2] and after[3] == before[3]
 
@@ -262,4 +272,4 @@ async def test_faults_count_down(clock: Clock) -> None:
 
 def test_duplicate_addresses_rejected(clock: Clock) -> None:
     with pytest.raises(ValueError):
-        SimulatedBus([SimulatedDlt645Meter("1", clock=clock), SimulatedDlt645Meter("000000000001", clock=clock)])
+        SimulatedBus(make_meters(1, clock=clock) + make_meters(2, clock=clock))

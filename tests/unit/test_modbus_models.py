@@ -16,7 +16,7 @@ products:
 protocol: modbus
 defaults: {unit_id: 3, baudrate: 2400, parity: E, stopbits: 1, max_registers_per_request: 10}
 registers:
-  energy_import_total: {address: 0x0000, table: input, encoding: uint32, word_order: little, scale: 0.01, unit: kWh}  # energy
+  energy_import_total: {address: 0, table: input, encoding: uint32, word_order: little, scale: .01, unit: kWh}
   energy_import_rate1: {address: 0x0002, table: input, encoding: uint32, unit: Wh}   # rate 1
   power:               {address: 0x0010, table: holding, encoding: float32, unit: kW}  # power
 relay:
@@ -32,7 +32,12 @@ def test_a_good_file_parses():
     assert model.covers == ("tm1",)
     assert model.defaults.unit_id == 3 and model.defaults.parity == "E"
     energy = model.registers["energy_import_total"]
-    assert (energy.address, energy.word_order, energy.scale, energy.unit) == (0, "little", Decimal("0.01"), "kWh")
+    assert (energy.address, energy.word_order, energy.scale, energy.unit) == (
+        0,
+        "little",
+        Decimal("0.01"),
+        "kWh",
+    )
     assert model.relay is not None
     assert model.relay.command.write_function == 16
     assert model.relay.trip_delay == 0.5
@@ -72,18 +77,28 @@ def _error(text: str) -> str:
     [
         (("protocol: modbus", "protocol: modbus\nvendor: x"), "vendor: Extra inputs are not permitted"),
         (("trip_delay: 0.5", "trip_delay: 0.5\n  delay: 1"), "relay.delay: Extra inputs are not permitted"),
-        (("word_order: little,", "word_order: little, signed: true,"),
-         "registers.energy_import_total.signed: Extra inputs are not permitted"),
+        (
+            ("word_order: little,", "word_order: little, signed: true,"),
+            "registers.energy_import_total.signed: Extra inputs are not permitted",
+        ),
         (("encoding: float32", "encoding: float64"), "registers.power.encoding: Input should be"),
         (("word_order: little", "word_order: middle"), "registers.energy_import_total.word_order"),
-        (("table: holding, encoding: float32", "table: coil, encoding: float32"), "does not fit table 'coil'"),
-        (("address: 0x0010, table: holding", "address: 0x0003, table: input"),
-         "registers.energy_import_rate1 and registers.power overlap"),
+        (
+            ("table: holding, encoding: float32", "table: coil, encoding: float32"),
+            "does not fit table 'coil'",
+        ),
+        (
+            ("address: 0x0010, table: holding", "address: 0x0003, table: input"),
+            "registers.energy_import_rate1 and registers.power overlap",
+        ),
         (("address: 0x0002", "address: 0x0001"), "overlap in the input table at 0x0001"),
-        (("address: 0x001A, function", "address: 0x0011, function"), "registers.power and relay.command overlap"),
+        (
+            ("address: 0x001A, function", "address: 0x0011, function"),
+            "registers.power and relay.command overlap",
+        ),
         (("power:  ", "powr:  "), "registers.powr: unknown quantity"),
         (("unit: kW}", "unit: kWh}"), "registers.power.unit: unit 'kWh' is not a power unit"),
-        (("scale: 0.01", "scale: 0"), "scale must be a finite non-zero number"),
+        (("scale: .01", "scale: 0"), "scale must be a finite non-zero number"),
         (("energy_import_rate1:", "energy_import_rate2:"), "rate registers must be energy_import_rate1"),
         (("function: 16", "function: 5"), "relay.command: function 5 cannot write a holding"),
         (("closed: 1", "closed: 0"), "relay.state: 'open' and 'closed' must differ"),
@@ -91,7 +106,10 @@ def _error(text: str) -> str:
         (("covers: [tm1]", "covers: [test-meter]"), "covers: repeats a name or the model id"),
         (("protocol: modbus", "protocol: dlt645"), "protocol: Input should be 'modbus'"),
         (("unit_id: 3", "unit_id: 300"), "defaults.unit_id"),
-        (("max_registers_per_request: 10", "max_registers_per_request: 1"), "uint32 needs 2 registers per request"),
+        (
+            ("max_registers_per_request: 10", "max_registers_per_request: 1"),
+            "uint32 needs 2 registers per request",
+        ),
         (("address: 0x0010", 'address: "16"'), "registers.power.address: Input should be a valid integer"),
         (("covers: [tm1]", "covers: [tm1]\ncovers: [tm2]"), "duplicate key 'covers'"),
         (("protocol: modbus", "protocol: [modbus"), "invalid YAML"),

@@ -56,8 +56,16 @@ def test_decode_matches_the_bytes_of_a_real_reply():
 
 @pytest.mark.parametrize(
     ("encoding", "value"),
-    [("uint16", 65536), ("uint16", -1), ("int16", 32768), ("uint32", 2**32), ("int32", -(2**31) - 1),
-     ("uint16", 1.5), ("bool", 2), ("float32", 1e39)],
+    [
+        ("uint16", 65536),
+        ("uint16", -1),
+        ("int16", 32768),
+        ("uint32", 2**32),
+        ("int32", -(2**31) - 1),
+        ("uint16", 1.5),
+        ("bool", 2),
+        ("float32", 1e39),
+    ],
 )
 def test_encode_refuses_values_that_do_not_fit(encoding, value):
     with pytest.raises(ValueError):
@@ -72,7 +80,14 @@ def test_decode_refuses_wrong_register_count_and_non_words():
 
 
 def test_lengths_and_function_codes():
-    assert [length(e) for e in ("bool", "uint16", "int16", "uint32", "int32", "float32")] == [1, 1, 1, 2, 2, 2]
+    assert [length(e) for e in ("bool", "uint16", "int16", "uint32", "int32", "float32")] == [
+        1,
+        1,
+        1,
+        2,
+        2,
+        2,
+    ]
     assert [read_function_code(t) for t in ("coil", "discrete", "holding", "input")] == [1, 2, 3, 4]
     assert exception_name(2) == "illegal data address"
     assert exception_name(99) == "exception code 99"
@@ -127,7 +142,9 @@ def test_adjacent_registers_of_one_table_merge():
 
 
 def test_gaps_and_tables_are_not_merged():
-    plan = plan_reads({"a": ("input", 0, 2), "gap": ("input", 3, 1), "h": ("holding", 2, 1), "bit": ("discrete", 0, 1)})
+    plan = plan_reads(
+        {"a": ("input", 0, 2), "gap": ("input", 3, 1), "h": ("holding", 2, 1), "bit": ("discrete", 0, 1)}
+    )
     assert plan.requests == (
         ReadRequest("input", 0, 2),
         ReadRequest("input", 3, 1),

@@ -19,7 +19,7 @@ model: generic-like
 protocol: modbus
 registers:
   energy_import_total: {address: 0x0000, table: input, encoding: uint32, unit: Wh}                # energy
-  energy_import_rate1: {address: 0x0002, table: input, encoding: uint32, word_order: little, unit: Wh}  # rate 1
+  energy_import_rate1: {address: 2, table: input, encoding: uint32, word_order: little, unit: Wh}  # rate 1
   voltage:             {address: 0x000A, table: input, encoding: uint16, scale: 0.1, unit: V}     # voltage
   power:               {address: 0x000C, table: input, encoding: int32, unit: W}                  # power
 relay:
@@ -41,7 +41,9 @@ relay:
 
 def served(model, *, energy_wh=123_456_789.0, trip_delay_s=0.0):
     clock = ManualClock(1_795_363_200)
-    meter = SimulatedMeter(LoadProfile.seeded(0, 0), clock=clock, energy_wh=energy_wh, trip_delay_s=trip_delay_s)
+    meter = SimulatedMeter(
+        LoadProfile.seeded(0, 0), clock=clock, energy_wh=energy_wh, trip_delay_s=trip_delay_s
+    )
     unit = MeterUnit(5, meter, ModelLayout(model))
     return SimCore([unit.sim_device()]), meter, clock
 
@@ -91,7 +93,9 @@ async def test_other_writes_are_refused():
 
 async def test_fc16_relay_register_reads_back_the_actual_state():
     core, meter, clock = served(HIKING_LIKE, trip_delay_s=5.0)
-    assert await core.async_setValues(5, 6, 0x1A, [0]) == ExcCodes.ILLEGAL_FUNCTION  # FC06 refused, as reported
+    assert (
+        await core.async_setValues(5, 6, 0x1A, [0]) == ExcCodes.ILLEGAL_FUNCTION
+    )  # FC06 refused, as reported
     assert await core.async_setValues(5, 16, 0x1A, [0]) is None
     assert not meter.relay_commanded_closed
     assert await core.async_getValues(5, 3, 0x1A, 1) == [1]  # still closed during the trip delay
@@ -102,7 +106,7 @@ async def test_fc16_relay_register_reads_back_the_actual_state():
 
 
 async def test_scaled_energy_rounds_down():
-    core, meter, _ = served(HIKING_LIKE, energy_wh=1_234_569)
+    core, _, _ = served(HIKING_LIKE, energy_wh=1_234_569)
     words = await core.async_getValues(5, 3, 0x0A, 2)
     assert decode(words, "uint32") == 123_456  # 1234.56 kWh: the meter shows no energy not yet consumed
 

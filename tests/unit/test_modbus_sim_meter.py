@@ -109,7 +109,7 @@ def test_trip_delay_scales_with_simulation_speed():
 
 
 def test_counter_can_be_reset():
-    m, clock = meter(energy_wh=5000)
+    m, _ = meter(energy_wh=5000)
     m.set_energy_wh(0)
     assert m.energy_wh == 0
 

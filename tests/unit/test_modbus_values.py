@@ -24,7 +24,7 @@ registers:
   voltage:             {address: 0x000C, table: holding, encoding: uint16, scale: 0.1, unit: V}      # voltage
   current:             {address: 0x000D, table: holding, encoding: uint16, scale: 0.01, unit: A}     # current
   power:               {address: 0x000E, table: holding, encoding: int16, unit: W}                   # power
-  frequency:           {address: 0x0011, table: holding, encoding: uint16, scale: 0.01, unit: Hz}    # frequency
+  frequency:           {address: 0x0011, table: holding, encoding: uint16, scale: 0.01, unit: Hz}    # freq.
 relay:
   command: {table: holding, address: 0x001A, function: 16, open: 0, close: 1}
   state:   {table: holding, address: 0x001A, open: 0, closed: 1}
@@ -55,16 +55,22 @@ def test_to_canonical_refuses_nan():
 
 
 def test_from_canonical_floors_energy_and_wraps_counters():
-    assert from_canonical("energy_import_total", 1_234_569, scale=Decimal("0.01"), unit="kWh",
-                          encoding="uint32") == 123456
-    assert from_canonical("energy_import_total", 2**32 + 5, scale=Decimal(1), unit="Wh", encoding="uint32") == 5
+    assert (
+        from_canonical("energy_import_total", 1_234_569, scale=Decimal("0.01"), unit="kWh", encoding="uint32")
+        == 123456
+    )
+    assert (
+        from_canonical("energy_import_total", 2**32 + 5, scale=Decimal(1), unit="Wh", encoding="uint32") == 5
+    )
     assert from_canonical("power", 40_000, scale=Decimal(1), unit="W", encoding="int16") == 32767  # saturates
 
 
 @given(st.integers(0, 2**32 - 1), st.sampled_from(["0.01", "0.1", "1", "10"]))
 def test_integer_energy_round_trip(raw, scale):
     wh = to_canonical("energy_import_total", raw, scale=Decimal(scale), unit="kWh")
-    assert from_canonical("energy_import_total", wh, scale=Decimal(scale), unit="kWh", encoding="uint32") == raw
+    assert (
+        from_canonical("energy_import_total", wh, scale=Decimal(scale), unit="kWh", encoding="uint32") == raw
+    )
 
 
 def test_decode_values_from_register_fixtures():
@@ -85,7 +91,11 @@ def test_decode_values_from_register_fixtures():
 def test_relay_state_values():
     assert HIKING_LIKE.relay is not None
     spec = HIKING_LIKE.relay.state
-    assert [relay_state(spec, raw) for raw in (0, 1, 7)] == [RelayState.OPEN, RelayState.CLOSED, RelayState.UNKNOWN]
+    assert [relay_state(spec, raw) for raw in (0, 1, 7)] == [
+        RelayState.OPEN,
+        RelayState.CLOSED,
+        RelayState.UNKNOWN,
+    ]
 
 
 def test_reading_fields_and_extras():

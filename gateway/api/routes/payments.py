@@ -34,5 +34,4 @@ async def create_payment(body: PaymentCreate, response: Response, service: Servi
     r = result.record
     return PaymentPublic(source=r["source"], payment_id=r["payment_id"], account_id=r["account_id"],
                          amount=format_fen(r["amount_fen"]), paid_at=r["paid_at"], channel=r["channel"],
-                         balance=format_fen(r["balance_after_fen"]), received_at=r["received_at"],
-                         ledger_entry_id=r["ledger_entry_id"])
+                         balance=format_fen(r["balance_after_fen"]), received_at=r["received_at"])

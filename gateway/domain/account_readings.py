@@ -1,0 +1,165 @@
+"""The account's meter readings: billing cumulative readings, quarantine, acceptance and re-basing.
+
+A mixin of ``PrepaidAccount`` (kept apart to keep modules small); it relies on the account's attributes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from gateway.domain import events as ev
+from gateway.domain.billing import bill
+from gateway.domain.energy import rate_deltas, split_energy
+from gateway.domain.errors import InvalidAmount, NoQuarantinedReading, UnknownMeter
+from gateway.domain.ledger import EntryKind
+from gateway.domain.metering import BACKWARDS, MeterCursor, PendingReading, Snapshot, check_plausible
+from gateway.domain.tariffs import period_key
+from gateway.domain.timeutil import require_aware
+
+if TYPE_CHECKING:
+    from gateway.domain.account import PrepaidAccount
+
+__all__ = ["ReadingsMixin"]
+
+
+class ReadingsMixin:
+    def add_meter(self: PrepaidAccount, meter_id: str, *, max_power_w: int | None = None, margin: float | None = None,
+                  resolution_wh: int | None = None, rollover_wh: int | None = None) -> MeterCursor:
+        """Register one of the account's meters (or update its configuration); returns its cursor."""
+        cursor = self.cursors.setdefault(meter_id, MeterCursor(meter_id))
+        for name, value in (("max_power_w", max_power_w), ("margin", margin), ("resolution_wh", resolution_wh),
+                            ("rollover_wh", rollover_wh)):
+            if value is not None:
+                setattr(cursor, name, value)
+        return cursor
+
+    def _cursor(self: PrepaidAccount, meter: str | MeterCursor) -> MeterCursor:
+        if isinstance(meter, MeterCursor):
+            self.cursors[meter.meter_id] = meter  # a cursor handed in by the caller is adopted
+            return meter
+        if meter not in self.cursors:
+            raise UnknownMeter(f"account {self.id} has no meter {meter!r} (add_meter first)")
+        return self.cursors[meter]
+
+    def apply_reading(self: PrepaidAccount, meter: str | MeterCursor, energy_wh: int, taken_at: dt.datetime, *,
+                      rates_wh: Sequence[int] | None = None, margin: float | None = None,
+                      resolution_wh: int | None = None) -> int:
+        """Bill a cumulative reading of one of the account's meters; returns the charge in fen.
+
+        ``rates_wh`` are the meter's per-rate registers (rates 1..4) when it has them. The first reading of a
+        meter only sets its baseline. A reading lower than the last one, or a jump larger than the meter's
+        capacity over the elapsed time allows, is quarantined: not billed, baseline unchanged, alarm raised once.
+        A later reading that is plausible against the baseline bills normally and discards the quarantined one.
+        """
+        cursor = self._cursor(meter)
+        require_aware(taken_at, "taken_at")
+        if margin is not None:
+            cursor.margin = margin
+        if resolution_wh is not None:
+            cursor.resolution_wh = resolution_wh
+        reading = Snapshot(energy_wh, taken_at, tuple(rates_wh) if rates_wh is not None else None)
+        if cursor.seen_at is None or taken_at > cursor.seen_at:
+            cursor.seen_at = taken_at
+        return self._take(cursor, reading)
+
+    def _take(self: PrepaidAccount, cursor: MeterCursor, reading: Snapshot) -> int:
+        if cursor.energy_wh is None or cursor.taken_at is None:
+            cursor.move_to(reading)
+            return 0
+        if reading.taken_at <= cursor.taken_at:
+            return 0  # an old or duplicate reading: nothing new to bill
+        verdict = check_plausible(cursor, reading)
+        pending = cursor.pending
+        if verdict is None:
+            if pending is not None:
+                cursor.pending = None
+                self.events.append(ev.QuarantineResolved(self.id, cursor.meter_id, "discarded",
+                                                         pending.reading.energy_wh, 0))
+            return self._bill(cursor, reading, reading.energy_wh - cursor.energy_wh,
+                              rate_deltas(self.tariff, cursor.rates_wh, reading.rates_wh))
+        if pending is None:
+            kind, reason = verdict
+            cursor.pending = PendingReading(reading, kind, reason)
+            self.events.append(ev.ReadingQuarantined(self.id, cursor.meter_id, reading.energy_wh, cursor.energy_wh,
+                                                     reason, kind, reading.taken_at))
+        elif reading.taken_at > (pending.latest or pending.reading).taken_at:
+            cursor.pending = PendingReading(pending.reading, pending.kind, pending.reason, reading)
+        return 0
+
+    def _bill(self: PrepaidAccount, cursor: MeterCursor, reading: Snapshot, delta_wh: int,
+              by_register: Mapping[str, int] | None) -> int:
+        assert cursor.taken_at is not None and delta_wh >= 0
+        t0, t1 = cursor.taken_at, reading.taken_at
+        cursor.move_to(reading)
+        tz = self.site.tz
+        energy = split_energy(t0, t1, delta_wh, self.tariff, tz, by_register) if delta_wh else {}
+        latest = period_key(t1.astimezone(tz).date(), self.tariff.period)
+        charges, closed = bill(self.billing, self.tariff, energy, latest)
+        for period in closed:
+            self.events.append(ev.BillingPeriodClosed(self.id, period.period, period.energy_wh, period.charged_fen))
+        total = 0
+        for charge in charges:
+            if charge.amount_fen:
+                self._post(EntryKind.CHARGE, -charge.amount_fen, cursor.meter_id, meter_id=cursor.meter_id,
+                           energy_wh=charge.energy_wh, reading_wh=reading.energy_wh, period=charge.period, at=t1)
+                total += charge.amount_fen
+        if delta_wh:
+            self.events.append(ev.AccountCharged(self.id, cursor.meter_id, delta_wh, total, self.balance_fen))
+            self._announce_credit()
+        return total
+
+    def accept_reading(self: PrepaidAccount, meter_id: str, *, energy_wh: int | None = None, by: str = "") -> int:
+        """An operator accepts the meter's quarantined reading; returns the charge in fen.
+
+        A jump is billed as read. A backwards reading is billed as a rollover of the register (``rollover_wh``
+        of the meter) or as ``energy_wh`` given by the operator; otherwise re-base the meter instead.
+        Readings that arrived while quarantined are then billed from the accepted one.
+        """
+        cursor = self._cursor(meter_id)
+        pending = cursor.pending
+        if pending is None or cursor.energy_wh is None:
+            raise NoQuarantinedReading(f"meter {meter_id} has no quarantined reading")
+        reading, by_register = pending.reading, None
+        if energy_wh is not None:
+            delta = energy_wh
+        elif pending.kind == BACKWARDS:
+            if cursor.rollover_wh is None:
+                raise NoQuarantinedReading(f"meter {meter_id}: a backwards reading is accepted with the energy to "
+                                           "bill (or the meter's rollover_wh); otherwise re-base the meter")
+            delta = cursor.rollover_wh - cursor.energy_wh + reading.energy_wh
+        else:
+            delta = reading.energy_wh - cursor.energy_wh
+            by_register = rate_deltas(self.tariff, cursor.rates_wh, reading.rates_wh)
+        if delta < 0:
+            raise InvalidAmount(f"energy to bill must not be negative, got {delta}")
+        cursor.pending = None
+        self.events.append(ev.QuarantineResolved(self.id, meter_id, "accepted", reading.energy_wh, delta, by))
+        charge = self._bill(cursor, reading, delta, by_register)
+        return charge + (self._take(cursor, pending.latest) if pending.latest is not None else 0)
+
+    def rebase_meter(self: PrepaidAccount, meter_id: str, *, energy_wh: int | None = None, taken_at: dt.datetime | None = None,
+                     by: str = "") -> int:
+        """Start billing the meter afresh from a new baseline without billing the gap (reset, replacement).
+
+        The baseline is the quarantined reading, or ``energy_wh`` at ``taken_at`` (default: the newest reading
+        seen). Readings that arrived while quarantined are then billed from it; returns that charge in fen.
+        """
+        cursor = self._cursor(meter_id)
+        pending = cursor.pending
+        if energy_wh is None:
+            if pending is None:
+                raise NoQuarantinedReading(f"meter {meter_id}: nothing quarantined; give the new baseline energy_wh")
+            base = pending.reading
+        else:
+            when = taken_at or cursor.seen_at or cursor.taken_at
+            if when is None:
+                raise NoQuarantinedReading(f"meter {meter_id}: give taken_at for the new baseline")
+            base = Snapshot(energy_wh, require_aware(when, "taken_at"))
+        cursor.pending = None
+        cursor.move_to(base)
+        self.events.append(ev.QuarantineResolved(self.id, meter_id, "rebased", base.energy_wh, 0, by))
+        latest = pending.latest if pending is not None else None
+        return self._take(cursor, latest) if latest is not None and latest.taken_at > base.taken_at else 0
+

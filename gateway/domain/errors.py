@@ -1,0 +1,36 @@
+"""Business errors of the domain; the API maps them to HTTP status codes in one place.
+
+    DomainError
+     ├── EmergencyCreditRefused   (already granted this period, or not yet repaid)      -> 409
+     ├── NoQuarantinedReading     (accept or re-base without a pending reading)          -> 409
+     ├── UnknownMeter             (a meter that is not one of the account's)             -> 404
+     └── InvalidAmount            (zero or negative payment, reversal or grant)          -> 422
+"""
+
+from __future__ import annotations
+
+__all__ = ["DomainError", "EmergencyCreditRefused", "InvalidAmount", "NoQuarantinedReading", "UnknownMeter"]
+
+
+class DomainError(Exception):
+    """Base of the domain's business errors."""
+
+
+class EmergencyCreditRefused(DomainError):
+    """Emergency credit can't be granted now; ``reason`` says why."""
+
+    def __init__(self, account_id: str, reason: str) -> None:
+        super().__init__(f"account {account_id}: emergency credit refused: {reason}")
+        self.account_id, self.reason = account_id, reason
+
+
+class NoQuarantinedReading(DomainError):
+    """An operator accepted or re-based a meter that has no quarantined reading."""
+
+
+class UnknownMeter(DomainError, LookupError):
+    """A meter id the account does not know."""
+
+
+class InvalidAmount(DomainError, ValueError):
+    """An amount that must be positive was not."""

@@ -1,0 +1,109 @@
+"""The fleet simulator as programs see it: serve_modbus (the CLI's entry point) and an independent master."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import pytest
+
+from drivers.base import RelayState
+from drivers.errors import ConnectError, MeterTimeout
+from drivers.modbus import ModbusMeter, ModbusTcpDriver, load_model
+from simulators.modbus import DEFAULT_MODEL_PATH, MAX_UNITS, ModbusFleet, serve_modbus
+from tests.support import async_wait_until, free_port, require_tool
+
+GENERIC = load_model(DEFAULT_MODEL_PATH)
+
+
+def two_free_ports() -> int:
+    """A port P such that P and P + 1 are both free now."""
+    for _ in range(50):
+        port = free_port()
+        with contextlib.suppress(OSError), socket.socket() as s:
+            s.bind(("127.0.0.1", port + 1))
+            return port
+    pytest.fail("no two consecutive free ports")
+
+
+async def readable(driver: ModbusTcpDriver, meter: ModbusMeter) -> bool:
+    try:
+        await driver.read(meter)
+    except (ConnectError, MeterTimeout):
+        return False
+    return True
+
+
+async def test_serve_modbus_runs_until_cancelled_and_spreads_units_over_ports():
+    port = two_free_ports()
+    meters = MAX_UNITS + 3  # 247 unit ids on the first port, 3 on the next
+    task = asyncio.create_task(
+        serve_modbus(model_path=None, meters=meters, host="127.0.0.1", port=port, seed=1, speed=60.0),
+        name="test.serve_modbus",
+    )
+    try:
+        async with ModbusTcpDriver("127.0.0.1", port + 1, timeout=0.5) as second:
+            last = ModbusMeter("last", 3, GENERIC)
+            await async_wait_until(lambda: readable(second, last), timeout=10, what="the second port")
+            async with ModbusTcpDriver("127.0.0.1", port, timeout=0.5) as first:
+                reading = await first.read(ModbusMeter("first", MAX_UNITS, GENERIC))
+                assert reading.relay is RelayState.CLOSED
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    async with ModbusTcpDriver("127.0.0.1", port, timeout=0.5) as driver:
+        with pytest.raises(ConnectError):
+            await driver.read(ModbusMeter("gone", 1, GENERIC))
+
+
+async def test_fleet_refuses_more_unit_ids_than_modbus_has():
+    with pytest.raises(ValueError, match=r"1\.\.247"):
+        ModbusFleet(GENERIC, meters=MAX_UNITS + 1, port=free_port())
+
+
+async def test_a_busy_port_is_an_os_error():
+    async with ModbusFleet(GENERIC, meters=1, port=free_port()) as fleet:
+        with pytest.raises(OSError, match="cannot serve"):
+            await ModbusFleet(GENERIC, meters=1, port=fleet.port).start()
+
+
+async def test_mbpoll_reads_and_switches_a_simulated_meter():
+    """An independent master (Debian's mbpoll) sees the documented generic-prepaid map."""
+    mbpoll = require_tool("mbpoll")
+    async with ModbusFleet(GENERIC, meters=2, port=free_port()) as fleet:
+        sim = fleet.meters[2]
+        sim.set_power_w(-1234)
+
+        async def run(*args: str) -> str:
+            proc = await asyncio.create_subprocess_exec(
+                mbpoll,
+                "-m",
+                "tcp",
+                "-p",
+                str(fleet.port),
+                "-a",
+                "2",
+                "-0",
+                "-1",
+                "-o",
+                "2",
+                *args,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), 20)
+            assert proc.returncode == 0, out.decode()
+            return out.decode()
+
+        energy_before = sim.energy_wh
+        out = await run("-t", "3:int", "-B", "-r", "0", "-c", "1", "127.0.0.1")
+        energy = int(out.split("[0]:")[1].split()[0])
+        assert energy_before <= energy <= sim.energy_wh
+        out = await run("-t", "3:int", "-B", "-r", "12", "-c", "1", "127.0.0.1")
+        assert "[12]: \t-1234" in out
+        await run("-t", "0", "-r", "0", "127.0.0.1", "0")  # FC05 coil 0 := 0, open the relay
+        assert not sim.relay_closed
+        out = await run("-t", "1", "-r", "0", "-c", "1", "127.0.0.1")
+        assert "[0]: \t0" in out
