@@ -47,7 +47,7 @@ def bare_sqlite(path: Path, n: int) -> float:
 def site(db: Path, accounts: int) -> Settings:
     return Settings.model_validate({
         "database": {"url": f"sqlite:///{db}"},
-        "tariffs": {"flat": {"price": "0.5600"}},
+        "tariffs": {"flat": {"kind": "flat", "price": "0.5600"}},
         "accounts": [{"id": f"A-{i}", "tariff": "flat", "opening_balance": "100000.00"} for i in range(accounts)],
         "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 9}],
         "meters": [{"id": f"M-{i}", "bus": "b", "unit_id": 1 + i % 247, "account": f"A-{i}",

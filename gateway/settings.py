@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.domain.money import AmountError, parse_price, parse_yuan
+from gateway.domain.money import AmountError, parse_yuan
+from gateway.domain.policy import SitePolicy
+from gateway.domain.policy_config import site_policy_from_dict
+from gateway.domain.tariff_config import tariff_from_dict
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -104,22 +106,10 @@ class MqttSettings(_Strict):
 
 
 class EngineSettings(_Strict):
-    stale_after_s: float = Field(300, gt=0, description="a reading older than this may not justify a disconnect")
     command_expiry_s: float = Field(600, gt=0)
     confirm_interval_s: float = Field(0.5, gt=0, description="how often a sent command's relay is read back")
-
-
-class TariffSettings(_Strict):
-    kind: Literal["flat"] = "flat"
-    price: Decimal = Field(description="yuan per kWh, up to 4 decimal places")
-
-    @field_validator("price", mode="before")
-    @classmethod
-    def _price(cls, value: Any) -> Decimal:
-        try:
-            return parse_price(value)
-        except AmountError as exc:
-            raise ValueError(str(exc)) from None
+    manual_hold_s: float = Field(86_400, gt=0, description="hold set by a manual reconnect below the disconnect point")
+    evaluate_every_s: float = Field(5, gt=0, description="re-check deferred disconnects this often")
 
 
 class AccountSettings(_Strict):
@@ -128,13 +118,14 @@ class AccountSettings(_Strict):
     opening_balance: Yuan = 0
     warning1: Yuan = 2000
     warning2: Yuan = 500
-    overdraft: Yuan = 0
+    credit_class: str = Field("", description="AAA, AA, A, B, C or D: sets the overdraft (policy.credit_classes)")
+    overdraft: Yuan | None = Field(None, description="overrides the credit class's overdraft")
     reconnect_min_topup: Yuan = 100
     protected: bool = False
     contacts: list[str] = []
 
     _money = field_validator("opening_balance", "warning1", "warning2", "overdraft", "reconnect_min_topup",
-                             mode="before")(classmethod(lambda cls, v: _yuan(v)))
+                             mode="before")(classmethod(lambda cls, v: v if v is None else _yuan(v)))
 
 
 class BusSettings(_Strict):
@@ -179,19 +170,27 @@ class Settings(_Strict):
     mqtt: MqttSettings | None = None
     engine: EngineSettings = EngineSettings()
     models_dir: str | None = Field(None, description="meter model files; default: the shipped config/meters")
-    tariffs: dict[str, TariffSettings] = {}
+    policy: dict[str, Any] = Field(default_factory=dict, description="guardrails: see docs/balance-engine.md")
+    holidays_file: str | None = Field(None, description="public holiday calendar (one date or range per line)")
+    tariffs: dict[str, dict[str, Any]] = {}
     accounts: list[AccountSettings] = []
     buses: list[BusSettings] = []
     meters: list[MeterSettings] = []
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
+        for name, tariff in self.tariffs.items():
+            tariff_from_dict(tariff, where=f"tariffs.{name}")
+        policy = self.site_policy(check_only=True)
         _unique("accounts", [a.id for a in self.accounts])
         _unique("buses", [b.id for b in self.buses])
         _unique("meters", [m.id for m in self.meters])
         for i, account in enumerate(self.accounts):
             if account.tariff not in self.tariffs:
                 raise ValueError(f"accounts[{i}].tariff: unknown tariff {account.tariff!r}")
+            if account.credit_class and account.credit_class not in policy.credit_classes:
+                raise ValueError(f"accounts[{i}].credit_class: unknown credit class {account.credit_class!r} "
+                                 f"(known: {', '.join(policy.credit_classes)})")
         account_ids = {a.id for a in self.accounts}
         buses = {b.id: b for b in self.buses}
         for i, meter in enumerate(self.meters):
@@ -206,6 +205,21 @@ class Settings(_Strict):
                                                           and len(meter.address) <= 12):
                 raise ValueError(f"meters[{i}].address: a DL/T 645 meter needs a numeric address of up to 12 digits")
         return self
+
+
+    def site_policy(self, *, base_dir: Path | None = None, check_only: bool = False) -> SitePolicy:
+        """The engine's site policy: ``policy`` plus the site's time zone and the holiday calendar file."""
+        data = {"timezone": self.site.timezone, **self.policy}
+        text, source = None, "holidays"
+        if self.holidays_file and not check_only:
+            path = Path(self.holidays_file)
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            try:
+                text, source = path.read_text(encoding="utf-8"), str(path)
+            except OSError as exc:
+                raise ValueError(f"holidays_file: cannot read {path}: {exc.strerror or exc}") from None
+        return site_policy_from_dict(data, holidays_text=text, holidays_source=source, where="policy")
 
 
 def _unique(what: str, ids: list[str]) -> None:
@@ -265,8 +279,12 @@ def load_settings(path: str | Path, *, environ: dict[str, str] | None = None) ->
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     _apply_env(data, dict(os.environ if environ is None else environ))
     try:
-        return Settings.model_validate(data)
-    except ValidationError as exc:
+        settings = Settings.model_validate(data)
+        settings.site_policy(base_dir=path.parent)  # reads and checks the holiday calendar file
+        return settings
+    except ValueError as exc:
+        if not isinstance(exc, ValidationError):
+            raise ConfigError(f"{path}: {exc}") from None
         problems = []
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")

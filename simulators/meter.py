@@ -109,6 +109,8 @@ class SimulatedMeter:
         self._closed = self._commanded = relay_closed
         self._open_at: float | None = None  # simulated time a pending trip takes effect
         self._override_w: float | None = None
+        self._power_slot: tuple[int, float] = (-1, 0.0)  # (slot, watts): a server reads power many times a slot
+        self._voltage_slot: tuple[int, float] = (-1, 0.0)
 
     # -- state, brought up to date on every read ---------------------------------------------------------
     @property
@@ -123,20 +125,31 @@ class SimulatedMeter:
         self._advance()
         return tuple(math.floor(e) for e in self._by_rate)
 
+    def energy_wh_rate(self, rate: int) -> int:
+        """Import energy of one time-of-use rate, 1..4 (Wh)."""
+        self._advance()
+        return math.floor(self._by_rate[rate - 1])
+
     @property
     def power_w(self) -> float:
         """Active power now (0 while the relay is open)."""
         self._advance()
         if not self._closed:
             return 0.0
-        return self._override_w if self._override_w is not None else self.profile.power_w(self._t)
+        if self._override_w is not None:
+            return self._override_w
+        slot = math.floor(self._t / self.profile.slot_s)
+        if self._power_slot[0] != slot:
+            self._power_slot = (slot, self.profile.slot_power_w(slot))
+        return self._power_slot[1]
 
     @property
     def voltage_v(self) -> float:
         slot = math.floor(self._t / 60)
-        return self.nominal_voltage_v * (
-            1 + 0.01 * (2 * unit_random(self.profile.seed, self.profile.index, -slot) - 1)
-        )
+        if self._voltage_slot[0] != slot:
+            ripple = 2 * unit_random(self.profile.seed, self.profile.index, -slot) - 1
+            self._voltage_slot = (slot, self.nominal_voltage_v * (1 + 0.01 * ripple))
+        return self._voltage_slot[1]
 
     @property
     def current_a(self) -> float:

@@ -81,7 +81,7 @@ def socat_pty_pair(directory: Path) -> Iterator[tuple[str, str]]:
     proc = subprocess.Popen(
         [socat, "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_until(lambda: a.exists() and b.exists(), timeout=10, what="socat ptys")

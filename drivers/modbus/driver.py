@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
@@ -20,10 +21,20 @@ from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
 from drivers.base import MeterDriver, Reading, RelayAction, RelayState
-from drivers.errors import CommandRefused, ConnectError, ExceptionReply, FrameError, UnsupportedOperation
-from drivers.modbus.exceptions import check_reply, map_modbus_exceptions
+from drivers.errors import (
+    CommandRefused,
+    ConnectError,
+    DriverError,
+    ExceptionReply,
+    FrameError,
+    MeterTimeout,
+    TransportError,
+    UnsupportedOperation,
+)
+from drivers.modbus.buslock import PriorityBusLock, urgent
+from drivers.modbus.exceptions import check_reply, map_exception
 from drivers.modbus.models import MeterModel, RelaySpec
-from drivers.modbus.registers import ReadRequest, exception_name
+from drivers.modbus.registers import BIT_TABLES, ReadRequest, exception_name
 from drivers.modbus.values import decode_values, reading_from_values, relay_state, relay_state_from_replies
 
 __all__ = ["ModbusMeter", "ModbusRtuDriver", "ModbusTcpDriver"]
@@ -59,24 +70,44 @@ class ModbusMeter:
 
 
 class _ModbusDriver(MeterDriver[ModbusMeter]):
-    """Shared code of the TCP and RTU drivers: one pymodbus client, one transaction at a time."""
+    """Shared code of the TCP and RTU drivers: one pymodbus client, one transaction at a time.
 
-    def __init__(self, *, timeout: float, retries: int, endpoint: str, frame_gap: float = 0.0) -> None:
+    The bus is taken once per transaction (not per ``read``) with a ``PriorityBusLock``: a caller inside
+    ``driver.urgent()`` (the scheduler's relay commands) goes ahead of polls waiting for the bus, so it waits at
+    most for the transaction in flight. ``frame_gap`` seconds of silence are kept between two transactions.
+    After ``reopen_after`` transport failures in a row (no answer from anybody on the bus), the connection is
+    closed and opened again on the next transaction: a serial port that was unplugged and came back, or a
+    converter that silently dropped the TCP connection, is used again without a restart.
+    """
+
+    def __init__(
+        self, *, timeout: float, retries: int, endpoint: str, frame_gap: float = 0.0, reopen_after: int = 3
+    ) -> None:
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be positive and retries not negative")
         self.timeout = timeout
         self.retries = retries
         self.endpoint = endpoint
-        self._frame_gap = frame_gap  # silence kept between two transactions on the line
+        self.frame_gap = frame_gap  # silence kept between two transactions on the line
+        self.reopen_after = reopen_after
+        self.transactions = 0
+        self.failures_in_row = 0  # transport failures since the bus last answered
+        # pymodbus enforces (retries + 1) x timeout itself; the outer deadline only guards against a hang.
+        self._deadline = timeout * (retries + 2)
         self._last_end = 0.0
         self._client: ModbusBaseClient | None = None
-        self._lock = asyncio.Lock()
+        self._lock = PriorityBusLock()
 
     def _new_client(self) -> ModbusBaseClient:
         raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.endpoint!r})"
+
+    @staticmethod
+    def urgent() -> AbstractContextManager[None]:
+        """Transactions started in this block (this task) go ahead of others waiting for the bus."""
+        return urgent()
 
     async def _connected(self) -> ModbusBaseClient:
         if self._client is None:
@@ -86,46 +117,70 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
         return self._client
 
     async def _transact(
-        self, meter_id: str, what: str, call: Callable[[ModbusBaseClient], Awaitable[P]]
+        self, meter_id: str, describe: Callable[[], str], call: Callable[[ModbusBaseClient], Awaitable[P]]
     ) -> P:
-        # pymodbus enforces (retries + 1) x timeout itself; the outer deadline only guards against a hang.
-        deadline = self.timeout * (self.retries + 2)
         loop = asyncio.get_running_loop()
-        async with self._lock:
-            if (wait := self._last_end + self._frame_gap - loop.time()) > 0:
+        await self._lock.acquire()
+        try:
+            if self.frame_gap and (wait := self._last_end + self.frame_gap - loop.time()) > 0:
                 await asyncio.sleep(wait)
+            self.transactions += 1
             try:
-                with map_modbus_exceptions(meter_id=meter_id, what=f"{self.endpoint} {what}"):
+                client = self._client
+                if client is None or not client.connected:
                     client = await self._connected()
-                    reply = await asyncio.wait_for(call(client), deadline)
-                    return check_reply(reply, meter_id=meter_id, what=f"{self.endpoint} {what}")
-            finally:
-                self._last_end = loop.time()
+                async with asyncio.timeout(self._deadline):
+                    reply = await call(client)
+            except Exception as exc:
+                mapped = map_exception(exc, meter_id=meter_id, what=f"{self.endpoint} {describe()}")
+                if mapped is None:
+                    raise
+                self._failed(mapped)
+                raise mapped from exc
+            if reply is None or reply.isError():
+                try:
+                    check_reply(reply, meter_id=meter_id, what=f"{self.endpoint} {describe()}")
+                except MeterTimeout as exc:
+                    self._failed(exc)
+                    raise
+            self.failures_in_row = 0  # somebody answered (an exception reply is an answer too)
+            return reply
+        finally:
+            self._last_end = loop.time()
+            self._lock.release()
+
+    def _failed(self, error: DriverError) -> None:
+        if not isinstance(error, TransportError):
+            self.failures_in_row = 0
+            return
+        self.failures_in_row += 1
+        if self.failures_in_row >= self.reopen_after and self._client is not None:
+            self._client.close()  # reopened by the next transaction
+            self._client = None
+            self.failures_in_row = 0
 
     async def read_table(self, meter_id: str, unit_id: int, request: ReadRequest) -> list[int]:
         """One read request; bits come back as 0/1. Public for tools and tests."""
-        address, count = request.address, request.count
-        what = f"unit {unit_id} read {request.table} {address:#06x}+{count}"
+        address, count, table = request.address, request.count, request.table
+
+        def describe() -> str:
+            return f"unit {unit_id} read {table} {address:#06x}+{count}"
 
         def call(client: ModbusBaseClient) -> Awaitable[ModbusPDU]:
-            match request.table:
+            match table:
+                case "input":
+                    return client.read_input_registers(address, count=count, device_id=unit_id)
+                case "holding":
+                    return client.read_holding_registers(address, count=count, device_id=unit_id)
                 case "coil":
                     return client.read_coils(address, count=count, device_id=unit_id)
                 case "discrete":
                     return client.read_discrete_inputs(address, count=count, device_id=unit_id)
-                case "holding":
-                    return client.read_holding_registers(address, count=count, device_id=unit_id)
-                case "input":
-                    return client.read_input_registers(address, count=count, device_id=unit_id)
 
-        reply = await self._transact(meter_id, what, call)
-        values = (
-            [int(bit) for bit in reply.bits]
-            if request.table in ("coil", "discrete")
-            else list(reply.registers)
-        )
+        reply = await self._transact(meter_id, describe, call)
+        values = [int(bit) for bit in reply.bits] if table in BIT_TABLES else list(reply.registers)
         if len(values) < count:
-            raise FrameError(f"{what}: {len(values)} values in the reply", meter_id=meter_id)
+            raise FrameError(f"{describe()}: {len(values)} values in the reply", meter_id=meter_id)
         return values[:count]
 
     async def read(self, meter: ModbusMeter) -> Reading:
@@ -147,7 +202,8 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
     ) -> None:
         """Write the relay command; a Modbus exception reply raises ``CommandRefused``.
 
-        Modbus cannot carry ``valid_until``; a command whose time has passed is not sent.
+        Modbus cannot carry ``valid_until``; a command whose time has passed is not sent. The meter's echo of
+        the write is checked: an echo of another address or value is a ``FrameError``.
         """
         unit_id, relay = meter.relay_device()
         command = relay.command
@@ -158,10 +214,13 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
                 reason="expired before it was sent",
                 meter_id=meter.id,
             )
+        address, function = command.address, command.write_function
+
+        def describe() -> str:
+            return f"unit {unit_id} relay {action.value} (FC{function:02d} {address:#06x})"
 
         def call(client: ModbusBaseClient) -> Awaitable[ModbusPDU]:
-            address = command.address
-            match command.write_function:
+            match function:
                 case 5:
                     return client.write_coil(address, bool(value), device_id=unit_id)
                 case 15:
@@ -171,9 +230,8 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
                 case _:
                     return client.write_registers(address, [value], device_id=unit_id)
 
-        what = f"unit {unit_id} relay {action.value} (FC{command.write_function:02d} {command.address:#06x})"
         try:
-            await self._transact(meter.id, what, call)
+            reply = await self._transact(meter.id, describe, call)
         except ExceptionReply as exc:
             raise CommandRefused(
                 str(exc),
@@ -181,6 +239,8 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
                 code=exc.code,
                 meter_id=meter.id,
             ) from exc
+        if not _echo_matches(reply, function, address, value):
+            raise FrameError(f"{self.endpoint} {describe()}: the echo does not match the request", meter_id=meter.id)
 
     async def read_relay(self, meter: ModbusMeter) -> RelayState:
         """Read the relay's actual state register."""
@@ -195,6 +255,16 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+
+def _echo_matches(reply: ModbusPDU, function: int, address: int, value: int) -> bool:
+    if getattr(reply, "address", address) != address:
+        return False
+    if function == 5:
+        return bool(reply.bits[0]) == bool(value) if reply.bits else False
+    if function == 6:
+        return list(reply.registers[:1]) == [value]
+    return getattr(reply, "count", 1) == 1
 
 
 class ModbusTcpDriver(_ModbusDriver):

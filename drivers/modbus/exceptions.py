@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+import struct
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -13,7 +14,7 @@ from pymodbus.pdu import ModbusPDU
 from drivers.errors import ConnectError, DriverError, ExceptionReply, FrameError, MeterTimeout
 from drivers.modbus.registers import exception_name
 
-__all__ = ["check_reply", "map_modbus_exceptions"]
+__all__ = ["check_reply", "map_exception", "map_modbus_exceptions"]
 
 P = TypeVar("P", bound=ModbusPDU)
 
@@ -28,20 +29,34 @@ def map_modbus_exceptions(*, meter_id: str | None = None, what: str = "request")
         yield
     except DriverError:
         raise
-    except ConnectionException as exc:
-        raise ConnectError(f"{what}: connection failed: {exc.string}", meter_id=meter_id) from exc
-    except ModbusIOException as exc:
+    except Exception as exc:
+        mapped = map_exception(exc, meter_id=meter_id, what=what)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def map_exception(exc: BaseException, *, meter_id: str | None = None, what: str = "request") -> DriverError | None:
+    """The ``DriverError`` a library exception means (None for one that is not a bus or protocol failure)."""
+    if isinstance(exc, DriverError):
+        return exc
+    if isinstance(exc, ConnectionException):
+        return ConnectError(f"{what}: connection failed: {exc.string}", meter_id=meter_id)
+    if isinstance(exc, ModbusIOException):
         # pymodbus says "No response received" after (retries + 1) timeouts; any other I/O error is a
         # reply it could not match to the request (wrong device id or transaction id).
         if "No response" in exc.string:
-            raise MeterTimeout(f"{what}: no answer", meter_id=meter_id) from exc
-        raise FrameError(f"{what}: unusable answer: {exc.string}", meter_id=meter_id) from exc
-    except ModbusException as exc:
-        raise FrameError(f"{what}: {exc.string}", meter_id=meter_id) from exc
-    except TimeoutError as exc:  # asyncio.TimeoutError is TimeoutError since Python 3.11
-        raise MeterTimeout(f"{what}: no answer in time", meter_id=meter_id) from exc
-    except (serial.SerialException, OSError) as exc:
-        raise ConnectError(f"{what}: {exc}", meter_id=meter_id) from exc
+            return MeterTimeout(f"{what}: no answer", meter_id=meter_id)
+        return FrameError(f"{what}: unusable answer: {exc.string}", meter_id=meter_id)
+    if isinstance(exc, ModbusException):
+        return FrameError(f"{what}: {exc.string}", meter_id=meter_id)
+    if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is TimeoutError since Python 3.11
+        return MeterTimeout(f"{what}: no answer in time", meter_id=meter_id)
+    if isinstance(exc, serial.SerialException | OSError):
+        return ConnectError(f"{what}: {exc}", meter_id=meter_id)
+    if isinstance(exc, struct.error):  # a reply too short to decode
+        return FrameError(f"{what}: malformed answer: {exc}", meter_id=meter_id)
+    return None
 
 
 def check_reply(reply: P | None, *, meter_id: str | None = None, what: str = "request") -> P:

@@ -34,13 +34,13 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 accounts = sa.Table(
     "accounts", metadata,
     sa.Column("id", sa.String(64), primary_key=True),
+    # balance, supply and the deferral are columns for queries; the engine's whole state is the JSON document
+    # (gateway.domain.state), written in the same UPDATE.
     sa.Column("balance_fen", sa.BigInteger, nullable=False),
     sa.Column("supply", sa.String(16), nullable=False),
-    sa.Column("warned_level", sa.Integer, nullable=False),
-    sa.Column("deferred_reason", sa.String(200), nullable=False, server_default=""),
-    sa.Column("hold_until", UtcDateTime, nullable=True),
-    sa.Column("period_wh", sa.BigInteger, nullable=False),
-    sa.Column("period_charged_fen", sa.BigInteger, nullable=False),
+    sa.Column("deferred_reason", sa.String(32), nullable=False, server_default=""),
+    sa.Column("deferred_until", UtcDateTime, nullable=True),
+    sa.Column("state", sa.JSON, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )
 
@@ -48,8 +48,6 @@ meters = sa.Table(
     "meters", metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("account_id", sa.String(64), sa.ForeignKey("accounts.id"), nullable=False),
-    sa.Column("billed_wh", sa.BigInteger, nullable=True),
-    sa.Column("billed_at", UtcDateTime, nullable=True),
     sa.Column("relay", sa.String(16), nullable=False, server_default="unknown"),
     sa.Column("health", sa.String(16), nullable=False, server_default="unknown"),
     sa.Column("last_success_at", UtcDateTime, nullable=True),
@@ -79,9 +77,14 @@ ledger = sa.Table(
     sa.Column("amount_fen", sa.BigInteger, nullable=False),  # signed: credit > 0, debit < 0
     sa.Column("balance_after_fen", sa.BigInteger, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
-    sa.Column("reference", sa.String(200), nullable=True),
-    sa.Column("energy_wh", sa.BigInteger, nullable=True),
+    sa.Column("reference", sa.String(200), nullable=True),  # "source/payment_id" for payment entries
+    sa.Column("meter_id", sa.String(64), nullable=True),
+    sa.Column("energy_wh", sa.BigInteger, nullable=True),  # charges: energy billed by this entry
+    sa.Column("reading_wh", sa.BigInteger, nullable=True),  # charges: the cumulative reading billed up to
+    sa.Column("period", sa.String(16), nullable=True),  # charges: billing period
+    sa.Column("detail", sa.String(500), nullable=True),
     sa.Index("ix_ledger_account", "account_id", "id"),
+    sa.Index("ix_ledger_reference", "kind", "reference"),
 )
 
 payments = sa.Table(
@@ -94,6 +97,8 @@ payments = sa.Table(
     sa.Column("channel", sa.String(64), nullable=True),
     sa.Column("balance_after_fen", sa.BigInteger, nullable=False),
     sa.Column("received_at", UtcDateTime, nullable=False),
+    sa.Column("reversed_at", UtcDateTime, nullable=True),
+    sa.Column("reversal_reason", sa.String(500), nullable=True),
 )
 
 commands = sa.Table(
@@ -120,6 +125,12 @@ outbox = sa.Table(
     sa.Column("payload", sa.JSON, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("published_at", UtcDateTime, nullable=True),
+)
+
+site_state = sa.Table(
+    "site_state", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),  # "rate_limiter": the recent automatic disconnects
+    sa.Column("state", sa.JSON, nullable=False),
 )
 
 api_keys = sa.Table(

@@ -187,9 +187,11 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
 
         ``offline``: ids of the account's meters the scheduler reports offline. ``readings_ok=False`` with
         ``why_not_ok`` lets the caller block for reasons of its own. ``limiter``: the site's rate limiter (a
-        disconnect decided here is recorded in it). A refusal is recorded once per (reason, detail).
+        disconnect decided here is recorded in it). A refusal is recorded once per reason; its detail and
+        ``deferred_until`` are kept up to date silently.
         """
         require_aware(now, "now")
+        self._announce_credit()  # a level reached without a movement (opening balance, new thresholds) warns too
         if self.warned_level >= WARNING_2 and self.final_warning_at is None:
             self.final_warning_at = now  # the final warning goes out with this transaction: notice starts
         if self.supply is Supply.DISCONNECTED:
@@ -207,11 +209,11 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
         refusal = disconnect_refusal(self, now, readings_ok=readings_ok, why_not_ok=why_not_ok, offline=offline,
                                      limiter=limiter)
         if refusal is not None:
-            self.deferred_until = refusal.until
-            if (refusal.reason, refusal.detail) != (self.deferred_reason, self.deferred_detail):
-                self.deferred_reason, self.deferred_detail = refusal.reason, refusal.detail
+            if refusal.reason != self.deferred_reason:  # recorded once per reason, not once per evaluation
                 self.events.append(ev.DisconnectDeferred(self.id, refusal.reason, self.balance_fen, refusal.detail,
                                                          refusal.until))
+            self.deferred_reason, self.deferred_detail, self.deferred_until = (refusal.reason, refusal.detail,
+                                                                               refusal.until)
             return Decision.NONE
         if limiter is not None:
             limiter.record(now)

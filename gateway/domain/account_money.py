@@ -16,17 +16,28 @@ from gateway.domain.tariffs import period_key, period_label
 from gateway.domain.timeutil import require_aware
 
 if TYPE_CHECKING:
-    from gateway.domain.account import PrepaidAccount
+    from gateway.domain.emergency import EmergencyCredit
+    from gateway.domain.policy import SitePolicy
 
 __all__ = ["MoneyMixin"]
 
 
 class MoneyMixin:
-    def _post(self: PrepaidAccount, kind: EntryKind, amount_fen: int, reference: str = "", **extra: Any) -> None:
+    if TYPE_CHECKING:  # provided by PrepaidAccount
+        id: str
+        site: SitePolicy
+        balance_fen: int
+        events: list[ev.Event]
+        entries: list[LedgerEntry]
+        emergency: EmergencyCredit
+
+        def _announce_credit(self) -> None: ...
+
+    def _post(self, kind: EntryKind, amount_fen: int, reference: str = "", **extra: Any) -> None:
         self.balance_fen += amount_fen
         self.entries.append(LedgerEntry(kind, amount_fen, self.balance_fen, reference, **extra))
 
-    def apply_payment(self: PrepaidAccount, source: str, payment_id: str, amount_fen: int) -> None:
+    def apply_payment(self, source: str, payment_id: str, amount_fen: int) -> None:
         """Credit a payment (idempotency is the caller's: one call per new (source, payment_id)).
 
         Outstanding emergency credit is repaid from it first, as a separate ledger entry.
@@ -43,7 +54,7 @@ class MoneyMixin:
                                                         self.balance_fen))
         self._announce_credit()
 
-    def apply_reversal(self: PrepaidAccount, source: str, payment_id: str, amount_fen: int, *, reason: str = "") -> None:
+    def apply_reversal(self, source: str, payment_id: str, amount_fen: int, *, reason: str = "") -> None:
         """Remove the credit of a reversed payment (``amount_fen``: the credit to remove, positive).
 
         If the payment repaid emergency credit, that repayment is undone too (the debt comes back).
@@ -61,7 +72,7 @@ class MoneyMixin:
                                                         self.balance_fen))
         self._announce_credit()
 
-    def grant_emergency_credit(self: PrepaidAccount, now: dt.datetime, *, amount_fen: int | None = None, by: str = "") -> int:
+    def grant_emergency_credit(self, now: dt.datetime, *, amount_fen: int | None = None, by: str = "") -> int:
         """Grant emergency credit (default: the site's amount) once per period; returns the amount granted."""
         require_aware(now, "now")
         site = self.site
@@ -81,7 +92,7 @@ class MoneyMixin:
         self._announce_credit()
         return amount
 
-    def apply_adjustment(self: PrepaidAccount, amount_fen: int, reason: str, *, reference: str = "") -> None:
+    def apply_adjustment(self, amount_fen: int, reason: str, *, reference: str = "") -> None:
         """An operator's signed correction of the balance (e.g. energy lost at a meter reset)."""
         if amount_fen == 0:
             raise InvalidAmount("an adjustment must not be zero")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.domain import events as ev
 from gateway.domain.billing import bill
@@ -19,13 +19,27 @@ from gateway.domain.tariffs import period_key
 from gateway.domain.timeutil import require_aware
 
 if TYPE_CHECKING:
-    from gateway.domain.account import PrepaidAccount
+    from gateway.domain.billing import BillingState
+    from gateway.domain.policy import SitePolicy
+    from gateway.domain.tariffs import Tariff
 
 __all__ = ["ReadingsMixin"]
 
 
 class ReadingsMixin:
-    def add_meter(self: PrepaidAccount, meter_id: str, *, max_power_w: int | None = None, margin: float | None = None,
+    if TYPE_CHECKING:  # provided by PrepaidAccount
+        id: str
+        tariff: Tariff
+        site: SitePolicy
+        cursors: dict[str, MeterCursor]
+        events: list[ev.Event]
+        billing: BillingState
+        balance_fen: int
+
+        def _announce_credit(self) -> None: ...
+        def _post(self, kind: EntryKind, amount_fen: int, reference: str = "", **extra: Any) -> None: ...
+
+    def add_meter(self, meter_id: str, *, max_power_w: int | None = None, margin: float | None = None,
                   resolution_wh: int | None = None, rollover_wh: int | None = None) -> MeterCursor:
         """Register one of the account's meters (or update its configuration); returns its cursor."""
         cursor = self.cursors.setdefault(meter_id, MeterCursor(meter_id))
@@ -35,7 +49,7 @@ class ReadingsMixin:
                 setattr(cursor, name, value)
         return cursor
 
-    def _cursor(self: PrepaidAccount, meter: str | MeterCursor) -> MeterCursor:
+    def _cursor(self, meter: str | MeterCursor) -> MeterCursor:
         if isinstance(meter, MeterCursor):
             self.cursors[meter.meter_id] = meter  # a cursor handed in by the caller is adopted
             return meter
@@ -43,7 +57,7 @@ class ReadingsMixin:
             raise UnknownMeter(f"account {self.id} has no meter {meter!r} (add_meter first)")
         return self.cursors[meter]
 
-    def apply_reading(self: PrepaidAccount, meter: str | MeterCursor, energy_wh: int, taken_at: dt.datetime, *,
+    def apply_reading(self, meter: str | MeterCursor, energy_wh: int, taken_at: dt.datetime, *,
                       rates_wh: Sequence[int] | None = None, margin: float | None = None,
                       resolution_wh: int | None = None) -> int:
         """Bill a cumulative reading of one of the account's meters; returns the charge in fen.
@@ -64,7 +78,7 @@ class ReadingsMixin:
             cursor.seen_at = taken_at
         return self._take(cursor, reading)
 
-    def _take(self: PrepaidAccount, cursor: MeterCursor, reading: Snapshot) -> int:
+    def _take(self, cursor: MeterCursor, reading: Snapshot) -> int:
         if cursor.energy_wh is None or cursor.taken_at is None:
             cursor.move_to(reading)
             return 0
@@ -88,7 +102,7 @@ class ReadingsMixin:
             cursor.pending = PendingReading(pending.reading, pending.kind, pending.reason, reading)
         return 0
 
-    def _bill(self: PrepaidAccount, cursor: MeterCursor, reading: Snapshot, delta_wh: int,
+    def _bill(self, cursor: MeterCursor, reading: Snapshot, delta_wh: int,
               by_register: Mapping[str, int] | None) -> int:
         assert cursor.taken_at is not None and delta_wh >= 0
         t0, t1 = cursor.taken_at, reading.taken_at
@@ -110,7 +124,7 @@ class ReadingsMixin:
             self._announce_credit()
         return total
 
-    def accept_reading(self: PrepaidAccount, meter_id: str, *, energy_wh: int | None = None, by: str = "") -> int:
+    def accept_reading(self, meter_id: str, *, energy_wh: int | None = None, by: str = "") -> int:
         """An operator accepts the meter's quarantined reading; returns the charge in fen.
 
         A jump is billed as read. A backwards reading is billed as a rollover of the register (``rollover_wh``
@@ -139,7 +153,7 @@ class ReadingsMixin:
         charge = self._bill(cursor, reading, delta, by_register)
         return charge + (self._take(cursor, pending.latest) if pending.latest is not None else 0)
 
-    def rebase_meter(self: PrepaidAccount, meter_id: str, *, energy_wh: int | None = None, taken_at: dt.datetime | None = None,
+    def rebase_meter(self, meter_id: str, *, energy_wh: int | None = None, taken_at: dt.datetime | None = None,
                      by: str = "") -> int:
         """Start billing the meter afresh from a new baseline without billing the gap (reset, replacement).
 

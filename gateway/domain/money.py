@@ -55,7 +55,7 @@ def format_fen(fen: int) -> str:
     return f"{sign}{whole}.{part:02d}"
 
 
-def parse_price(text: str | Decimal | int | float) -> Decimal:
+def parse_price(text: str | Decimal | float) -> Decimal:
     """A price in yuan per kWh, up to 4 decimal places, not negative."""
     try:
         value = Decimal(str(text))

@@ -93,7 +93,7 @@ def parse_day_periods(data: Any, *, where: str = "periods") -> DaySchedule:
     for span, rate_name in items:
         rate = _rate(rate_name, f"{where}[{span!r}]")
         start, end = _span(span, f"{where}[{span!r}]")
-        minutes = range(start, end) if start < end else [*range(start, 1440), *range(0, end)]
+        minutes = range(start, end) if start < end else [*range(start, 1440), *range(end)]
         for minute in minutes:
             if owner[minute] is not None:
                 raise ValueError(f"{where}: {span!r} overlaps another period at {minute // 60:02d}:{minute % 60:02d}")
@@ -102,12 +102,12 @@ def parse_day_periods(data: Any, *, where: str = "periods") -> DaySchedule:
         gap = owner.index(None)
         raise ValueError(f"{where}: the periods leave {gap // 60:02d}:{gap % 60:02d} uncovered")
     spans: list[tuple[int, int, str]] = []
-    for minute, rate in enumerate(owner):
-        assert rate is not None
-        if spans and spans[-1][2] == rate:
-            spans[-1] = (spans[-1][0], minute + 1, rate)
+    for minute, owned in enumerate(owner):
+        assert owned is not None
+        if spans and spans[-1][2] == owned:
+            spans[-1] = (spans[-1][0], minute + 1, owned)
         else:
-            spans.append((minute, minute + 1, rate))
+            spans.append((minute, minute + 1, owned))
     return DaySchedule(tuple(spans))
 
 

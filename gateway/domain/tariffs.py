@@ -29,9 +29,9 @@ __all__ = [
     "TieredTariff",
     "TieredTouTariff",
     "TouTariff",
+    "next_period_start",
     "period_key",
     "period_label",
-    "next_period_start",
 ]
 
 # Time-of-use rates in the order of a meter's per-rate registers (DL/T 645 费率1..4 = 尖, 峰, 平, 谷).

@@ -28,11 +28,11 @@ def from_iso(text: str | dt.datetime | None) -> dt.datetime | None:
     """ISO 8601 with an offset or "Z" -> aware UTC datetime. A naive timestamp is refused."""
     if text is None or isinstance(text, dt.datetime):
         return require_aware(text).astimezone(dt.UTC) if text is not None else None
-    when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    when = dt.datetime.fromisoformat(text.strip())
     return require_aware(when, f"timestamp {text!r}").astimezone(dt.UTC)
 
 
-def parse_duration(value: str | int | float, what: str = "duration") -> dt.timedelta:
+def parse_duration(value: str | float, what: str = "duration") -> dt.timedelta:
     """"90s", "15m", "24h", "2d" or a number of seconds -> timedelta."""
     if isinstance(value, bool):
         raise ValueError(f"{what}: not a duration: {value!r}")

@@ -1,14 +1,18 @@
-"""The static part of the site, from the settings: which accounts, tariffs, thresholds, meters and buses exist.
+"""The static part of the site, from the settings: accounts, tariffs, thresholds, meters, buses, site policy.
 
-Dynamic state (balances, cursors, commands) lives in the database; this catalog says how to interpret it.
+Dynamic state (balances, engine state, commands) lives in the database; this catalog says how to interpret it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from gateway.domain.account import Thresholds
-from gateway.domain.tariffs import FlatTariff, Tariff
+from gateway.domain.account import PrepaidAccount, Thresholds
+from gateway.domain.policy import SitePolicy
+from gateway.domain.tariff_config import tariff_from_dict
+from gateway.domain.tariffs import Tariff
 
 __all__ = ["AccountSpec", "Catalog", "MeterSpec"]
 
@@ -20,6 +24,7 @@ class AccountSpec:
     thresholds: Thresholds
     opening_balance_fen: int = 0
     protected: bool = False
+    credit_class: str = ""
     meter_ids: tuple[str, ...] = ()
 
 
@@ -39,17 +44,44 @@ class MeterSpec:
 class Catalog:
     accounts: dict[str, AccountSpec] = field(default_factory=dict)
     meters: dict[str, MeterSpec] = field(default_factory=dict)
+    site: SitePolicy = field(default_factory=SitePolicy)
     max_payment_fen: int = 1_000_000
-    stale_after_s: float = 300.0
     command_expiry_s: float = 600.0
     confirm_interval_s: float = 0.5
+    manual_hold_s: float = 86_400.0
+    evaluate_every_s: float = 5.0
+
+    @property
+    def stale_after_s(self) -> float:
+        """How old a meter's last reading may be before it counts as stale (the site policy's limit)."""
+        stale = self.site.stale_after
+        return stale.total_seconds() if stale is not None else float("inf")
+
+    def account(self, account_id: str, state: dict[str, Any]) -> PrepaidAccount:
+        """The domain account of ``account_id`` from its stored state, with its meters' configuration."""
+        spec = self.accounts[account_id]
+        account = PrepaidAccount.from_state(state, id=account_id, tariff=spec.tariff, thresholds=spec.thresholds,
+                                            site=self.site, credit_class=spec.credit_class,
+                                            protected=spec.protected)
+        for meter_id in spec.meter_ids:
+            account.add_meter(meter_id, max_power_w=self.meters[meter_id].max_power_w)
+        return account
+
+    def new_account(self, account_id: str) -> PrepaidAccount:
+        """A fresh account with its opening balance (the first ledger entry is written by the caller)."""
+        spec = self.accounts[account_id]
+        account = PrepaidAccount(account_id, spec.tariff, spec.thresholds, spec.opening_balance_fen,
+                                 site=self.site, credit_class=spec.credit_class, protected=spec.protected)
+        for meter_id in spec.meter_ids:
+            account.add_meter(meter_id, max_power_w=self.meters[meter_id].max_power_w)
+        return account
 
     @classmethod
-    def from_settings(cls, settings: object) -> Catalog:
+    def from_settings(cls, settings: object, *, base_dir: Path | None = None) -> Catalog:
         from gateway.settings import Settings
 
         assert isinstance(settings, Settings)
-        tariffs: dict[str, Tariff] = {name: FlatTariff(t.price) for name, t in settings.tariffs.items()}
+        tariffs = {name: tariff_from_dict(t, where=f"tariffs.{name}") for name, t in settings.tariffs.items()}
         meter_ids: dict[str, list[str]] = {}
         for m in settings.meters:
             meter_ids.setdefault(m.account, []).append(m.id)
@@ -60,6 +92,7 @@ class Catalog:
                 thresholds=Thresholds(a.warning1, a.warning2, a.overdraft, a.reconnect_min_topup),
                 opening_balance_fen=a.opening_balance,
                 protected=a.protected,
+                credit_class=a.credit_class,
                 meter_ids=tuple(meter_ids.get(a.id, ())),
             )
             for a in settings.accounts
@@ -68,5 +101,6 @@ class Catalog:
             m.id: MeterSpec(m.id, m.account, m.bus, m.poll_interval_s, m.max_power_w, m.unit_id, m.address, m.model)
             for m in settings.meters
         }
-        return cls(accounts, meters, settings.api.max_payment, settings.engine.stale_after_s,
-                   settings.engine.command_expiry_s, settings.engine.confirm_interval_s)
+        engine = settings.engine
+        return cls(accounts, meters, settings.site_policy(base_dir=base_dir), settings.api.max_payment,
+                   engine.command_expiry_s, engine.confirm_interval_s, engine.manual_hold_s, engine.evaluate_every_s)

@@ -1,27 +1,29 @@
-"""The use cases: record a payment, record a reading, request a relay command.
+"""The use cases: payments and reversals, readings, operator actions on accounts, relay commands.
 
-Each runs in one unit of work and returns what the caller needs; the relay commands it creates are handed to
-``on_command`` (the bus scheduler's wake-up) after the commit.
+Everything that changes an account goes through the group-commit ``Writer``; each call returns after the
+commit. The relay commands a change creates are handed to ``on_command`` (the bus scheduler's wake-up).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from drivers.base import Reading
 from gateway.adapters import tables as t
-from gateway.domain.account import Decision, PrepaidAccount
+from gateway.domain.account import PrepaidAccount
 from gateway.service import accounts as repo
 from gateway.service.catalog import Catalog
 from gateway.service.commands import CommandRecord, create_command
-from gateway.service.uow import UnitOfWork, UnitOfWorkFactory
-from gateway.service.writer import PaymentConflict, PaymentJob, PaymentResult, ReadingJob, Writer
+from gateway.service.uow import UnitOfWorkFactory
+from gateway.service.writer import (AccountJob, PaymentConflict, PaymentJob, PaymentResult, ReadingJob,
+                                    ReversalJob, UnknownPayment, Writer)
 
-__all__ = ["PaymentConflict", "PaymentResult", "Service"]
+__all__ = ["PaymentConflict", "PaymentResult", "Service", "UnknownPayment"]
 
 
 class Service:
@@ -35,19 +37,26 @@ class Service:
         self.on_command: Callable[[CommandRecord], None] = lambda record: None
         self.writer = Writer(uow_factory, catalog, self.clock, on_commands=self._announce)
 
-    # --- payments and readings go through the group-commit writer ------------------------------------------
+    # --- payments -----------------------------------------------------------------------------------------
     async def record_payment(self, *, source: str, payment_id: str, account_id: str, amount_fen: int,
                              paid_at: dt.datetime | None = None, channel: str | None = None) -> PaymentResult:
         """Credit a payment exactly once; a repeat returns the first result. Returns only after the commit."""
+        job = PaymentJob(source, payment_id, account_id, amount_fen, paid_at, channel)
+        return await self._retrying(job)  # type: ignore[no-any-return]
+
+    async def reverse_payment(self, *, source: str, payment_id: str, reason: str = "") -> PaymentResult:
+        """Remove a payment's credit, once; reversing again returns the first result."""
+        return await self._retrying(ReversalJob(source, payment_id, reason))  # type: ignore[no-any-return]
+
+    async def _retrying(self, job: PaymentJob | ReversalJob) -> Any:
         for _ in range(3):
             try:
-                result: PaymentResult = await self.writer.submit(
-                    PaymentJob(source, payment_id, account_id, amount_fen, paid_at, channel))
-                return result
+                return await self.writer.submit(job)
             except IntegrityError:
                 continue  # another instance recorded the same payment id first: look again
-        raise RuntimeError("payment could not be recorded after 3 attempts")
+        raise RuntimeError("could not record after 3 attempts (concurrent writers)")
 
+    # --- readings -----------------------------------------------------------------------------------------
     async def record_reading(self, reading: Reading) -> list[CommandRecord]:
         """Store a reading, bill it, and decide about the supply. Returns the relay commands it created."""
         commands: list[CommandRecord] = await self.writer.submit(ReadingJob(reading))
@@ -69,26 +78,23 @@ class Service:
                                                                   "at": now.isoformat()}, now)
             await uow.commit()
 
-    async def evaluate_accounts(self) -> list[CommandRecord]:
-        """Re-run the engine's decision for accounts whose guardrail may have ended (hold expired...)."""
-        now = self.clock()
-        created: list[CommandRecord] = []
+    # --- operator actions on accounts ---------------------------------------------------------------------
+    async def change_account(self, account_id: str, apply: Callable[[PrepaidAccount, dt.datetime], Any], *,
+                             actor: str, action: str, detail: dict[str, Any] | None = None) -> Any:
+        """Apply an operator's change to an account (through the writer), audited; returns ``apply``'s result."""
+        if account_id not in self.catalog.accounts:
+            raise repo.UnknownAccount(account_id)
+        return await self.writer.submit(AccountJob(account_id, apply, reason=action, audit=(actor, action, detail)))
+
+    async def evaluate_accounts(self) -> None:
+        """Re-run the engine's decision for accounts whose disconnect is deferred (the reason may have ended)."""
         async with self.uow(readonly=True) as uow:
             ids = list((await uow.execute(sa.select(t.accounts.c.id).where(
                 t.accounts.c.supply == "connected", t.accounts.c.deferred_reason != ""))).scalars())
-        for account_id in ids:
-            if account_id not in self.catalog.accounts:
-                continue
-            async with self.uow() as uow:
-                account = await repo.load_account(uow, self.catalog, account_id)
-                readings_ok, why = await self._readings_ok(uow, account_id, now)
-                made = await self._decide(uow, account, now, origin="automatic", reason="balance",
-                                          readings_ok=readings_ok, why_not_ok=why)
-                await repo.save_account(uow, account, now)
-                await uow.commit()
-            created += made
-        self._announce(created)
-        return created
+        jobs = [self.writer.submit(AccountJob(i, lambda account, now: None, origin="automatic", reason="balance"))
+                for i in ids if i in self.catalog.accounts]
+        for job in jobs:
+            await job
 
     # --- relay commands -----------------------------------------------------------------------------------
     async def request_command(self, *, meter_id: str, action: str, origin: str, operator: str | None,
@@ -106,30 +112,6 @@ class Service:
         self._announce([record])
         return record
 
-    async def _decide(self, uow: UnitOfWork, account: PrepaidAccount, now: dt.datetime, *, origin: str,
-                      reason: str, readings_ok: bool = True, why_not_ok: str = "") -> list[CommandRecord]:
-        decision = account.evaluate(now, readings_ok=readings_ok, why_not_ok=why_not_ok)
-        if decision is Decision.NONE:
-            return []
-        action = "open" if decision is Decision.DISCONNECT else "close"
-        spec = self.catalog.accounts[account.id]
-        expires = now + dt.timedelta(seconds=self.catalog.command_expiry_s)
-        return [await create_command(uow, meter_id=m, action=action, origin=origin, now=now, expires_at=expires,
-                                     reason=reason) for m in spec.meter_ids]
-
-    async def _readings_ok(self, uow: UnitOfWork, account_id: str, now: dt.datetime) -> tuple[bool, str]:
-        rows = (await uow.execute(sa.select(t.meters.c.id, t.meters.c.last_success_at, t.meters.c.health)
-                                  .where(t.meters.c.account_id == account_id))).all()
-        limit = now - dt.timedelta(seconds=self.catalog.stale_after_s)
-        for row in rows:
-            if row.health == "offline":
-                return False, f"meter {row.id} offline"
-            if row.last_success_at is None or row.last_success_at < limit:
-                return False, f"meter {row.id} reading stale"
-        return True, ""
-
     def _announce(self, records: list[CommandRecord]) -> None:
         for record in records:
             self.on_command(record)
-
-

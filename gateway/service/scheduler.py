@@ -1,35 +1,58 @@
 """The bus scheduler: one runner per bus, one transaction at a time, relay commands ahead of polls.
 
-A runner loops: due command work first (send, read back, confirm), then the next due poll, otherwise it sleeps
-until something is due or a new command wakes it. So a command waits at most for the transaction in flight.
-Polls are staggered over each meter's interval; a meter that fails backs off exponentially (capped); a poll
-that falls behind is skipped and counted, never queued up.
+Each ``BusRunner`` runs three loops over its bus:
+
+- **polls**: meters are polled in order of their due time, staggered over their interval. A reading is handed to
+  the group-commit writer without waiting for its commit (at most ``max_pending`` readings of a bus are in the
+  writer at once, so a slow database slows the polls instead of piling readings up). A poll that comes due
+  while the meter's previous poll (or its reading) has not finished is skipped and counted, never queued up.
+- **relay commands**: run beside the polls. Every command step (send, read back) runs inside the driver's
+  ``urgent()`` block when the driver has one (the Modbus drivers do): the driver's bus lock then serves it
+  before any poll that is waiting, between two requests of a multi-request read. So a command waits at most for
+  the transaction in flight. Without ``urgent()`` a command waits for the poll in flight.
+- **health**: failed polls are written to the meters table (``Service.record_failure``) off the poll path.
+
+A meter that fails backs off (a circuit breaker): after the k-th failure in a row it is tried again after
+``min(base * 2 ** (k - 1), cap)`` with ``base = max(poll interval, backoff_base_s)``, so a dead meter costs its
+bus at most one timeout per backoff period and the others keep their rate. A bus that fails as a whole (the
+endpoint refuses connections, or several meters in a row stop answering) is marked down: polls that come due
+fail without touching the bus and one probe is made per bus backoff period (0.5 s doubling up to
+``bus_backoff_cap_s``); the first answer brings it back. Nothing needs a restart.
+
+Counters for metrics and the health of every meter (online / degraded / offline, stale) are in
+``BusRunner.stats()``, ``BusRunner.meter_health()`` and ``Scheduler.stats()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import datetime as dt
 import heapq
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
 
-from drivers.base import MeterDriver, RelayAction, RelayState
-from drivers.errors import CommandRefused, DriverError
+from drivers.base import MeterDriver, Reading, RelayAction, RelayState
+from drivers.errors import CommandRefused, ConnectError, DriverError, TransportError
 from gateway.adapters import tables as t
 from gateway.service import commands as cmds
 from gateway.service.commands import CommandRecord
 from gateway.service.handlers import Service
 
-__all__ = ["BusRunner", "Scheduler"]
+__all__ = ["BusRunner", "BusStats", "MeterHealth", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
 WANTED = {"open": RelayState.OPEN, "close": RelayState.CLOSED}
+_WINDOW_S = 10  # seconds over which rates, the largest lag and overload are reported
+_BUS_DOWN_AFTER = 5  # distinct meters failing in a row (no answer in between) that mean the bus is down
 
 
 @dataclass(slots=True)
@@ -41,24 +64,65 @@ class _Active:
 
 @dataclass(slots=True)
 class BusStats:
-    polls: int = 0
-    failures: int = 0
-    skipped: int = 0
-    commands: int = 0
+    """Counters of one bus since it started."""
+
+    polls: int = 0  # successful polls
+    failures: int = 0  # failed polls (with or without a transaction on the bus)
+    skipped: int = 0  # polls not made because the previous one had not finished in time (overrun)
+    commands: int = 0  # relay commands written to the bus
+    record_errors: int = 0  # readings the writer could not record
 
 
 @dataclass(slots=True)
-class _MeterPoll:
+class MeterHealth:
+    """Communication health of one meter, as its bus runner sees it."""
+
+    meter_id: str
     interval: float
-    failures: int = 0
     due: float = 0.0
+    failures: int = 0  # in a row
+    state: str = "unknown"  # online / degraded / offline
+    last_success: float | None = None  # monotonic
+    last_success_at: dt.datetime | None = None
+    last_error: str | None = None
+    pending: bool = False  # a reading of it is in the writer
+    polls: int = 0
+
+    def as_dict(self, now: float, stale_after_s: float, started: float) -> dict[str, Any]:
+        since = self.last_success if self.last_success is not None else started
+        return {
+            "meter_id": self.meter_id,
+            "state": self.state,
+            "stale": now - since > stale_after_s,
+            "consecutive_failures": self.failures,
+            "last_success_at": self.last_success_at.isoformat() if self.last_success_at else None,
+            "last_error": self.last_error,
+            "next_poll_in_s": round(max(0.0, self.due - now), 3),
+            "polls": self.polls,
+        }
 
 
 class BusRunner:
-    """Runs one bus: its driver, the meters on it (``targets``: meter id → the driver's meter description)."""
+    """Runs one bus: its driver, the meters on it (``targets``: meter id -> the driver's meter description).
+
+    Args:
+        bus_id: the bus's id (names tasks, logs and stats).
+        driver: the bus's driver.
+        targets: meter id -> the driver's own description of that meter.
+        service: the gateway's use cases (readings, failures, relay commands).
+        gap_s: silence kept between two transactions (on top of the protocol's own gap).
+        backoff_cap_s: the longest a failing meter waits between two tries.
+        sweep_s: how often active commands are picked up from the database (other instances, restarts).
+        backoff_base_s: the first backoff; it is never shorter than the meter's poll interval.
+        bus_backoff_cap_s: the longest a bus that is down waits between two probes.
+        offline_after: failures in a row after which a meter is offline (degraded before that).
+        max_pending: readings of this bus that may wait in the writer at once.
+    """
 
     def __init__(self, bus_id: str, driver: MeterDriver[Any], targets: dict[str, Any], service: Service, *,
-                 gap_s: float = 0.0, backoff_cap_s: float = 300.0, sweep_s: float = 2.0) -> None:
+                 gap_s: float = 0.0, backoff_cap_s: float = 300.0, sweep_s: float = 2.0,
+                 backoff_base_s: float = 0.0, bus_backoff_cap_s: float = 30.0, offline_after: int = 3,
+                 max_pending: int = 64) -> None:
         self.bus_id = bus_id
         self.driver = driver
         self.targets = targets
@@ -66,102 +130,323 @@ class BusRunner:
         self.gap_s = gap_s
         self.backoff_cap_s = backoff_cap_s
         self.sweep_s = sweep_s
-        self.stats = BusStats()
+        self.backoff_base_s = backoff_base_s
+        self.bus_backoff_cap_s = bus_backoff_cap_s
+        self.offline_after = offline_after
+        self.max_pending = max_pending
+        self.counters = BusStats()  # `stats()` reports these with the gauges
         self._active: dict[str, _Active] = {}
         self._wake = asyncio.Event()
-        self._polls: dict[str, _MeterPoll] = {}
+        self._meters: dict[str, MeterHealth] = {}
         self._heap: list[tuple[float, str]] = []
         self._next_sweep = 0.0
+        self._started = time.monotonic()
+        # when the driver keeps the gap itself (between any two transactions, commands included), let it
+        self._runner_gap = gap_s
+        if gap_s and hasattr(driver, "frame_gap"):
+            driver.frame_gap = max(driver.frame_gap, gap_s)
+            self._runner_gap = 0.0
+        urgent = getattr(driver, "urgent", None)
+        self._urgent: Callable[[], contextlib.AbstractContextManager[Any]] = (
+            urgent if callable(urgent) else contextlib.nullcontext)
+        # backpressure towards the writer
+        self._pending = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        # bus health
+        self._bus_down = False
+        self._bus_failures = 0
+        self._bus_retry_at = 0.0
+        self._bus_error = ""
+        self._failing: set[str] = set()  # meters that failed since the bus last answered
+        # failures waiting to be written to the meters table (one entry per meter: the latest)
+        self._health_queue: dict[str, MeterHealth] = {}
+        self._health_ready = asyncio.Event()
+        # windowed figures: per-second buckets of polls; lag
+        self._buckets: collections.deque[tuple[int, int]] = collections.deque(maxlen=_WINDOW_S + 1)
+        self._lag_ewma = 0.0
+        self._lag_max: collections.deque[tuple[int, float]] = collections.deque(maxlen=_WINDOW_S + 1)
+        self._last_skip = -1e9
+        self._overload_logged = False
+        self._record_errors_logged = 0
 
+    # --- public -------------------------------------------------------------------------------------------
     def wake(self, record: CommandRecord) -> None:
         """A new command for one of this bus's meters (called after its commit)."""
-        self._active[record.id] = _Active(record, "send")
+        self._active.setdefault(record.id, _Active(record, "send"))
         self._wake.set()
 
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges of this bus, for metrics and the health endpoint."""
+        now = time.monotonic()
+        second = int(now)
+        window = [(s, n) for s, n in self._buckets if second - _WINDOW_S <= s < second]
+        rate = sum(n for _, n in window) / _WINDOW_S if now - self._started >= _WINDOW_S else (
+            sum(n for _, n in self._buckets) / max(now - self._started, 1e-3))
+        states = collections.Counter(m.state for m in self._meters.values())
+        stale_after = self.service.catalog.stale_after_s
+        stale = sum(1 for m in self._meters.values()
+                    if now - (m.last_success if m.last_success is not None else self._started) > stale_after)
+        c = self.counters
+        return {
+            "bus": self.bus_id,
+            "state": "down" if self._bus_down else "up",
+            "last_bus_error": self._bus_error or None,
+            "meters": len(self._meters),
+            "demand_polls_per_s": round(sum(1 / m.interval for m in self._meters.values()), 3),
+            "polls_per_s": round(rate, 3),
+            "polls": c.polls,
+            "failures": c.failures,
+            "skipped": c.skipped,
+            "commands": c.commands,
+            "record_errors": c.record_errors,
+            "overloaded": now - self._last_skip < _WINDOW_S,
+            "lag_s": round(self._lag_ewma, 4),
+            "max_lag_s": round(max((lag for s, lag in self._lag_max if s >= second - _WINDOW_S), default=0.0), 4),
+            "pending_readings": self._pending,
+            "active_commands": len(self._active),
+            "online": states.get("online", 0),
+            "degraded": states.get("degraded", 0),
+            "offline": states.get("offline", 0),
+            "unknown": states.get("unknown", 0),
+            "stale": stale,
+        }
+
+    def meter_health(self, meter_id: str | None = None) -> dict[str, Any]:
+        """Health of one meter (or of every meter of the bus, by id)."""
+        now, stale_after = time.monotonic(), self.service.catalog.stale_after_s
+        if meter_id is not None:
+            return self._meters[meter_id].as_dict(now, stale_after, self._started)
+        return {m.meter_id: m.as_dict(now, stale_after, self._started) for m in self._meters.values()}
+
     async def run(self) -> None:
-        start = time.monotonic()
+        """Run the bus until cancelled."""
+        self._setup()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._poll_loop(), name=f"gateway[{self.bus_id}].poll")
+            group.create_task(self._command_loop(), name=f"gateway[{self.bus_id}].commands")
+            group.create_task(self._health_loop(), name=f"gateway[{self.bus_id}].health")
+
+    def _setup(self) -> None:
+        self._started = start = time.monotonic()
         catalog = self.service.catalog
         n = max(len(self.targets), 1)
+        self._meters.clear()
+        self._heap.clear()
         for i, meter_id in enumerate(self.targets):
             interval = catalog.meters[meter_id].poll_interval_s
             due = start + interval * i / n  # stagger over the interval
-            self._polls[meter_id] = _MeterPoll(interval, due=due)
-            heapq.heappush(self._heap, (due, meter_id))
-        await self._sweep_commands(recover=True)
+            self._meters[meter_id] = MeterHealth(meter_id, interval, due=due)
+            self._heap.append((due, meter_id))
+        heapq.heapify(self._heap)
+
+    # --- polls --------------------------------------------------------------------------------------------
+    async def _poll_loop(self) -> None:
+        if not self._heap:
+            return
         while True:
+            due, meter_id = self._heap[0]
             now = time.monotonic()
-            if now >= self._next_sweep:
-                await self._sweep_commands()
+            if due > now:
+                await asyncio.sleep(due - now)
+                continue
+            heapq.heappop(self._heap)
+            meter = self._meters[meter_id]
+            try:
+                await self._poll_due(meter, now)
+            except Exception:  # a bug or a storage failure must not stop the bus
+                log.exception("bus %s: poll of %s failed", self.bus_id, meter_id)
+                self._schedule(meter, time.monotonic() + meter.interval)
+
+    async def _poll_due(self, meter: MeterHealth, now: float) -> None:
+        if meter.pending:  # its previous reading is still being recorded: skip this poll, don't queue it
+            self.counters.skipped += 1
+            self._skip(now)
+            self._next_slot(meter, now, count=False)
+            return
+        if self._bus_down and now < self._bus_retry_at:
+            self._failed(meter, f"bus {self.bus_id} down: {self._bus_error}")
+            self._next_slot(meter, now, count=False)
+            return
+        if self._pending >= self.max_pending:
+            await self._room.wait()  # the writer is behind: wait for it instead of piling readings up
+            now = time.monotonic()
+        self._note_lag(now - meter.due, now)
+        try:
+            reading = await self.driver.read(self.targets[meter.meter_id])
+        except DriverError as exc:
+            end = time.monotonic()
+            self._bus_failed(meter, exc, end)
+            self._failed(meter, str(exc))
+            if isinstance(exc, ConnectError) or self._bus_down:
+                self._next_slot(meter, end, count=False)  # the bus's backoff, not the meter's
+            else:
+                self._schedule(meter, end + self._backoff(meter))
+        else:
+            end = time.monotonic()
+            self._succeeded(meter, reading, end)
+            self._next_slot(meter, end, count=True)
+        if self._runner_gap:
+            await asyncio.sleep(self._runner_gap)
+
+    def _backoff(self, meter: MeterHealth) -> float:
+        base = max(meter.interval, self.backoff_base_s)
+        return min(base * 2 ** min(meter.failures - 1, 30), max(self.backoff_cap_s, meter.interval))
+
+    def _next_slot(self, meter: MeterHealth, now: float, *, count: bool) -> None:
+        due = meter.due + meter.interval
+        if due < now:  # fell behind: skip the missed slots instead of queueing them up
+            missed = int((now - due) // meter.interval) + 1
+            if count:
+                self.counters.skipped += missed
+                self._skip(now)
+            due += missed * meter.interval
+        self._schedule(meter, due)
+
+    def _schedule(self, meter: MeterHealth, due: float) -> None:
+        meter.due = due
+        heapq.heappush(self._heap, (due, meter.meter_id))
+
+    def _skip(self, now: float) -> None:
+        if now - self._last_skip >= _WINDOW_S and not self._overload_logged:
+            log.warning("bus %s is overloaded: polls are due faster than the bus answers; skipping, not queueing",
+                        self.bus_id)
+            self._overload_logged = True
+        self._last_skip = now
+
+    def _note_lag(self, lag: float, now: float) -> None:
+        lag = max(lag, 0.0)
+        self._lag_ewma += 0.05 * (lag - self._lag_ewma)
+        second = int(now)
+        if self._lag_max and self._lag_max[-1][0] == second:
+            if lag > self._lag_max[-1][1]:
+                self._lag_max[-1] = (second, lag)
+        else:
+            self._lag_max.append((second, lag))
+        if self._overload_logged and now - self._last_skip >= _WINDOW_S:
+            log.info("bus %s keeps up again", self.bus_id)
+            self._overload_logged = False
+
+    def _succeeded(self, meter: MeterHealth, reading: Reading, now: float) -> None:
+        self.counters.polls += 1
+        meter.polls += 1
+        second = int(now)
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1] = (second, self._buckets[-1][1] + 1)
+        else:
+            self._buckets.append((second, 1))
+        meter.failures, meter.state, meter.last_error = 0, "online", None
+        meter.last_success, meter.last_success_at = now, reading.taken_at
+        self._health_queue.pop(meter.meter_id, None)
+        self._failing.clear()
+        if self._bus_down:
+            log.info("bus %s is back", self.bus_id)
+        self._bus_down, self._bus_failures, self._bus_error = False, 0, ""
+        self._hand_over(meter, reading)
+
+    def _failed(self, meter: MeterHealth, error: str) -> None:
+        self.counters.failures += 1
+        meter.failures += 1
+        meter.last_error = error
+        meter.state = "offline" if meter.failures >= self.offline_after else "degraded"
+        self._health_queue[meter.meter_id] = meter
+        self._health_ready.set()
+
+    def _bus_failed(self, meter: MeterHealth, exc: DriverError, now: float) -> None:
+        if not isinstance(exc, TransportError):
+            self._failing.clear()  # the meter answered (an error): the bus works
+            return
+        self._failing.add(meter.meter_id)
+        whole_bus = isinstance(exc, ConnectError) or (
+            len(self.targets) > 1 and len(self._failing) >= min(_BUS_DOWN_AFTER, len(self.targets)))
+        if not whole_bus:
+            return
+        if not self._bus_down:
+            log.warning("bus %s is down: %s", self.bus_id, exc)
+        self._bus_down = True
+        self._bus_failures += 1
+        self._bus_error = str(exc)
+        self._bus_retry_at = now + min(0.5 * 2 ** min(self._bus_failures - 1, 30), self.bus_backoff_cap_s)
+
+    # --- handing readings to the writer -------------------------------------------------------------------
+    def _hand_over(self, meter: MeterHealth, reading: Reading) -> None:
+        meter.pending = True
+        self._pending += 1
+        if self._pending >= self.max_pending:
+            self._room.clear()
+        task = asyncio.ensure_future(self.service.record_reading(reading))
+        task.add_done_callback(partial(self._recorded, meter))
+
+    def _recorded(self, meter: MeterHealth, task: asyncio.Future[list[CommandRecord]]) -> None:
+        meter.pending = False
+        self._pending -= 1
+        if self._pending < self.max_pending:
+            self._room.set()
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:  # a storage failure must not stop the bus; say so, but not 1000 times a second
+            self.counters.record_errors += 1
+            if self._record_errors_logged < 10:
+                self._record_errors_logged += 1
+                log.error("bus %s: could not record a reading of %s: %r", self.bus_id, meter.meter_id, exc)
+            return
+        for record in task.result():  # normally routed by the Scheduler already; harmless if so
+            if record.meter_id in self.targets:
+                self.wake(record)
+
+    async def _health_loop(self) -> None:
+        """Write failed polls to the meters table, off the poll path (the latest failure of each meter)."""
+        while True:
+            await self._health_ready.wait()
+            self._health_ready.clear()
+            while self._health_queue:
+                meter_id, meter = next(iter(self._health_queue.items()))
+                del self._health_queue[meter_id]
+                if meter.failures == 0:
+                    continue  # it answered again meanwhile
+                try:
+                    # the runner decides the health; record_failure writes it (and the outbox event)
+                    await self.service.record_failure(meter_id, meter.last_error or "failed",
+                                                      offline_after=1 if meter.state == "offline" else 1 << 30)
+                except Exception:
+                    log.exception("bus %s: could not record the failure of %s", self.bus_id, meter_id)
+
+    # --- commands -----------------------------------------------------------------------------------------
+    async def _command_loop(self) -> None:
+        try:
+            await self._sweep_commands(recover=True)
+        except Exception:
+            log.exception("bus %s: could not load active commands", self.bus_id)
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            try:
+                if now >= self._next_sweep:
+                    await self._sweep_commands()
+            except Exception:
+                log.exception("bus %s: could not load active commands", self.bus_id)
             job = self._due_command(now)
             if job is not None:
                 try:
-                    await self._command_step(job)
+                    with self._urgent():
+                        await self._command_step(job)
                 except Exception:  # e.g. the database is unavailable: retry the step later, keep the bus alive
                     log.exception("command %s step failed", job.record.id)
                     job.next_at = time.monotonic() + 1.0
-                await self._gap()
-                continue
-            if self._heap and self._heap[0][0] <= now:
-                _, meter_id = heapq.heappop(self._heap)
-                try:
-                    await self._poll(meter_id)
-                except Exception:
-                    log.exception("poll of %s failed", meter_id)
-                    self._schedule(meter_id, time.monotonic() + self._polls[meter_id].interval)
-                await self._gap()
+                if self._runner_gap:
+                    await asyncio.sleep(self._runner_gap)
                 continue
             wait = self._next_sweep - now
-            if self._heap:
-                wait = min(wait, self._heap[0][0] - now)
             if self._active:
                 wait = min(wait, min(a.next_at for a in self._active.values()) - now)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.001))
-
-    async def _gap(self) -> None:
-        if self.gap_s:
-            await asyncio.sleep(self.gap_s)
 
     def _due_command(self, now: float) -> _Active | None:
         due = [a for a in self._active.values() if a.next_at <= now]
         return min(due, key=lambda a: a.next_at) if due else None
 
-    # --- polls --------------------------------------------------------------------------------------------
-    async def _poll(self, meter_id: str) -> None:
-        state = self._polls[meter_id]
-        try:
-            reading = await self.driver.read(self.targets[meter_id])
-        except DriverError as exc:
-            self.stats.failures += 1
-            state.failures += 1
-            await self.service.record_failure(meter_id, str(exc))
-            backoff = min(state.interval * 2 ** (state.failures - 1), max(self.backoff_cap_s, state.interval))
-            self._schedule(meter_id, time.monotonic() + backoff)
-            return
-        self.stats.polls += 1
-        state.failures = 0
-        try:
-            created = await self.service.record_reading(reading)
-        except Exception:  # a storage failure must not stop the bus
-            log.exception("could not record a reading of %s", meter_id)
-            created = []
-        for record in created:
-            if record.meter_id in self.targets:
-                self._active[record.id] = _Active(record, "send")
-        now = time.monotonic()
-        due = state.due + state.interval
-        if due < now:  # fell behind: skip the missed slots instead of queueing them up
-            missed = int((now - due) // state.interval) + 1
-            self.stats.skipped += missed
-            due += missed * state.interval
-        self._schedule(meter_id, due)
-
-    def _schedule(self, meter_id: str, due: float) -> None:
-        self._polls[meter_id].due = due
-        heapq.heappush(self._heap, (due, meter_id))
-
-    # --- commands -----------------------------------------------------------------------------------------
     async def _sweep_commands(self, *, recover: bool = False) -> None:
         """Pick up active commands from the database: after a restart, or made by another instance."""
         self._next_sweep = time.monotonic() + self.sweep_s
@@ -194,7 +479,7 @@ class BusRunner:
             if not await self._transition(record, "queued", "sending", attempt=True):
                 self._active.pop(record.id, None)  # superseded or cancelled meanwhile
                 return
-            self.stats.commands += 1
+            self.counters.commands += 1
             try:
                 await self.driver.set_relay(target, RelayAction(record.action), valid_until=record.expires_at)
             except CommandRefused as exc:
@@ -204,7 +489,7 @@ class BusRunner:
             except DriverError as exc:
                 await self._transition(record, "sending", "queued", error=str(exc))
                 attempts = record.attempts + 1
-                job.record = _replace_attempts(record, attempts)
+                job.record = replace(record, attempts=attempts)
                 job.next_at = time.monotonic() + min(0.5 * 2 ** (attempts - 1), 30.0)
                 return
             if not await self._transition(record, "sending", "sent"):
@@ -246,12 +531,6 @@ class BusRunner:
             await uow.commit()
 
 
-def _replace_attempts(record: CommandRecord, attempts: int) -> CommandRecord:
-    from dataclasses import replace
-
-    return replace(record, attempts=attempts)
-
-
 @dataclass(slots=True)
 class Scheduler:
     """All bus runners of this instance, plus the periodic re-evaluation of deferred disconnects."""
@@ -272,6 +551,23 @@ class Scheduler:
         runner = self._by_meter.get(record.meter_id)
         if runner is not None:
             runner.wake(record)
+
+    def stats(self) -> dict[str, Any]:
+        """Per-bus counters and gauges (``BusRunner.stats``) and their totals."""
+        buses = {runner.bus_id: runner.stats() for runner in self.runners}
+        totals: dict[str, Any] = {}
+        for key in ("meters", "demand_polls_per_s", "polls_per_s", "polls", "failures", "skipped", "commands",
+                    "record_errors", "pending_readings", "online", "degraded", "offline", "unknown", "stale"):
+            totals[key] = round(sum(b[key] for b in buses.values()), 3)
+        totals["max_lag_s"] = max((b["max_lag_s"] for b in buses.values()), default=0.0)
+        totals["buses_down"] = sum(1 for b in buses.values() if b["state"] == "down")
+        totals["buses_overloaded"] = sum(1 for b in buses.values() if b["overloaded"])
+        return {"buses": buses, "totals": totals}
+
+    def meter_health(self, meter_id: str) -> dict[str, Any] | None:
+        """Communication health of one meter (None if no bus of this instance has it)."""
+        runner = self._by_meter.get(meter_id)
+        return None if runner is None else runner.meter_health(meter_id)
 
     async def __aenter__(self) -> Scheduler:
         for runner in self.runners:

@@ -1,14 +1,15 @@
-"""Group commit: payments and readings are applied in batches, one transaction (one fsync) per batch.
+"""Group commit: everything that changes an account goes through one writer, in batches, one transaction (one
+fsync) per batch.
 
-Callers ``await`` their own item; the writer answers only after the batch's commit, so a 2xx on a payment still
-means it is durable. Batching is natural: while one batch commits, new items queue up and form the next batch;
-an idle gateway commits each item alone with no added delay.
+Callers ``await`` their own job; the writer answers only after the batch's commit, so a 2xx on a payment still
+means it is durable. Batching is natural: while one batch commits, new jobs queue up and form the next batch;
+an idle gateway commits each job alone with no added delay.
 
 Within a batch every statement is a bulk statement (one SELECT for all accounts, one executemany for all ledger
-entries...), so the per-item cost is the domain work in Python. Items are applied in arrival order to in-memory
-accounts; a business refusal (unknown account, payment conflict) is that item's result and does not disturb the
-others. A database error fails the batch, which is then retried item by item so that one bad item cannot sink
-the rest.
+entries...), so the per-job cost is the domain work in Python. Jobs are applied in arrival order to in-memory
+accounts; a business refusal (unknown account, payment conflict, a domain error) is that job's result and does
+not disturb the others. A database error fails the batch, which is then retried job by job so that one bad job
+cannot sink the rest.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,25 +26,33 @@ import sqlalchemy as sa
 
 from drivers.base import Reading
 from gateway.adapters import tables as t
-from gateway.domain import events as ev
-from gateway.domain.account import Decision, MeterCursor, PrepaidAccount
+from gateway.domain.account import Decision, PrepaidAccount
+from gateway.domain.errors import DomainError
+from gateway.domain.policy import RateLimiter
 from gateway.service import accounts as repo
 from gateway.service.catalog import Catalog
 from gateway.service.commands import CommandRecord, create_command
 from gateway.service.uow import UnitOfWork, UnitOfWorkFactory
 
-__all__ = ["PaymentConflict", "PaymentJob", "PaymentResult", "ReadingJob", "Writer"]
+__all__ = ["AccountJob", "PaymentConflict", "PaymentJob", "PaymentResult", "ReadingJob", "ReversalJob", "Writer",
+           "payment_reference"]
 
 log = logging.getLogger(__name__)
+
+LIMITER = "rate_limiter"
 
 
 class PaymentConflict(Exception):
     """The same (source, payment_id) was already recorded with different content."""
 
 
+class UnknownPayment(LookupError):
+    """A reversal names a payment that was never recorded."""
+
+
 @dataclass(frozen=True, slots=True)
 class PaymentResult:
-    created: bool  # False when this repeats an already recorded payment
+    created: bool  # False when this repeats an already recorded payment (or reversal)
     record: dict[str, Any]
 
 
@@ -55,23 +64,45 @@ class PaymentJob:
     amount_fen: int
     paid_at: dt.datetime | None = None
     channel: str | None = None
-    future: asyncio.Future[Any] | None = None
+
+
+@dataclass(slots=True)
+class ReversalJob:
+    source: str
+    payment_id: str
+    reason: str = ""
 
 
 @dataclass(slots=True)
 class ReadingJob:
     reading: Reading
-    future: asyncio.Future[Any] | None = None
 
 
-Job = PaymentJob | ReadingJob
+@dataclass(slots=True)
+class AccountJob:
+    """An operator's change to one account (protection, hold, emergency credit, quarantine...).
+
+    ``apply(account, now)`` runs on the loaded account inside the batch; its return value is the job's result.
+    """
+
+    account_id: str
+    apply: Callable[[PrepaidAccount, dt.datetime], Any]
+    origin: str = "operator"
+    reason: str = "operator action"
+    audit: tuple[str, str, dict[str, Any] | None] | None = None  # (actor, action, detail), written with it
+
+
+Job = PaymentJob | ReversalJob | ReadingJob | AccountJob
+
+
+def payment_reference(source: str, payment_id: str) -> str:
+    """How a payment's ledger entries (payment, reversal) refer to it."""
+    return f"{source}/{payment_id}"
 
 
 @dataclass(slots=True)
 class _MeterState:
-    cursor: MeterCursor
     health: str
-    last_success_at: dt.datetime | None
     changed: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,42 +115,65 @@ class _Batch:
         self.meters: dict[str, _MeterState] = {}
         self.payments: dict[tuple[str, str], dict[str, Any]] = {}
         self.new_payments: list[dict[str, Any]] = []
-        self.entries: list[dict[str, Any]] = []  # ledger rows, in order
+        self.reversed: list[dict[str, Any]] = []
         self.readings: list[dict[str, Any]] = []
         self.outbox: list[dict[str, Any]] = []
         self.commands: list[CommandRecord] = []
+        self.audits: list[dict[str, Any]] = []
+        self.limiter: RateLimiter | None = None
+        self._limiter_state: dict[str, Any] | None = None
 
     async def load(self, jobs: list[Job]) -> None:
-        account_ids: set[str] = set()
-        meter_ids: set[str] = set()
-        payment_keys: set[tuple[str, str]] = set()
-        for job in jobs:
-            if isinstance(job, PaymentJob):
-                account_ids.add(job.account_id)
-                payment_keys.add((job.source, job.payment_id))
-            else:
-                spec = self.catalog.meters.get(job.reading.meter_id)
-                if spec is not None:
-                    account_ids.add(spec.account_id)
-        account_ids &= set(self.catalog.accounts)
-        for account_id in account_ids:
-            meter_ids.update(self.catalog.accounts[account_id].meter_ids)
-        self.accounts = await repo.load_accounts(self.uow, self.catalog, sorted(account_ids))
-        if meter_ids:
-            rows = await self.uow.execute(sa.select(
-                t.meters.c.id, t.meters.c.billed_wh, t.meters.c.billed_at, t.meters.c.health,
-                t.meters.c.last_success_at).where(t.meters.c.id.in_(sorted(meter_ids))))
-            for row in rows:
-                spec = self.catalog.meters.get(row.id)
-                if spec is not None:
-                    cursor = MeterCursor(row.id, row.billed_wh, row.billed_at, spec.max_power_w)
-                    self.meters[row.id] = _MeterState(cursor, row.health, row.last_success_at)
+        payment_keys = {(j.source, j.payment_id) for j in jobs if isinstance(j, PaymentJob | ReversalJob)}
         if payment_keys:
             rows = await self.uow.execute(sa.select(t.payments).where(
                 sa.tuple_(t.payments.c.source, t.payments.c.payment_id).in_(sorted(payment_keys))))
             self.payments = {(r.source, r.payment_id): _payment_record(r) for r in rows}
+        account_ids: set[str] = set()
+        for job in jobs:
+            if isinstance(job, PaymentJob | AccountJob):
+                account_ids.add(job.account_id)
+            elif isinstance(job, ReversalJob):
+                record = self.payments.get((job.source, job.payment_id))
+                if record is not None:
+                    account_ids.add(record["account_id"])
+            else:
+                spec = self.catalog.meters.get(job.reading.meter_id)
+                if spec is not None:
+                    account_ids.add(spec.account_id)
+        self.accounts = await repo.load_accounts(self.uow, self.catalog, sorted(account_ids))
+        meter_ids = sorted({m for a in self.accounts for m in self.catalog.accounts[a].meter_ids})
+        if meter_ids:
+            rows = await self.uow.execute(sa.select(t.meters.c.id, t.meters.c.health)
+                                          .where(t.meters.c.id.in_(meter_ids)))
+            self.meters = {row.id: _MeterState(row.health) for row in rows}
+        row = (await self.uow.execute(sa.select(t.site_state.c.state).where(t.site_state.c.name == LIMITER)
+                                      .with_for_update())).one_or_none()
+        self._limiter_state = None if row is None else row.state
+        self.limiter = self.catalog.site.limiter(self._limiter_state)
 
-    # --- items --------------------------------------------------------------------------------------------
+    # --- jobs ---------------------------------------------------------------------------------------------
+    async def run(self, job: Job) -> Any:
+        if isinstance(job, ReadingJob):
+            return await self.reading(job)
+        if isinstance(job, PaymentJob):
+            return await self.payment(job)
+        if isinstance(job, ReversalJob):
+            return await self.reversal(job)
+        account = self._account(job.account_id)
+        result = job.apply(account, self.now)
+        if job.audit is not None:
+            actor, action, detail = job.audit
+            self.audits.append(dict(at=self.now, actor=actor, action=action, target=job.account_id, detail=detail))
+        await self._decide(account, origin="automatic", reason=job.reason)
+        return result
+
+    def _account(self, account_id: str) -> PrepaidAccount:
+        account = self.accounts.get(account_id)
+        if account is None:
+            raise repo.UnknownAccount(account_id)
+        return account
+
     async def payment(self, job: PaymentJob) -> PaymentResult:
         key = (job.source, job.payment_id)
         existing = self.payments.get(key)
@@ -127,73 +181,65 @@ class _Batch:
             if (existing["account_id"], existing["amount_fen"]) != (job.account_id, job.amount_fen):
                 raise PaymentConflict(f"payment {job.source}/{job.payment_id} was recorded with other content")
             return PaymentResult(False, existing)
-        account = self.accounts.get(job.account_id)
-        if account is None:
-            raise repo.UnknownAccount(job.account_id)
+        account = self._account(job.account_id)
         account.apply_payment(job.source, job.payment_id, job.amount_fen)
-        self._entry(account, "payment", job.amount_fen, reference=payment_reference(job.source, job.payment_id))
         record = dict(source=job.source, payment_id=job.payment_id, account_id=job.account_id,
                       amount_fen=job.amount_fen, paid_at=job.paid_at, channel=job.channel,
-                      balance_after_fen=account.balance_fen, received_at=self.now)
+                      balance_after_fen=account.balance_fen, received_at=self.now, reversed_at=None,
+                      reversal_reason=None)
         self.payments[key] = record
         self.new_payments.append(record)
         await self._decide(account, origin="billing", reason=f"payment {job.source}/{job.payment_id}")
         return PaymentResult(True, record)
+
+    async def reversal(self, job: ReversalJob) -> PaymentResult:
+        record = self.payments.get((job.source, job.payment_id))
+        if record is None:
+            raise UnknownPayment(f"no payment {job.source}/{job.payment_id}")
+        if record["reversed_at"] is not None:
+            return PaymentResult(False, record)  # reversing twice changes nothing
+        account = self._account(record["account_id"])
+        account.apply_reversal(job.source, job.payment_id, record["amount_fen"], reason=job.reason)
+        record.update(reversed_at=self.now, reversal_reason=job.reason or None)
+        self.reversed.append(record)
+        await self._decide(account, origin="automatic", reason=f"reversal of {job.source}/{job.payment_id}")
+        return PaymentResult(True, record | {"balance_after_fen": account.balance_fen})
 
     async def reading(self, job: ReadingJob) -> list[CommandRecord]:
         reading = job.reading
         spec = self.catalog.meters.get(reading.meter_id)
         if spec is None or reading.meter_id not in self.meters:
             raise repo.UnknownMeter(reading.meter_id)
-        account = self.accounts[spec.account_id]
-        meter = self.meters[reading.meter_id]
-        events_before = len(account.events)
-        charge = account.apply_reading(meter.cursor, reading.energy_wh, reading.taken_at)
-        quarantined = any(isinstance(e, ev.ReadingQuarantined) for e in account.events[events_before:])
+        account = self._account(spec.account_id)
+        account.apply_reading(reading.meter_id, reading.energy_wh, reading.taken_at,
+                              rates_wh=reading.energy_wh_by_rate)
+        quarantined = account.cursors[reading.meter_id].pending is not None
         relay = reading.relay.value if reading.relay is not None else None
         self.readings.append(dict(meter_id=reading.meter_id, taken_at=reading.taken_at, energy_wh=reading.energy_wh,
                                   power_w=reading.power_w, voltage_v=reading.voltage_v,
                                   current_a=reading.current_a, relay=relay, billed=not quarantined))
+        meter = self.meters[reading.meter_id]
         if meter.health != "online":
             self._outbox(f"meters/{reading.meter_id}/state", {"type": "MeterHealth", "meter_id": reading.meter_id,
                                                                "health": "online", "error": None})
-        meter.health, meter.last_success_at = "online", reading.taken_at
+        meter.health = "online"
         meter.changed.update(last_success_at=reading.taken_at, consecutive_failures=0, health="online",
-                             last_error=None, billed_wh=meter.cursor.energy_wh, billed_at=meter.cursor.taken_at)
+                             last_error=None)
         if relay is not None:
             meter.changed["relay"] = relay
-        if charge:
-            self._entry(account, "charge", -charge, reference=reading.meter_id, energy_wh=reading.energy_wh)
         self._outbox(f"meters/{reading.meter_id}/reading", {
             "type": "Reading", "meter_id": reading.meter_id, "taken_at": reading.taken_at.isoformat(),
             "energy_wh": reading.energy_wh, "power_w": reading.power_w, "relay": relay})
-        ok, why = (False, "quarantined reading") if quarantined else self._readings_ok(account.id)
-        return await self._decide(account, origin="automatic", reason="balance", readings_ok=ok, why_not_ok=why)
-
-    def _entry(self, account: PrepaidAccount, kind: str, amount_fen: int, *, reference: str | None = None,
-               energy_wh: int | None = None) -> dict[str, Any]:
-        row = dict(account_id=account.id, kind=kind, amount_fen=amount_fen, balance_after_fen=account.balance_fen,
-                   created_at=self.now, reference=reference, energy_wh=energy_wh)
-        self.entries.append(row)
-        return row
+        return await self._decide(account, origin="automatic", reason="balance")
 
     def _outbox(self, topic: str, payload: dict[str, Any]) -> None:
         payload.setdefault("at", self.now.isoformat())
         self.outbox.append(dict(topic=topic, payload=payload, created_at=self.now))
 
-    def _readings_ok(self, account_id: str) -> tuple[bool, str]:
-        limit = self.now - dt.timedelta(seconds=self.catalog.stale_after_s)
-        for meter_id in self.catalog.accounts[account_id].meter_ids:
-            meter = self.meters.get(meter_id)
-            if meter is None or meter.last_success_at is None or meter.last_success_at < limit:
-                return False, f"meter {meter_id} reading stale"
-            if meter.health == "offline":
-                return False, f"meter {meter_id} offline"
-        return True, ""
-
-    async def _decide(self, account: PrepaidAccount, *, origin: str, reason: str, readings_ok: bool = True,
-                      why_not_ok: str = "") -> list[CommandRecord]:
-        decision = account.evaluate(self.now, readings_ok=readings_ok, why_not_ok=why_not_ok)
+    async def _decide(self, account: PrepaidAccount, *, origin: str, reason: str) -> list[CommandRecord]:
+        offline = {m for m in self.catalog.accounts[account.id].meter_ids
+                   if self.meters.get(m) is not None and self.meters[m].health == "offline"}
+        decision = account.evaluate(self.now, offline=offline, limiter=self.limiter)
         if decision is Decision.NONE:
             return []
         action = "open" if decision is Decision.DISCONNECT else "close"
@@ -207,44 +253,57 @@ class _Batch:
     # --- flush --------------------------------------------------------------------------------------------
     async def flush(self) -> None:
         uow = self.uow
-        if self.entries:
-            await uow.execute(sa.insert(t.ledger), self.entries)
+        entries: list[dict[str, Any]] = []
+        for account in self.accounts.values():
+            rows, events = repo.drain(account, self.now)
+            entries += rows
+            self.outbox += events
+        if entries:
+            await uow.execute(sa.insert(t.ledger), entries)
         if self.new_payments:
             await uow.execute(sa.insert(t.payments), self.new_payments)
+        for record in self.reversed:
+            if record not in self.new_payments:
+                await uow.execute(sa.update(t.payments).where(
+                    t.payments.c.source == record["source"], t.payments.c.payment_id == record["payment_id"])
+                    .values(reversed_at=record["reversed_at"], reversal_reason=record["reversal_reason"]))
         if self.readings:
             await uow.execute(sa.insert(t.readings), self.readings)
         for meter_id, meter in self.meters.items():
             if meter.changed:
                 await uow.execute(sa.update(t.meters).where(t.meters.c.id == meter_id).values(**meter.changed))
-        for account in self.accounts.values():
-            for event in account.events:
-                self.outbox.append(dict(topic=repo.event_topic(event), payload=repo.event_payload(event, self.now),
-                                        created_at=self.now))
-            account.events.clear()
         await repo.save_accounts(uow, list(self.accounts.values()), self.now)
+        if self.limiter is not None:
+            state = self.limiter.state_dict()
+            if state != self._limiter_state:
+                if self._limiter_state is None:
+                    await uow.execute(sa.insert(t.site_state).values(name=LIMITER, state=state))
+                else:
+                    await uow.execute(sa.update(t.site_state).where(t.site_state.c.name == LIMITER)
+                                      .values(state=state))
         if self.outbox:
             await uow.execute(sa.insert(t.outbox), self.outbox)
+        if self.audits:
+            await uow.execute(sa.insert(t.audit_log), self.audits)
 
 
 def _payment_record(row: Any) -> dict[str, Any]:
     return {k: getattr(row, k) for k in ("source", "payment_id", "account_id", "amount_fen", "paid_at", "channel",
-                                         "balance_after_fen", "received_at")}
+                                         "balance_after_fen", "received_at", "reversed_at", "reversal_reason")}
 
 
-def payment_reference(source: str, payment_id: str) -> str:
-    """How a payment's ledger entry refers to it."""
-    return f"{source}/{payment_id}"
+REFUSALS = (PaymentConflict, UnknownPayment, repo.UnknownAccount, repo.UnknownMeter, DomainError)
 
 
 class Writer:
-    """The single writer of payments and readings; batches items into group commits.
+    """The single writer of account changes; batches jobs into group commits.
 
     Args:
         uow: the unit-of-work factory.
         catalog: the site's static catalog.
         clock: returns aware UTC now.
         on_commands: called with the relay commands a batch created, after its commit.
-        max_batch: the most items one transaction takes.
+        max_batch: the most jobs one transaction takes.
     """
 
     def __init__(self, uow: UnitOfWorkFactory, catalog: Catalog, clock: Callable[[], dt.datetime], *,
@@ -252,34 +311,44 @@ class Writer:
         self.uow, self.catalog, self.clock = uow, catalog, clock
         self.on_commands = on_commands
         self.max_batch = max_batch
-        self._queue: list[Job] = []
+        self._queue: list[tuple[Job, asyncio.Future[Any]]] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.items = 0
 
-    async def submit(self, job: Job) -> Any:
-        """Queue an item and wait for its result (after the commit of its batch)."""
-        job.future = asyncio.get_running_loop().create_future()
-        self._queue.append(job)
+    def submit(self, job: Job) -> Awaitable[Any]:
+        """Queue a job; the returned future resolves to its result after the commit of its batch.
+
+        The job is queued at once (before the caller awaits), so jobs keep the order they were submitted in.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((job, future))
         self._ready.set()
         if self._task is None:
             self.start()
-        return await job.future
+        return future
+
+    @property
+    def backlog(self) -> int:
+        return len(self._queue)
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="gateway.writer")
 
     async def aclose(self) -> None:
+        """Finish what is queued, then stop."""
+        while self._queue and self._task is not None and not self._task.done():
+            await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for job in self._queue:
-            if job.future is not None and not job.future.done():
-                job.future.set_exception(RuntimeError("the gateway is stopping"))
+        for _, future in self._queue:
+            if not future.done():
+                future.set_exception(RuntimeError("the gateway is stopping"))
         self._queue.clear()
 
     async def _run(self) -> None:
@@ -292,42 +361,41 @@ class Writer:
                 continue
             try:
                 await self._commit(batch)
-            except Exception as exc:  # a database error: retry one by one so one bad item can't sink the rest
+            except Exception as exc:  # a database error: retry one by one so one bad job can't sink the rest
                 if len(batch) == 1:
-                    _fail(batch[0], exc)
+                    _fail(batch[0][1], exc)
                     continue
-                log.warning("a batch of %d failed (%s); retrying its items one by one", len(batch), exc)
-                for job in batch:
+                log.warning("a batch of %d failed (%s); retrying its jobs one by one", len(batch), exc)
+                for item in batch:
                     try:
-                        await self._commit([job])
-                    except Exception as one:  # noqa: BLE001 - the item's own failure is its answer
-                        _fail(job, one)
+                        await self._commit([item])
+                    except Exception as one:  # noqa: BLE001 - the job's own failure is its answer
+                        _fail(item[1], one)
 
-    async def _commit(self, jobs: list[Job]) -> None:
-        results: list[tuple[Job, bool, Any]] = []
+    async def _commit(self, items: list[tuple[Job, asyncio.Future[Any]]]) -> None:
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         async with self.uow() as uow:
             batch = _Batch(uow, self.catalog, self.clock())
-            await batch.load(jobs)
-            for job in jobs:
+            await batch.load([job for job, _ in items])
+            for job, future in items:
                 try:
-                    value = await (batch.payment(job) if isinstance(job, PaymentJob) else batch.reading(job))
-                    results.append((job, True, value))
-                except (PaymentConflict, repo.UnknownAccount, repo.UnknownMeter) as exc:
-                    results.append((job, False, exc))
+                    results.append((future, True, await batch.run(job)))
+                except REFUSALS as exc:
+                    results.append((future, False, exc))
             await batch.flush()
             await uow.commit()
         self.batches += 1
-        self.items += len(jobs)
-        for job, ok, value in results:
-            if job.future is not None and not job.future.done():
+        self.items += len(items)
+        for future, ok, value in results:
+            if not future.done():
                 if ok:
-                    job.future.set_result(value)
+                    future.set_result(value)
                 else:
-                    job.future.set_exception(value)
+                    future.set_exception(value)
         if batch.commands:
             self.on_commands(batch.commands)
 
 
-def _fail(job: Job, exc: BaseException) -> None:
-    if job.future is not None and not job.future.done():
-        job.future.set_exception(exc)
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -16,6 +16,7 @@ from drivers.dlt645.constants import DI, ErrorBits, Function, energy_rate_di
 from drivers.dlt645.errors import Dlt645CodecError
 from drivers.dlt645.messages import parse_broadcast_time, parse_read_request, parse_remote_control_request
 from simulators.dlt645.model import SimulatedDlt645Meter
+from simulators.faults import FaultPlan
 
 __all__ = ["Reply", "SimulatedBus", "read_register"]
 
@@ -24,6 +25,7 @@ __all__ = ["Reply", "SimulatedBus", "read_register"]
 class Reply:
     meter: SimulatedDlt645Meter
     frame: Frame
+    index: int  # the meter's index on the bus (as the shared ``simulators.faults.FaultPlan`` names meters)
 
 
 def _scaled(fmt: DataFormat, value: float) -> bytes:
@@ -79,13 +81,20 @@ def read_register(meter: SimulatedDlt645Meter, di: int) -> bytes | None:
 
 
 class SimulatedBus:
-    """Several simulated meters sharing one line."""
+    """Several simulated meters sharing one line.
 
-    def __init__(self, meters: list[SimulatedDlt645Meter]) -> None:
+    Args:
+        meters: the meters, in fleet-index order.
+        faults: the shared fleet fault plan; this class applies its behaviour faults (``relay-stuck``,
+            ``counter-reset``), the server applies the reply faults.
+    """
+
+    def __init__(self, meters: list[SimulatedDlt645Meter], *, faults: FaultPlan | None = None) -> None:
         self.meters = list(meters)
-        addresses = [m.wire_address for m in self.meters]
-        if len(set(addresses)) != len(addresses):
+        self._index = {m.wire_address: i for i, m in enumerate(self.meters)}
+        if len(self._index) != len(self.meters):
             raise ValueError("two simulated meters share an address")
+        self.faults = faults if faults is not None else FaultPlan()
         self.requests_seen = 0
 
     def meter(self, address: str) -> SimulatedDlt645Meter:
@@ -107,7 +116,7 @@ class SimulatedBus:
         if frame.function == Function.READ_ADDRESS:
             if frame.address == b"\xaa" * 6 and len(self.meters) == 1:
                 meter = self.meters[0]
-                return Reply(meter, frame.reply(meter.wire_address, address=meter.wire_address))
+                return Reply(meter, frame.reply(meter.wire_address, address=meter.wire_address), 0)
             return None
         wildcard_ok = frame.function == Function.READ
         targets = [
@@ -118,8 +127,11 @@ class SimulatedBus:
         if len(targets) != 1:
             return None  # nobody, or a collision on the line
         meter = targets[0]
-        reply = self._dispatch(meter, frame)
-        return None if reply is None else Reply(meter, reply)
+        index = self._index[meter.wire_address]
+        if self.faults.counter_reset_due(index):
+            meter.meter.set_energy_wh(0)
+        reply = self._dispatch(meter, frame, relay_stuck=self.faults.relay_stuck(index))
+        return None if reply is None else Reply(meter, reply, index)
 
     @staticmethod
     def _set_time(meters: list[SimulatedDlt645Meter], frame: Frame) -> None:
@@ -130,7 +142,7 @@ class SimulatedBus:
         for meter in meters:
             meter.set_time(local)
 
-    def _dispatch(self, meter: SimulatedDlt645Meter, frame: Frame) -> Frame | None:
+    def _dispatch(self, meter: SimulatedDlt645Meter, frame: Frame, *, relay_stuck: bool) -> Frame | None:
         own = meter.wire_address
         if frame.function == Function.READ:
             try:
@@ -151,6 +163,8 @@ class SimulatedBus:
                 request = parse_remote_control_request(frame)
             except Dlt645CodecError:
                 return frame.error_reply(ErrorBits.OTHER, address=own)
+            if relay_stuck:
+                return frame.reply(address=own)  # acknowledged, but nothing moves
             err = meter.remote_control(request)
             return frame.reply(address=own) if err is None else frame.error_reply(err, address=own)
         return frame.error_reply(ErrorBits.OTHER, address=own)

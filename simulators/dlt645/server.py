@@ -20,6 +20,7 @@ import serial_asyncio_fast
 from drivers.dlt645.codec import Frame, FrameReader
 from simulators.dlt645.bus import SimulatedBus
 from simulators.dlt645.model import Fault, SimulatedDlt645Meter
+from simulators.faults import FaultPlan, parse_faults
 from simulators.loadprofile import LoadProfile, unit_random
 from simulators.meter import Clock, SimClock, SimulatedMeter
 
@@ -108,6 +109,8 @@ class Dlt645Simulator:
         seed: seeds the loads, starting energies and Td draws.
         speed: simulated seconds per real second (when ``meters`` is a count).
         preamble: FE bytes in front of replies (meters send 0-4).
+        faults: the shared fleet fault plan (``simulators.faults``; meters named by index 0..); per-meter faults
+            can also be set on each meter with ``inject``.
     """
 
     def __init__(
@@ -124,11 +127,12 @@ class Dlt645Simulator:
         speed: float = 1.0,
         first_address: int = 1,
         preamble: int = 0,
+        faults: FaultPlan | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         if isinstance(meters, int):
             meters = make_meters(meters, first_address=first_address, seed=seed, speed=speed)
-        self.bus = SimulatedBus(meters)
+        self.bus = SimulatedBus(meters, faults=faults)
         self.serial_path = serial
         self.tcp = tcp
         self.baud = baud
@@ -148,6 +152,10 @@ class Dlt645Simulator:
     @property
     def meters(self) -> list[SimulatedDlt645Meter]:
         return self.bus.meters
+
+    @property
+    def faults(self) -> FaultPlan:
+        return self.bus.faults
 
     def meter(self, address: str) -> SimulatedDlt645Meter:
         return self.bus.meter(address)
@@ -208,20 +216,23 @@ class Dlt645Simulator:
         reply = self.bus.handle(frame)
         if reply is None:
             return
-        raw = reply.frame.encode(preamble=self.preamble)
-        fault = reply.meter.take_fault()
-        delay = 0.0
+        shared = self.bus.faults.reply(reply.index)
+        if shared.exception is not None:
+            reply_frame = frame.error_reply(shared.exception, address=reply.meter.wire_address)
+        else:
+            reply_frame = reply.frame
+        raw = reply_frame.encode(preamble=self.preamble)
+        own = reply.meter.take_fault()
+        kind = own.kind if own is not None else None
+        if shared.silent or kind is Fault.SILENCE:
+            return
+        delay = shared.delay_s + (own.delay if kind is Fault.SLOW and own is not None else 0.0)
         if self.pace:
             delay += self._rng.uniform(*self.td) + (request_len + len(raw)) * BITS_PER_BYTE / self.baud
-        if fault is not None:
-            if fault.kind is Fault.SILENCE:
-                return
-            if fault.kind is Fault.SLOW:
-                delay += fault.delay
-            elif fault.kind is Fault.BAD_CHECKSUM:
-                raw = raw[:-2] + bytes([raw[-2] ^ 0xFF]) + raw[-1:]
-            elif fault.kind is Fault.GARBAGE:
-                raw = bytes(self._rng.choice([0x68, 0x16, 0x00, 0x33, 0xFE]) for _ in range(len(raw)))
+        if shared.garbage or kind is Fault.GARBAGE:
+            raw = bytes(self._rng.choice([0x68, 0x16, 0x00, 0x33, 0xFE]) for _ in range(len(raw)))
+        elif shared.bad_crc or kind is Fault.BAD_CHECKSUM:
+            raw = raw[:-2] + bytes([raw[-2] ^ 0xFF]) + raw[-1:]
         if delay:
             await self._sleep(delay)
         line.send(raw)
@@ -238,10 +249,15 @@ async def serve_dlt645(
     seed: int,
     first_address: int = 1,
     speed: float = 1.0,
+    faults: str | FaultPlan | None = None,
 ) -> None:
-    """Serve ``meters`` simulated meters until cancelled (the ``meter-gateway simulate dlt645`` command)."""
+    """Serve ``meters`` simulated meters until cancelled (the ``meter-gateway simulate dlt645`` command).
+
+    ``faults`` is a ``FaultPlan`` or its text form (``"no-answer@10%; slow:0.8@3"``, see ``simulators.faults``).
+    """
     if serial is None and tcp is None:
         raise ValueError("give a serial path, a TCP host:port, or both")
+    plan = faults if isinstance(faults, FaultPlan) else parse_faults(faults, seed=seed)
     async with Dlt645Simulator(
         meters=meters,
         serial=serial,
@@ -251,6 +267,7 @@ async def serve_dlt645(
         seed=seed,
         first_address=first_address,
         speed=speed,
+        faults=plan,
     ) as simulator:
         addresses = ", ".join(m.address for m in simulator.meters[:5]) + (
             " …" if len(simulator.meters) > 5 else ""

@@ -1,7 +1,8 @@
-"""Modbus meter simulators: any meter model file served by pymodbus, fleets of seeded meters.
+"""Modbus meter simulators: any meter model file, fleets of seeded meters, fault injection.
 
 device.py   one simulated meter as one Modbus unit (live registers, relay command)
-fleet.py    ModbusFleet (TCP or RTU over TCP), ModbusSerialFleet (serial / pty), serve_modbus
+server.py   a small Modbus server (TCP, RTU over TCP, RTU on a serial port / pty) that can misbehave on purpose
+fleet.py    ModbusFleet (TCP or RTU over TCP), ModbusSerialFleet (serial / pty), build_fleets, serve_modbus
 """
 
 from simulators.modbus.device import MeterUnit, ModelLayout, quantity_value
@@ -10,8 +11,10 @@ from simulators.modbus.fleet import (
     MAX_UNITS,
     ModbusFleet,
     ModbusSerialFleet,
+    build_fleets,
     serve_modbus,
 )
+from simulators.modbus.server import ModbusServer
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
@@ -19,7 +22,9 @@ __all__ = [
     "MeterUnit",
     "ModbusFleet",
     "ModbusSerialFleet",
+    "ModbusServer",
     "ModelLayout",
+    "build_fleets",
     "quantity_value",
     "serve_modbus",
 ]

@@ -1,48 +1,48 @@
-"""One simulated meter served as one Modbus unit, for any meter model file.
+"""One simulated meter as one Modbus unit, for any meter model file.
 
-The model's registers become pymodbus ``SimData`` blocks; a ``SimDevice`` action callback refills the
-registers a request touches from the meter just before pymodbus answers, and turns a write of the relay
-command into ``meter.set_relay``. Anything else written is refused like a read-only register.
+A ``ModelLayout`` turns the model's registers into slots (an address range of one table and how to fill it from
+the meter), computed once per model. A ``MeterUnit`` answers reads by filling the slots a request touches from
+the meter at that moment, and turns a write of the relay command into ``meter.set_relay``; anything else written
+is refused like a read-only register. Addresses the model does not map answer exception 2, as on a real meter.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 
-from pymodbus.constants import ExcCodes
-from pymodbus.simulator import DataType, SimData, SimDevice
-
+from drivers.modbus.quantities import QUANTITIES, from_canonical, unit_factor
+from drivers.modbus.registers import TABLES, Encoding, Table, encode, value_range
 from drivers.modbus.models import MeterModel
-from drivers.modbus.quantities import from_canonical
-from drivers.modbus.registers import BIT_TABLES, TABLES, Table, encode
 from simulators.meter import SimulatedMeter
 
-__all__ = ["MeterUnit", "ModelLayout", "quantity_value"]
+__all__ = [
+    "ILLEGAL_ADDRESS",
+    "ILLEGAL_FUNCTION",
+    "ILLEGAL_VALUE",
+    "MeterUnit",
+    "ModelLayout",
+    "quantity_value",
+]
 
-_FC_TABLE: dict[int, Table] = {
-    1: "coil",
-    5: "coil",
-    15: "coil",
-    2: "discrete",
-    3: "holding",
-    6: "holding",
-    16: "holding",
-    4: "input",
-}
+ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE = 1, 2, 3
+
+_WRITE_TABLE: dict[int, Table] = {5: "coil", 15: "coil", 6: "holding", 16: "holding"}
 
 
 def _phase(value: Callable[[SimulatedMeter], float]) -> Callable[[SimulatedMeter], float]:
     return lambda m: value(m) / 3  # a balanced three-phase load
 
 
-def _rate(index: int) -> Callable[[SimulatedMeter], int]:
-    return lambda m: m.energy_wh_by_rate[index]
+def _rate(rate: int) -> Callable[[SimulatedMeter], int]:
+    return lambda m: m.energy_wh_rate(rate)
 
 
 _VALUES: dict[str, Callable[[SimulatedMeter], int | float]] = {
     "energy_import_total": lambda m: m.energy_wh,
-    **{f"energy_import_rate{n}": _rate(n - 1) for n in range(1, 5)},
+    **{f"energy_import_rate{n}": _rate(n) for n in range(1, 5)},
     "energy_export_total": lambda m: 0,
     "power": lambda m: m.power_w,
     **{f"power_l{n}": _phase(lambda m: m.power_w) for n in range(1, 4)},
@@ -61,6 +61,28 @@ def quantity_value(meter: SimulatedMeter, quantity: str) -> int | float:
     return _VALUES[quantity](meter)
 
 
+def _raw_converter(quantity: str, scale: Decimal, unit: str, encoding: Encoding) -> Callable[[int | float], int | float]:
+    """``from_canonical`` for one register, precomputed: the common cases avoid Decimal (a server's hot path)."""
+    factor = scale * unit_factor(quantity, unit)
+    energy = QUANTITIES[quantity] == "energy"
+    if encoding == "float32":
+        as_float = float(factor)
+        return lambda value: value / as_float
+    low, high = (int(x) for x in value_range(encoding))
+    if factor == factor.to_integral_value():  # Wh, 0.01 kWh (= 10 Wh), W, fen ...: integer arithmetic is exact
+        step = int(factor)
+
+        def integral(value: int | float) -> int:
+            if energy:
+                raw = math.floor(value) // step
+                return raw % (high + 1) if low == 0 else max(low, min(high, raw))
+            raw = math.floor(value / step + 0.5) if step != 1 else math.floor(value + 0.5)
+            return max(low, min(high, raw))
+
+        return integral
+    return lambda value: from_canonical(quantity, value, scale=scale, unit=unit, encoding=encoding)
+
+
 @dataclass(frozen=True, slots=True)
 class _Slot:
     """Registers (or one bit) of a table, and how to fill them from a meter."""
@@ -70,6 +92,10 @@ class _Slot:
     length: int
     fill: Callable[[SimulatedMeter], list[int]]
     writable: bool = False
+
+
+# (slot, offset in the reply, offset in the slot, how many)
+_Piece = tuple[_Slot, int, int, int]
 
 
 class ModelLayout:
@@ -99,102 +125,104 @@ class ModelLayout:
                 )
             )
         self.slots: dict[Table, list[_Slot]] = {t: [s for s in slots if s.table == t] for t in TABLES}
+        # every mapped address -> (slot, offset in the slot); a later slot at the same address wins
+        self._cells: dict[Table, dict[int, tuple[_Slot, int]]] = {t: {} for t in TABLES}
+        for slot in slots:
+            for offset in range(slot.length):
+                self._cells[slot.table][slot.address + offset] = (slot, offset)
+        self._plans: dict[tuple[Table, int, int], tuple[_Piece, ...] | None] = {}
 
     def _quantity_slot(self, name: str) -> _Slot:
         spec = self.model.registers[name]
+        value = _VALUES[name]
+        convert = _raw_converter(name, spec.scale, spec.unit, spec.encoding)
+        encoding, word_order = spec.encoding, spec.word_order
 
         def fill(meter: SimulatedMeter) -> list[int]:
-            raw = from_canonical(
-                name, quantity_value(meter, name), scale=spec.scale, unit=spec.unit, encoding=spec.encoding
-            )
-            return encode(raw, spec.encoding, spec.word_order)
+            return encode(convert(value(meter)), encoding, word_order)
 
         return _Slot(spec.table, spec.address, spec.length, fill)
 
-    def sim_data(
-        self, meter: SimulatedMeter
-    ) -> tuple[list[SimData], list[SimData], list[SimData], list[SimData]]:
-        """pymodbus blocks (coils, discrete inputs, holding, input) with the meter's values now."""
-        blocks: list[list[SimData]] = []
-        for table in ("coil", "discrete", "holding", "input"):
-            data: dict[int, SimData] = {}
-            writable = {slot.address for slot in self.slots[table] if slot.writable}
-            for slot in self.slots[table]:  # a later slot at the same address wins, as in _refresh
-                if table in BIT_TABLES:
-                    data[slot.address] = SimData(
-                        slot.address, values=[bool(slot.fill(meter)[0])], datatype=DataType.BITS
-                    )
-                else:
-                    data[slot.address] = SimData(
-                        slot.address,
-                        values=slot.fill(meter),
-                        datatype=DataType.REGISTERS,
-                        readonly=slot.address not in writable,
-                    )
-            if not data:  # pymodbus needs a block per table: an unused one lies out of the way
-                data[0] = (
-                    SimData(0xFFF0, values=[False], datatype=DataType.BITS)
-                    if table in BIT_TABLES
-                    else SimData(0, datatype=DataType.INVALID)
-                )
-            blocks.append(list(data.values()))
-        return blocks[0], blocks[1], blocks[2], blocks[3]
+    def plan(self, table: Table, address: int, count: int) -> tuple[_Piece, ...] | None:
+        """How to answer a read: the slots it covers, or None when an address in the range is not mapped."""
+        key = (table, address, count)
+        try:
+            return self._plans[key]
+        except KeyError:
+            pass
+        cells = self._cells[table]
+        pieces: list[_Piece] = []
+        for position in range(count):
+            cell = cells.get(address + position)
+            if cell is None:
+                pieces = []
+                break
+            slot, offset = cell
+            if pieces and pieces[-1][0] is slot and pieces[-1][2] + pieces[-1][3] == offset:
+                last = pieces[-1]
+                pieces[-1] = (slot, last[1], last[2], last[3] + 1)
+            else:
+                pieces.append((slot, position, offset, 1))
+        result = tuple(pieces) if pieces else None
+        if len(self._plans) < 4096:  # a master sends few distinct requests; a fuzzer must not grow this
+            self._plans[key] = result
+        return result
+
+    def command_slot(self) -> tuple[Table, int] | None:
+        relay = self.model.relay
+        return None if relay is None else (relay.command.table, relay.command.address)
 
 
 class MeterUnit:
-    """One Modbus unit id serving one simulated meter."""
+    """One Modbus unit id serving one simulated meter.
 
-    def __init__(self, unit_id: int, meter: SimulatedMeter, layout: ModelLayout) -> None:
+    Args:
+        unit_id: the Modbus unit id, 1..247.
+        meter: the simulated meter.
+        layout: its model's register layout.
+        index: the meter's index in its fleet (fault plans name meters by it).
+    """
+
+    def __init__(self, unit_id: int, meter: SimulatedMeter, layout: ModelLayout, *, index: int = 0) -> None:
+        if not 1 <= unit_id <= 247:
+            raise ValueError(f"unit id {unit_id} is not within 1..247")
         self.unit_id = unit_id
         self.meter = meter
         self.layout = layout
+        self.index = index
 
-    def sim_device(self) -> SimDevice:
-        """A fresh pymodbus device for a server start (pymodbus keeps its own copy of the registers)."""
-        return SimDevice(id=self.unit_id, simdata=self.layout.sim_data(self.meter), action=self.action)
+    def read(self, table: Table, address: int, count: int) -> list[int] | int:
+        """Values of ``count`` registers (bits: 0/1 each) from ``address``, or a Modbus exception code."""
+        plan = self.layout.plan(table, address, count)
+        if plan is None:
+            return ILLEGAL_ADDRESS
+        meter = self.meter
+        if len(plan) == 1 and plan[0][3] == count and plan[0][2] == 0 and plan[0][0].length == count:
+            return plan[0][0].fill(meter)
+        values = [0] * count
+        for slot, at, offset, n in plan:
+            values[at : at + n] = slot.fill(meter)[offset : offset + n]
+        return values
 
-    async def action(
-        self,
-        function_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        registers: list[int],
-        set_values: list[int] | list[bool] | None,
-    ) -> ExcCodes | None:
-        """pymodbus calls this before it answers; ``registers`` is the whole table, modified in place."""
-        table = _FC_TABLE.get(function_code)
+    def write(self, function_code: int, address: int, values: list[int], *, stuck: bool = False) -> int | None:
+        """Apply a write (FC05/06/15/16; values are 0/1 for coils); returns a Modbus exception code or None.
+
+        ``stuck``: a relay command is acknowledged but the contact does not move (a fault).
+        """
+        table = _WRITE_TABLE.get(function_code)
         if table is None:
-            return ExcCodes.ILLEGAL_FUNCTION
-        if set_values is not None:
-            return self._write(function_code, table, address, [int(v) for v in set_values])
-        self._refresh(table, start_address, address, count, registers)
-        return None
-
-    def _refresh(self, table: Table, start: int, address: int, count: int, registers: list[int]) -> None:
-        if table in BIT_TABLES:  # addresses are bits; registers hold 16 bits each, bit 0 first
-            low, high = (address // 16) * 16, (address // 16 + count) * 16
-            for slot in self.layout.slots[table]:
-                if low <= slot.address < high:
-                    index, bit = slot.address // 16 - start, slot.address % 16
-                    value = slot.fill(self.meter)[0]
-                    registers[index] = (registers[index] & ~(1 << bit)) | (int(bool(value)) << bit)
-            return
-        for slot in self.layout.slots[table]:
-            if slot.address < address + count and address < slot.address + slot.length:
-                offset = slot.address - start
-                registers[offset : offset + slot.length] = slot.fill(self.meter)
-
-    def _write(self, function_code: int, table: Table, address: int, values: list[int]) -> ExcCodes | None:
+            return ILLEGAL_FUNCTION
         relay = self.layout.model.relay
         if relay is None or (table, address, len(values)) != (relay.command.table, relay.command.address, 1):
-            return ExcCodes.ILLEGAL_ADDRESS
+            return ILLEGAL_ADDRESS
         if function_code != relay.command.write_function:
-            return ExcCodes.ILLEGAL_FUNCTION  # e.g. the Hiking DDS238-2 refuses FC06 and needs FC16
+            return ILLEGAL_FUNCTION  # e.g. the Hiking DDS238-2 refuses FC06 and needs FC16
         if values[0] == relay.command.close:
-            self.meter.set_relay(True)
+            closed = True
         elif values[0] == relay.command.open:
-            self.meter.set_relay(False)
+            closed = False
         else:
-            return ExcCodes.ILLEGAL_VALUE
+            return ILLEGAL_VALUE
+        if not stuck:
+            self.meter.set_relay(closed)
         return None

@@ -1,4 +1,10 @@
-"""Fleets of simulated meters served over Modbus TCP, RTU over TCP, or RTU on a serial port / pty."""
+"""Fleets of simulated meters served over Modbus TCP, RTU over TCP, or RTU on a serial port / pty.
+
+A fleet is the meters of one endpoint (one TCP port, or one serial line), unit ids ``first_unit_id``...
+``serve_modbus`` (the ``meter-gateway simulate modbus`` command) spreads a large fleet over several ports.
+Meters are numbered across the whole fleet (``index``): their load profiles and the fault plan use that number,
+so a fleet looks the same whichever way it is split over ports.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +14,21 @@ import logging
 from pathlib import Path
 from typing import Literal, Self
 
-from pymodbus.framer import FramerType
-from pymodbus.server import ModbusSerialServer, ModbusTcpServer
-from pymodbus.server.base import ModbusBaseServer
-from pymodbus.simulator import SimDevice
-
 from drivers.modbus.models import MeterModel, load_model
+from simulators.faults import FaultPlan, parse_faults
 from simulators.loadprofile import LoadProfile, unit_random
 from simulators.meter import Clock, SimClock, SimulatedMeter
 from simulators.modbus.device import MeterUnit, ModelLayout
+from simulators.modbus.server import ModbusServer, WriteListener
 
-__all__ = ["DEFAULT_MODEL_PATH", "MAX_UNITS", "ModbusFleet", "ModbusSerialFleet", "serve_modbus"]
+__all__ = [
+    "DEFAULT_MODEL_PATH",
+    "MAX_UNITS",
+    "ModbusFleet",
+    "ModbusSerialFleet",
+    "build_fleets",
+    "serve_modbus",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,8 @@ class _Fleet:
         first_index: int,
         clock: Clock | None,
         endpoint: str,
+        faults: FaultPlan | None,
+        on_write: WriteListener | None,
     ) -> None:
         if meters < 1 or first_unit_id < 1 or first_unit_id + meters - 1 > MAX_UNITS:
             raise ValueError(
@@ -48,6 +60,8 @@ class _Fleet:
         self.model = model
         self.endpoint = endpoint
         self.clock: Clock = clock if clock is not None else SimClock(speed=speed)
+        self.faults = faults if faults is not None else FaultPlan(seed=seed)
+        self.on_write = on_write
         layout = ModelLayout(model)
         trip_delay = model.relay.trip_delay if model.relay is not None else 0.0
         self.units: dict[int, MeterUnit] = {}
@@ -59,11 +73,24 @@ class _Fleet:
                 energy_wh=1_000_000 + 49_000_000 * unit_random(seed, index, 4),  # 1 000 - 50 000 kWh
                 trip_delay_s=trip_delay,
             )
-            self.units[first_unit_id + offset] = MeterUnit(first_unit_id + offset, meter, layout)
+            unit_id = first_unit_id + offset
+            self.units[unit_id] = MeterUnit(unit_id, meter, layout, index=index)
         self.meters: dict[int, SimulatedMeter] = {uid: unit.meter for uid, unit in self.units.items()}
-        self._server: ModbusBaseServer | None = None
+        self._server: ModbusServer | None = None
 
-    def _new_server(self, devices: list[SimDevice]) -> ModbusBaseServer:
+    def index_of(self, unit_id: int) -> int:
+        """The fleet index of a unit id (what fault plans name)."""
+        return self.units[unit_id].index
+
+    @property
+    def requests(self) -> int:
+        """Requests answered (or ignored) since the last start."""
+        return self._server.requests if self._server is not None else 0
+
+    def _new_server(self) -> ModbusServer:
+        raise NotImplementedError
+
+    async def _open(self, server: ModbusServer) -> None:
         raise NotImplementedError
 
     @property
@@ -74,11 +101,11 @@ class _Fleet:
         """Start serving (again, after ``stop``: the meters keep their state)."""
         if self._server is not None:
             raise RuntimeError(f"{self.endpoint} is already serving")
-        server = self._new_server([unit.sim_device() for unit in self.units.values()])
+        server = self._new_server()
         try:
-            await server.serve_forever(background=True)
-        except RuntimeError as exc:  # pymodbus: "Could not start listen, please check address."
-            raise OSError(f"cannot serve on {self.endpoint}: {exc}") from exc
+            await self._open(server)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot serve on {self.endpoint}: {exc.strerror or exc}") from exc
         self._server = server
         log.info(
             "serving %d %s meters on %s, unit ids %d..%d",
@@ -93,7 +120,7 @@ class _Fleet:
         """Stop answering and close every connection."""
         server, self._server = self._server, None
         if server is not None:
-            await server.shutdown()  # type: ignore[no-untyped-call]
+            await server.close()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -115,6 +142,8 @@ class ModbusFleet(_Fleet):
         framer: ``socket`` (Modbus TCP) or ``rtu`` (RTU frames over TCP, like a serial-to-Ethernet converter).
         first_index: index of the first meter in a larger fleet (its profile), so that fleets differ.
         clock: shared simulated time (default: a new ``SimClock(speed=speed)``).
+        faults: the fault plan (shared by the fleets of one ``serve_modbus``); default: none, changeable later.
+        on_write: called with (unit id, function code, address, values) after each applied write.
     """
 
     def __init__(
@@ -130,6 +159,8 @@ class ModbusFleet(_Fleet):
         framer: Literal["socket", "rtu"] = "socket",
         first_index: int = 0,
         clock: Clock | None = None,
+        faults: FaultPlan | None = None,
+        on_write: WriteListener | None = None,
     ) -> None:
         scheme = "modbus-tcp" if framer == "socket" else "modbus-rtu-over-tcp"
         super().__init__(
@@ -141,21 +172,26 @@ class ModbusFleet(_Fleet):
             first_index=first_index,
             clock=clock,
             endpoint=f"{scheme}://{host}:{port}",
+            faults=faults,
+            on_write=on_write,
         )
         self.host, self.port, self.framer = host, port, framer
 
-    def _new_server(self, devices: list[SimDevice]) -> ModbusBaseServer:
-        framer = FramerType.SOCKET if self.framer == "socket" else FramerType.RTU
-        return ModbusTcpServer(devices, address=(self.host, self.port), framer=framer)
+    def _new_server(self) -> ModbusServer:
+        return ModbusServer(self.units, framer=self.framer, faults=self.faults, on_write=self.on_write)
+
+    async def _open(self, server: ModbusServer) -> None:
+        await server.listen(self.host, self.port)
 
 
 class ModbusSerialFleet(_Fleet):
     """Simulated meters on one serial line (a pty end or a real port), Modbus RTU; an async context manager.
 
     Args:
-        model, meters, first_unit_id, seed, speed, first_index, clock: as for ``ModbusFleet``.
+        model, meters, first_unit_id, seed, speed, first_index, clock, faults, on_write: as for ``ModbusFleet``.
         port: serial device path (e.g. a socat pty), or ``socket://host:port`` to listen for RTU over TCP.
         baudrate, parity, stopbits: line settings (use parity N on a pty).
+        pace: answer no sooner than a real line of ``baudrate`` would allow (a pty has no line timing).
     """
 
     def __init__(
@@ -172,6 +208,9 @@ class ModbusSerialFleet(_Fleet):
         speed: float = 1.0,
         first_index: int = 0,
         clock: Clock | None = None,
+        faults: FaultPlan | None = None,
+        on_write: WriteListener | None = None,
+        pace: bool = False,
     ) -> None:
         super().__init__(
             model,
@@ -182,51 +221,114 @@ class ModbusSerialFleet(_Fleet):
             first_index=first_index,
             clock=clock,
             endpoint=f"modbus-rtu:{port}",
+            faults=faults,
+            on_write=on_write,
         )
         self.port, self.baudrate, self.parity, self.stopbits = port, baudrate, parity, stopbits
+        self.pace = pace
 
-    def _new_server(self, devices: list[SimDevice]) -> ModbusBaseServer:
-        return ModbusSerialServer(
-            devices,
-            framer=FramerType.RTU,
-            port=self.port,
-            baudrate=self.baudrate,
-            parity=self.parity,
-            stopbits=self.stopbits,
+    def _new_server(self) -> ModbusServer:
+        bits = 1 + 8 + (self.parity != "N") + self.stopbits
+        return ModbusServer(
+            self.units,
+            framer="rtu",
+            faults=self.faults,
+            on_write=self.on_write,
+            pace_baud=self.baudrate if self.pace else None,
+            bits_per_char=bits,
         )
 
+    async def _open(self, server: ModbusServer) -> None:
+        if self.port.startswith("socket://"):
+            host, _, port = self.port.removeprefix("socket://").rpartition(":")
+            await server.listen(host or "127.0.0.1", int(port))
+        else:
+            await server.open_serial(self.port, baudrate=self.baudrate, parity=self.parity, stopbits=self.stopbits)
 
-async def serve_modbus(
+
+def build_fleets(
+    model: MeterModel,
     *,
-    model_path: str | None,
     meters: int,
-    host: str,
+    host: str = "127.0.0.1",
     port: int,
-    seed: int,
-    speed: float,
+    per_port: int = MAX_UNITS,
+    seed: int = 0,
+    speed: float = 1.0,
     framer: Literal["socket", "rtu"] = "socket",
-) -> None:
-    """Serve ``meters`` simulated meters until cancelled: 247 unit ids per TCP port, on port, port + 1, ..."""
+    faults: FaultPlan | None = None,
+    clock: Clock | None = None,
+    on_write: WriteListener | None = None,
+) -> list[ModbusFleet]:
+    """``meters`` meters, ``per_port`` unit ids (1..per_port) on each of the ports port, port + 1, ...
+
+    Every fleet shares one clock and one fault plan; meter indices run across the ports.
+    """
     if meters < 1:
         raise ValueError("meters must be at least 1")
-    model = load_model(model_path if model_path is not None else DEFAULT_MODEL_PATH)
-    clock = SimClock(speed=speed)
-    fleets = [
+    if not 1 <= per_port <= MAX_UNITS:
+        raise ValueError(f"per_port must be within 1..{MAX_UNITS}")
+    clock = clock if clock is not None else SimClock(speed=speed)
+    faults = faults if faults is not None else FaultPlan(seed=seed)
+    return [
         ModbusFleet(
             model,
-            meters=min(MAX_UNITS, meters - first),
+            meters=min(per_port, meters - first),
             host=host,
             port=port + n,
             seed=seed,
             framer=framer,
             first_index=first,
             clock=clock,
+            faults=faults,
+            on_write=on_write,
         )
-        for n, first in enumerate(range(0, meters, MAX_UNITS))
+        for n, first in enumerate(range(0, meters, per_port))
     ]
+
+
+async def serve_modbus(
+    *,
+    model_path: str | None,
+    meters: int,
+    host: str = "127.0.0.1",
+    port: int = 5020,
+    seed: int = 0,
+    speed: float = 1.0,
+    framer: Literal["socket", "rtu"] = "socket",
+    per_port: int = MAX_UNITS,
+    serial: str | None = None,
+    baudrate: int = 9600,
+    pace: bool = False,
+    faults: str | FaultPlan | None = None,
+    on_write: WriteListener | None = None,
+    started: asyncio.Event | None = None,
+) -> None:
+    """Serve simulated meters until cancelled.
+
+    On TCP: ``per_port`` unit ids on each of port, port + 1, ... (Modbus TCP, or RTU framing with
+    ``framer="rtu"``). With ``serial`` (a device, a pty, or ``socket://host:port``): up to 247 meters on that one
+    RTU line. ``faults`` is a fault plan or its text form (``simulators.faults``).
+    """
+    model = load_model(model_path if model_path is not None else DEFAULT_MODEL_PATH)
+    plan = faults if isinstance(faults, FaultPlan) else parse_faults(faults, seed=seed)
+    fleets: list[ModbusFleet | ModbusSerialFleet]
+    if serial is not None:
+        if meters > MAX_UNITS:
+            raise ValueError(f"one RTU line has at most {MAX_UNITS} unit ids")
+        fleets = [ModbusSerialFleet(model, meters=meters, port=serial, baudrate=baudrate, seed=seed, speed=speed,
+                                    faults=plan, on_write=on_write, pace=pace)]
+    else:
+        fleets = list(build_fleets(model, meters=meters, host=host, port=port, per_port=per_port, seed=seed,
+                                   speed=speed, framer=framer, faults=plan, on_write=on_write))
     try:
         for fleet in fleets:
             await fleet.start()
+        if plan:
+            for kind in sorted({f.kind for i in range(meters) for f in plan.faults(i)}, key=lambda k: k.value):
+                log.info("fault %s: %d meters", kind.value, len(plan.selected(kind, meters)))
+        if started is not None:
+            started.set()
         await asyncio.Event().wait()
     finally:
         for fleet in fleets:

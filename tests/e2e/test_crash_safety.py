@@ -32,7 +32,7 @@ def write_config(tmp: Path, api_port: int, sim_port: int) -> Path:
         "database": {"url": "sqlite:///gw.db"},
         "api": {"host": "127.0.0.1", "port": api_port, "keys": [{"name": "billing", "role": "billing",
                                                                   "sha256": hash_key(KEY)}]},
-        "tariffs": {"flat": {"price": "0.5600"}},
+        "tariffs": {"flat": {"kind": "flat", "price": "0.5600"}},
         "accounts": [{"id": f"A-{i}", "tariff": "flat", "opening_balance": "100.00"} for i in range(1, METERS + 1)],
         "buses": [{"id": "sim", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": sim_port, "timeout_s": 0.5}],
         "meters": [{"id": f"M-{i}", "bus": "sim", "unit_id": i, "account": f"A-{i}", "poll_interval_s": 0.1,

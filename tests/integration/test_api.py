@@ -19,7 +19,7 @@ async def client(tmp_path: Path):
         "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
         "api": {"keys": [{"name": f"{role}-key", "role": role, "sha256": hash_key(key)}
                          for role, key in KEYS.items()], "max_payment": "1000.00"},
-        "tariffs": {"flat": {"price": "0.5600"}},
+        "tariffs": {"flat": {"kind": "flat", "price": "0.5600"}},
         "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "10.00"}],
         "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
         "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1", "poll_interval_s": 3600}],

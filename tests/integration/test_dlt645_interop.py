@@ -88,14 +88,9 @@ def check_their_reads(values: dict[str, object], sim: Dlt645Simulator, nameplate
     assert bool(word & 0x10) == meter.relay_open
 
 
-@pytest.fixture
-def pty(pty_pair: tuple[str, str]) -> Iterator[tuple[str, str]]:
-    yield pty_pair
-
-
 @pytest.mark.tool("socat")
-async def test_their_master_reads_our_simulator_over_pty(pty: tuple[str, str]) -> None:
-    their_end, our_end = pty
+async def test_their_master_reads_our_simulator_over_pty(pty_pair: tuple[str, str]) -> None:
+    their_end, our_end = pty_pair
     async with Dlt645Simulator(meters=fixed_meters(3), serial=our_end, tcp="127.0.0.1:0", baud=9600) as sim:
         # trip meter 2 with our driver over the simulator's TCP side; their master sees it over the pty
         async with Dlt645Driver(TcpTransport("127.0.0.1", sim.tcp_port or 0)) as driver:
@@ -182,8 +177,8 @@ async def check_our_driver(driver: Dlt645Driver) -> None:
 
 
 @pytest.mark.tool("socat")
-async def test_our_driver_reads_their_slave_over_pty(pty: tuple[str, str]) -> None:
-    our_end, their_end = pty
+async def test_our_driver_reads_their_slave_over_pty(pty_pair: tuple[str, str]) -> None:
+    our_end, their_end = pty_pair
     server = their_slave(MeterServerService.new_rtu_server(their_end, 8, 1, 9600, "N", 1.0))
     assert await asyncio.to_thread(server.server.start)
     try:

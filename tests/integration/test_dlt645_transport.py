@@ -11,9 +11,10 @@ import pytest
 
 from drivers.base import RelayAction, RelayState
 from drivers.dlt645 import DI, Dlt645Driver, Dlt645Meter
-from drivers.errors import CommandRefused, ConnectError, FrameError, MeterTimeout
+from drivers.errors import CommandRefused, ConnectError, ExceptionReply, FrameError, MeterTimeout
 from drivers.transports import SerialTransport, TcpTransport, transport_from_url
 from simulators.dlt645 import Dlt645Simulator, Fault, make_meters, serve_dlt645
+from simulators.faults import FaultPlan
 from tests.support import async_wait_until, free_port
 
 
@@ -170,12 +171,16 @@ async def test_concurrent_reads_take_turns_on_the_bus() -> None:
 async def test_serve_dlt645_runs_until_cancelled() -> None:
     port = free_port()
     task = asyncio.create_task(
-        serve_dlt645(meters=2, serial=None, tcp=f"127.0.0.1:{port}", baud=2400, pace=False, seed=5, first_address=7),
+        serve_dlt645(
+            meters=2, serial=None, tcp=f"127.0.0.1:{port}", baud=2400, pace=False, seed=5, first_address=7
+        ),
         name="test.serve_dlt645",
     )
     try:
         async with Dlt645Driver(TcpTransport("127.0.0.1", port), timeout=0.5) as driver:
-            await async_wait_until(lambda: _answers(driver, Dlt645Meter("m", "8")), timeout=5, what="simulator up")
+            await async_wait_until(
+                lambda: _answers(driver, Dlt645Meter("m", "8")), timeout=5, what="simulator up"
+            )
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -189,3 +194,22 @@ async def _answers(driver: Dlt645Driver, meter: Dlt645Meter) -> bool:
         return (await driver.read(meter)).energy_wh > 0
     except ConnectError:
         return False
+
+
+async def test_shared_fault_plan_on_the_wire() -> None:
+    plan = FaultPlan.parse("exception:4@0; no-answer@1; bad-crc@2")
+    async with (
+        Dlt645Simulator(meters=4, tcp="127.0.0.1:0", faults=plan) as sim,
+        Dlt645Driver(TcpTransport("127.0.0.1", sim.tcp_port or 0), timeout=0.2, retries=0) as driver,
+    ):
+        m0, m1, m2, m3 = meters_of(sim)
+        with pytest.raises(ExceptionReply) as info:
+            await driver.read_data(m0, DI.VOLTAGE_A)
+        assert info.value.code == 4
+        with pytest.raises(MeterTimeout):
+            await driver.read_data(m1, DI.VOLTAGE_A)
+        with pytest.raises(FrameError):
+            await driver.read_data(m2, DI.VOLTAGE_A)
+        assert await driver.read_data(m3, DI.VOLTAGE_A)
+        sim.faults.clear()
+        assert await driver.read_data(m1, DI.VOLTAGE_A)

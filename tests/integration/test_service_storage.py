@@ -31,7 +31,7 @@ class Clock:
 def site(db_url: str) -> Settings:
     return Settings.model_validate({
         "database": {"url": db_url},
-        "tariffs": {"flat": {"price": "0.5000"}},
+        "tariffs": {"flat": {"kind": "flat", "price": "0.5000"}},
         "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "1.00", "reconnect_min_topup": "1.00"}],
         "meters": [],
     })
@@ -99,7 +99,8 @@ async def test_the_verifier_finds_a_broken_balance(gateway: Gateway) -> None:
 async def test_readings_charge_and_disconnect_then_payment_reconnects(db_url: str, tmp_path: Path) -> None:
     settings = Settings.model_validate({
         "database": {"url": db_url},
-        "tariffs": {"flat": {"price": "1.0000"}},
+        "policy": {"notice_period": 0},
+        "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
         "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "1.00", "reconnect_min_topup": "1.00"}],
         "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
         "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1"}],

@@ -22,6 +22,8 @@ from drivers.dlt645.messages import (
 from drivers.errors import CommandRefused, ExceptionReply, FrameError, MeterTimeout
 from drivers.transports import ByteTransport
 from simulators.dlt645 import Fault, RelayKind, SimulatedBus, make_meters
+from simulators.faults import Fault as SharedFault
+from simulators.faults import FaultKind, FaultPlan
 from simulators.meter import ManualClock
 
 
@@ -273,3 +275,14 @@ async def test_faults_count_down(clock: Clock) -> None:
 def test_duplicate_addresses_rejected(clock: Clock) -> None:
     with pytest.raises(ValueError):
         SimulatedBus(make_meters(1, clock=clock) + make_meters(2, clock=clock))
+
+
+async def test_shared_fault_plan_relay_stuck_and_counter_reset(clock: Clock) -> None:
+    plan = FaultPlan().add(SharedFault(FaultKind.RELAY_STUCK), meters=[0])
+    plan.add(SharedFault(FaultKind.COUNTER_RESET), meters=[1])
+    bus = SimulatedBus(make_meters(2, clock=clock), faults=plan)
+    driver = Dlt645Driver(BusTransport(bus), timeout=0.01, retries=0, clock=clock)
+    stuck, reset = (Dlt645Meter(f"m{i}", m.address) for i, m in enumerate(bus.meters))
+    await driver.set_relay(stuck, RelayAction.OPEN)  # acknowledged ...
+    assert await driver.read_relay(stuck) is RelayState.CLOSED  # ... but the contact did not move
+    assert (await driver.read(reset)).energy_wh == 0

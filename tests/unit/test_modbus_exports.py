@@ -10,17 +10,20 @@ import pytest
 
 MODULES = [
     "drivers.modbus",
+    "drivers.modbus.buslock",
     "drivers.modbus.driver",
     "drivers.modbus.exceptions",
     "drivers.modbus.models",
     "drivers.modbus.quantities",
     "drivers.modbus.registers",
     "drivers.modbus.values",
+    "simulators.faults",
     "simulators.loadprofile",
     "simulators.meter",
     "simulators.modbus",
     "simulators.modbus.device",
     "simulators.modbus.fleet",
+    "simulators.modbus.server",
 ]
 
 

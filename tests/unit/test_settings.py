@@ -9,7 +9,7 @@ from gateway.settings import ConfigError, load_settings
 ROOT = Path(__file__).resolve().parents[2]
 
 GOOD = """
-tariffs: {flat: {price: "0.5600"}}
+tariffs: {flat: {kind: flat, price: "0.5600"}}
 accounts: [{id: A-1, tariff: flat, opening_balance: "10.00"}]
 buses: [{id: bus1, protocol: modbus-tcp, host: 127.0.0.1, port: 5020}]
 meters: [{id: M-1, bus: bus1, unit_id: 1, account: A-1}]
@@ -42,6 +42,12 @@ def test_the_example_config_is_valid() -> None:
     (GOOD.replace("unit_id: 1, ", ""), "meters[0].unit_id: required on a Modbus bus"),
     (GOOD.replace("host: 127.0.0.1, ", ""), "buses[0]: a modbus-tcp bus needs host and port"),
     ("- just a list\n", "the top level must be a mapping"),
+    (GOOD.replace('price: "0.5600"', 'price: 0.56'), "tariffs.flat.price"),
+    (GOOD.replace("kind: flat,", "kind: stepped,"), "tariffs.flat"),
+    (GOOD + "policy: {notice_period: soon}\n", "policy.notice_period"),
+    (GOOD + "policy: {colour: red}\n", "policy: unknown key(s): colour"),
+    (GOOD.replace("tariff: flat,", "tariff: flat, credit_class: Z,"), "accounts[0].credit_class: unknown credit class 'Z'"),
+    (GOOD + "holidays_file: nowhere.txt\n", "holidays_file: cannot read"),
     ("a: [unclosed\n", "not valid YAML"),
 ])
 def test_errors_name_the_file_the_key_path_and_the_problem(tmp_path: Path, text: str, expected: str) -> None:
@@ -61,3 +67,15 @@ def test_environment_overrides_secrets(tmp_path: Path) -> None:
     assert settings.mqtt is not None and settings.mqtt.password == "s3cret"
     assert settings.database.url == "postgresql://gw@db/gw"
     assert "s3cret" not in repr(settings)
+
+
+def test_holiday_file_is_read_relative_to_the_settings(tmp_path: Path) -> None:
+    (tmp_path / "holidays.txt").write_text("2026-10-01..2026-10-07 National Day\n")
+    settings = load_settings(write(tmp_path, GOOD + "holidays_file: holidays.txt\n"), environ={})
+    import datetime as dt
+
+    policy = settings.site_policy(base_dir=tmp_path)
+    assert policy.holidays.is_holiday(dt.date(2026, 10, 3))
+    (tmp_path / "holidays.txt").write_text("2026-13-01 nonsense\n")
+    with pytest.raises(ConfigError, match="holidays.txt:1"):
+        load_settings(tmp_path / "gateway.yaml", environ={})

@@ -6,7 +6,6 @@ from fastapi import APIRouter, HTTPException
 from gateway.adapters import tables as t
 from gateway.api.deps import AnyCaller, ServiceDep
 from gateway.api.schemas import AccountPublic
-from gateway.domain.account import PrepaidAccount, Supply
 from gateway.domain.money import format_fen
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
@@ -20,8 +19,7 @@ async def get_account(account_id: str, service: ServiceDep, caller: AnyCaller) -
         row = (await uow.execute(sa.select(t.accounts).where(t.accounts.c.id == account_id))).one_or_none()
     if row is None or spec is None:
         raise HTTPException(404, f"no account {account_id!r}")
-    account = PrepaidAccount(id=row.id, tariff=spec.tariff, thresholds=spec.thresholds, balance_fen=row.balance_fen,
-                             supply=Supply(row.supply), protected=spec.protected)
+    account = service.catalog.account(row.id, row.state)
     return AccountPublic(id=row.id, balance=format_fen(row.balance_fen), state=row.supply,
-                         credit=account.credit_state(), meters=list(spec.meter_ids), protected=spec.protected,
+                         credit=account.credit_state(), meters=list(spec.meter_ids), protected=account.is_protected,
                          disconnect_deferred_because=row.deferred_reason or None, updated_at=row.updated_at)

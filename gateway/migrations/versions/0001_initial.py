@@ -15,8 +15,8 @@ depends_on = None
 
 # The first revision creates the tables as gateway/adapters/tables.py declares them at this revision; later
 # revisions must spell out their changes with op.* calls instead.
-_TABLES = ["accounts", "meters", "readings", "ledger_entries", "payments", "commands", "outbox", "api_keys",
-           "audit_log"]
+_TABLES = ["accounts", "meters", "readings", "ledger_entries", "payments", "commands", "outbox", "site_state",
+           "api_keys", "audit_log"]
 
 
 def upgrade() -> None:

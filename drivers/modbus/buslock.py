@@ -1,0 +1,85 @@
+"""A bus lock with two classes of waiters: urgent ones (relay commands) go before normal ones (polls).
+
+A driver takes the lock once per transaction, so an urgent caller waits at most for the transaction in flight,
+even when a normal caller is in the middle of a multi-request ``read``. Whether the current task is urgent is a
+context variable, set with ``urgent()``; the bus scheduler wraps its relay command steps in it. Nothing here is
+specific to Modbus (a DL/T 645 driver can use it the same way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+from collections import deque
+from collections.abc import Iterator
+
+__all__ = ["PriorityBusLock", "is_urgent", "urgent"]
+
+_URGENT: contextvars.ContextVar[bool] = contextvars.ContextVar("drivers.urgent", default=False)
+
+
+@contextlib.contextmanager
+def urgent() -> Iterator[None]:
+    """Transactions started inside this block (in this task) go ahead of normal ones waiting for the bus."""
+    token = _URGENT.set(True)
+    try:
+        yield
+    finally:
+        _URGENT.reset(token)
+
+
+def is_urgent() -> bool:
+    """Whether the current task is inside ``urgent()``."""
+    return _URGENT.get()
+
+
+class PriorityBusLock:
+    """An asyncio lock where urgent waiters are served first, then normal ones, each in arrival order."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._normal: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def locked(self) -> bool:
+        return self._held
+
+    @property
+    def waiting(self) -> int:
+        return len(self._urgent) + len(self._normal)
+
+    async def acquire(self) -> None:
+        if not self._held and not self._urgent and not self._normal:
+            self._held = True
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._urgent if _URGENT.get() else self._normal
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # it was handed to us as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        if not self._held:
+            raise RuntimeError("release of an unlocked PriorityBusLock")
+        for queue in (self._urgent, self._normal):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # ownership passes straight to the waiter
+                    return
+        self._held = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
