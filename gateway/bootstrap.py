@@ -71,10 +71,11 @@ class Gateway:
     """The running gateway of one settings file."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], dt.datetime] | None = None,
-                 base_dir: Path | None = None) -> None:
+                 base_dir: Path | None = None, run_buses: bool = True) -> None:
         self.settings = settings
         self.base_dir = base_dir or Path.cwd()
-        self.catalog = Catalog.from_settings(settings)
+        self.run_buses = run_buses  # False: an API-only instance (or a test) that polls no bus
+        self.catalog = Catalog.from_settings(settings, base_dir=self.base_dir)
         self.engine = create_engine(self._db_url())
         self.uow = UnitOfWorkFactory(self.engine)
         self.service = Service(self.uow, self.catalog, clock)
@@ -104,7 +105,7 @@ class Gateway:
             await uow.commit()
         runners = []
         models = site_models(self.settings, base_dir=self.base_dir)
-        for bus in self.settings.buses:
+        for bus in self.settings.buses if self.run_buses else []:
             meters = [m for m in self.settings.meters if m.bus == bus.id]
             driver, targets = build_bus(bus, meters, models)
             runners.append(BusRunner(bus.id, driver, targets, self.service, gap_s=bus.gap_ms / 1000))

@@ -78,17 +78,51 @@ def demo(port: Annotated[int, typer.Option(help="API port")] = 8080,
 
 
 @simulate.command("modbus")
-def simulate_modbus(meters: Annotated[int, typer.Option(min=1, max=247)] = 1,
-                    port: int = 5020, host: str = "127.0.0.1", seed: int = 0,
+def simulate_modbus(meters: Annotated[int, typer.Option(min=1, help="simulated meters in the fleet")] = 1,
+                    port: Annotated[int, typer.Option(help="first TCP port (more follow: port + 1, ...)")] = 5020,
+                    host: str = "127.0.0.1", seed: int = 0,
                     speed: Annotated[float, typer.Option(help="simulated seconds per real second")] = 1.0,
-                    model: Annotated[Path | None, typer.Option(help="a meter model file")] = None) -> None:
-    """Serve N simulated prepaid meters (unit ids 1..N) over Modbus TCP."""
+                    model: Annotated[Path | None, typer.Option(help="a meter model file")] = None,
+                    per_port: Annotated[int, typer.Option(min=1, max=247, help="unit ids per TCP port")] = 247,
+                    rtu: Annotated[bool, typer.Option(help="RTU framing over TCP (a serial-to-Ethernet converter)")]
+                    = False,
+                    serial: Annotated[str | None, typer.Option(
+                        help="serve RTU on this serial device or pty (or socket://HOST:PORT) instead of TCP")] = None,
+                    baud: Annotated[int, typer.Option(help="baud rate of --serial")] = 9600,
+                    pace: Annotated[bool, typer.Option(help="with --serial: answer no faster than the baud rate")]
+                    = False,
+                    faults: Annotated[str | None, typer.Option(
+                        help="fault injection, e.g. 'no-answer@10%; slow:0.8@5%; exception:4@3,7' "
+                             "(meters are numbered 0.. across the fleet; see docs/meter-models.md)")] = None,
+                    ) -> None:
+    """Serve N simulated meters (unit ids 1..per-port on each port) over Modbus TCP, RTU over TCP, or RTU."""
     _setup_logging()
+    from simulators.faults import parse_faults
     from simulators.modbus import serve_modbus
 
-    typer.echo(f"serving {meters} simulated meters on {host}:{port} (unit ids 1..{meters})")
-    asyncio.run(serve_modbus(model_path=str(model) if model else None, meters=meters, host=host, port=port,
-                             seed=seed, speed=speed))
+    try:
+        plan = parse_faults(faults, seed=seed)
+    except ValueError as exc:
+        typer.echo(f"--faults: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if serial is not None:
+        if meters > 247:
+            typer.echo("one RTU line has at most 247 unit ids", err=True)
+            raise typer.Exit(2)
+        typer.echo(f"serving {meters} simulated meters on {serial} (RTU, unit ids 1..{meters})")
+    else:
+        ports = (meters + per_port - 1) // per_port
+        typer.echo(f"serving {meters} simulated meters on {host}:{port}..{port + ports - 1} "
+                   f"({'RTU over TCP' if rtu else 'Modbus TCP'}, unit ids 1..{min(meters, per_port)} per port)")
+    coroutine = serve_modbus(model_path=str(model) if model else None, meters=meters, host=host, port=port,
+                             seed=seed, speed=speed, framer="rtu" if rtu else "socket", per_port=per_port,
+                             serial=serial, baudrate=baud, pace=pace, faults=plan)
+    try:
+        import uvloop  # a simulator of thousands of meters must not be the bottleneck of a benchmark
+    except ImportError:  # pragma: no cover - uvloop is not available on Windows
+        asyncio.run(coroutine)
+    else:
+        uvloop.run(coroutine)
 
 
 @simulate.command("dlt645")

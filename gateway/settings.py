@@ -31,9 +31,9 @@ class ConfigError(Exception):
     """A configuration file that can't be used. The message names the file, the key path and the problem."""
 
 
-def _yuan(value: Any) -> int:
+def _yuan(value: Any, *, allow_negative: bool = False) -> int:
     try:
-        return parse_yuan(str(value), allow_zero=True)
+        return parse_yuan(str(value), allow_zero=True, allow_negative=allow_negative)
     except AmountError as exc:
         raise ValueError(str(exc)) from None
 
@@ -124,8 +124,11 @@ class AccountSettings(_Strict):
     protected: bool = False
     contacts: list[str] = []
 
-    _money = field_validator("opening_balance", "warning1", "warning2", "overdraft", "reconnect_min_topup",
+    _money = field_validator("warning1", "warning2", "overdraft", "reconnect_min_topup",
                              mode="before")(classmethod(lambda cls, v: v if v is None else _yuan(v)))
+    # an account taken over in arrears may open below zero
+    _opening = field_validator("opening_balance", mode="before")(
+        classmethod(lambda cls, v: _yuan(v, allow_negative=True)))
 
 
 class BusSettings(_Strict):
@@ -157,6 +160,7 @@ class MeterSettings(_Strict):
     unit_id: int | None = Field(None, ge=1, le=247, description="Modbus unit id")
     address: str | None = Field(None, description="DL/T 645 nameplate address, 12 digits")
     model: str = "generic-prepaid"
+    groups: list[str] = Field(default_factory=list, description="names for bulk commands (feeder, street...)")
     poll_interval_s: float = Field(60, gt=0)
     max_power_w: int = Field(60_000, gt=0, description="contract capacity, for the plausibility check")
 

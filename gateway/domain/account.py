@@ -82,7 +82,7 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
                  operator_protected: bool = False, deferred_detail: str = "",
                  deferred_until: dt.datetime | None = None, final_warning_at: dt.datetime | None = None,
                  billing: BillingState | None = None, emergency: EmergencyCredit | None = None,
-                 cursors: Mapping[str, MeterCursor] | None = None) -> None:
+                 cursors: Mapping[str, MeterCursor] | None = None, manual_disconnect: bool = False) -> None:
         self.id, self.tariff = id, tariff
         self.thresholds = thresholds or Thresholds()
         self.site = site or SitePolicy()
@@ -91,6 +91,7 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
         self.protected = protected  # by configuration (hospital, school, life support)
         self.operator_protected = operator_protected  # by an operator (admin) through the API
         self.hold_until = hold_until
+        self.manual_disconnect = manual_disconnect  # an operator cut the supply: no automatic reconnect
         self.deferred_reason, self.deferred_detail, self.deferred_until = deferred_reason, deferred_detail, deferred_until
         self.final_warning_at = final_warning_at  # starts the notice period
         self.billing = billing or BillingState(energy_wh=period_wh, charged_fen=period_charged_fen)
@@ -180,6 +181,30 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
             self.hold_until = None
             self.events.append(ev.HoldChanged(self.id, None, by))
 
+    def manual_switch(self, action: str, now: dt.datetime, *, hold: dt.timedelta | None = None,
+                      by: str = "") -> dt.datetime | None:
+        """An operator disconnected ("open") or reconnected ("close") the supply by hand.
+
+        A manual disconnect is not undone automatically (a payment does not reconnect it); an operator's
+        reconnect ends that. A manual reconnect of an account at or below its disconnect point places an
+        operator hold for ``hold`` so the engine does not cut it off again at once; returns the hold's end.
+        """
+        require_aware(now, "now")
+        if action == "open":
+            self.manual_disconnect = True
+            self.supply = Supply.DISCONNECTED
+            self._clear_deferral()
+            return None
+        if action != "close":
+            raise ValueError(f"unknown relay action {action!r}")
+        self.manual_disconnect = False
+        self.supply = Supply.CONNECTED
+        if self.balance_fen <= self.disconnect_point_fen and hold is not None:
+            until = now + hold
+            self.place_hold(until, by=by)
+            return until
+        return None
+
     # --- decisions ----------------------------------------------------------------------------------------
     def evaluate(self, now: dt.datetime, *, readings_ok: bool = True, why_not_ok: str = "",
                  offline: Collection[str] = (), limiter: RateLimiter | None = None) -> Decision:
@@ -195,7 +220,7 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
         if self.warned_level >= WARNING_2 and self.final_warning_at is None:
             self.final_warning_at = now  # the final warning goes out with this transaction: notice starts
         if self.supply is Supply.DISCONNECTED:
-            if self.balance_fen >= self.reconnect_at_fen:
+            if self.balance_fen >= self.reconnect_at_fen and not self.manual_disconnect:
                 self.supply = Supply.CONNECTED
                 self._clear_deferral()
                 self.events.append(ev.ReconnectRequired(self.id, self.balance_fen))

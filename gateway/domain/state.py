@@ -5,7 +5,7 @@ service passes it to ``PrepaidAccount.from_state`` from its settings. Schema (ve
 
     {"version": 1,
      "balance_fen": int, "supply": "connected" | "disconnected", "warned_level": 0..4,
-     "operator_protected": bool, "hold_until": iso | null,
+     "operator_protected": bool, "hold_until": iso | null, "manual_disconnect": bool,
      "deferred_reason": str, "deferred_detail": str, "deferred_until": iso | null,
      "final_warning_at": iso | null,
      "billing": {"period_start": "YYYY-MM-DD" | null, "energy_wh": int, "rate_wh": {rate: int}, "charged_fen": int},
@@ -47,6 +47,7 @@ def account_state(account: PrepaidAccount) -> dict[str, Any]:
         "warned_level": account.warned_level,
         "operator_protected": account.operator_protected,
         "hold_until": to_iso(account.hold_until),
+        "manual_disconnect": account.manual_disconnect,
         "deferred_reason": account.deferred_reason,
         "deferred_detail": account.deferred_detail,
         "deferred_until": to_iso(account.deferred_until),
@@ -80,4 +81,5 @@ def account_from_state(cls: type[PrepaidAccount], state: Mapping[str, Any], *, i
         billing=BillingState.from_dict(state.get("billing") or {}),
         emergency=EmergencyCredit.from_dict(state.get("emergency") or {}),
         cursors={str(m): MeterCursor.from_dict(str(m), d) for m, d in (state.get("meters") or {}).items()},
+        manual_disconnect=bool(state.get("manual_disconnect", False)),
     )

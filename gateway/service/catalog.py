@@ -38,6 +38,7 @@ class MeterSpec:
     unit_id: int | None = None
     address: str | None = None
     model: str = "generic-prepaid"
+    groups: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -56,6 +57,10 @@ class Catalog:
         """How old a meter's last reading may be before it counts as stale (the site policy's limit)."""
         stale = self.site.stale_after
         return stale.total_seconds() if stale is not None else float("inf")
+
+    def group(self, name: str) -> list[str]:
+        """The ids of the meters in a group."""
+        return [m.id for m in self.meters.values() if name in m.groups]
 
     def account(self, account_id: str, state: dict[str, Any]) -> PrepaidAccount:
         """The domain account of ``account_id`` from its stored state, with its meters' configuration."""
@@ -98,7 +103,8 @@ class Catalog:
             for a in settings.accounts
         }
         meters = {
-            m.id: MeterSpec(m.id, m.account, m.bus, m.poll_interval_s, m.max_power_w, m.unit_id, m.address, m.model)
+            m.id: MeterSpec(m.id, m.account, m.bus, m.poll_interval_s, m.max_power_w, m.unit_id, m.address, m.model,
+                            tuple(m.groups))
             for m in settings.meters
         }
         engine = settings.engine

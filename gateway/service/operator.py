@@ -1,18 +1,30 @@
-"""Operator commands: checks before a manual relay command, bulk commands with a dry run, cancellation."""
+"""Manual relay commands: the checks before one goes out, bulk commands with a dry run, cancellation.
+
+- Operator identity and reason are mandatory (the API enforces both).
+- A protected (保电) account is disconnected by hand only by an admin with ``force``.
+- A manual disconnect is not undone by the engine (a payment does not reconnect it); a manual reconnect of an
+  account at or below its disconnect point places an operator hold (``engine.manual_hold_s``).
+- The command, the account's new state and the audit record are written in one transaction.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
 from gateway.adapters import tables as t
+from gateway.domain.account import PrepaidAccount
+from gateway.domain.errors import DomainError
 from gateway.service import commands as cmds
-from gateway.service.accounts import UnknownMeter
+from gateway.service.accounts import UnknownMeter, load_account
 from gateway.service.commands import CommandRecord
+from gateway.service.handlers import Service
+from gateway.service.writer import AccountJob
 
-__all__ = ["CommandNotCancellable", "ManualCheck", "UnknownCommand", "check_manual_command"]
+__all__ = ["CommandNotAllowed", "CommandNotCancellable", "ManualOutcome", "UnknownCommand", "cancel_command", "manual_command"]
 
 
 class UnknownCommand(LookupError):
@@ -23,55 +35,70 @@ class CommandNotCancellable(Exception):
     """Only a queued command can be cancelled; one already on the wire is not."""
 
 
+class CommandNotAllowed(DomainError):
+    """A manual command the caller may not give (e.g. a disconnect of a protected account without force)."""
+
+
 @dataclass(frozen=True, slots=True)
-class ManualCheck:
-    """What a manual command would do: allowed or not, and why; whether it sets an operator hold."""
+class ManualOutcome:
+    """What a manual command did (or, in a dry run, would do) and why."""
 
     meter_id: str
     action: str
     allowed: bool
     reason: str
-    sets_hold_until: dt.datetime | None = None
+    command: CommandRecord | None = None
+    hold_until: dt.datetime | None = None
     supersedes: tuple[str, ...] = ()
 
 
-async def check_manual_command(service: object, meter_id: str, action: str, *, role: str, force: bool,
-                               now: dt.datetime) -> ManualCheck:
-    """Decide whether a manual disconnect/reconnect may go out, and what it will do (for dry runs too).
+def _verdict(account: PrepaidAccount, action: str, *, role: str, force: bool, hold_s: float,
+             now: dt.datetime) -> tuple[bool, str, dt.datetime | None]:
+    if action == "open" and account.is_protected:
+        if force and role == "admin":
+            return True, "protected account: forced by an admin", None
+        return False, "the account is protected (保电): a disconnect needs the admin role and force", None
+    if action == "close" and account.balance_fen <= account.disconnect_point_fen:
+        until = now + dt.timedelta(seconds=hold_s)
+        return True, "balance at or below the disconnect point: an operator hold is placed", until
+    if action == "close" and account.manual_disconnect:
+        return True, "ends a manual disconnect", None
+    return True, "ok", None
 
-    - a protected (保电) account is disconnected only by an admin with ``force``;
-    - a reconnect of an account at or below its disconnect point sets an operator hold, so that the engine does
-      not cut it off again at once.
-    """
-    from gateway.service.handlers import Service
 
-    assert isinstance(service, Service)
+async def manual_command(service: Service, meter_id: str, action: str, *, role: str, actor: str,
+                         operator: str, reason: str, force: bool = False, dry_run: bool = False) -> ManualOutcome:
+    """Check and (unless ``dry_run``) queue an operator's disconnect ("open") or reconnect ("close")."""
     spec = service.catalog.meters.get(meter_id)
     if spec is None:
         raise UnknownMeter(meter_id)
-    account_spec = service.catalog.accounts[spec.account_id]
+    now = service.clock()
     async with service.uow(readonly=True) as uow:
-        row = (await uow.execute(sa.select(t.accounts.c.balance_fen, t.accounts.c.state)
-                                 .where(t.accounts.c.id == spec.account_id))).one()
+        account = await load_account(uow, service.catalog, spec.account_id)
         active = tuple((await uow.execute(sa.select(t.commands.c.id).where(
             t.commands.c.meter_id == meter_id, t.commands.c.state.in_(cmds.ACTIVE_STATES)))).scalars())
-    account = service.account_from_row(spec.account_id, row)
-    if action == "open" and account.is_protected:
-        if not (force and role == "admin"):
-            return ManualCheck(meter_id, action, False,
-                               "the account is protected: a disconnect needs the admin role and force", None, active)
-        return ManualCheck(meter_id, action, True, "protected account, forced by an admin", None, active)
-    if action == "close" and account.balance_fen <= account.disconnect_point_fen:
-        until = now + dt.timedelta(seconds=service.catalog.manual_hold_s)
-        return ManualCheck(meter_id, action, True, "balance at or below the disconnect point: an operator hold is set",
-                           until, active)
-    return ManualCheck(meter_id, action, True, "ok", None, active)
+    allowed, why, hold_until = _verdict(account, action, role=role, force=force,
+                                        hold_s=service.catalog.manual_hold_s, now=now)
+    if dry_run or not allowed:
+        return ManualOutcome(meter_id, action, allowed, why, None, hold_until, active)
+    hold = dt.timedelta(seconds=service.catalog.manual_hold_s)
+
+    def switch(account: PrepaidAccount, now: dt.datetime) -> dt.datetime | None:
+        # checked again inside the transaction: the balance may have moved since the check above
+        ok, _, _ = _verdict(account, action, role=role, force=force, hold_s=hold.total_seconds(), now=now)
+        if not ok:
+            raise CommandNotAllowed("the account became protected: a disconnect needs the admin role and force")
+        return account.manual_switch(action, now, hold=hold, by=operator)
+
+    detail: dict[str, Any] = {"meter_id": meter_id, "reason": reason, "operator": operator, "force": force}
+    until, record = await service.writer.submit(AccountJob(
+        spec.account_id, switch, origin="operator", reason=reason, audit=(actor, f"command.{action}", detail),
+        command=dict(meter_id=meter_id, action=action, origin="operator", operator=operator, reason=reason)))
+    return ManualOutcome(meter_id, action, True, why, record, until, active)
 
 
-async def cancel_command(service: object, command_id: str, *, actor: str) -> CommandRecord:
-    from gateway.service.handlers import Service
-
-    assert isinstance(service, Service)
+async def cancel_command(service: Service, command_id: str, *, actor: str) -> CommandRecord:
+    """Cancel a queued command (one already sent can't be taken back: send the opposite command instead)."""
     now = service.clock()
     async with service.uow() as uow:
         record = await cmds.get_command(uow, command_id)

@@ -169,6 +169,7 @@ class BusRunner:
         self._last_skip = -1e9
         self._overload_logged = False
         self._record_errors_logged = 0
+        self._setup()  # again when it runs: health and stats are there from the start
 
     # --- public -------------------------------------------------------------------------------------------
     def wake(self, record: CommandRecord) -> None:
@@ -221,7 +222,7 @@ class BusRunner:
 
     async def run(self) -> None:
         """Run the bus until cancelled."""
-        self._setup()
+        self._setup()  # stagger from now
         async with asyncio.TaskGroup() as group:
             group.create_task(self._poll_loop(), name=f"gateway[{self.bus_id}].poll")
             group.create_task(self._command_loop(), name=f"gateway[{self.bus_id}].commands")

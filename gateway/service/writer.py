@@ -90,6 +90,7 @@ class AccountJob:
     origin: str = "operator"
     reason: str = "operator action"
     audit: tuple[str, str, dict[str, Any] | None] | None = None  # (actor, action, detail), written with it
+    command: dict[str, Any] | None = None  # a manual relay command to queue with it (create_command's keywords)
 
 
 Job = PaymentJob | ReversalJob | ReadingJob | AccountJob
@@ -165,6 +166,11 @@ class _Batch:
         if job.audit is not None:
             actor, action, detail = job.audit
             self.audits.append(dict(at=self.now, actor=actor, action=action, target=job.account_id, detail=detail))
+        if job.command is not None:
+            expires = self.now + dt.timedelta(seconds=self.catalog.command_expiry_s)
+            record = await create_command(self.uow, now=self.now, expires_at=expires, **job.command)
+            self.commands.append(record)
+            result = (result, record)
         await self._decide(account, origin="automatic", reason=job.reason)
         return result
 

@@ -205,3 +205,18 @@ def test_naive_times_are_refused() -> None:
     acc = account()
     with pytest.raises(ValueError, match="aware"):
         acc.evaluate(dt.datetime(2026, 11, 23))
+
+
+def test_manual_disconnect_is_not_undone_by_a_payment_and_manual_reconnect_below_the_point_holds() -> None:
+    acc = account(balance=5_000)
+    acc.manual_switch("open", at(0), by="op")
+    acc.apply_payment("billing", "P-9", 10_000)
+    assert acc.evaluate(at(1)) is Decision.NONE  # an operator's cut is not reversed by the engine
+    assert acc.supply is Supply.DISCONNECTED
+    assert PrepaidAccount.from_state(acc.state_dict(), id=acc.id, tariff=acc.tariff).manual_disconnect
+    assert acc.manual_switch("close", at(2), hold=dt.timedelta(hours=24)) is None  # balance fine: no hold
+    assert acc.supply is Supply.CONNECTED and acc.hold_until is None
+    low = account(balance=-100)
+    until = low.manual_switch("close", at(3), hold=dt.timedelta(hours=24))
+    assert until == at(3) + dt.timedelta(hours=24) and low.hold_until == until
+    assert low.evaluate(at(4)) is Decision.NONE and low.deferred_reason == "operator_hold"
