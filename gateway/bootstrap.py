@@ -6,6 +6,7 @@ driver per bus, starts the bus scheduler, and serves the API when asked to.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -36,7 +37,8 @@ def default_models_dir() -> Path:
     return REPO_CONFIG / "meters"
 
 
-def build_bus(bus: BusSettings, meters: list[Any], models: dict[str, Any]) -> tuple[MeterDriver[Any], dict[str, Any]]:
+def build_bus(bus: BusSettings, meters: list[Any], models: dict[str, Any], *,
+              timezone: str = "Asia/Shanghai") -> tuple[MeterDriver[Any], dict[str, Any]]:
     """The driver of one bus and, for each meter on it, the driver's own meter description."""
     if bus.protocol.startswith("modbus"):
         from drivers.modbus import ModbusMeter, ModbusRtuDriver, ModbusTcpDriver
@@ -46,18 +48,24 @@ def build_bus(bus: BusSettings, meters: list[Any], models: dict[str, Any]) -> tu
             driver = ModbusTcpDriver(bus.host, bus.port, timeout=bus.timeout_s, retries=bus.retries)
         else:
             port = bus.device if bus.protocol == "modbus-rtu" else f"socket://{bus.host}:{bus.port}"
-            driver = ModbusRtuDriver(port, baudrate=bus.baudrate, parity=bus.parity, stopbits=bus.stopbits,
-                                     timeout=bus.timeout_s)
+            baudrate, parity = bus.line
+            driver = ModbusRtuDriver(port, baudrate=baudrate, parity=parity, stopbits=bus.stopbits,
+                                     timeout=bus.timeout_s, retries=bus.retries)
         targets = {m.id: ModbusMeter(m.id, m.unit_id, _model(models, m.model, m.id)) for m in meters}
         return driver, targets
-    from drivers.dlt645 import Dlt645Driver, Dlt645Meter
-    from drivers.transports import SerialTransport, TcpTransport
+    from drivers.dlt645 import Dlt645Driver, Dlt645Meter, RemoteCommand
+    from drivers.transports import ByteTransport, SerialTransport, TcpTransport
 
+    transport: ByteTransport
     if bus.protocol == "dlt645-serial":
-        transport = SerialTransport(bus.device, baudrate=bus.baudrate, parity=bus.parity, stopbits=bus.stopbits)
+        baudrate, parity = bus.line
+        transport = SerialTransport(bus.device, baudrate=baudrate, parity=parity, stopbits=bus.stopbits)
     else:
         transport = TcpTransport(bus.host, bus.port)
-    driver = Dlt645Driver(transport, timeout=bus.timeout_s, retries=bus.retries)
+    close = RemoteCommand.DIRECT_CLOSE if bus.close_command == "direct" else RemoteCommand.CLOSE_ALLOWED
+    driver = Dlt645Driver(transport, timeout=bus.timeout_s, retries=bus.retries, password_level=bus.password_level,
+                          password=bus.password, operator_code=bus.operator_code, close_command=close,
+                          meter_timezone=timezone)
     return driver, {m.id: Dlt645Meter(m.id, m.address.zfill(12)) for m in meters}
 
 
@@ -107,10 +115,24 @@ class Gateway:
         models = site_models(self.settings, base_dir=self.base_dir)
         for bus in self.settings.buses if self.run_buses else []:
             meters = [m for m in self.settings.meters if m.bus == bus.id]
-            driver, targets = build_bus(bus, meters, models)
+            driver, targets = build_bus(bus, meters, models, timezone=self.settings.site.timezone)
             runners.append(BusRunner(bus.id, driver, targets, self.service, gap_s=bus.gap_ms / 1000))
+            if bus.time_sync_s and bus.protocol.startswith("dlt645"):
+                self._time_sync(bus.id, driver, bus.time_sync_s)
         self.scheduler = await self._stack.enter_async_context(Scheduler(self.service, runners))
         return self
+
+    def _time_sync(self, bus_id: str, driver: Any, interval: float) -> None:
+        from drivers.dlt645 import run_time_sync
+
+        task = asyncio.create_task(run_time_sync(driver, interval=interval), name=f"gateway[{bus_id}].timesync")
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        self._stack.push_async_callback(stop)
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:

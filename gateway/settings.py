@@ -137,12 +137,26 @@ class BusSettings(_Strict):
     host: str | None = None
     port: int | None = Field(None, ge=1, le=65535)
     device: str | None = Field(None, description="serial device path (or socket://host:port)")
-    baudrate: int = 9600
-    parity: Literal["N", "E", "O"] = "N"
+    baudrate: int | None = Field(None, description="default: 2400 for DL/T 645, 9600 for Modbus RTU")
+    parity: Literal["N", "E", "O"] | None = Field(None, description="default: E for DL/T 645, N for Modbus RTU")
     stopbits: Literal[1, 2] = 1
     timeout_s: float = Field(1.0, gt=0)
     retries: int = Field(0, ge=0, le=5)
     gap_ms: float = Field(0, ge=0, description="inter-frame gap between transactions")
+    # DL/T 645 remote control (1CH): the password and operator code never appear in logs; set the password
+    # from the environment (GATEWAY_BUSES__<n>__PASSWORD) rather than in the file.
+    password_level: int = Field(2, ge=0, le=0xFF, description="DL/T 645 password level (02H/04H plaintext)")
+    password: str = Field("000000", repr=False, pattern=r"^[0-9]{6}$")
+    operator_code: str = Field("00000000", pattern=r"^[0-9]{8}$")
+    close_command: Literal["direct", "allowed"] = Field(
+        "direct", description="DL/T 645 reconnect: direct close (1CH) or close allowed (1BH, customer presses)")
+    time_sync_s: float | None = Field(None, gt=0, description="DL/T 645 broadcast time sync every N seconds")
+
+    @property
+    def line(self) -> tuple[int, str]:
+        """Baud rate and parity, with the protocol's defaults."""
+        dlt = self.protocol.startswith("dlt645")
+        return self.baudrate or (2400 if dlt else 9600), self.parity or ("E" if dlt else "N")
 
     @model_validator(mode="after")
     def _endpoint(self) -> BusSettings:

@@ -111,6 +111,7 @@ class SimulatedMeter:
         self._override_w: float | None = None
         self._power_slot: tuple[int, float] = (-1, 0.0)  # (slot, watts): a server reads power many times a slot
         self._voltage_slot: tuple[int, float] = (-1, 0.0)
+        self._frozen = False
 
     # -- state, brought up to date on every read ---------------------------------------------------------
     @property
@@ -190,8 +191,21 @@ class SimulatedMeter:
         self._advance()
         self._by_rate = [energy_wh * share for share in _START_SPLIT]
 
+    # -- a consistent view ----------------------------------------------------------------------------------
+    def freeze(self) -> None:
+        """Bring the meter up to date and hold its time until ``thaw``: a server answering one request reads
+        every register at the same instant (and integrates once instead of once per register)."""
+        self._frozen = False
+        self._advance()
+        self._frozen = True
+
+    def thaw(self) -> None:
+        self._frozen = False
+
     # -- integration ---------------------------------------------------------------------------------------
     def _advance(self) -> None:
+        if self._frozen:
+            return
         now = self.clock.now()
         if self._open_at is not None and self._open_at <= now:
             self._accumulate(self._t, max(self._t, self._open_at))
@@ -205,6 +219,14 @@ class SimulatedMeter:
         if not self._closed or t1 <= t0:
             return
         offset = self.profile.utc_offset_s
+        slot_s = self.profile.slot_s
+        slot = math.floor(t0 / slot_s)
+        if self._override_w is None and t1 <= (slot + 1) * slot_s:  # the usual case: within one slot
+            if self._power_slot[0] != slot:
+                self._power_slot = (slot, self.profile.slot_power_w(slot))
+            rate = RATE_BY_HOUR[int(((t0 + offset) % 86400) // 3600)]
+            self._by_rate[rate] += self._power_slot[1] * (t1 - t0) / 3600
+            return
         for start, end, watts in self._pieces(t0, t1):
             rate = RATE_BY_HOUR[int(((start + offset) % 86400) // 3600)]
             self._by_rate[rate] += watts * (end - start) / 3600

@@ -61,6 +61,19 @@ def quantity_value(meter: SimulatedMeter, quantity: str) -> int | float:
     return _VALUES[quantity](meter)
 
 
+def _encoder(encoding: Encoding, word_order: str) -> Callable[[int | float], list[int]]:
+    """``registers.encode`` for one register, without its checks (the converter keeps values in range)."""
+    if encoding in ("uint16", "bool"):
+        return lambda raw: [int(raw) & 0xFFFF]
+    if encoding == "int16":
+        return lambda raw: [int(raw) & 0xFFFF]
+    if encoding in ("uint32", "int32"):
+        if word_order == "big":
+            return lambda raw: [(int(raw) >> 16) & 0xFFFF, int(raw) & 0xFFFF]
+        return lambda raw: [int(raw) & 0xFFFF, (int(raw) >> 16) & 0xFFFF]
+    return lambda raw: encode(raw, encoding, word_order)  # type: ignore[arg-type]
+
+
 def _raw_converter(quantity: str, scale: Decimal, unit: str, encoding: Encoding) -> Callable[[int | float], int | float]:
     """``from_canonical`` for one register, precomputed: the common cases avoid Decimal (a server's hot path)."""
     factor = scale * unit_factor(quantity, unit)
@@ -80,6 +93,13 @@ def _raw_converter(quantity: str, scale: Decimal, unit: str, encoding: Encoding)
             return max(low, min(high, raw))
 
         return integral
+    if not energy:  # 0.1 V, 0.01 A...: round half up in floats (Decimal only matters for energy)
+        as_float = float(factor)
+
+        def scaled(value: int | float) -> int:
+            return max(low, min(high, math.floor(value / as_float + 0.5)))
+
+        return scaled
     return lambda value: from_canonical(quantity, value, scale=scale, unit=unit, encoding=encoding)
 
 
@@ -136,10 +156,10 @@ class ModelLayout:
         spec = self.model.registers[name]
         value = _VALUES[name]
         convert = _raw_converter(name, spec.scale, spec.unit, spec.encoding)
-        encoding, word_order = spec.encoding, spec.word_order
+        pack = _encoder(spec.encoding, spec.word_order)
 
         def fill(meter: SimulatedMeter) -> list[int]:
-            return encode(convert(value(meter)), encoding, word_order)
+            return pack(convert(value(meter)))
 
         return _Slot(spec.table, spec.address, spec.length, fill)
 
@@ -197,12 +217,16 @@ class MeterUnit:
         if plan is None:
             return ILLEGAL_ADDRESS
         meter = self.meter
-        if len(plan) == 1 and plan[0][3] == count and plan[0][2] == 0 and plan[0][0].length == count:
-            return plan[0][0].fill(meter)
-        values = [0] * count
-        for slot, at, offset, n in plan:
-            values[at : at + n] = slot.fill(meter)[offset : offset + n]
-        return values
+        meter.freeze()
+        try:
+            if len(plan) == 1 and plan[0][3] == count and plan[0][2] == 0 and plan[0][0].length == count:
+                return plan[0][0].fill(meter)
+            values = [0] * count
+            for slot, at, offset, n in plan:
+                values[at : at + n] = slot.fill(meter)[offset : offset + n]
+            return values
+        finally:
+            meter.thaw()
 
     def write(self, function_code: int, address: int, values: list[int], *, stuck: bool = False) -> int | None:
         """Apply a write (FC05/06/15/16; values are 0/1 for coils); returns a Modbus exception code or None.

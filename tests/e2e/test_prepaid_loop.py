@@ -6,37 +6,19 @@ within seconds of a payment. The relay state is asserted on the simulated meter 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-
 from drivers.modbus import load_model
-from gateway.bootstrap import Gateway, default_models_dir
-from gateway.runtime import ApiServer
+from gateway.bootstrap import default_models_dir
 from gateway.settings import Settings, hash_key
 from simulators.modbus import ModbusFleet
+from tests.e2e.gateway_process import running_gateway
 from tests.support import async_wait_until, free_port
 
 BILLING, VIEWER = "e2e-billing-key", "e2e-viewer-key"
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(settings: Settings, base_dir: Path):
-    async with Gateway(settings, base_dir=base_dir) as gateway:
-        server = ApiServer(uvicorn.Config(gateway.app(), host="127.0.0.1", port=settings.api.port,
-                                          log_level="warning", lifespan="off"), handle_signals=False)
-        task = asyncio.create_task(server.serve())
-        await async_wait_until(lambda: server.started, timeout=10, what="the API to start")
-        try:
-            yield gateway
-        finally:
-            server.should_exit = True
-            await task
 
 
 @pytest.fixture
