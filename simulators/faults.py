@@ -237,7 +237,7 @@ class FaultPlan:
 
 
 def _fault(kind: FaultKind, arg: str) -> Fault:
-    number = float(arg) if arg else None
+    number = float(arg) if arg and kind is not FaultKind.EXCEPTION else None
     match kind:
         case FaultKind.SLOW:
             return Fault(kind, delay_s=number or 0.0)

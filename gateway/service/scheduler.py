@@ -87,6 +87,8 @@ class MeterHealth:
     last_error: str | None = None
     pending: bool = False  # a reading of it is in the writer
     polls: int = 0
+    tries: int = 0  # polls that used the bus (successful or not)
+    busy_s: float = 0.0  # time the bus spent on its polls
 
     def as_dict(self, now: float, stale_after_s: float, started: float) -> dict[str, Any]:
         since = self.last_success if self.last_success is not None else started
@@ -99,6 +101,8 @@ class MeterHealth:
             "last_error": self.last_error,
             "next_poll_in_s": round(max(0.0, self.due - now), 3),
             "polls": self.polls,
+            "tries": self.tries,
+            "busy_s": round(self.busy_s, 4),
         }
 
 
@@ -273,10 +277,12 @@ class BusRunner:
             await self._room.wait()  # the writer is behind: wait for it instead of piling readings up
             now = time.monotonic()
         self._note_lag(now - meter.due, now)
+        meter.tries += 1
         try:
             reading = await self.driver.read(self.targets[meter.meter_id])
         except DriverError as exc:
             end = time.monotonic()
+            meter.busy_s += end - now
             self._bus_failed(meter, exc, end)
             self._failed(meter, str(exc))
             if isinstance(exc, ConnectError) or self._bus_down:
@@ -285,6 +291,7 @@ class BusRunner:
                 self._schedule(meter, end + self._backoff(meter))
         else:
             end = time.monotonic()
+            meter.busy_s += end - now
             self._succeeded(meter, reading, end)
             self._next_slot(meter, end, count=True)
         if self._runner_gap:

@@ -19,7 +19,7 @@ from simulators.faults import FaultPlan, parse_faults
 from simulators.loadprofile import LoadProfile, unit_random
 from simulators.meter import Clock, SimClock, SimulatedMeter
 from simulators.modbus.device import MeterUnit, ModelLayout
-from simulators.modbus.server import ModbusServer, WriteListener
+from simulators.modbus.server import ModbusServer, RequestTrace, WriteListener
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
@@ -62,6 +62,7 @@ class _Fleet:
         self.clock: Clock = clock if clock is not None else SimClock(speed=speed)
         self.faults = faults if faults is not None else FaultPlan(seed=seed)
         self.on_write = on_write
+        self.trace: RequestTrace | None = None  # set before start: every request (unit id, PDU) as it arrives
         layout = ModelLayout(model)
         trip_delay = model.relay.trip_delay if model.relay is not None else 0.0
         self.units: dict[int, MeterUnit] = {}
@@ -178,7 +179,8 @@ class ModbusFleet(_Fleet):
         self.host, self.port, self.framer = host, port, framer
 
     def _new_server(self) -> ModbusServer:
-        return ModbusServer(self.units, framer=self.framer, faults=self.faults, on_write=self.on_write)
+        return ModbusServer(self.units, framer=self.framer, faults=self.faults, on_write=self.on_write,
+                            trace=self.trace)
 
     async def _open(self, server: ModbusServer) -> None:
         await server.listen(self.host, self.port)
@@ -234,6 +236,7 @@ class ModbusSerialFleet(_Fleet):
             framer="rtu",
             faults=self.faults,
             on_write=self.on_write,
+            trace=self.trace,
             pace_baud=self.baudrate if self.pace else None,
             bits_per_char=bits,
         )

@@ -19,7 +19,7 @@ from typing import Literal
 from simulators.faults import NO_FAULT, FaultPlan, ReplyFault
 from simulators.modbus.device import ILLEGAL_FUNCTION, ILLEGAL_VALUE, MeterUnit
 
-__all__ = ["GATEWAY_TARGET_FAILED", "ModbusServer", "WriteListener", "crc16"]
+__all__ = ["GATEWAY_TARGET_FAILED", "ModbusServer", "RequestTrace", "WriteListener", "crc16"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ _REGISTERS: dict[int, struct.Struct] = {}
 
 # (unit id, function code, address, values) after a write was applied
 WriteListener = Callable[[int, int, int, list[int]], None]
+# (unit id, request PDU) for every request, before it is answered
+RequestTrace = Callable[[int, bytes], None]
 
 
 def _crc_table() -> list[int]:
@@ -89,6 +91,7 @@ class ModbusServer:
         pace_baud: on an RTU line, answer only after the time the request and the answer would take on a line
             of this baud rate, plus 3.5 character times (a pty transfers bytes instantly).
         on_write: called after every applied write (e.g. a benchmark timing relay commands on the wire).
+        trace: called with every request (unit id, PDU) as it arrives.
     """
 
     def __init__(
@@ -100,8 +103,10 @@ class ModbusServer:
         pace_baud: int | None = None,
         bits_per_char: int = 11,
         on_write: WriteListener | None = None,
+        trace: RequestTrace | None = None,
     ) -> None:
         self.units = units
+        self.trace = trace
         self.framer = framer
         self.faults = faults if faults is not None else FaultPlan()
         self.char_time = bits_per_char / pace_baud if pace_baud else 0.0
@@ -144,6 +149,8 @@ class ModbusServer:
     def respond(self, unit_id: int, pdu: bytes) -> tuple[bytes | None, ReplyFault]:
         """The answer PDU to one request PDU (None: no answer) and the fault to apply to its frame."""
         self.requests += 1
+        if self.trace is not None:
+            self.trace(unit_id, pdu)
         unit = self.units.get(unit_id)
         if unit is None:
             if unit_id == 0:  # broadcast: writes go to every unit, nobody answers

@@ -213,3 +213,24 @@ async def _can_read(driver: ModbusRtuDriver, meter: ModbusMeter) -> bool:
     except (ConnectError, MeterTimeout):
         return False
     return True
+
+
+async def test_an_urgent_command_goes_between_the_requests_of_a_read():
+    """A relay command waits for the transaction in flight only, not for the rest of a multi-request read."""
+    from simulators.faults import Fault, FaultKind
+
+    fleet = ModbusFleet(GENERIC, meters=2, port=free_port())
+    wire: list[tuple[int, int]] = []
+    fleet.trace = lambda unit, pdu: wire.append((unit, pdu[0]))
+    fleet.faults.add(Fault(FaultKind.SLOW, delay_s=0.1), meters=[fleet.index_of(2)])  # unit 2 answers slowly
+    async with fleet, ModbusTcpDriver("127.0.0.1", fleet.port) as driver:
+        slow, other = ModbusMeter("m2", 2, GENERIC), ModbusMeter("m1", 1, GENERIC)
+        poll = asyncio.create_task(driver.read(slow))  # FC04 then FC02
+        queued = asyncio.create_task(driver.read(other))  # a poll waiting for the bus
+        await async_wait_until(lambda: wire == [(2, 4)], timeout=5, what="the first request of the poll")
+        with driver.urgent():
+            await driver.set_relay(other, RelayAction.OPEN)
+        await asyncio.gather(poll, queued)
+    assert wire[:2] == [(2, 4), (1, 5)]  # the command right after the transaction in flight
+    assert sorted(wire[2:]) == [(1, 2), (1, 4), (2, 2)]  # then the polls
+    assert not fleet.meters[1].relay_closed

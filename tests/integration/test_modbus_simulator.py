@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 
 import pytest
 
 from drivers.base import RelayState
-from drivers.errors import ConnectError, MeterTimeout
+from drivers.errors import ConnectError, ExceptionReply, MeterTimeout
 from drivers.modbus import ModbusMeter, ModbusTcpDriver, load_model
-from simulators.modbus import DEFAULT_MODEL_PATH, MAX_UNITS, ModbusFleet, serve_modbus
+from simulators.modbus import DEFAULT_MODEL_PATH, MAX_UNITS, ModbusFleet, ModbusSerialFleet, serve_modbus
+from tests.conftest import REPO_ROOT
 from tests.support import async_wait_until, free_port, require_tool
 
 GENERIC = load_model(DEFAULT_MODEL_PATH)
@@ -30,7 +32,7 @@ def two_free_ports() -> int:
 async def readable(driver: ModbusTcpDriver, meter: ModbusMeter) -> bool:
     try:
         await driver.read(meter)
-    except (ConnectError, MeterTimeout):
+    except (ConnectError, MeterTimeout, ExceptionReply):
         return False
     return True
 
@@ -107,3 +109,65 @@ async def test_mbpoll_reads_and_switches_a_simulated_meter():
         assert not sim.relay_closed
         out = await run("-t", "1", "-r", "0", "-c", "1", "127.0.0.1")
         assert "[0]: \t0" in out
+
+
+async def test_mbpoll_reads_and_switches_a_simulated_meter_over_rtu_on_a_pty(pty_pair):
+    """The same, over RTU: mbpoll on one end of a socat pty pair, the simulator on the other."""
+    mbpoll = require_tool("mbpoll")
+    master_end, simulator_end = pty_pair
+    async with ModbusSerialFleet(GENERIC, meters=3, port=simulator_end, baudrate=19200, pace=True) as fleet:
+        sim = fleet.meters[3]
+        sim.set_power_w(4321)
+
+        async def run(*args: str) -> str:
+            proc = await asyncio.create_subprocess_exec(
+                mbpoll, "-m", "rtu", "-b", "19200", "-P", "none", "-a", "3", "-0", "-1", "-o", "2", *args,
+                master_end, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await asyncio.wait_for(proc.communicate(), 20)
+            assert proc.returncode == 0, out.decode()
+            return out.decode()
+
+        out = await run("-t", "3:int", "-B", "-r", "12", "-c", "1")
+        assert "[12]: \t4321" in out
+        before = sim.energy_wh
+        out = await run("-t", "3:int", "-B", "-r", "0", "-c", "1")
+        assert before <= int(out.split("[0]:")[1].split()[0]) <= sim.energy_wh
+        proc = await asyncio.create_subprocess_exec(
+            mbpoll, "-m", "rtu", "-b", "19200", "-P", "none", "-a", "3", "-0", "-1", "-o", "2", "-t", "0", "-r",
+            "0", master_end, "0", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out_bytes, _ = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 0, out_bytes.decode()
+        assert not sim.relay_closed and fleet.meters[1].relay_closed
+        out = await run("-t", "1", "-r", "0", "-c", "1")
+        assert "[0]: \t0" in out
+
+
+async def test_the_cli_serves_more_than_247_meters_with_faults(tmp_path):
+    port = two_free_ports()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "simulate", "modbus", "--meters", "300", "--per-port", "150",
+        "--port", str(port), "--faults", "no-answer@151; exception:6@0", cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        async with ModbusTcpDriver("127.0.0.1", port + 1, timeout=0.3) as second:
+            last = ModbusMeter("last", 150, GENERIC)  # meter 299: the last unit id of the second port
+            await async_wait_until(lambda: readable(second, last), timeout=20, what="the second port")
+            with pytest.raises(MeterTimeout):  # meter 151 = unit 2 of the second port
+                await second.read(ModbusMeter("dead", 2, GENERIC))
+        async with ModbusTcpDriver("127.0.0.1", port, timeout=0.3) as first:
+            with pytest.raises(ExceptionReply) as info:  # meter 0 = unit 1 of the first port
+                await first.read(ModbusMeter("busy", 1, GENERIC))
+            assert info.value.code == 6
+            assert (await first.read(ModbusMeter("ok", 150, GENERIC))).energy_wh > 0
+    finally:
+        proc.terminate()
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    assert b"serving 300 simulated meters" in out
+
+
+async def test_the_cli_refuses_a_bad_fault_rule():
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "simulate", "modbus", "--faults", "sometimes@1", cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2 and b"fault rule 'sometimes@1'" in out
