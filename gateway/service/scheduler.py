@@ -13,8 +13,9 @@ Each ``BusRunner`` runs three loops over its bus:
 - **health**: failed polls are written to the meters table (``Service.record_failure``) off the poll path.
 
 A meter that fails backs off (a circuit breaker): after the k-th failure in a row it is tried again after
-``min(base * 2 ** (k - 1), cap)`` with ``base = max(poll interval, backoff_base_s)``, so a dead meter costs its
-bus at most one timeout per backoff period and the others keep their rate. A bus that fails as a whole (the
+``min(base * 2 ** (k - 1), cap)`` with ``base = max(poll interval, backoff_base_s)`` (10 s by default: a meter
+polled every second must not cost its bus a timeout every second once it is dead), so a dead meter costs its bus
+at most one timeout per backoff period and the others keep their rate. A bus that fails as a whole (the
 endpoint refuses connections, or several meters in a row stop answering) is marked down: polls that come due
 fail without touching the bus and one probe is made per bus backoff period (0.5 s doubling up to
 ``bus_backoff_cap_s``); the first answer brings it back. Nothing needs a restart.
@@ -117,7 +118,7 @@ class BusRunner:
         gap_s: silence kept between two transactions (on top of the protocol's own gap).
         backoff_cap_s: the longest a failing meter waits between two tries.
         sweep_s: how often active commands are picked up from the database (other instances, restarts).
-        backoff_base_s: the first backoff; it is never shorter than the meter's poll interval.
+        backoff_base_s: the first backoff of a failing meter; never shorter than its poll interval.
         bus_backoff_cap_s: the longest a bus that is down waits between two probes.
         offline_after: failures in a row after which a meter is offline (degraded before that).
         max_pending: readings of this bus that may wait in the writer at once.
@@ -125,7 +126,7 @@ class BusRunner:
 
     def __init__(self, bus_id: str, driver: MeterDriver[Any], targets: dict[str, Any], service: Service, *,
                  gap_s: float = 0.0, backoff_cap_s: float = 300.0, sweep_s: float = 2.0,
-                 backoff_base_s: float = 0.0, bus_backoff_cap_s: float = 30.0, offline_after: int = 3,
+                 backoff_base_s: float = 10.0, bus_backoff_cap_s: float = 30.0, offline_after: int = 3,
                  max_pending: int = 64) -> None:
         self.bus_id = bus_id
         self.driver = driver

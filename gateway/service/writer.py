@@ -275,9 +275,14 @@ class _Batch:
                     .values(reversed_at=record["reversed_at"], reversal_reason=record["reversal_reason"]))
         if self.readings:
             await uow.execute(sa.insert(t.readings), self.readings)
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # one executemany per set of changed columns
         for meter_id, meter in self.meters.items():
             if meter.changed:
-                await uow.execute(sa.update(t.meters).where(t.meters.c.id == meter_id).values(**meter.changed))
+                groups.setdefault(tuple(sorted(meter.changed)), []).append(meter.changed | {"_id": meter_id})
+        for columns, rows in groups.items():
+            statement = sa.update(t.meters).where(t.meters.c.id == sa.bindparam("_id")).values(
+                {c: sa.bindparam(c) for c in columns})
+            await uow.execute(statement, rows)
         await repo.save_accounts(uow, list(self.accounts.values()), self.now)
         if self.limiter is not None:
             state = self.limiter.state_dict()
@@ -317,6 +322,8 @@ class Writer:
         self.uow, self.catalog, self.clock = uow, catalog, clock
         self.on_commands = on_commands
         self.max_batch = max_batch
+        # Payments and operator changes go ahead of readings, so a reading backlog never delays a reconnect.
+        self._urgent: list[tuple[Job, asyncio.Future[Any]]] = []
         self._queue: list[tuple[Job, asyncio.Future[Any]]] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -329,7 +336,7 @@ class Writer:
         The job is queued at once (before the caller awaits), so jobs keep the order they were submitted in.
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((job, future))
+        (self._queue if isinstance(job, ReadingJob) else self._urgent).append((job, future))
         self._ready.set()
         if self._task is None:
             self.start()
@@ -337,7 +344,7 @@ class Writer:
 
     @property
     def backlog(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._urgent)
 
     def start(self) -> None:
         if self._task is None:
@@ -345,23 +352,26 @@ class Writer:
 
     async def aclose(self) -> None:
         """Finish what is queued, then stop."""
-        while self._queue and self._task is not None and not self._task.done():
+        while self.backlog and self._task is not None and not self._task.done():
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for _, future in self._queue:
+        for _, future in self._urgent + self._queue:
             if not future.done():
                 future.set_exception(RuntimeError("the gateway is stopping"))
+        self._urgent.clear()
         self._queue.clear()
 
     async def _run(self) -> None:
         while True:
             await self._ready.wait()
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
-            if not self._queue:
+            batch, self._urgent = self._urgent[: self.max_batch], self._urgent[self.max_batch:]
+            room = self.max_batch - len(batch)
+            batch, self._queue = batch + self._queue[:room], self._queue[room:]
+            if not self._queue and not self._urgent:
                 self._ready.clear()
             if not batch:
                 continue

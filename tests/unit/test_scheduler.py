@@ -119,6 +119,7 @@ async def running(runner: BusRunner) -> AsyncIterator[BusRunner]:
 
 
 def bus(service: FakeService, driver: FakeDriver, **options: Any) -> BusRunner:
+    options.setdefault("backoff_base_s", 0.0)  # back off from the poll interval: these tests run for seconds
     return BusRunner("b1", driver, {m: m for m in service.catalog.meters}, service, **options)  # type: ignore[arg-type]
 
 
@@ -249,6 +250,17 @@ async def test_meters_that_stop_answering_together_mean_the_bus_is_down() -> Non
         await async_wait_until(lambda: runner.stats()["state"] == "down", timeout=5, what="the bus to go down")
         driver.dead.clear()
         await async_wait_until(lambda: runner.stats()["online"] == 8, timeout=5, what="every meter back")
+
+
+async def test_the_first_backoff_is_never_shorter_than_the_minimum() -> None:
+    service = FakeService({"m0": 0.05, "m1": 0.05})
+    driver = FakeDriver(timeout=0.01)
+    driver.dead.add("m1")
+    runner = bus(service, driver, backoff_base_s=0.5)
+    async with running(runner):
+        await async_wait_until(lambda: len(driver.calls_of("m1")) >= 2, timeout=5, what="a second try")
+    first, second = driver.calls_of("m1")[:2]
+    assert second - first == pytest.approx(0.51, abs=0.05)
 
 
 async def test_stale_meters_and_scheduler_totals() -> None:

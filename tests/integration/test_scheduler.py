@@ -1,0 +1,210 @@
+"""The bus scheduler in a running gateway, against the Modbus simulator over real sockets and serial ptys.
+
+A dead meter costs its bus no more than its backoff budget; RTU on a pty end to end with a relay command that
+does not wait behind the polls; an endpoint and a serial port that go away and come back; the relay command
+lifecycle (restart recovery of `sending`, refusals fail fast, transport errors retry until expiry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from drivers.modbus import load_model
+from gateway.adapters import tables as t
+from gateway.bootstrap import Gateway
+from gateway.service import commands as cmds
+from gateway.service.scheduler import BusRunner
+from gateway.settings import Settings
+from simulators.faults import Fault, FaultKind
+from simulators.modbus import DEFAULT_MODEL_PATH, ModbusFleet, ModbusSerialFleet
+from tests.support import async_wait_until, free_port, socat_pty_pair
+
+GENERIC = load_model(DEFAULT_MODEL_PATH)
+
+
+def site(tmp_path: Path, bus: dict[str, Any], meters: int, *, interval: float, expiry_s: float = 30) -> Settings:
+    return Settings.model_validate({
+        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
+        "engine": {"command_expiry_s": expiry_s, "confirm_interval_s": 0.1},
+        "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
+        "accounts": [{"id": f"A-{i}", "tariff": "flat", "opening_balance": "1000.00"} for i in range(1, meters + 1)],
+        "buses": [{"id": "bus", **bus}],
+        "meters": [{"id": f"M-{i}", "bus": "bus", "unit_id": i, "account": f"A-{i}", "poll_interval_s": interval}
+                   for i in range(1, meters + 1)],
+    })
+
+
+@contextlib.asynccontextmanager
+async def gateway(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Gateway, BusRunner]]:
+    async with Gateway(settings, base_dir=tmp_path) as gw:
+        assert gw.scheduler is not None
+        yield gw, gw.scheduler.runners[0]
+
+
+async def db_health(gw: Gateway, meter_id: str) -> str:
+    async with gw.uow(readonly=True) as uow:
+        return str((await uow.execute(sa.select(t.meters.c.health).where(t.meters.c.id == meter_id))).scalar_one())
+
+
+async def command(gw: Gateway, command_id: str) -> cmds.CommandRecord:
+    async with gw.uow(readonly=True) as uow:
+        record = await cmds.get_command(uow, command_id)
+    assert record is not None
+    return record
+
+
+async def test_a_dead_meter_costs_its_bus_no_more_than_its_backoff_budget(tmp_path: Path) -> None:
+    timeout, interval, window = 0.1, 0.1, 3.0
+    async with ModbusFleet(GENERIC, meters=5, port=free_port()) as fleet:
+        fleet.faults.add(Fault(FaultKind.NO_ANSWER), meters=[fleet.index_of(5)])
+        bus = {"protocol": "modbus-tcp", "host": "127.0.0.1", "port": fleet.port, "timeout_s": timeout}
+        async with gateway(site(tmp_path, bus, 5, interval=interval), tmp_path) as (gw, runner):
+            runner.backoff_base_s = 0.0  # back off from the interval (before M-5's first try ends at 0.18 s)
+            start = time.monotonic()
+            await async_wait_until(lambda: time.monotonic() - start >= window, timeout=10, what="the window")
+            health = runner.meter_health()
+            stats = runner.stats()
+            elapsed = time.monotonic() - start
+            await async_wait_until(lambda: _is(db_health(gw, "M-5"), "offline"), timeout=5, what="M-5 offline")
+            assert await db_health(gw, "M-1") == "online"
+    dead = health["M-5"]
+    # the most tries the backoff allows in the window: a try every timeout + min(interval * 2 ** (k - 1), cap)
+    allowed, at, k = 0, interval * 4 / 5, 0  # M-5's first poll is staggered to 4/5 of the interval
+    while at <= elapsed:
+        allowed, k = allowed + 1, k + 1
+        at += timeout + min(interval * 2 ** (k - 1), runner.backoff_cap_s)
+    assert 1 <= dead["tries"] <= allowed, (dead, allowed)
+    assert dead["busy_s"] <= dead["tries"] * (timeout + 0.05)  # each try costs the bus one timeout
+    assert dead["state"] == "offline" and dead["polls"] == 0
+    for meter_id in ("M-1", "M-2", "M-3", "M-4"):  # the others keep their rate: at most one slot lost per try
+        assert health[meter_id]["polls"] >= elapsed / interval - dead["tries"] - 3, health[meter_id]
+        assert health[meter_id]["state"] == "online"
+    assert stats["failures"] == dead["tries"]
+
+
+async def test_the_gateway_polls_and_switches_meters_over_rtu_on_a_pty(tmp_path: Path, pty_pair) -> None:
+    gateway_end, simulator_end = pty_pair
+    writes: list[tuple[float, int, int]] = []
+    fleet = ModbusSerialFleet(GENERIC, meters=4, port=simulator_end, baudrate=19200, pace=True,
+                              on_write=lambda unit, fc, address, values: writes.append((time.monotonic(), unit,
+                                                                                        values[0])))
+    bus = {"protocol": "modbus-rtu", "device": gateway_end, "baudrate": 19200, "timeout_s": 0.5}
+    async with fleet, gateway(site(tmp_path, bus, 4, interval=0.05), tmp_path) as (gw, runner):
+        # 4 meters every 50 ms ask for 80 polls/s; a paced 19200-baud line does about 25: the bus is saturated
+        await async_wait_until(lambda: all(h["polls"] >= 2 for h in runner.meter_health().values()), timeout=10,
+                               what="every meter polled over RTU")
+        created = time.monotonic()
+        record = await gw.service.request_command(meter_id="M-2", action="open", origin="operator",
+                                                  operator="test", reason="rtu test", actor="test")
+        await async_wait_until(lambda: bool(writes), timeout=5, what="the relay write on the line")
+        latency = writes[0][0] - created
+        await async_wait_until(lambda: _is(_state(gw, record.id), "confirmed"), timeout=5, what="confirmation")
+        stats = runner.stats()
+    assert writes[0][1:] == (2, 0)  # coil 0 of unit 2 := 0 (open)
+    assert not fleet.meters[2].relay_closed and fleet.meters[1].relay_closed
+    # one transaction on this line is about 25 ms; the rest is the command's own database work
+    assert latency < 0.25, latency
+    assert stats["skipped"] > 0 and stats["overloaded"]  # saturated: skipped, never queued
+
+
+async def test_an_endpoint_that_goes_away_and_comes_back_is_polled_again(tmp_path: Path) -> None:
+    fleet = ModbusFleet(GENERIC, meters=3, port=free_port())
+    bus = {"protocol": "modbus-tcp", "host": "127.0.0.1", "port": fleet.port, "timeout_s": 0.2}
+    async with fleet, gateway(site(tmp_path, bus, 3, interval=0.1), tmp_path) as (gw, runner):
+        await async_wait_until(lambda: runner.stats()["online"] == 3, timeout=10, what="every meter online")
+        await fleet.stop()
+        await async_wait_until(lambda: runner.stats()["offline"] == 3, timeout=10, what="every meter offline")
+        assert runner.stats()["state"] == "down"
+        await async_wait_until(lambda: _is(db_health(gw, "M-1"), "offline"), timeout=5, what="the meters table")
+        await fleet.start()
+        back = time.monotonic()
+        await async_wait_until(lambda: runner.stats()["online"] == 3, timeout=10, what="every meter back")
+        assert time.monotonic() - back < 3.0
+        await async_wait_until(lambda: _is(db_health(gw, "M-1"), "online"), timeout=5, what="online again")
+
+
+async def test_a_serial_port_that_goes_away_and_comes_back_is_polled_again(tmp_path: Path) -> None:
+    ptys = tmp_path / "ptys"
+    ptys.mkdir()
+    cable = contextlib.ExitStack()
+    gateway_end, simulator_end = cable.enter_context(socat_pty_pair(ptys))
+    try:
+        fleet = ModbusSerialFleet(GENERIC, meters=2, port=simulator_end, baudrate=19200)
+        bus = {"protocol": "modbus-rtu", "device": gateway_end, "baudrate": 19200, "timeout_s": 0.2}
+        async with gateway(site(tmp_path, bus, 2, interval=0.1), tmp_path) as (_, runner):
+            await fleet.start()
+            await async_wait_until(lambda: runner.stats()["online"] == 2, timeout=10, what="every meter online")
+            await fleet.stop()
+            cable.close()  # the cable is pulled: socat and its ptys go away...
+            await async_wait_until(lambda: runner.stats()["offline"] == 2, timeout=10, what="meters offline")
+            with socat_pty_pair(ptys) as (_, simulator_end):  # ...and come back under the same names
+                async with ModbusSerialFleet(GENERIC, meters=2, port=simulator_end, baudrate=19200):
+                    back = time.monotonic()
+                    await async_wait_until(lambda: runner.stats()["online"] == 2, timeout=15,
+                                           what="every meter back on the new pty")
+                    assert time.monotonic() - back < 10
+    finally:
+        cable.close()
+
+
+async def test_a_command_left_sending_is_checked_by_reading_the_relay_first(tmp_path: Path) -> None:
+    writes: list[tuple[int, int]] = []
+    fleet = ModbusFleet(GENERIC, meters=2, port=free_port(), on_write=lambda u, fc, a, v: writes.append((u, v[0])))
+    bus = {"protocol": "modbus-tcp", "host": "127.0.0.1", "port": fleet.port, "timeout_s": 0.3}
+    settings = site(tmp_path, bus, 2, interval=60)
+    async with fleet:
+        async with gateway(settings, tmp_path) as (gw, _):
+            ids = []
+            async with gw.uow() as uow:  # a previous run crashed between `sending` and the write
+                now = dt.datetime.now(dt.UTC)
+                for meter_id in ("M-1", "M-2"):
+                    record = await cmds.create_command(uow, meter_id=meter_id, action="open", origin="operator",
+                                                       now=now, expires_at=now + dt.timedelta(seconds=30))
+                    assert await cmds.transition(uow, record.id, "queued", "sending", now, attempt=True)
+                    ids.append(record.id)
+                await uow.commit()
+        fleet.meters[1].set_relay(False)  # M-1's command did reach the meter before the crash
+        async with gateway(settings, tmp_path) as (gw, _):
+            await async_wait_until(lambda: _all_confirmed(gw, ids), timeout=10, what="both commands confirmed")
+            first, second = await command(gw, ids[0]), await command(gw, ids[1])
+    assert writes == [(2, 0)]  # M-1 was only read back, never written again; M-2 was sent once
+    assert first.attempts == 1 and second.attempts == 2
+    assert not fleet.meters[2].relay_closed
+
+
+async def test_a_refused_command_fails_fast_and_a_silent_meter_is_retried_until_expiry(tmp_path: Path) -> None:
+    fleet = ModbusFleet(GENERIC, meters=2, port=free_port())
+    fleet.faults.add(Fault(FaultKind.EXCEPTION, code=4), meters=[fleet.index_of(1)])
+    fleet.faults.add(Fault(FaultKind.NO_ANSWER), meters=[fleet.index_of(2)])
+    bus = {"protocol": "modbus-tcp", "host": "127.0.0.1", "port": fleet.port, "timeout_s": 0.1}
+    async with fleet, gateway(site(tmp_path, bus, 2, interval=60, expiry_s=2.5), tmp_path) as (gw, _):
+        refused = await gw.service.request_command(meter_id="M-1", action="open", origin="operator",
+                                                   operator="test", reason="refused", actor="test")
+        silent = await gw.service.request_command(meter_id="M-2", action="open", origin="operator",
+                                                  operator="test", reason="silent", actor="test")
+        await async_wait_until(lambda: _is(_state(gw, refused.id), "failed"), timeout=2, what="a fast failure")
+        first = await command(gw, refused.id)
+        assert first.attempts == 1 and first.last_error == "meter refused: Modbus exception 4 (server device failure)"
+        await async_wait_until(lambda: _is(_state(gw, silent.id), "expired"), timeout=10, what="the expiry")
+        second = await command(gw, silent.id)
+    assert second.attempts >= 2 and second.last_error == "expired before it was sent"
+
+
+async def _state(gw: Gateway, command_id: str) -> str:
+    return (await command(gw, command_id)).state
+
+
+async def _all_confirmed(gw: Gateway, ids: list[str]) -> bool:
+    return all([await _state(gw, i) == "confirmed" for i in ids])
+
+
+async def _is(value: Any, expected: str) -> bool:
+    return await value == expected
+
