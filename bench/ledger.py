@@ -56,7 +56,7 @@ def site(db: Path, accounts: int) -> Settings:
 
 
 async def gateway_payments(db: Path, n: int, clients: int, accounts: int) -> tuple[float, int]:
-    async with Gateway(site(db, accounts), base_dir=db.parent) as gw:
+    async with Gateway(site(db, accounts), base_dir=db.parent, run_buses=False) as gw:
         queue = iter(range(n))
 
         async def client() -> None:
@@ -72,7 +72,7 @@ async def gateway_payments(db: Path, n: int, clients: int, accounts: int) -> tup
 
 async def gateway_readings(db: Path, n: int, clients: int, meters: int) -> tuple[float, int]:
     t0 = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
-    async with Gateway(site(db, meters), base_dir=db.parent) as gw:
+    async with Gateway(site(db, meters), base_dir=db.parent, run_buses=False) as gw:
         writer = gw.service.writer
         batches_before = writer.batches
         queue = iter(range(n))

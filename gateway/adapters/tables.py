@@ -41,6 +41,7 @@ accounts = sa.Table(
     sa.Column("deferred_reason", sa.String(32), nullable=False, server_default=""),
     sa.Column("deferred_until", UtcDateTime, nullable=True),
     sa.Column("state", sa.JSON, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),  # +1 on every change
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )
 

@@ -110,6 +110,11 @@ def split_energy(t0: dt.datetime, t1: dt.datetime, delta_wh: int, tariff: Tariff
     rates add up to the total delta, then spread over billing periods in proportion to time. Without it, energy
     is assigned to periods and rates in proportion to time.
     """
+    if tariff.schedule is None and not by_register:
+        # The common case, a tariff without time-of-use rates: only a period boundary can split the energy.
+        key = period_key(t0.astimezone(tz).date(), tariff.period)
+        if t1 <= _local_midnight(next_period_start(key, tariff.period), tz):
+            return {key: {ANY_RATE: delta_wh}}
     pieces = split_time(t0, t1, tariff, tz)
     out: dict[dt.date, dict[str, int]] = {}
     if by_register:

@@ -58,14 +58,52 @@ async def load_account(uow: UnitOfWork, catalog: Catalog, account_id: str) -> Pr
     return accounts[account_id]
 
 
-async def load_accounts(uow: UnitOfWork, catalog: Catalog, account_ids: list[str]) -> dict[str, PrepaidAccount]:
+class AccountCache:
+    """The writer's accounts as they were last committed, keyed by id with the row's version.
+
+    A cached account is reused only while the row's version is unchanged (another instance sharing the
+    database bumps it); after a failed transaction the cache must be cleared, as its objects may hold changes
+    that were rolled back.
+    """
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self.entries: dict[str, tuple[int, PrepaidAccount]] = {}
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+async def load_accounts(uow: UnitOfWork, catalog: Catalog, account_ids: list[str], *,
+                        cache: AccountCache | None = None) -> dict[str, PrepaidAccount]:
     """Load accounts for change, row-locked on PostgreSQL (in id order, so that writers never deadlock)."""
     ids = sorted(set(account_ids) & set(catalog.accounts))
     if not ids:
         return {}
-    rows = await uow.execute(sa.select(t.accounts.c.id, t.accounts.c.state).where(t.accounts.c.id.in_(ids))
-                             .order_by(t.accounts.c.id).with_for_update())
-    return {row.id: catalog.account(row.id, row.state) for row in rows}
+    c = t.accounts.c
+    if cache is None:
+        rows = await uow.execute(sa.select(c.id, c.state).where(c.id.in_(ids)).order_by(c.id).with_for_update())
+        return {row.id: catalog.account(row.id, row.state) for row in rows}
+    versions = {row.id: row.version for row in await uow.execute(
+        sa.select(c.id, c.version).where(c.id.in_(ids)).order_by(c.id).with_for_update())}
+    out: dict[str, PrepaidAccount] = {}
+    missing = []
+    for account_id, version in versions.items():
+        hit = cache.entries.get(account_id)
+        if hit is not None and hit[0] == version:
+            out[account_id] = hit[1]
+        else:
+            missing.append(account_id)
+    if missing:
+        for row in await uow.execute(sa.select(c.id, c.state).where(c.id.in_(missing))):
+            out[row.id] = catalog.account(row.id, row.state)
+    if len(cache.entries) > cache.size:
+        cache.clear()
+    for account_id, account in out.items():
+        # The writer saves every account it loads, which bumps the version by one; if the transaction fails
+        # the writer clears the cache.
+        cache.entries[account_id] = (versions[account_id] + 1, account)
+    return out
 
 
 async def save_accounts(uow: UnitOfWork, accounts: list[PrepaidAccount], now: dt.datetime) -> None:
@@ -75,7 +113,8 @@ async def save_accounts(uow: UnitOfWork, accounts: list[PrepaidAccount], now: dt
     b = sa.bindparam
     statement = sa.update(t.accounts).where(t.accounts.c.id == b("_id")).values(
         balance_fen=b("balance_fen"), supply=b("supply"), deferred_reason=b("deferred_reason"),
-        deferred_until=b("deferred_until"), state=b("state"), updated_at=b("updated_at"))
+        deferred_until=b("deferred_until"), state=b("state"), version=t.accounts.c.version + 1,
+        updated_at=b("updated_at"))
     await uow.execute(statement, [_row(a, now) | {"_id": a.id} for a in accounts])
 
 

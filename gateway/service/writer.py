@@ -110,8 +110,9 @@ class _MeterState:
 class _Batch:
     """The in-memory picture of one batch: accounts, meters, and the rows to write at the end."""
 
-    def __init__(self, uow: UnitOfWork, catalog: Catalog, now: dt.datetime) -> None:
-        self.uow, self.catalog, self.now = uow, catalog, now
+    def __init__(self, uow: UnitOfWork, catalog: Catalog, now: dt.datetime,
+                 cache: repo.AccountCache | None = None) -> None:
+        self.uow, self.catalog, self.now, self.cache = uow, catalog, now, cache
         self.accounts: dict[str, PrepaidAccount] = {}
         self.meters: dict[str, _MeterState] = {}
         self.payments: dict[tuple[str, str], dict[str, Any]] = {}
@@ -142,7 +143,7 @@ class _Batch:
                 spec = self.catalog.meters.get(job.reading.meter_id)
                 if spec is not None:
                     account_ids.add(spec.account_id)
-        self.accounts = await repo.load_accounts(self.uow, self.catalog, sorted(account_ids))
+        self.accounts = await repo.load_accounts(self.uow, self.catalog, sorted(account_ids), cache=self.cache)
         meter_ids = sorted({m for a in self.accounts for m in self.catalog.accounts[a].meter_ids})
         if meter_ids:
             rows = await self.uow.execute(sa.select(t.meters.c.id, t.meters.c.health)
@@ -329,6 +330,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.items = 0
+        self.cache = repo.AccountCache()
 
     def submit(self, job: Job) -> Awaitable[Any]:
         """Queue a job; the returned future resolves to its result after the commit of its batch.
@@ -378,6 +380,7 @@ class Writer:
             try:
                 await self._commit(batch)
             except Exception as exc:  # a database error: retry one by one so one bad job can't sink the rest
+                self.cache.clear()  # its accounts may hold changes that were rolled back
                 if len(batch) == 1:
                     _fail(batch[0][1], exc)
                     continue
@@ -386,12 +389,13 @@ class Writer:
                     try:
                         await self._commit([item])
                     except Exception as one:  # noqa: BLE001 - the job's own failure is its answer
+                        self.cache.clear()
                         _fail(item[1], one)
 
     async def _commit(self, items: list[tuple[Job, asyncio.Future[Any]]]) -> None:
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         async with self.uow() as uow:
-            batch = _Batch(uow, self.catalog, self.clock())
+            batch = _Batch(uow, self.catalog, self.clock(), self.cache)
             await batch.load([job for job, _ in items])
             for job, future in items:
                 try:
