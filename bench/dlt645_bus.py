@@ -14,7 +14,9 @@ meters, one of these transactions:
 
 N_req and N_rsp are the bytes the driver actually wrote (4 FE preamble included) and read. Td is fixed
 (``--td``, default 20 ms, the fastest legal value); with ``--td-range LO,HI`` the simulator draws it at random and
-the Td of the formula is the mean of the draws it reports. Per case it prints baud, kind, bytes per transaction, Td,
+the Td of the formula is the mean of the draws (the simulator reports every pacing delay; Td = delay − line
+time of the counted bytes). With a fixed Td the same subtraction checks that the simulator paced exactly the bytes
+the driver sent. Per case it prints baud, kind, bytes per transaction, Td,
 theoretical and achieved tx/s and their ratio, and the mean per-transaction overhead above T_cycle, split into
 the simulator's timer lateness and the rest (pty/socket hops, event loops, codec, driver).
 
@@ -217,7 +219,6 @@ class Result:
     bytes_req: float
     bytes_rsp: float
     td: float
-    td_note: str
     sim_late_ms: float
     turnaround_ms: float
     reads_per_tx: float
@@ -297,16 +298,18 @@ async def run_case(
     bytes_rsp = transport.received / n
     line = (bytes_req + bytes_rsp) * BITS_PER_CHAR / baud
     # The simulator slept Td + line time per reply; the replies of the timed window are the last n.
-    delays = stats["delays"][-n:]
-    if td[0] == td[1]:
-        td_used, note = td[0], "fixed"
-    else:
-        td_used, note = statistics.fmean(delays) - line, f"mean of U{td}"
+    td_seen = statistics.fmean(stats["delays"][-n:]) - line
+    if td[0] == td[1] and abs(td_seen - td[0]) > 1e-6:
+        # The simulator charges line time for the bytes it assumes (frame + 4 FE); it must match what was sent.
+        raise RuntimeError(
+            f"{name}: simulator paced {td_seen - td[0]:+.6f} s of line time more than was sent"
+        )
+    td_used = td[0] if td[0] == td[1] else td_seen
     late = statistics.fmean(stats["late"][-n:]) * 1000
     turnaround = transport.turnaround / max(1, n - 1) * 1000
     reads = transport.reads / n
     return Result(
-        name, baud, kind, n, elapsed, bytes_req, bytes_rsp, td_used, note, late, turnaround, reads, per_tx
+        name, baud, kind, n, elapsed, bytes_req, bytes_rsp, td_used, late, turnaround, reads, per_tx
     )
 
 

@@ -12,7 +12,7 @@ import logging
 import random
 import termios
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import serial
 import serial_asyncio_fast
@@ -70,8 +70,8 @@ class _LineProtocol(asyncio.Protocol):
         self.worker: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not subclasses of asyncio.Transport, so cast rather than assert
+        self.transport = cast(asyncio.Transport, transport)
         self.worker = asyncio.get_running_loop().create_task(self._work(), name="dlt645-sim.line")
         self.simulator._lines.add(self)
 
