@@ -9,50 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
-from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway
-from gateway.service.commands import CommandRecord, get_command
-from gateway.service.operator import manual_command
 from gateway.settings import Settings
 from simulators.dlt645 import Dlt645Simulator, SimulatedDlt645Meter
 from simulators.faults import Fault, FaultKind
-from tests.support import async_wait_until, free_port
+from tests.integration.command_bench import CommandBench
+from tests.support import free_port
 
 ADDRESS = "000000000001"
 
 
 @dataclass
-class Bench:
-    gateway: Gateway
+class Bench(CommandBench):
     simulator: Dlt645Simulator
     meter: SimulatedDlt645Meter
-
-    async def command(self, action: str, *, reason: str = "test") -> CommandRecord:
-        outcome = await manual_command(self.gateway.service, "M-1", action, role="operator", actor="tester",
-                                       operator="tester", reason=reason)
-        assert outcome.command is not None
-        return outcome.command
-
-    async def settled(self, command_id: str, *, timeout: float = 15) -> CommandRecord:
-        final = ("confirmed", "failed", "expired", "superseded", "cancelled")
-
-        async def done() -> bool:
-            async with self.gateway.uow(readonly=True) as uow:
-                record = await get_command(uow, command_id)
-            return record is not None and record.state in final
-
-        await async_wait_until(done, timeout=timeout, what=f"command {command_id} to settle")
-        async with self.gateway.uow(readonly=True) as uow:
-            record = await get_command(uow, command_id)
-        assert record is not None
-        return record
-
-    async def alarms(self) -> list[dict[str, object]]:
-        async with self.gateway.uow(readonly=True) as uow:
-            rows = await uow.execute(sa.select(t.outbox.c.payload).where(t.outbox.c.topic == "alarms"))
-            return [row.payload for row in rows]
 
 
 @pytest.fixture

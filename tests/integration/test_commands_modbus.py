@@ -8,43 +8,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from drivers.modbus import load_model
-from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway, default_models_dir
-from gateway.service.commands import CommandRecord, get_command
-from gateway.service.operator import manual_command
 from gateway.settings import Settings
 from simulators.faults import Fault, FaultKind, FaultPlan
 from simulators.meter import SimulatedMeter
 from simulators.modbus import ModbusFleet
-from tests.support import async_wait_until, free_port
+from tests.integration.command_bench import CommandBench
+from tests.support import free_port
 
 
 @dataclass
-class Bench:
-    gateway: Gateway
+class Bench(CommandBench):
     faults: FaultPlan
     meter: SimulatedMeter
-
-    async def command(self, action: str) -> CommandRecord:
-        outcome = await manual_command(self.gateway.service, "M-1", action, role="operator", actor="tester",
-                                       operator="tester", reason="test")
-        assert outcome.command is not None
-        return outcome.command
-
-    async def settled(self, command_id: str, *, timeout: float = 15) -> CommandRecord:
-        async def done() -> bool:
-            async with self.gateway.uow(readonly=True) as uow:
-                record = await get_command(uow, command_id)
-            return record is not None and record.state not in ("queued", "sending", "sent")
-
-        await async_wait_until(done, timeout=timeout, what=f"command {command_id} to settle")
-        async with self.gateway.uow(readonly=True) as uow:
-            record = await get_command(uow, command_id)
-        assert record is not None
-        return record
 
 
 @pytest.fixture
@@ -77,10 +55,7 @@ async def test_stuck_relay_fails_with_an_alarm(bench: Bench) -> None:
     record = await bench.settled((await bench.command("open")).id)
     assert record.state == "failed" and "not confirmed" in (record.last_error or "")
     assert bench.meter.relay_closed
-    async with bench.gateway.uow(readonly=True) as uow:
-        alarms = [r.payload for r in await uow.execute(sa.select(t.outbox.c.payload)
-                                                       .where(t.outbox.c.topic == "alarms"))]
-    assert any(a.get("type") == "CommandFailed" and a.get("command_id") == record.id for a in alarms)
+    assert any(a.get("type") == "CommandFailed" and a.get("command_id") == record.id for a in await bench.alarms())
 
 
 async def test_an_exception_reply_fails_fast_with_the_meters_reason(bench: Bench) -> None:
