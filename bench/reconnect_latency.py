@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import os
 import resource
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -60,6 +61,16 @@ def config(tmp: Path, *, meters: int, sim_ports: list[int], api_port: int, poll_
     return path
 
 
+def active_commands(db: Path) -> int:
+    """Commands not yet confirmed (so that the measured run does not start with leftovers to recover)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("select count(*) from commands where state in ('queued', 'sending', 'sent')")
+                   .fetchone()[0])
+    finally:
+        conn.close()
+
+
 def start_gateway(cfg: Path, tmp: Path) -> subprocess.Popen[bytes]:
     gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg), "--log-level",
                                 "WARNING"], cwd=tmp, stderr=(tmp / "gw.log").open("ab"))
@@ -103,7 +114,7 @@ async def run_case(meters: int, payments: int, poll_interval: float, label: str)
         try:
             all_meters = [m for f in fleets for m in f.meters.values()]
             deadline = time.monotonic() + 120
-            while any(m.relay_closed for m in all_meters):
+            while any(m.relay_closed for m in all_meters) or active_commands(tmp / "gw.db"):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"meters were not disconnected within 120 s: {(tmp / 'gw.log').read_text()}")
                 await asyncio.sleep(0.2)
@@ -163,8 +174,8 @@ def main() -> None:
     print(f"baseline: p50 {idle_p50:.1f} ms, p99 {idle_p99:.1f} ms, max {max(idle) * 1000:.1f} ms")
     busy = asyncio.run(run_case(args.meters, args.payments, args.poll_interval, "under polling load"))
     busy_p50, busy_p99 = summary(busy)
-    print("under load, sorted (ms):", [round(x * 1000) for x in sorted(busy)])
-    print("baseline, sorted (ms):", [round(x * 1000) for x in sorted(idle)])
+    print("under load, in order (ms):", [round(x * 1000) for x in busy])
+    print("baseline, in order (ms):", [round(x * 1000) for x in idle])
     print(f"under load: p50 {busy_p50:.1f} ms, p99 {busy_p99:.1f} ms, max {max(busy) * 1000:.1f} ms")
     print(f"ratio p99 under load / baseline: {busy_p99 / idle_p99:.2f}  (target: p99 under load < 1000 ms)")
     print(f"cpu (this process, incl. simulator): {resource.getrusage(resource.RUSAGE_SELF).ru_utime:.1f} s user; "

@@ -119,7 +119,8 @@ class Gateway:
             runners.append(BusRunner(bus.id, driver, targets, self.service, gap_s=bus.gap_ms / 1000))
             if bus.time_sync_s and bus.protocol.startswith("dlt645"):
                 self._time_sync(bus.id, driver, bus.time_sync_s)
-        self.scheduler = await self._stack.enter_async_context(Scheduler(self.service, runners))
+        self.scheduler = await self._stack.enter_async_context(
+            Scheduler(self.service, runners, evaluate_every_s=self.catalog.evaluate_every_s))
         return self
 
     def _time_sync(self, bus_id: str, driver: Any, interval: float) -> None:

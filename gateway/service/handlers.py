@@ -87,10 +87,16 @@ class Service:
         return await self.writer.submit(AccountJob(account_id, apply, reason=action, audit=(actor, action, detail)))
 
     async def evaluate_accounts(self) -> None:
-        """Re-run the engine's decision for accounts whose disconnect is deferred (the reason may have ended)."""
+        """Re-run the engine's decision for accounts whose deferred disconnect may go ahead now.
+
+        Only refusals with a known end (friendly window, notice period, hold, rate limit) are re-checked here,
+        once that end has passed; the others end with an event that re-evaluates the account anyway (a fresh
+        reading, an operator's change).
+        """
         async with self.uow(readonly=True) as uow:
             ids = list((await uow.execute(sa.select(t.accounts.c.id).where(
-                t.accounts.c.supply == "connected", t.accounts.c.deferred_reason != ""))).scalars())
+                t.accounts.c.supply == "connected", t.accounts.c.deferred_reason != "",
+                t.accounts.c.deferred_until <= self.clock()))).scalars())
         jobs = [self.writer.submit(AccountJob(i, lambda account, now: None, origin="automatic", reason="balance"))
                 for i in ids if i in self.catalog.accounts]
         for job in jobs:

@@ -142,3 +142,38 @@ async def test_readings_charge_and_disconnect_then_payment_reconnects(db_url: st
         assert result.record["balance_after_fen"] == 50
     finally:
         await gw.engine.dispose()
+
+
+async def test_a_deferred_disconnect_goes_ahead_when_its_reason_ends(db_url: str, tmp_path: Path) -> None:
+    """The notice period after the final warning defers the disconnect; the periodic re-evaluation carries it
+    out once the notice period is over (and not before)."""
+    settings = Settings.model_validate({
+        "database": {"url": db_url},
+        "policy": {"notice_period": "1h", "stale_after": None},
+        "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
+        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "0.50", "warning1": "2.00",
+                      "warning2": "1.00"}],
+        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
+        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1"}],
+    })
+    clock = Clock()
+    async with Gateway(settings, clock=clock, base_dir=tmp_path, run_buses=False) as gw:
+        service = gw.service
+        await service.record_reading(Reading("M-1", NOW, 10_000))  # final warning (balance <= 1.00): notice
+        clock.now = NOW + dt.timedelta(minutes=1)
+        assert await service.record_reading(Reading("M-1", clock.now, 11_000)) == []  # -0.50, but notice
+        async with gw.uow(readonly=True) as uow:
+            row = (await uow.execute(sa.select(t.accounts.c.deferred_reason, t.accounts.c.deferred_until))).one()
+        assert row.deferred_reason == "notice_period" and row.deferred_until == NOW + dt.timedelta(hours=1)
+
+        async def open_commands() -> int:
+            async with gw.uow(readonly=True) as uow:
+                return int((await uow.execute(sa.select(sa.func.count()).select_from(t.commands)
+                                              .where(t.commands.c.action == "open"))).scalar_one())
+
+        clock.now = NOW + dt.timedelta(minutes=30)
+        await service.evaluate_accounts()
+        assert await open_commands() == 0
+        clock.now = NOW + dt.timedelta(hours=1, seconds=1)
+        await service.evaluate_accounts()
+        assert await open_commands() == 1
