@@ -108,15 +108,16 @@ async def run_case(meters: int, payments: int, poll_interval: float, label: str)
 
                 meter.set_relay = watch  # type: ignore[method-assign]
             await fleet.start()
-        # Preparation: polled every second, every account (below its disconnect point) is disconnected.
-        prep = config(tmp, meters=meters, sim_ports=sim_ports, api_port=api_port, poll_interval=1.0)
+        # Preparation: every account (below its disconnect point) is disconnected at its first poll; the poll
+        # interval keeps that at about 100 polls/s, within what the buses answer.
+        prep = config(tmp, meters=meters, sim_ports=sim_ports, api_port=api_port, poll_interval=max(1.0, meters / 100))
         gateway = start_gateway(prep, tmp)
         try:
             all_meters = [m for f in fleets for m in f.meters.values()]
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 300
             while any(m.relay_closed for m in all_meters) or active_commands(tmp / "gw.db"):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"meters were not disconnected within 120 s: {(tmp / 'gw.log').read_text()}")
+                    raise RuntimeError(f"meters were not disconnected within 300 s: {(tmp / 'gw.log').read_text()}")
                 await asyncio.sleep(0.2)
         finally:
             gateway.terminate()
@@ -174,8 +175,6 @@ def main() -> None:
     print(f"baseline: p50 {idle_p50:.1f} ms, p99 {idle_p99:.1f} ms, max {max(idle) * 1000:.1f} ms")
     busy = asyncio.run(run_case(args.meters, args.payments, args.poll_interval, "under polling load"))
     busy_p50, busy_p99 = summary(busy)
-    print("under load, in order (ms):", [round(x * 1000) for x in busy])
-    print("baseline, in order (ms):", [round(x * 1000) for x in idle])
     print(f"under load: p50 {busy_p50:.1f} ms, p99 {busy_p99:.1f} ms, max {max(busy) * 1000:.1f} ms")
     print(f"ratio p99 under load / baseline: {busy_p99 / idle_p99:.2f}  (target: p99 under load < 1000 ms)")
     print(f"cpu (this process, incl. simulator): {resource.getrusage(resource.RUSAGE_SELF).ru_utime:.1f} s user; "
