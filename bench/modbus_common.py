@@ -37,6 +37,12 @@ MODEL: MeterModel = load_model(DEFAULT_MODEL_PATH)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def pin(cpu: int | None) -> None:
+    """Run this process (all its threads) on one CPU, or anywhere (None)."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+
 def conditions() -> str:
     """What the machine is doing: CPUs and load average (report it next to every figure)."""
     load = os.getloadavg()
@@ -76,9 +82,11 @@ class Simulator:
     """bench/modbus_sim.py in a subprocess; ``events`` collects (monotonic time, port, unit, value) of writes."""
 
     def __init__(self, *, meters: int, per_port: int, port: int, faults: str | None = None,
-                 events: bool = False) -> None:
+                 events: bool = False, cpu: int | None = None) -> None:
         args = [sys.executable, str(ROOT / "bench" / "modbus_sim.py"), "--meters", str(meters), "--per-port",
                 str(per_port), "--port", str(port)]
+        if cpu is not None:  # keep the simulator off the benchmark's core
+            args = ["taskset", "-c", str(cpu), *args]
         if faults:
             args += ["--faults", faults]
         if events:
@@ -132,6 +140,7 @@ class Window:
 
 async def bare_pymodbus(port: int, endpoints: int, per_port: int, seconds: float, sim: Simulator,
                         *, skip: Callable[[int, int], bool] = lambda port, unit: False) -> Window:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     """The baseline: one pymodbus client per endpoint reading every unit's registers in a loop.
 
     Each poll reads what the gateway's driver reads for the model (its read plan: here 14 input registers and
@@ -213,20 +222,33 @@ async def gateway_run(sim: Simulator, *, port: int, endpoints: int, per_port: in
     from gateway.bootstrap import Gateway
 
     logging.getLogger("gateway").setLevel(logging.ERROR)
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # "no response" of dead meters, late replies
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         settings = site(Path(tmp) / "gw.db", port=port, endpoints=endpoints, per_port=per_port, interval=interval,
                         timeout=timeout)
         gateway = Gateway(settings, base_dir=Path(tmp))
-        if not ledger:
-            async def sink(reading: Any) -> list[Any]:
-                return []
+        if not ledger:  # readings go nowhere: what is left is drivers and scheduler
+            submit = gateway.service.writer.submit
 
-            gateway.service.record_reading = sink  # type: ignore[method-assign]
+            def sink(job: Any) -> Any:
+                if type(job).__name__ != "ReadingJob":
+                    return submit(job)
+                done = asyncio.get_running_loop().create_future()
+                done.set_result([])
+                return done
+
+            gateway.service.writer.submit = sink  # type: ignore[method-assign]
         async with gateway:
             if configure is not None:
                 for runner in gateway.scheduler.runners:
                     configure(runner)
             yield GatewayRun(gateway, sim)
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]], loop: str) -> None:

@@ -50,6 +50,13 @@ class PriorityBusLock:
     def waiting(self) -> int:
         return len(self._urgent) + len(self._normal)
 
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free and nobody waits (no await: the common case costs nothing)."""
+        if self._held or self._urgent or self._normal:
+            return False
+        self._held = True
+        return True
+
     async def acquire(self) -> None:
         if not self._held and not self._urgent and not self._normal:
             self._held = True

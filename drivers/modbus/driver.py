@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -35,7 +35,7 @@ from drivers.modbus.buslock import PriorityBusLock, urgent
 from drivers.modbus.exceptions import check_reply, map_exception
 from drivers.modbus.models import MeterModel, RelaySpec
 from drivers.modbus.registers import BIT_TABLES, ReadRequest, exception_name
-from drivers.modbus.values import decode_values, reading_from_values, relay_state, relay_state_from_replies
+from drivers.modbus.values import reading_from_replies, relay_state
 
 __all__ = ["ModbusMeter", "ModbusRtuDriver", "ModbusTcpDriver"]
 
@@ -92,7 +92,7 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
         self.reopen_after = reopen_after
         self.transactions = 0
         self.failures_in_row = 0  # transport failures since the bus last answered
-        # pymodbus enforces (retries + 1) x timeout itself; the outer deadline only guards against a hang.
+        # pymodbus enforces (retries + 1) x timeout itself; this deadline only guards the connect.
         self._deadline = timeout * (retries + 2)
         self._last_end = 0.0
         self._client: ModbusBaseClient | None = None
@@ -117,20 +117,25 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
         return self._client
 
     async def _transact(
-        self, meter_id: str, describe: Callable[[], str], call: Callable[[ModbusBaseClient], Awaitable[P]]
+        self, meter_id: str, describe: Callable[[], str], call: Callable[..., Awaitable[P]], *args: Any,
+        **kwargs: Any,
     ) -> P:
-        loop = asyncio.get_running_loop()
-        await self._lock.acquire()
+        """One transaction: ``call(client, *args, **kwargs)`` with the bus held; errors mapped to drivers.errors."""
+        if not self._lock.try_acquire():
+            await self._lock.acquire()
         try:
-            if self.frame_gap and (wait := self._last_end + self.frame_gap - loop.time()) > 0:
-                await asyncio.sleep(wait)
+            if self.frame_gap:
+                loop = asyncio.get_running_loop()
+                if (wait := self._last_end + self.frame_gap - loop.time()) > 0:
+                    await asyncio.sleep(wait)
             self.transactions += 1
             try:
                 client = self._client
                 if client is None or not client.connected:
-                    client = await self._connected()
-                async with asyncio.timeout(self._deadline):
-                    reply = await call(client)
+                    async with asyncio.timeout(self._deadline):  # pymodbus bounds the connect too; a guard
+                        client = await self._connected()
+                # pymodbus bounds every attempt by the timeout (asyncio.wait_for): no second timer here
+                reply = await call(client, *args, **kwargs)
             except Exception as exc:
                 mapped = map_exception(exc, meter_id=meter_id, what=f"{self.endpoint} {describe()}")
                 if mapped is None:
@@ -146,7 +151,8 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
             self.failures_in_row = 0  # somebody answered (an exception reply is an answer too)
             return reply
         finally:
-            self._last_end = loop.time()
+            if self.frame_gap:
+                self._last_end = asyncio.get_running_loop().time()
             self._lock.release()
 
     def _failed(self, error: DriverError) -> None:
@@ -161,27 +167,22 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
 
     async def read_table(self, meter_id: str, unit_id: int, request: ReadRequest) -> list[int]:
         """One read request; bits come back as 0/1. Public for tools and tests."""
-        address, count, table = request.address, request.count, request.table
+        table, count = request.table, request.count
 
         def describe() -> str:
-            return f"unit {unit_id} read {table} {address:#06x}+{count}"
+            return f"unit {unit_id} read {table} {request.address:#06x}+{count}"
 
-        def call(client: ModbusBaseClient) -> Awaitable[ModbusPDU]:
-            match table:
-                case "input":
-                    return client.read_input_registers(address, count=count, device_id=unit_id)
-                case "holding":
-                    return client.read_holding_registers(address, count=count, device_id=unit_id)
-                case "coil":
-                    return client.read_coils(address, count=count, device_id=unit_id)
-                case "discrete":
-                    return client.read_discrete_inputs(address, count=count, device_id=unit_id)
-
-        reply = await self._transact(meter_id, describe, call)
-        values = [int(bit) for bit in reply.bits] if table in BIT_TABLES else list(reply.registers)
+        reply = await self._transact(meter_id, describe, _READ_CALLS[table], request.address, count=count,
+                                     device_id=unit_id)
+        if table in BIT_TABLES:
+            values = [int(bit) for bit in reply.bits[:count]]
+        else:
+            values = reply.registers
+            if len(values) > count:
+                values = values[:count]
         if len(values) < count:
             raise FrameError(f"{describe()}: {len(values)} values in the reply", meter_id=meter_id)
-        return values[:count]
+        return values
 
     async def read(self, meter: ModbusMeter) -> Reading:
         """Read every quantity of the meter's model (in as few requests as it allows) and its relay state."""
@@ -189,13 +190,10 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
         if "energy_import_total" not in model.registers:
             raise UnsupportedOperation(f"model {model.model} has no energy register", meter_id=meter.id)
         replies = [await self.read_table(meter.id, meter.unit_id, req) for req in model.read_plan.requests]
-        taken_at = dt.datetime.now(dt.UTC)
         try:
-            values = decode_values(model, replies)
+            return reading_from_replies(model, meter.id, replies, taken_at=dt.datetime.now(dt.UTC))
         except ValueError as exc:
             raise FrameError(f"unit {meter.unit_id}: {exc}", meter_id=meter.id) from exc
-        relay = relay_state_from_replies(model, replies)
-        return reading_from_values(meter.id, values, taken_at=taken_at, relay=relay)
 
     async def set_relay(
         self, meter: ModbusMeter, action: RelayAction, *, valid_until: dt.datetime | None = None
@@ -255,6 +253,15 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+
+# The pymodbus method that reads each table, called as method(client, address, count=..., device_id=...).
+_READ_CALLS: dict[str, Callable[..., Awaitable[ModbusPDU]]] = {
+    "input": ModbusBaseClient.read_input_registers,
+    "holding": ModbusBaseClient.read_holding_registers,
+    "coil": ModbusBaseClient.read_coils,
+    "discrete": ModbusBaseClient.read_discrete_inputs,
+}
 
 
 def _echo_matches(reply: ModbusPDU, function: int, address: int, value: int) -> bool:

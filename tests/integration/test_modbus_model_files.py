@@ -3,6 +3,8 @@ house format."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import re
 from pathlib import Path
 
@@ -105,3 +107,29 @@ def test_underscore_files_and_other_protocols_are_skipped(tmp_path):
     write(tmp_path, "_defaults.yaml", "anything: goes\n")
     write(tmp_path, "dlt645-meter.yaml", "model: dlt\nprotocol: dlt645\ndata: {}\n")
     assert set(load_models(tmp_path)) == {"one", "first"}
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "config" / "meters").glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_one_pass_reading_equals_the_step_by_step_one(path):
+    import random
+
+    from drivers.modbus.models import load_model
+    from drivers.modbus.values import decode_values, reading_from_replies, reading_from_values, relay_state_from_replies
+
+    now = dt.datetime(2026, 11, 23, 8, 0, tzinfo=dt.UTC)
+
+    model = load_model(path)
+    if "energy_import_total" not in model.registers:
+        pytest.skip("no energy register: not read")
+    rng = random.Random(path.stem)
+    for _ in range(50):
+        replies = [[rng.randrange(0x10000) if r.table in ("input", "holding") else rng.randrange(2)
+                    for _ in range(r.count)] for r in model.read_plan.requests]
+        try:
+            expected = reading_from_values("m", decode_values(model, replies), taken_at=now,
+                                           relay=relay_state_from_replies(model, replies))
+        except ValueError:
+            with pytest.raises(ValueError):
+                reading_from_replies(model, "m", replies, taken_at=now)
+            continue
+        assert reading_from_replies(model, "m", replies, taken_at=now) == expected

@@ -122,3 +122,34 @@ def test_reading_fields_and_extras():
 def test_reading_without_rates():
     reading = reading_from_values("m1", {"energy_import_total": 5}, taken_at=NOW)
     assert reading.energy_wh_by_rate is None and reading.power_w is None and reading.relay is None
+
+
+@given(
+    quantity=st.sampled_from(["energy_import_total", "power", "voltage", "current", "balance", "power_factor",
+                              "frequency"]),
+    encoding=st.sampled_from(["uint16", "int16", "uint32", "int32", "float32"]),
+    word_order=st.sampled_from(["big", "little"]),
+    scale=st.sampled_from(["1", "10", "0.1", "0.01", "0.001", "2", "0.5", "0.25", "100"]),
+    words=st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)),
+)
+def test_fast_decoding_equals_the_exact_conversion(quantity, encoding, word_order, scale, words):
+    """decode_values takes shortcuts (int and float arithmetic); they must give what Decimal gives."""
+    from drivers.modbus.models import RegisterSpec
+    from drivers.modbus.quantities import units_of, QUANTITIES
+    from drivers.modbus.registers import decode, length
+    from drivers.modbus.values import _converter
+
+    for unit in units_of(QUANTITIES[quantity]):
+        spec = RegisterSpec(address=0, table="input", encoding=encoding, word_order=word_order,
+                            scale=Decimal(scale), unit=unit)
+        regs = list(words[: length(encoding)])
+        raw = decode(regs, encoding, word_order)
+        try:
+            expected = to_canonical(quantity, raw, scale=Decimal(scale), unit=unit)
+        except ValueError:
+            with pytest.raises(ValueError):
+                _converter(quantity, spec)(regs, 0)
+            continue
+        got = _converter(quantity, spec)(regs, 0)
+        assert got == expected and type(got) is type(expected), (unit, raw, got, expected)
+

@@ -158,6 +158,23 @@ async def test_a_dead_meter_backs_off_and_the_others_keep_their_rate() -> None:
     assert stats["failures"] == len(tries) and stats["skipped"] == 0
 
 
+async def test_retries_of_failing_meters_stay_within_the_failure_budget() -> None:
+    service = FakeService({f"m{i}": 0.05 for i in range(6)})
+    driver = FakeDriver(timeout=0.1)
+    dead = {"m1", "m2", "m3", "m4"}
+    driver.dead.update(dead)
+    runner = bus(service, driver, failure_budget=0.02)  # 1.2 s of failed polls per minute
+    async with running(runner):
+        start = time.monotonic()
+        await async_wait_until(lambda: time.monotonic() - start > 2.0, timeout=5, what="two seconds")
+        stats = runner.stats()
+    failed_time = sum(0.1 for t, m in driver.calls if m in dead)
+    assert failed_time <= 1.2 + 0.1 + 1e-9  # the first try of each dead meter, then the budget
+    assert stats["deferred_retries"] > 0 and stats["failing_share"] <= 0.025
+    for healthy in ("m0", "m5"):
+        assert service.polls_of(healthy) >= 20  # 40 slots in 2 s, minus the time the budget allows
+
+
 async def test_exception_replies_count_as_failures_but_not_against_the_bus() -> None:
     service = FakeService({f"m{i}": 0.05 for i in range(6)})
     driver = FakeDriver()
