@@ -27,11 +27,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pymodbus.client import AsyncModbusTcpClient  # noqa: E402
+from pymodbus.client import AsyncModbusTcpClient
 
-from drivers.modbus import load_model  # noqa: E402
-from drivers.modbus.models import MeterModel  # noqa: E402
-from simulators.modbus import DEFAULT_MODEL_PATH  # noqa: E402
+from drivers.modbus import load_model
+from drivers.modbus.models import MeterModel
+from simulators.modbus import DEFAULT_MODEL_PATH
 
 MODEL: MeterModel = load_model(DEFAULT_MODEL_PATH)
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drivers.modbus import load_model  # noqa: E402
-from simulators.faults import parse_faults  # noqa: E402
-from simulators.modbus import DEFAULT_MODEL_PATH, build_fleets  # noqa: E402
+from drivers.modbus import load_model
+from simulators.faults import parse_faults
+from simulators.modbus import DEFAULT_MODEL_PATH, build_fleets
 
 
 async def serve(args: argparse.Namespace) -> None:

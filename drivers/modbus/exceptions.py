@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import struct
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 

@@ -129,7 +129,7 @@ class _Builder:
     def __init__(self, model: MeterModel) -> None:
         self.model = model
         parts = {name: (index, offset, convert) for name, index, offset, convert in _compiled(model)}
-        self.energy = parts["energy_import_total"] if "energy_import_total" in parts else None
+        self.energy = parts.get("energy_import_total")
         self.rates = [parts[name] for name in RATE_QUANTITIES if name in parts]
         self.power = parts.get("power")
         self.voltage = parts.get("voltage", parts.get("voltage_l1"))

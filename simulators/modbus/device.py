@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from drivers.modbus.models import MeterModel
 from drivers.modbus.quantities import QUANTITIES, from_canonical, unit_factor
 from drivers.modbus.registers import TABLES, Encoding, Table, encode, value_range
-from drivers.modbus.models import MeterModel
 from simulators.meter import SimulatedMeter
 
 __all__ = [

@@ -4,7 +4,6 @@ house format."""
 from __future__ import annotations
 
 import datetime as dt
-
 import re
 from pathlib import Path
 
@@ -114,7 +113,12 @@ def test_the_one_pass_reading_equals_the_step_by_step_one(path):
     import random
 
     from drivers.modbus.models import load_model
-    from drivers.modbus.values import decode_values, reading_from_replies, reading_from_values, relay_state_from_replies
+    from drivers.modbus.values import (
+        decode_values,
+        reading_from_replies,
+        reading_from_values,
+        relay_state_from_replies,
+    )
 
     now = dt.datetime(2026, 11, 23, 8, 0, tzinfo=dt.UTC)
 

@@ -135,7 +135,7 @@ def test_reading_without_rates():
 def test_fast_decoding_equals_the_exact_conversion(quantity, encoding, word_order, scale, words):
     """decode_values takes shortcuts (int and float arithmetic); they must give what Decimal gives."""
     from drivers.modbus.models import RegisterSpec
-    from drivers.modbus.quantities import units_of, QUANTITIES
+    from drivers.modbus.quantities import QUANTITIES, units_of
     from drivers.modbus.registers import decode, length
     from drivers.modbus.values import _converter
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -129,7 +130,7 @@ async def test_polls_are_staggered_over_the_interval() -> None:
     async with running(bus(service, driver)):
         await async_wait_until(lambda: len(driver.calls) >= 8, timeout=5, what="two rounds of polls")
     first = [driver.calls_of(f"m{i}")[0] for i in range(4)]
-    gaps = [b - a for a, b in zip(first, first[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(first)]
     assert all(0.07 <= g <= 0.2 for g in gaps), gaps  # 0.1 s apart, not all at once
     second = driver.calls_of("m0")[1] - driver.calls_of("m0")[0]
     assert second == pytest.approx(0.4, abs=0.08)
@@ -146,7 +147,7 @@ async def test_a_dead_meter_backs_off_and_the_others_keep_their_rate() -> None:
         tries = driver.calls_of("m3")
         health = runner.meter_health("m3")
         stats = runner.stats()
-    gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
     # after the k-th failure: 0.1 * 2 ** (k - 1) (capped at 0.8), plus the timeout itself
     for k, gap in enumerate(gaps, start=1):
         assert gap == pytest.approx(min(0.1 * 2 ** (k - 1), 0.8) + 0.05, abs=0.06), gaps
