@@ -8,6 +8,8 @@ repository, so publishing never runs ahead of (or without) the commit.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import datetime as dt
 from typing import Any
 
@@ -16,14 +18,54 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.adapters import tables as t
 
-__all__ = ["UnitOfWork", "UnitOfWorkFactory"]
+__all__ = ["PriorityLock", "UnitOfWork", "UnitOfWorkFactory"]
+
+
+class PriorityLock:
+    """SQLite's single-writer slot, handed out urgent waiters first.
+
+    Short transactions (a relay command's transition, a health update) go ahead of the writer's next batch of
+    readings, so a command waits for at most the batch being written, not for a queue of them.
+    """
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._urgent: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._background: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self, *, urgent: bool = True) -> None:
+        if not self._locked and not self._urgent and (urgent or not self._background):
+            self._locked = True
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._urgent if urgent else self._background
+        queue.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # the lock was handed over just as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(future)
+            raise
+
+    def release(self) -> None:
+        for queue in (self._urgent, self._background):
+            while queue:
+                future = queue.popleft()
+                if not future.done():
+                    future.set_result(None)  # ownership passes directly: the lock stays taken
+                    return
+        self._locked = False
 
 
 class UnitOfWork:
-    def __init__(self, engine: AsyncEngine, write_lock: asyncio.Lock | None) -> None:
+    def __init__(self, engine: AsyncEngine, write_lock: PriorityLock | None, *, urgent: bool = True) -> None:
         # write_lock is None for read-only work (and on PostgreSQL, where row locks do the job).
         self._engine = engine
         self._write_lock = write_lock
+        self._urgent = urgent
         self._conn: AsyncConnection | None = None
         self._locked = False
 
@@ -36,7 +78,7 @@ class UnitOfWork:
     async def __aenter__(self) -> UnitOfWork:
         # SQLite has one writer at a time: serialise our own writers instead of spinning on SQLITE_BUSY.
         if self._write_lock is not None:
-            await self._write_lock.acquire()
+            await self._write_lock.acquire(urgent=self._urgent)
             self._locked = True
         try:
             self._conn = await self._engine.connect()
@@ -83,8 +125,9 @@ class UnitOfWorkFactory:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        self._write_lock = PriorityLock() if engine.dialect.name == "sqlite" else None
 
-    def __call__(self, *, readonly: bool = False) -> UnitOfWork:
-        """A unit of work; ``readonly`` ones skip the write lock (WAL lets readers run beside the writer)."""
-        return UnitOfWork(self.engine, None if readonly else self._write_lock)
+    def __call__(self, *, readonly: bool = False, background: bool = False) -> UnitOfWork:
+        """A unit of work; ``readonly`` ones skip the write lock (WAL lets readers run beside the writer);
+        ``background`` ones (the writer's batches) yield the write lock to short transactions."""
+        return UnitOfWork(self.engine, None if readonly else self._write_lock, urgent=not background)

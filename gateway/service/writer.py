@@ -319,10 +319,14 @@ class Writer:
     """
 
     def __init__(self, uow: UnitOfWorkFactory, catalog: Catalog, clock: Callable[[], dt.datetime], *,
-                 on_commands: Callable[[list[CommandRecord]], None], max_batch: int = 512) -> None:
+                 on_commands: Callable[[list[CommandRecord]], None], max_batch: int = 512,
+                 max_readings: int = 128) -> None:
         self.uow, self.catalog, self.clock = uow, catalog, clock
         self.on_commands = on_commands
         self.max_batch = max_batch
+        # Readings per batch: a batch holds SQLite's write lock while it runs, and a relay command's short
+        # transaction waits for at most one batch.
+        self.max_readings = max_readings
         # Payments and operator changes go ahead of readings, so a reading backlog never delays a reconnect.
         self._urgent: list[tuple[Job, asyncio.Future[Any]]] = []
         self._queue: list[tuple[Job, asyncio.Future[Any]]] = []
@@ -371,7 +375,7 @@ class Writer:
         while True:
             await self._ready.wait()
             batch, self._urgent = self._urgent[: self.max_batch], self._urgent[self.max_batch:]
-            room = self.max_batch - len(batch)
+            room = min(self.max_batch - len(batch), self.max_readings)
             batch, self._queue = batch + self._queue[:room], self._queue[room:]
             if not self._queue and not self._urgent:
                 self._ready.clear()
@@ -379,6 +383,10 @@ class Writer:
                 continue
             try:
                 await self._commit(batch)
+            except asyncio.CancelledError:  # stopping in the middle of a batch: its callers must not hang
+                for _, future in batch:
+                    _fail(future, RuntimeError("the gateway is stopping"))
+                raise
             except Exception as exc:  # a database error: retry one by one so one bad job can't sink the rest
                 self.cache.clear()  # its accounts may hold changes that were rolled back
                 if len(batch) == 1:
@@ -392,9 +400,13 @@ class Writer:
                         self.cache.clear()
                         _fail(item[1], one)
 
+    @staticmethod
+    def _has_urgent(items: list[tuple[Job, asyncio.Future[Any]]]) -> bool:
+        return any(not isinstance(job, ReadingJob) for job, _ in items)
+
     async def _commit(self, items: list[tuple[Job, asyncio.Future[Any]]]) -> None:
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
-        async with self.uow() as uow:
+        async with self.uow(background=not self._has_urgent(items)) as uow:
             batch = _Batch(uow, self.catalog, self.clock(), self.cache)
             await batch.load([job for job, _ in items])
             for job, future in items:
