@@ -4,7 +4,7 @@ Only ``bootstrap`` and ``cli`` read settings; the domain gets plain values.
 
 Environment overrides: ``GATEWAY_<KEY>__<KEY>...`` sets a nested key before validation, e.g.
 ``GATEWAY_DATABASE__URL=postgresql://...`` or ``GATEWAY_MQTT__PASSWORD=...``. List items are addressed by index
-(``GATEWAY_API__KEYS__0__SHA256``). Values are parsed as YAML scalars.
+(``GATEWAY_API__KEYS__0__SHA256``). Values are taken as strings and converted by the field's type.
 """
 
 from __future__ import annotations
@@ -260,7 +260,8 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
         path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
         if not path or path[0] not in Settings.model_fields:
             continue  # other GATEWAY_* variables are not settings
-        value = yaml.safe_load(raw) if raw else raw
+        value = raw  # a string: pydantic converts "5020", "1.5", "true" where the field wants a number or flag,
+        # and a secret such as a password "000123" stays exactly as written
         node: Any = data
         for key in path[:-1]:
             if isinstance(node, list):

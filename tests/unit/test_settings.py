@@ -79,3 +79,12 @@ def test_holiday_file_is_read_relative_to_the_settings(tmp_path: Path) -> None:
     (tmp_path / "holidays.txt").write_text("2026-13-01 nonsense\n")
     with pytest.raises(ConfigError, match="holidays.txt:1"):
         load_settings(tmp_path / "gateway.yaml", environ={})
+
+
+def test_a_numeric_looking_secret_from_the_environment_stays_a_string(tmp_path: Path) -> None:
+    text = GOOD.replace("port: 5020}]", "port: 5020}, {id: rs485, protocol: dlt645-tcp, host: 127.0.0.1, port: 8021}]")
+    settings = load_settings(write(tmp_path, text), environ={"GATEWAY_BUSES__1__PASSWORD": "000123",
+                                                             "GATEWAY_API__PORT": "9090"})
+    assert settings.buses[1].password == "000123"
+    assert settings.api.port == 9090
+    assert "000123" not in repr(settings)
