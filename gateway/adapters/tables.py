@@ -22,7 +22,8 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime: times are stored in UTC and must carry a zone")
-        value = value.astimezone(dt.UTC)
+        if value.tzinfo is not dt.UTC:
+            value = value.astimezone(dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
