@@ -31,7 +31,7 @@ from drivers.errors import (
     TransportError,
     UnsupportedOperation,
 )
-from drivers.modbus.buslock import PriorityBusLock, urgent
+from drivers.buslock import PriorityBusLock, urgent
 from drivers.modbus.exceptions import check_reply, map_exception
 from drivers.modbus.models import MeterModel, RelaySpec
 from drivers.modbus.registers import BIT_TABLES, ReadRequest, exception_name

@@ -7,61 +7,20 @@ repository, so publishing never runs ahead of (or without) the commit.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from drivers.buslock import PriorityBusLock
 from gateway.adapters import tables as t
 
-__all__ = ["PriorityLock", "UnitOfWork", "UnitOfWorkFactory"]
-
-
-class PriorityLock:
-    """SQLite's single-writer slot, handed out urgent waiters first.
-
-    Short transactions (a relay command's transition, a health update) go ahead of the writer's next batch of
-    readings, so a command waits for at most the batch being written, not for a queue of them.
-    """
-
-    def __init__(self) -> None:
-        self._locked = False
-        self._urgent: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._background: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    async def acquire(self, *, urgent: bool = True) -> None:
-        if not self._locked and not self._urgent and (urgent or not self._background):
-            self._locked = True
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue = self._urgent if urgent else self._background
-        queue.append(future)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release()  # the lock was handed over just as we were cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    queue.remove(future)
-            raise
-
-    def release(self) -> None:
-        for queue in (self._urgent, self._background):
-            while queue:
-                future = queue.popleft()
-                if not future.done():
-                    future.set_result(None)  # ownership passes directly: the lock stays taken
-                    return
-        self._locked = False
+__all__ = ["UnitOfWork", "UnitOfWorkFactory"]
 
 
 class UnitOfWork:
-    def __init__(self, engine: AsyncEngine, write_lock: PriorityLock | None, *, urgent: bool = True) -> None:
+    def __init__(self, engine: AsyncEngine, write_lock: PriorityBusLock | None, *, urgent: bool = True) -> None:
         # write_lock is None for read-only work (and on PostgreSQL, where row locks do the job).
         self._engine = engine
         self._write_lock = write_lock
@@ -125,7 +84,8 @@ class UnitOfWorkFactory:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._write_lock = PriorityLock() if engine.dialect.name == "sqlite" else None
+        # SQLite has one writer: short transactions (command transitions, health) go before the writer's batches
+        self._write_lock = PriorityBusLock() if engine.dialect.name == "sqlite" else None
 
     def __call__(self, *, readonly: bool = False, background: bool = False) -> UnitOfWork:
         """A unit of work; ``readonly`` ones skip the write lock (WAL lets readers run beside the writer);

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from drivers.modbus.buslock import PriorityBusLock, is_urgent, urgent
+from drivers.buslock import PriorityBusLock, is_urgent, urgent
 
 
 async def test_urgent_waiters_go_first_then_normal_ones_in_order() -> None:

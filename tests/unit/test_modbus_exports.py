@@ -10,7 +10,7 @@ import pytest
 
 MODULES = [
     "drivers.modbus",
-    "drivers.modbus.buslock",
+    "drivers.buslock",
     "drivers.modbus.driver",
     "drivers.modbus.exceptions",
     "drivers.modbus.models",

@@ -1,21 +1,21 @@
-"""SQLite's write slot: urgent transactions go before the writer's next batch; cancellation never leaks it."""
+"""SQLite's write slot (a ``PriorityBusLock`` taken with an explicit ``urgent`` flag): urgent transactions go
+before the writer's next batch, whatever the task's ``urgent()`` context."""
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from gateway.service.uow import PriorityLock
+from drivers.buslock import PriorityBusLock, urgent
 
 
-async def test_urgent_waiters_go_first_and_ownership_passes_on() -> None:
-    lock = PriorityLock()
+async def test_an_explicit_flag_orders_waiters_and_overrides_the_context() -> None:
+    lock = PriorityBusLock()
     await lock.acquire(urgent=False)  # a batch is being written
     order: list[str] = []
 
-    async def take(name: str, urgent: bool) -> None:
-        await lock.acquire(urgent=urgent)
+    async def take(name: str, flag: bool) -> None:
+        with urgent():  # the context says urgent; the explicit flag decides
+            await lock.acquire(urgent=flag)
         order.append(name)
         lock.release()
 
@@ -26,16 +26,4 @@ async def test_urgent_waiters_go_first_and_ownership_passes_on() -> None:
     lock.release()
     await asyncio.gather(*tasks)
     assert order == ["command", "batch-2", "batch-3"]
-    await asyncio.wait_for(lock.acquire(), timeout=1)  # free again
-
-
-async def test_a_cancelled_waiter_does_not_keep_the_lock() -> None:
-    lock = PriorityLock()
-    await lock.acquire()
-    waiter = asyncio.create_task(lock.acquire())
-    await asyncio.sleep(0)
-    waiter.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    lock.release()
-    await asyncio.wait_for(lock.acquire(urgent=False), timeout=1)
+    assert not lock.locked

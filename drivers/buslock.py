@@ -3,7 +3,8 @@
 A driver takes the lock once per transaction, so an urgent caller waits at most for the transaction in flight,
 even when a normal caller is in the middle of a multi-request ``read``. Whether the current task is urgent is a
 context variable, set with ``urgent()``; the bus scheduler wraps its relay command steps in it. Nothing here is
-specific to Modbus (a DL/T 645 driver can use it the same way).
+specific to a protocol (a DL/T 645 driver can use it the same way); the gateway also uses it for SQLite's single
+write slot, where short transactions pass ``urgent=True`` explicitly.
 """
 
 from __future__ import annotations
@@ -57,12 +58,13 @@ class PriorityBusLock:
         self._held = True
         return True
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, urgent: bool | None = None) -> None:
+        """Take the lock; ``urgent`` overrides the task's ``urgent()`` context when given."""
         if not self._held and not self._urgent and not self._normal:
             self._held = True
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue = self._urgent if _URGENT.get() else self._normal
+        queue = self._urgent if (_URGENT.get() if urgent is None else urgent) else self._normal
         queue.append(waiter)
         try:
             await waiter
