@@ -117,10 +117,12 @@ class Gateway:
             meters = [m for m in self.settings.meters if m.bus == bus.id]
             driver, targets = build_bus(bus, meters, models, timezone=self.settings.site.timezone)
             runners.append(BusRunner(bus.id, driver, targets, self.service, gap_s=bus.gap_ms / 1000))
-            if bus.time_sync_s and bus.protocol.startswith("dlt645"):
-                self._time_sync(bus.id, driver, bus.time_sync_s)
         self.scheduler = await self._stack.enter_async_context(
             Scheduler(self.service, runners, evaluate_every_s=self.catalog.evaluate_every_s))
+        # Started after the scheduler so that they stop before it closes the drivers they use.
+        for bus, runner in zip(self.settings.buses if self.run_buses else [], runners, strict=True):
+            if bus.time_sync_s and bus.protocol.startswith("dlt645"):
+                self._time_sync(bus.id, runner.driver, bus.time_sync_s)
         return self
 
     def _time_sync(self, bus_id: str, driver: Any, interval: float) -> None:

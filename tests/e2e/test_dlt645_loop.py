@@ -4,6 +4,7 @@ bit 4 on the simulated meter itself."""
 
 from __future__ import annotations
 
+import contextlib
 from decimal import Decimal
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def settings(tmp_path: Path, bus: dict[str, object], api_port: int) -> Settings:
 @pytest.mark.parametrize("link", ["pty", "tcp"])
 async def test_dlt645_charge_trip_pay_close(link: str, tmp_path: Path) -> None:
     api_port = free_port()
-    with socat_pty_pair(tmp_path) if link == "pty" else _nothing() as pair:
+    with socat_pty_pair(tmp_path) if link == "pty" else contextlib.nullcontext() as pair:
         if link == "pty":
             gateway_end, meter_end = pair
             simulator = Dlt645Simulator(meters=1, serial=meter_end, parity="N", baud=2400)
@@ -86,10 +87,3 @@ async def test_dlt645_charge_trip_pay_close(link: str, tmp_path: Path) -> None:
                 await async_wait_until(close_confirmed, timeout=5, what="the close confirmed by status word 3")
                 assert (await history())[:2] == [("close", "confirmed"), ("open", "confirmed")]
 
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
