@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from gateway.adapters.bulk import dumps_json
+
 __all__ = ["async_url", "create_engine", "migrate"]
+
+JSON_CODEC: dict[str, Any] = {"json_serializer": dumps_json, "json_deserializer": orjson.loads}
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -31,7 +36,7 @@ def create_engine(url: str) -> AsyncEngine:
         path = url.split(":///", 1)[1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30}, use_insertmanyvalues=False)
+        engine = create_async_engine(url, connect_args={"timeout": 30}, use_insertmanyvalues=False, **JSON_CODEC)
 
         @sa.event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -43,7 +48,7 @@ def create_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10)
+    return create_async_engine(url, pool_size=10, max_overflow=10, **JSON_CODEC)
 
 
 async def migrate(engine: AsyncEngine) -> None:

@@ -12,6 +12,8 @@ _UNITS = {"s": 1, None: 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
 def require_aware(when: dt.datetime, what: str = "time") -> dt.datetime:
+    if when.tzinfo is dt.UTC:
+        return when
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware (UTC), got {when!r}")
     return when
@@ -21,6 +23,8 @@ def to_iso(when: dt.datetime | None) -> str | None:
     """Aware datetime -> ISO 8601 in UTC ("2026-11-23T08:00:00Z"), None stays None."""
     if when is None:
         return None
+    if when.tzinfo is dt.UTC:  # the common case, without the conversions
+        return when.isoformat()[:-6] + "Z"
     return require_aware(when).astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 

@@ -22,7 +22,8 @@ import sqlalchemy as sa
 from gateway.adapters import tables as t
 from gateway.service.uow import UnitOfWork
 
-__all__ = ["ACTIVE_STATES", "CommandRecord", "create_command", "get_command", "transition"]
+__all__ = ["ACTIVE_STATES", "CommandRecord", "create_command", "get_command", "new_command", "store_command",
+           "transition"]
 
 ACTIVE_STATES = ("queued", "sending", "sent")
 FINAL_STATES = ("confirmed", "failed", "superseded", "cancelled", "expired")
@@ -49,21 +50,34 @@ class CommandRecord:
                    row.last_error, row.created_at, row.updated_at, row.expires_at)
 
 
+def new_command(*, meter_id: str, action: str, origin: str, now: dt.datetime, expires_at: dt.datetime,
+                operator: str | None = None, reason: str | None = None) -> CommandRecord:
+    """A new queued command, not stored yet (``store_command`` writes it)."""
+    return CommandRecord(str(uuid.uuid4()), meter_id, action, origin, operator, reason, "queued", 0, None, now, now,
+                         expires_at)
+
+
+async def store_command(uow: UnitOfWork, record: CommandRecord) -> None:
+    """Write a new command; any other active command for its meter is superseded by it."""
+    now = record.created_at
+    older = (await uow.execute(sa.select(t.commands.c.id, t.commands.c.state).where(
+        t.commands.c.meter_id == record.meter_id, t.commands.c.state.in_(ACTIVE_STATES)))).all()
+    for row in older:
+        await transition(uow, row.id, row.state, "superseded", now, error=f"superseded by {record.id}")
+    await uow.execute(sa.insert(t.commands).values(
+        id=record.id, meter_id=record.meter_id, action=record.action, origin=record.origin,
+        operator=record.operator, reason=record.reason, state=record.state, attempts=record.attempts,
+        created_at=now, updated_at=now, expires_at=record.expires_at))
+    await uow.add_outbox(f"commands/{record.id}", command_payload(record), now)
+
+
 async def create_command(uow: UnitOfWork, *, meter_id: str, action: str, origin: str, now: dt.datetime,
                          expires_at: dt.datetime, operator: str | None = None,
                          reason: str | None = None) -> CommandRecord:
     """Queue a relay command; any other active command for the meter is superseded by it."""
-    command_id = str(uuid.uuid4())
-    older = (await uow.execute(sa.select(t.commands.c.id, t.commands.c.state).where(
-        t.commands.c.meter_id == meter_id, t.commands.c.state.in_(ACTIVE_STATES)))).all()
-    for row in older:
-        await transition(uow, row.id, row.state, "superseded", now, error=f"superseded by {command_id}")
-    await uow.execute(sa.insert(t.commands).values(
-        id=command_id, meter_id=meter_id, action=action, origin=origin, operator=operator, reason=reason,
-        state="queued", attempts=0, created_at=now, updated_at=now, expires_at=expires_at))
-    record = CommandRecord(command_id, meter_id, action, origin, operator, reason, "queued", 0, None, now, now,
-                           expires_at)
-    await uow.add_outbox(f"commands/{command_id}", command_payload(record), now)
+    record = new_command(meter_id=meter_id, action=action, origin=origin, now=now, expires_at=expires_at,
+                         operator=operator, reason=reason)
+    await store_command(uow, record)
     return record
 
 
@@ -86,7 +100,7 @@ async def transition(uow: UnitOfWork, command_id: str, expected: str, new: str, 
     if new == "failed":
         await uow.add_outbox("alarms", {"type": "CommandFailed", "command_id": command_id,
                                         "meter_id": record.meter_id, "action": record.action,
-                                        "error": record.last_error, "at": now.isoformat()}, now)
+                                        "error": record.last_error, "at": now}, now)
     return True
 
 
@@ -98,4 +112,4 @@ async def get_command(uow: UnitOfWork, command_id: str) -> CommandRecord | None:
 def command_payload(record: CommandRecord) -> dict[str, Any]:
     return {"type": "CommandState", "id": record.id, "meter_id": record.meter_id, "action": record.action,
             "state": record.state, "attempts": record.attempts, "last_error": record.last_error,
-            "at": record.updated_at.isoformat()}
+            "at": record.updated_at}

@@ -75,7 +75,7 @@ class Service:
                 now = self.clock()
                 await uow.add_outbox(f"meters/{meter_id}/state", {"type": "MeterHealth", "meter_id": meter_id,
                                                                   "health": health, "error": error,
-                                                                  "at": now.isoformat()}, now)
+                                                                  "at": now}, now)
             await uow.commit()
 
     # --- operator actions on accounts ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from drivers.buslock import PriorityBusLock
+from gateway.adapters import bulk
 from gateway.adapters import tables as t
 
 __all__ = ["UnitOfWork", "UnitOfWorkFactory"]
@@ -68,6 +69,20 @@ class UnitOfWork:
 
     async def execute(self, statement: Any, params: Any = None) -> sa.CursorResult[Any]:
         return await self.conn.execute(statement, params)
+
+    async def insert_many(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        """INSERT many rows (the writer's hot path; see ``gateway.adapters.bulk``)."""
+        await bulk.insert_many(self.conn, table, rows)
+
+    async def update_many(self, table: sa.Table, key: str, rows: list[dict[str, Any]], *,
+                          increment: str | None = None) -> None:
+        """UPDATE many rows matched on column ``key`` (see ``gateway.adapters.bulk``)."""
+        await bulk.update_many(self.conn, table, key, rows, increment=increment)
+
+    async def select_in(self, table: sa.Table, columns: tuple[str, ...], key: str, values: list[Any], *,
+                        for_update: bool = False) -> list[Any]:
+        """Plain-typed columns of the rows whose ``key`` is in ``values`` (see ``gateway.adapters.bulk``)."""
+        return await bulk.select_in(self.conn, table, columns, key, values, for_update=for_update)
 
     async def add_outbox(self, topic: str, payload: dict[str, Any], now: dt.datetime) -> None:
         await self.conn.execute(sa.insert(t.outbox).values(topic=topic, payload=payload, created_at=now))

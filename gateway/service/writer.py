@@ -31,7 +31,7 @@ from gateway.domain.errors import DomainError
 from gateway.domain.policy import RateLimiter
 from gateway.service import accounts as repo
 from gateway.service.catalog import Catalog
-from gateway.service.commands import CommandRecord, create_command
+from gateway.service.commands import CommandRecord, new_command, store_command
 from gateway.service.uow import UnitOfWork, UnitOfWorkFactory
 
 __all__ = ["AccountJob", "PaymentConflict", "PaymentJob", "PaymentResult", "ReadingJob", "ReversalJob", "Writer",
@@ -108,12 +108,15 @@ class _MeterState:
 
 
 class _Batch:
-    """The in-memory picture of one batch: accounts, meters, and the rows to write at the end."""
+    """The in-memory picture of one batch: accounts, meters, and the rows to write at the end.
 
-    def __init__(self, uow: UnitOfWork, catalog: Catalog, now: dt.datetime,
-                 cache: repo.AccountCache | None = None) -> None:
-        self.uow, self.catalog, self.now, self.cache = uow, catalog, now, cache
+    ``load`` reads what the jobs need, ``run`` applies each job in memory (no I/O), ``flush`` writes the rows.
+    """
+
+    def __init__(self, catalog: Catalog, now: dt.datetime, cache: repo.AccountCache | None = None) -> None:
+        self.catalog, self.now, self.cache = catalog, now, cache
         self.accounts: dict[str, PrepaidAccount] = {}
+        self.versions: dict[str, int] = {}  # of the accounts, as read
         self.meters: dict[str, _MeterState] = {}
         self.payments: dict[tuple[str, str], dict[str, Any]] = {}
         self.new_payments: list[dict[str, Any]] = []
@@ -125,10 +128,10 @@ class _Batch:
         self.limiter: RateLimiter | None = None
         self._limiter_state: dict[str, Any] | None = None
 
-    async def load(self, jobs: list[Job]) -> None:
+    async def load(self, uow: UnitOfWork, jobs: list[Job]) -> None:
         payment_keys = {(j.source, j.payment_id) for j in jobs if isinstance(j, PaymentJob | ReversalJob)}
         if payment_keys:
-            rows = await self.uow.execute(sa.select(t.payments).where(
+            rows = await uow.execute(sa.select(t.payments).where(
                 sa.tuple_(t.payments.c.source, t.payments.c.payment_id).in_(sorted(payment_keys))))
             self.payments = {(r.source, r.payment_id): _payment_record(r) for r in rows}
         account_ids: set[str] = set()
@@ -143,25 +146,25 @@ class _Batch:
                 spec = self.catalog.meters.get(job.reading.meter_id)
                 if spec is not None:
                     account_ids.add(spec.account_id)
-        self.accounts = await repo.load_accounts(self.uow, self.catalog, sorted(account_ids), cache=self.cache)
+        self.accounts = await repo.load_accounts(uow, self.catalog, sorted(account_ids), cache=self.cache,
+                                                 versions=self.versions)
         meter_ids = sorted({m for a in self.accounts for m in self.catalog.accounts[a].meter_ids})
         if meter_ids:
-            rows = await self.uow.execute(sa.select(t.meters.c.id, t.meters.c.health)
-                                          .where(t.meters.c.id.in_(meter_ids)))
+            rows = await uow.select_in(t.meters, ("id", "health"), "id", meter_ids)
             self.meters = {row.id: _MeterState(row.health) for row in rows}
-        row = (await self.uow.execute(sa.select(t.site_state.c.state).where(t.site_state.c.name == LIMITER)
+        row = (await uow.execute(sa.select(t.site_state.c.state).where(t.site_state.c.name == LIMITER)
                                       .with_for_update())).one_or_none()
         self._limiter_state = None if row is None else row.state
         self.limiter = self.catalog.site.limiter(self._limiter_state)
 
     # --- jobs ---------------------------------------------------------------------------------------------
-    async def run(self, job: Job) -> Any:
+    def run(self, job: Job) -> Any:
         if isinstance(job, ReadingJob):
-            return await self.reading(job)
+            return self.reading(job)
         if isinstance(job, PaymentJob):
-            return await self.payment(job)
+            return self.payment(job)
         if isinstance(job, ReversalJob):
-            return await self.reversal(job)
+            return self.reversal(job)
         account = self._account(job.account_id)
         result = job.apply(account, self.now)
         if job.audit is not None:
@@ -169,10 +172,10 @@ class _Batch:
             self.audits.append(dict(at=self.now, actor=actor, action=action, target=job.account_id, detail=detail))
         if job.command is not None:
             expires = self.now + dt.timedelta(seconds=self.catalog.command_expiry_s)
-            record = await create_command(self.uow, now=self.now, expires_at=expires, **job.command)
+            record = new_command(now=self.now, expires_at=expires, **job.command)
             self.commands.append(record)
             result = (result, record)
-        await self._decide(account, origin="automatic", reason=job.reason)
+        self._decide(account, origin="automatic", reason=job.reason)
         return result
 
     def _account(self, account_id: str) -> PrepaidAccount:
@@ -181,7 +184,7 @@ class _Batch:
             raise repo.UnknownAccount(account_id)
         return account
 
-    async def payment(self, job: PaymentJob) -> PaymentResult:
+    def payment(self, job: PaymentJob) -> PaymentResult:
         key = (job.source, job.payment_id)
         existing = self.payments.get(key)
         if existing is not None:
@@ -196,10 +199,10 @@ class _Batch:
                       reversal_reason=None)
         self.payments[key] = record
         self.new_payments.append(record)
-        await self._decide(account, origin="billing", reason=f"payment {job.source}/{job.payment_id}")
+        self._decide(account, origin="billing", reason=f"payment {job.source}/{job.payment_id}")
         return PaymentResult(True, record)
 
-    async def reversal(self, job: ReversalJob) -> PaymentResult:
+    def reversal(self, job: ReversalJob) -> PaymentResult:
         record = self.payments.get((job.source, job.payment_id))
         if record is None:
             raise UnknownPayment(f"no payment {job.source}/{job.payment_id}")
@@ -209,10 +212,10 @@ class _Batch:
         account.apply_reversal(job.source, job.payment_id, record["amount_fen"], reason=job.reason)
         record.update(reversed_at=self.now, reversal_reason=job.reason or None)
         self.reversed.append(record)
-        await self._decide(account, origin="automatic", reason=f"reversal of {job.source}/{job.payment_id}")
+        self._decide(account, origin="automatic", reason=f"reversal of {job.source}/{job.payment_id}")
         return PaymentResult(True, record | {"balance_after_fen": account.balance_fen})
 
-    async def reading(self, job: ReadingJob) -> list[CommandRecord]:
+    def reading(self, job: ReadingJob) -> list[CommandRecord]:
         reading = job.reading
         spec = self.catalog.meters.get(reading.meter_id)
         if spec is None or reading.meter_id not in self.meters:
@@ -235,15 +238,16 @@ class _Batch:
         if relay is not None:
             meter.changed["relay"] = relay
         self._outbox(f"meters/{reading.meter_id}/reading", {
-            "type": "Reading", "meter_id": reading.meter_id, "taken_at": reading.taken_at.isoformat(),
+            "type": "Reading", "meter_id": reading.meter_id, "taken_at": reading.taken_at,
             "energy_wh": reading.energy_wh, "power_w": reading.power_w, "relay": relay})
-        return await self._decide(account, origin="automatic", reason="balance")
+        return self._decide(account, origin="automatic", reason="balance")
 
     def _outbox(self, topic: str, payload: dict[str, Any]) -> None:
-        payload.setdefault("at", self.now.isoformat())
+        """Queue an event; datetimes in ``payload`` are written as ISO 8601 UTC by the JSON column."""
+        payload.setdefault("at", self.now)
         self.outbox.append(dict(topic=topic, payload=payload, created_at=self.now))
 
-    async def _decide(self, account: PrepaidAccount, *, origin: str, reason: str) -> list[CommandRecord]:
+    def _decide(self, account: PrepaidAccount, *, origin: str, reason: str) -> list[CommandRecord]:
         offline = {m for m in self.catalog.accounts[account.id].meter_ids
                    if self.meters.get(m) is not None and self.meters[m].health == "offline"}
         decision = account.evaluate(self.now, offline=offline, limiter=self.limiter)
@@ -251,40 +255,33 @@ class _Batch:
             return []
         action = "open" if decision is Decision.DISCONNECT else "close"
         expires = self.now + dt.timedelta(seconds=self.catalog.command_expiry_s)
-        made = [await create_command(self.uow, meter_id=m, action=action, origin=origin, now=self.now,
-                                     expires_at=expires, reason=reason)
+        made = [new_command(meter_id=m, action=action, origin=origin, now=self.now, expires_at=expires,
+                            reason=reason)
                 for m in self.catalog.accounts[account.id].meter_ids]
         self.commands += made
         return made
 
     # --- flush --------------------------------------------------------------------------------------------
-    async def flush(self) -> None:
-        uow = self.uow
+    async def flush(self, uow: UnitOfWork) -> None:
+        for record in self.commands:
+            await store_command(uow, record)
         entries: list[dict[str, Any]] = []
         for account in self.accounts.values():
             rows, events = repo.drain(account, self.now)
             entries += rows
             self.outbox += events
-        if entries:
-            await uow.execute(sa.insert(t.ledger), entries)
-        if self.new_payments:
-            await uow.execute(sa.insert(t.payments), self.new_payments)
+        await uow.insert_many(t.ledger, entries)
+        await uow.insert_many(t.payments, self.new_payments)
         for record in self.reversed:
             if record not in self.new_payments:
                 await uow.execute(sa.update(t.payments).where(
                     t.payments.c.source == record["source"], t.payments.c.payment_id == record["payment_id"])
                     .values(reversed_at=record["reversed_at"], reversal_reason=record["reversal_reason"]))
-        if self.readings:
-            await uow.execute(sa.insert(t.readings), self.readings)
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # one executemany per set of changed columns
-        for meter_id, meter in self.meters.items():
-            if meter.changed:
-                groups.setdefault(tuple(sorted(meter.changed)), []).append(meter.changed | {"_id": meter_id})
-        for columns, rows in groups.items():
-            statement = sa.update(t.meters).where(t.meters.c.id == sa.bindparam("_id")).values(
-                {c: sa.bindparam(c) for c in columns})
-            await uow.execute(statement, rows)
-        await repo.save_accounts(uow, list(self.accounts.values()), self.now)
+        await uow.insert_many(t.readings, self.readings)
+        await uow.update_many(t.meters, "id", [meter.changed | {"id": meter_id}
+                                               for meter_id, meter in self.meters.items() if meter.changed])
+        await repo.save_accounts(uow, list(self.accounts.values()), self.now,
+                                 self.versions if self.cache is not None else None)
         if self.limiter is not None:
             state = self.limiter.state_dict()
             if state != self._limiter_state:
@@ -293,10 +290,8 @@ class _Batch:
                 else:
                     await uow.execute(sa.update(t.site_state).where(t.site_state.c.name == LIMITER)
                                       .values(state=state))
-        if self.outbox:
-            await uow.execute(sa.insert(t.outbox), self.outbox)
-        if self.audits:
-            await uow.execute(sa.insert(t.audit_log), self.audits)
+        await uow.insert_many(t.outbox, self.outbox)
+        await uow.insert_many(t.audit_log, self.audits)
 
 
 def _payment_record(row: Any) -> dict[str, Any]:
@@ -322,6 +317,7 @@ class Writer:
                  on_commands: Callable[[list[CommandRecord]], None], max_batch: int = 512,
                  max_readings: int = 128) -> None:
         self.uow, self.catalog, self.clock = uow, catalog, clock
+        self._sqlite = uow.engine.dialect.name == "sqlite"
         self.on_commands = on_commands
         self.max_batch = max_batch
         # Readings per batch: a batch holds SQLite's write lock while it runs, and a relay command's short
@@ -405,17 +401,27 @@ class Writer:
         return any(not isinstance(job, ReadingJob) for job, _ in items)
 
     async def _commit(self, items: list[tuple[Job, asyncio.Future[Any]]]) -> None:
+        jobs = [job for job, _ in items]
+        batch = _Batch(self.catalog, self.clock(), self.cache)
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
-        async with self.uow(background=not self._has_urgent(items)) as uow:
-            batch = _Batch(uow, self.catalog, self.clock(), self.cache)
-            await batch.load([job for job, _ in items])
-            for job, future in items:
-                try:
-                    results.append((future, True, await batch.run(job)))
-                except REFUSALS as exc:
-                    results.append((future, False, exc))
-            await batch.flush()
-            await uow.commit()
+        background = not self._has_urgent(items)
+        if self._sqlite:
+            # SQLite: read and apply the jobs outside the write lock, then hold it only to write and commit, so
+            # a short transaction (a relay command) waits for at most one flush, not for a whole batch's work.
+            # Accounts changed meanwhile by another writer fail the batch (StaleWrite) instead of being lost.
+            async with self.uow(readonly=True) as reader:
+                await batch.load(reader, jobs)
+            results = self._apply(batch, items)
+            async with self.uow(background=background) as uow:
+                await batch.flush(uow)
+                await uow.commit()
+        else:
+            # PostgreSQL: the accounts are read row-locked (FOR UPDATE) in the transaction that writes them.
+            async with self.uow(background=background) as uow:
+                await batch.load(uow, jobs)
+                results = self._apply(batch, items)
+                await batch.flush(uow)
+                await uow.commit()
         self.batches += 1
         self.items += len(items)
         for future, ok, value in results:
@@ -426,6 +432,17 @@ class Writer:
                     future.set_exception(value)
         if batch.commands:
             self.on_commands(batch.commands)
+
+    @staticmethod
+    def _apply(batch: _Batch, items: list[tuple[Job, asyncio.Future[Any]]]
+               ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        for job, future in items:
+            try:
+                results.append((future, True, batch.run(job)))
+            except REFUSALS as exc:
+                results.append((future, False, exc))
+        return results
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
