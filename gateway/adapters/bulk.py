@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import operator
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters.tables import UtcDateTime
 
-__all__ = ["RawJson", "StaleWrite", "dumps_json", "insert_many", "select_in", "sqlite_datetime", "update_many"]
+__all__ = ["RawJson", "StaleWrite", "Statement", "dumps_json", "insert_many", "insert_statements", "run_statements",
+           "select_in", "sqlite_datetime", "update_many", "update_statements"]
 
 Row = Mapping[str, Any]
 Convert = Callable[[Any], Any] | None
@@ -112,25 +114,38 @@ def _groups(rows: Sequence[Row]) -> dict[tuple[str, ...], list[Row]]:
     return groups
 
 
-async def insert_many(conn: AsyncConnection, table: sa.Table, rows: Sequence[Row]) -> None:
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One prepared executemany: driver SQL with tuples on SQLite, a SQLAlchemy statement with dicts elsewhere.
+
+    ``guard``: the number of rows it must change (a guarded UPDATE), else ``StaleWrite``.
+    """
+
+    statement: str | sa.Executable
+    params: list[Any]
+    guard: int | None = None
+
+
+def insert_statements(dialect: str, table: sa.Table, rows: Sequence[Row]) -> list[Statement]:
     """INSERT ``rows`` (dicts of column values) into ``table``, one executemany per set of keys."""
     if not rows:
-        return
-    if conn.dialect.name != "sqlite":
-        await conn.execute(sa.insert(table), list(rows))
-        return
+        return []
+    if dialect != "sqlite":
+        return [Statement(sa.insert(table), list(rows))]
+    out = []
     for columns, group in _groups(rows).items():
         sql, converters = _plan(("insert", table.name, columns), table, columns, lambda: (
             f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"))
-        await conn.exec_driver_sql(sql, _tuples(group, columns, converters))
+        out.append(Statement(sql, _tuples(group, columns, converters)))
+    return out
 
 
 class StaleWrite(RuntimeError):
     """A guarded UPDATE found a row changed by somebody else since it was read."""
 
 
-async def update_many(conn: AsyncConnection, table: sa.Table, key: str, rows: Sequence[Row], *,
-                      increment: str | None = None) -> None:
+def update_statements(dialect: str, table: sa.Table, key: str, rows: Sequence[Row], *,
+                      increment: str | None = None) -> list[Statement]:
     """UPDATE ``table`` row by row (matched on column ``key``) with each dict's other values.
 
     ``increment`` names an integer column (a version counter) to add one to in every updated row. When the
@@ -138,17 +153,16 @@ async def update_many(conn: AsyncConnection, table: sa.Table, key: str, rows: Se
     differs (changed by another writer since it was read) raises ``StaleWrite`` and the transaction must be
     rolled back. (On PostgreSQL the writer holds the rows locked since it read them.)
     """
-    if not rows:
-        return
+    out = []
     for names, group in _groups(rows).items():
         guarded = increment is not None and increment in names
         columns = tuple(n for n in names if n not in (key, increment))
-        if conn.dialect.name != "sqlite":
+        if dialect != "sqlite":
             values: dict[str, Any] = {c: sa.bindparam(c) for c in columns}
             if increment is not None:
                 values[increment] = table.c[increment] + 1
             statement = sa.update(table).where(table.c[key] == sa.bindparam("_key")).values(values)
-            await conn.execute(statement, [{**{c: row[c] for c in columns}, "_key": row[key]} for row in group])
+            out.append(Statement(statement, [{**{c: row[c] for c in columns}, "_key": row[key]} for row in group]))
             continue
         order = (*columns, key, *((increment,) if guarded else ()))
 
@@ -158,10 +172,30 @@ async def update_many(conn: AsyncConnection, table: sa.Table, key: str, rows: Se
             return f"UPDATE {table.name} SET {', '.join(sets)} WHERE {where}"
 
         sql_text, converters = _plan(("update", table.name, order, increment), table, order, sql)
-        result = await conn.exec_driver_sql(sql_text, _tuples(group, order, converters))
-        if guarded and result.rowcount != len(group):
-            raise StaleWrite(f"{table.name}: {len(group) - result.rowcount} of {len(group)} rows were changed by "
-                             "another writer")
+        out.append(Statement(sql_text, _tuples(group, order, converters), len(group) if guarded else None))
+    return out
+
+
+async def run_statements(conn: AsyncConnection, statements: Sequence[Statement]) -> None:
+    """Execute prepared statements in order (in the caller's transaction)."""
+    for item in statements:
+        if isinstance(item.statement, str):
+            result = await conn.exec_driver_sql(item.statement, item.params)
+        else:
+            result = await conn.execute(item.statement, item.params or None)
+        if item.guard is not None and result.rowcount != item.guard:
+            raise StaleWrite(f"{item.guard - result.rowcount} of {item.guard} rows were changed by another writer")
+
+
+async def insert_many(conn: AsyncConnection, table: sa.Table, rows: Sequence[Row]) -> None:
+    """``insert_statements`` executed at once."""
+    await run_statements(conn, insert_statements(conn.dialect.name, table, rows))
+
+
+async def update_many(conn: AsyncConnection, table: sa.Table, key: str, rows: Sequence[Row], *,
+                      increment: str | None = None) -> None:
+    """``update_statements`` executed at once."""
+    await run_statements(conn, update_statements(conn.dialect.name, table, key, rows, increment=increment))
 
 
 async def select_in(conn: AsyncConnection, table: sa.Table, columns: Sequence[str], key: str,

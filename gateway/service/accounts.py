@@ -14,6 +14,7 @@ import orjson
 import sqlalchemy as sa
 
 from gateway.adapters import tables as t
+from gateway.adapters import bulk
 from gateway.adapters.bulk import RawJson
 from gateway.domain import events as ev
 from gateway.domain.account import PrepaidAccount
@@ -21,8 +22,8 @@ from gateway.domain.state import STATE_VERSION
 from gateway.service.catalog import Catalog
 from gateway.service.uow import UnitOfWork
 
-__all__ = ["UnknownAccount", "UnknownMeter", "drain", "ensure_catalog_rows", "load_account", "load_accounts",
-           "save_accounts", "state_json"]
+__all__ = ["UnknownAccount", "UnknownMeter", "account_statements", "drain", "ensure_catalog_rows", "load_account", "load_accounts",
+           "state_json"]
 
 
 class UnknownAccount(LookupError):
@@ -83,7 +84,7 @@ async def load_accounts(uow: UnitOfWork, catalog: Catalog, account_ids: list[str
                         versions: dict[str, int] | None = None) -> dict[str, PrepaidAccount]:
     """Load accounts for change, row-locked on PostgreSQL (in id order, so that writers never deadlock).
 
-    With a ``cache``, ``versions`` (when given) receives each account's version as read, for ``save_accounts``.
+    With a ``cache``, ``versions`` (when given) receives each account's version as read, for ``account_statements``.
     """
     ids = sorted(set(account_ids) & set(catalog.accounts))
     if not ids:
@@ -116,19 +117,21 @@ async def load_accounts(uow: UnitOfWork, catalog: Catalog, account_ids: list[str
     return out
 
 
-async def save_accounts(uow: UnitOfWork, accounts: list[PrepaidAccount], now: dt.datetime,
-                        versions: dict[str, int] | None = None) -> None:
-    """Write the state of several accounts in one executemany (their entries and events are the caller's).
+def account_statements(dialect: str, accounts: list[PrepaidAccount], now: dt.datetime,
+                       versions: dict[str, int] | None = None) -> list[bulk.Statement]:
+    """The UPDATE of the accounts' rows (state, balance, supply, deferral), prepared.
 
     With ``versions`` (as ``load_accounts`` read them), an account changed meanwhile by another writer raises
     ``StaleWrite`` instead of being overwritten.
     """
-    if not accounts:
-        return
-    rows = [_row(a, now) | {"id": a.id} for a in accounts]
-    if versions is not None:
-        rows = [row | {"version": versions[row["id"]]} for row in rows]
-    await uow.update_many(t.accounts, "id", rows, increment="version")
+    rows = []
+    for account in accounts:
+        row = _row(account, now)
+        row["id"] = account.id
+        if versions is not None:
+            row["version"] = versions[account.id]
+        rows.append(row)
+    return bulk.update_statements(dialect, t.accounts, "id", rows, increment="version")
 
 
 def _row(account: PrepaidAccount, now: dt.datetime) -> dict[str, Any]:

@@ -70,14 +70,9 @@ class UnitOfWork:
     async def execute(self, statement: Any, params: Any = None) -> sa.CursorResult[Any]:
         return await self.conn.execute(statement, params)
 
-    async def insert_many(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-        """INSERT many rows (the writer's hot path; see ``gateway.adapters.bulk``)."""
-        await bulk.insert_many(self.conn, table, rows)
-
-    async def update_many(self, table: sa.Table, key: str, rows: list[dict[str, Any]], *,
-                          increment: str | None = None) -> None:
-        """UPDATE many rows matched on column ``key`` (see ``gateway.adapters.bulk``)."""
-        await bulk.update_many(self.conn, table, key, rows, increment=increment)
+    async def run(self, statements: list[bulk.Statement]) -> None:
+        """Execute statements prepared by ``gateway.adapters.bulk`` in this transaction."""
+        await bulk.run_statements(self.conn, statements)
 
     async def select_in(self, table: sa.Table, columns: tuple[str, ...], key: str, values: list[Any], *,
                         for_update: bool = False) -> list[Any]:

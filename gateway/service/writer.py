@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from drivers.base import Reading
+from gateway.adapters import bulk
 from gateway.adapters import tables as t
 from gateway.domain.account import Decision, PrepaidAccount
 from gateway.domain.errors import DomainError
@@ -110,7 +111,8 @@ class _MeterState:
 class _Batch:
     """The in-memory picture of one batch: accounts, meters, and the rows to write at the end.
 
-    ``load`` reads what the jobs need, ``run`` applies each job in memory (no I/O), ``flush`` writes the rows.
+    ``load`` reads what the jobs need, ``run`` applies each job in memory and ``prepare`` makes the statements
+    (no I/O), ``write`` executes them.
     """
 
     def __init__(self, catalog: Catalog, now: dt.datetime, cache: repo.AccountCache | None = None) -> None:
@@ -125,6 +127,7 @@ class _Batch:
         self.outbox: list[dict[str, Any]] = []
         self.commands: list[CommandRecord] = []
         self.audits: list[dict[str, Any]] = []
+        self.statements: list[bulk.Statement] = []
         self.limiter: RateLimiter | None = None
         self._limiter_state: dict[str, Any] | None = None
 
@@ -262,36 +265,43 @@ class _Batch:
         return made
 
     # --- flush --------------------------------------------------------------------------------------------
-    async def flush(self, uow: UnitOfWork) -> None:
-        for record in self.commands:
-            await store_command(uow, record)
+    def prepare(self, dialect: str) -> None:
+        """Turn the batch's changes into prepared statements: pure Python, done before taking the write lock."""
         entries: list[dict[str, Any]] = []
         for account in self.accounts.values():
             rows, events = repo.drain(account, self.now)
             entries += rows
             self.outbox += events
-        await uow.insert_many(t.ledger, entries)
-        await uow.insert_many(t.payments, self.new_payments)
+        out = self.statements
+        out += bulk.insert_statements(dialect, t.ledger, entries)
+        out += bulk.insert_statements(dialect, t.payments, self.new_payments)
         for record in self.reversed:
             if record not in self.new_payments:
-                await uow.execute(sa.update(t.payments).where(
+                out.append(bulk.Statement(sa.update(t.payments).where(
                     t.payments.c.source == record["source"], t.payments.c.payment_id == record["payment_id"])
-                    .values(reversed_at=record["reversed_at"], reversal_reason=record["reversal_reason"]))
-        await uow.insert_many(t.readings, self.readings)
-        await uow.update_many(t.meters, "id", [meter.changed | {"id": meter_id}
-                                               for meter_id, meter in self.meters.items() if meter.changed])
-        await repo.save_accounts(uow, list(self.accounts.values()), self.now,
-                                 self.versions if self.cache is not None else None)
+                    .values(reversed_at=record["reversed_at"], reversal_reason=record["reversal_reason"]), []))
+        out += bulk.insert_statements(dialect, t.readings, self.readings)
+        out += bulk.update_statements(dialect, t.meters, "id", [meter.changed | {"id": meter_id}
+                                                               for meter_id, meter in self.meters.items()
+                                                               if meter.changed])
+        out += repo.account_statements(dialect, list(self.accounts.values()), self.now,
+                                       self.versions if self.cache is not None else None)
         if self.limiter is not None:
             state = self.limiter.state_dict()
             if state != self._limiter_state:
                 if self._limiter_state is None:
-                    await uow.execute(sa.insert(t.site_state).values(name=LIMITER, state=state))
+                    out.append(bulk.Statement(sa.insert(t.site_state).values(name=LIMITER, state=state), []))
                 else:
-                    await uow.execute(sa.update(t.site_state).where(t.site_state.c.name == LIMITER)
-                                      .values(state=state))
-        await uow.insert_many(t.outbox, self.outbox)
-        await uow.insert_many(t.audit_log, self.audits)
+                    out.append(bulk.Statement(sa.update(t.site_state).where(t.site_state.c.name == LIMITER)
+                                              .values(state=state), []))
+        out += bulk.insert_statements(dialect, t.outbox, self.outbox)
+        out += bulk.insert_statements(dialect, t.audit_log, self.audits)
+
+    async def write(self, uow: UnitOfWork) -> None:
+        """Write the prepared statements (and the new relay commands) in the unit of work's transaction."""
+        for record in self.commands:
+            await store_command(uow, record)
+        await uow.run(self.statements)
 
 
 def _payment_record(row: Any) -> dict[str, Any]:
@@ -315,13 +325,14 @@ class Writer:
 
     def __init__(self, uow: UnitOfWorkFactory, catalog: Catalog, clock: Callable[[], dt.datetime], *,
                  on_commands: Callable[[list[CommandRecord]], None], max_batch: int = 512,
-                 max_readings: int = 128) -> None:
+                 max_readings: int = 256) -> None:
         self.uow, self.catalog, self.clock = uow, catalog, clock
-        self._sqlite = uow.engine.dialect.name == "sqlite"
+        self._dialect = uow.engine.dialect.name
+        self._sqlite = self._dialect == "sqlite"
         self.on_commands = on_commands
         self.max_batch = max_batch
-        # Readings per batch: a batch holds SQLite's write lock while it runs, and a relay command's short
-        # transaction waits for at most one batch.
+        # Readings per batch: a batch holds SQLite's write lock while its statements run and commit, and a
+        # relay command's short transaction waits for at most that.
         self.max_readings = max_readings
         # Payments and operator changes go ahead of readings, so a reading backlog never delays a reconnect.
         self._urgent: list[tuple[Job, asyncio.Future[Any]]] = []
@@ -412,15 +423,17 @@ class Writer:
             async with self.uow(readonly=True) as reader:
                 await batch.load(reader, jobs)
             results = self._apply(batch, items)
+            batch.prepare("sqlite")
             async with self.uow(background=background) as uow:
-                await batch.flush(uow)
+                await batch.write(uow)
                 await uow.commit()
         else:
             # PostgreSQL: the accounts are read row-locked (FOR UPDATE) in the transaction that writes them.
             async with self.uow(background=background) as uow:
                 await batch.load(uow, jobs)
                 results = self._apply(batch, items)
-                await batch.flush(uow)
+                batch.prepare(self._dialect)
+                await batch.write(uow)
                 await uow.commit()
         self.batches += 1
         self.items += len(items)
