@@ -65,7 +65,9 @@ _BUDGET_WINDOW_S = 60  # the failure budget is a share of the bus's time over th
 @dataclass(slots=True)
 class _Active:
     record: CommandRecord
-    phase: str  # "send", "confirm" or "recheck" (was left in `sending` by a previous run)
+    # "send", "confirm", "recheck" (left in `sending`, e.g. by a previous run) or "verify" (found `queued` at a
+    # start: read the relay back before sending)
+    phase: str
     next_at: float = 0.0
 
 
@@ -537,6 +539,8 @@ class BusRunner:
             if row.id in self._active:
                 continue
             phase = {"queued": "send", "sending": "recheck", "sent": "confirm"}[row.state]
+            if recover and row.state == "queued":
+                phase = "verify"  # a previous run may have sent it without its `sending` record: read first
             if row.state == "sending" and not recover:
                 continue  # being sent by this runner right now, or by another instance
             self._active[row.id] = _Active(CommandRecord.from_row(row), phase)
@@ -547,34 +551,47 @@ class BusRunner:
         now = self.service.clock()
         target = self.targets[record.meter_id]
         wanted = WANTED[record.action]
-        current_state = {"send": "queued", "confirm": "sent", "recheck": "sending"}[job.phase]
+        current_state = {"send": "queued", "verify": "queued", "confirm": "sent", "recheck": "sending"}[job.phase]
         if now >= record.expires_at:
-            final = "expired" if job.phase == "send" else "failed"
+            final = "expired" if job.phase in ("send", "verify") else "failed"
             error = "expired before it was sent" if final == "expired" else "relay not confirmed before expiry"
             await self._transition(record, current_state, final, error=error)
             self._active.pop(record.id, None)
             return
         if job.phase == "send":
-            if not await self._transition(record, "queued", "sending", attempt=True):
-                self._active.pop(record.id, None)  # superseded or cancelled meanwhile
-                return
+            # `sending` is committed while the frame goes out, not before: the wire does not wait for the
+            # database. A run killed in between leaves the command `queued`, and a restart reads the relay back
+            # before sending anything it finds active (see ``offer``), so nothing is repeated blindly.
+            marked = asyncio.ensure_future(self._transition(record, "queued", "sending", attempt=True))
             self.counters.commands += 1
+            failure: DriverError | None = None
             try:
                 await self.driver.set_relay(target, RelayAction(record.action), valid_until=record.expires_at)
-            except CommandRefused as exc:
-                await self._transition(record, "sending", "failed", error=f"meter refused: {exc.reason}")
+            except DriverError as exc:
+                failure = exc
+            except BaseException:
+                await asyncio.shield(marked)
+                raise
+            if not await marked:
+                # Superseded or cancelled while the frame was on its way: the newer command (if any) follows.
+                log.warning("command %s was %s while it was being sent to %s", record.id,
+                            "superseded or cancelled", record.meter_id)
                 self._active.pop(record.id, None)
                 return
-            except ConnectError as exc:  # the link could not be opened: nothing reached the meter, send again
-                await self._transition(record, "sending", "queued", error=str(exc))
+            if isinstance(failure, CommandRefused):
+                await self._transition(record, "sending", "failed", error=f"meter refused: {failure.reason}")
+                self._active.pop(record.id, None)
+                return
+            if isinstance(failure, ConnectError):  # the link could not be opened: nothing reached the meter
+                await self._transition(record, "sending", "queued", error=str(failure))
                 attempts = record.attempts + 1
                 job.record = replace(record, attempts=attempts)
                 job.next_at = time.monotonic() + min(0.5 * 2 ** (attempts - 1), 30.0)
                 return
-            except DriverError as exc:
+            if failure is not None:
                 # The frame may have reached the meter (a lost or garbled answer): never repeat it blindly,
                 # read the relay back first. The command stays `sending`; at expiry it fails, not expires.
-                await self._transition(record, "sending", "sending", error=f"{exc}; reading the relay back")
+                await self._transition(record, "sending", "sending", error=f"{failure}; reading the relay back")
                 job.record = replace(record, attempts=record.attempts + 1)
                 job.phase = "recheck"
                 job.next_at = time.monotonic() + self.service.catalog.confirm_interval_s
@@ -584,6 +601,12 @@ class BusRunner:
                 return
             job.phase, job.next_at = "confirm", time.monotonic()
             return
+        if job.phase == "verify":
+            if not await self._transition(record, "queued", "sending", error="after a restart: reading the relay "
+                                          "back before sending"):
+                self._active.pop(record.id, None)
+                return
+            job.phase, current_state = "recheck", "sending"
         # confirm / recheck: read the relay back
         try:
             state = await self.driver.read_relay(target)

@@ -61,6 +61,13 @@ async def test_bulk_statements_store_what_sqlalchemy_stores(db_url: str) -> None
                 ("A-bulk", 50, 1, T0), ("A-raw", 60, 1, None), ("A-sa", 70, 1, None)]
             assert rows[2]["state"] == {"x": 1}
 
+            if conn.dialect.name == "sqlite":  # a row changed since it was read is not overwritten
+                with pytest.raises(bulk.StaleWrite):
+                    await bulk.update_many(conn, t.accounts, "id", [dict(id="A-sa", balance_fen=1, version=0)],
+                                           increment="version")
+                assert (await conn.execute(sa.select(t.accounts.c.balance_fen).where(
+                    t.accounts.c.id == "A-sa"))).scalar_one() == 70
+
             found = await bulk.select_in(conn, t.accounts, ("id", "version"), "id", ["A-sa", "A-bulk", "A-none"],
                                          for_update=True)
             assert [(r.id, r.version) for r in found] == [("A-bulk", 1), ("A-sa", 1)]
