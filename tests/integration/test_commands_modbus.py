@@ -3,14 +3,18 @@ a stuck relay, a meter that answers with an exception."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from drivers.modbus import load_model
+from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway, default_models_dir
+from gateway.service.commands import create_command
 from gateway.settings import Settings
 from simulators.faults import Fault, FaultKind, FaultPlan
 from simulators.meter import SimulatedMeter
@@ -64,3 +68,40 @@ async def test_an_exception_reply_fails_fast_with_the_meters_reason(bench: Bench
     assert (record.state, record.attempts) == ("failed", 1)
     assert "meter refused" in (record.last_error or "")
     assert bench.meter.relay_closed
+
+
+@pytest.mark.parametrize("relay_already_open", [True, False])
+async def test_a_command_found_queued_at_a_start_is_read_back_before_it_is_sent(tmp_path: Path,
+                                                                               relay_already_open: bool) -> None:
+    """A run may have sent a command without committing its `sending` (that commit runs beside the send): the
+    next start reads the relay first and sends only if the meter is not yet in the wanted state."""
+    port = free_port()
+    settings = Settings.model_validate({
+        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
+        "engine": {"command_expiry_s": 30, "confirm_interval_s": 0.2},
+        "tariffs": {"flat": {"kind": "flat", "price": "0.5000"}},
+        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "100.00"}],
+        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": port, "timeout_s": 0.5}],
+        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1", "poll_interval_s": 1}],
+    })
+    async with Gateway(settings, base_dir=tmp_path, run_buses=False) as gateway:  # the previous run
+        now = gateway.service.clock()
+        async with gateway.uow() as uow:
+            left = await create_command(uow, meter_id="M-1", action="open", origin="operator", now=now,
+                                        expires_at=now + dt.timedelta(seconds=30), reason="left queued")
+            await uow.commit()
+    writes: list[tuple[int, int, int, object]] = []
+    model = load_model(default_models_dir() / "generic-prepaid.yaml")
+    async with ModbusFleet(model, meters=1, port=port,
+                           on_write=lambda *write: writes.append(write)) as fleet:  # type: ignore[arg-type]
+        if relay_already_open:
+            fleet.meters[1].set_relay(False)  # the previous run's frame did reach the meter
+        async with Gateway(settings, base_dir=tmp_path) as gateway:
+            bench = CommandBench(gateway)
+            record = await bench.settled(left.id)
+            assert record.state == "confirmed" and not fleet.meters[1].relay_closed
+            assert len(writes) == (0 if relay_already_open else 1)
+            async with gateway.uow(readonly=True) as uow:
+                trail = [row.detail for row in await uow.execute(
+                    sa.select(t.audit_log.c.detail).where(t.audit_log.c.target == left.id).order_by(t.audit_log.c.id))]
+            assert "reading the relay back" in (trail[0] or {}).get("error", "")
