@@ -25,6 +25,7 @@ __all__ = ["RawJson", "StaleWrite", "Statement", "dumps_json", "insert_many", "i
            "select_in", "sqlite_datetime", "update_many", "update_statements"]
 
 Row = Mapping[str, Any]
+_keys = dict.keys
 Convert = Callable[[Any], Any] | None
 
 
@@ -108,6 +109,12 @@ def _tuples(rows: Sequence[Row], columns: Sequence[str], converters: tuple[Conve
 
 
 def _groups(rows: Sequence[Row]) -> dict[tuple[str, ...], list[Row]]:
+    """The rows grouped by their set of keys (one statement each)."""
+    if not rows:
+        return {}
+    keys = rows[0].keys()
+    if all(map(keys.__eq__, map(_keys, rows))):  # the common case: all alike
+        return {tuple(keys): list(rows)}
     groups: dict[tuple[str, ...], list[Row]] = {}
     for row in rows:
         groups.setdefault(tuple(row), []).append(row)

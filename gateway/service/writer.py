@@ -120,6 +120,7 @@ class _Batch:
         self.accounts: dict[str, PrepaidAccount] = {}
         self.versions: dict[str, int] = {}  # of the accounts, as read
         self.meters: dict[str, _MeterState] = {}
+        self.offline: set[str] = set()  # meters reported offline (and not read since)
         self.payments: dict[tuple[str, str], dict[str, Any]] = {}
         self.new_payments: list[dict[str, Any]] = []
         self.reversed: list[dict[str, Any]] = []
@@ -155,6 +156,7 @@ class _Batch:
         if meter_ids:
             rows = await uow.select_in(t.meters, ("id", "health"), "id", meter_ids)
             self.meters = {row.id: _MeterState(row.health) for row in rows}
+            self.offline = {meter_id for meter_id, meter in self.meters.items() if meter.health == "offline"}
         row = (await uow.execute(sa.select(t.site_state.c.state).where(t.site_state.c.name == LIMITER)
                                       .with_for_update())).one_or_none()
         self._limiter_state = None if row is None else row.state
@@ -236,6 +238,7 @@ class _Batch:
             self._outbox(f"meters/{reading.meter_id}/state", {"type": "MeterHealth", "meter_id": reading.meter_id,
                                                                "health": "online", "error": None})
         meter.health = "online"
+        self.offline.discard(reading.meter_id)
         meter.changed.update(last_success_at=reading.taken_at, consecutive_failures=0, health="online",
                              last_error=None)
         if relay is not None:
@@ -251,8 +254,7 @@ class _Batch:
         self.outbox.append(dict(topic=topic, payload=payload, created_at=self.now))
 
     def _decide(self, account: PrepaidAccount, *, origin: str, reason: str) -> list[CommandRecord]:
-        offline = {m for m in self.catalog.accounts[account.id].meter_ids
-                   if self.meters.get(m) is not None and self.meters[m].health == "offline"}
+        offline = self.offline.intersection(self.catalog.accounts[account.id].meter_ids) if self.offline else ()
         decision = account.evaluate(self.now, offline=offline, limiter=self.limiter)
         if decision is Decision.NONE:
             return []
