@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from gateway.adapters import bulk
 from gateway.adapters import tables as t
 from gateway.service.uow import UnitOfWork
 
@@ -57,18 +58,24 @@ def new_command(*, meter_id: str, action: str, origin: str, now: dt.datetime, ex
                          expires_at)
 
 
-async def store_command(uow: UnitOfWork, record: CommandRecord) -> None:
-    """Write a new command; any other active command for its meter is superseded by it."""
+async def store_command(uow: UnitOfWork, record: CommandRecord, *, audit: dict[str, Any] | None = None) -> None:
+    """Write a new command (and an ``audit_log`` row with it); any other active command for its meter is
+    superseded by it. The rows go to the database in one hand-over (see ``gateway.adapters.bulk``)."""
     now = record.created_at
     older = (await uow.execute(sa.select(t.commands.c.id, t.commands.c.state).where(
         t.commands.c.meter_id == record.meter_id, t.commands.c.state.in_(ACTIVE_STATES)))).all()
     for row in older:
         await transition(uow, row.id, row.state, "superseded", now, error=f"superseded by {record.id}")
-    await uow.execute(sa.insert(t.commands).values(
+    dialect = uow.conn.dialect.name
+    statements = bulk.insert_statements(dialect, t.commands, [dict(
         id=record.id, meter_id=record.meter_id, action=record.action, origin=record.origin,
         operator=record.operator, reason=record.reason, state=record.state, attempts=record.attempts,
-        created_at=now, updated_at=now, expires_at=record.expires_at))
-    await uow.add_outbox(f"commands/{record.id}", command_payload(record), now)
+        created_at=now, updated_at=now, expires_at=record.expires_at)])
+    statements += bulk.insert_statements(dialect, t.outbox, [dict(
+        topic=f"commands/{record.id}", payload=command_payload(record), created_at=now)])
+    if audit is not None:
+        statements += bulk.insert_statements(dialect, t.audit_log, [audit])
+    await uow.run(statements)
 
 
 async def create_command(uow: UnitOfWork, *, meter_id: str, action: str, origin: str, now: dt.datetime,

@@ -18,7 +18,7 @@ from gateway.adapters import tables as t
 from gateway.domain.account import PrepaidAccount
 from gateway.service import accounts as repo
 from gateway.service.catalog import Catalog
-from gateway.service.commands import CommandRecord, create_command
+from gateway.service.commands import CommandRecord, new_command, store_command
 from gateway.service.uow import UnitOfWorkFactory
 from gateway.service.writer import (AccountJob, PaymentConflict, PaymentJob, PaymentResult, ReadingJob,
                                     ReversalJob, UnknownPayment, Writer)
@@ -109,13 +109,15 @@ class Service:
         if meter_id not in self.catalog.meters:
             raise repo.UnknownMeter(meter_id)
         now = self.clock()
+        record = new_command(meter_id=meter_id, action=action, origin=origin, now=now,
+                             expires_at=now + dt.timedelta(seconds=self.catalog.command_expiry_s),
+                             operator=operator, reason=reason)
         async with self.uow() as uow:
-            record = await create_command(uow, meter_id=meter_id, action=action, origin=origin, now=now,
-                                          expires_at=now + dt.timedelta(seconds=self.catalog.command_expiry_s),
-                                          operator=operator, reason=reason)
-            await uow.audit(actor, f"command.{action}", meter_id, {"command_id": record.id, "reason": reason}, now)
+            await store_command(uow, record, audit=dict(at=now, actor=actor, action=f"command.{action}",
+                                                        target=meter_id,
+                                                        detail={"command_id": record.id, "reason": reason}))
             await uow.commit()
-        self._announce([record])
+            self._announce([record])  # durable: wake its bus now, before the connection's cleanup
         return record
 
     def _announce(self, records: list[CommandRecord]) -> None:

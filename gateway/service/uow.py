@@ -28,11 +28,13 @@ class UnitOfWork:
         self._urgent = urgent
         self._conn: AsyncConnection | None = None
         self._locked = False
+        self._just_committed = False  # nothing done since the last commit
 
     @property
     def conn(self) -> AsyncConnection:
         if self._conn is None:
             raise RuntimeError("unit of work used outside `async with`")
+        self._just_committed = False
         return self._conn
 
     async def __aenter__(self) -> UnitOfWork:
@@ -49,6 +51,8 @@ class UnitOfWork:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._just_committed:
+            self._release()  # nothing written since the commit: let the next writer in before the cleanup
         try:
             if self._conn is not None:
                 if self._conn.in_transaction():
@@ -66,6 +70,7 @@ class UnitOfWork:
     async def commit(self) -> None:
         await self.conn.commit()
         await self.conn.begin()
+        self._just_committed = True
 
     async def execute(self, statement: Any, params: Any = None) -> sa.CursorResult[Any]:
         return await self.conn.execute(statement, params)

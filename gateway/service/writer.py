@@ -91,7 +91,7 @@ class AccountJob:
     origin: str = "operator"
     reason: str = "operator action"
     audit: tuple[str, str, dict[str, Any] | None] | None = None  # (actor, action, detail), written with it
-    command: dict[str, Any] | None = None  # a manual relay command to queue with it (create_command's keywords)
+    command: dict[str, Any] | None = None  # a manual relay command to queue with it (new_command's keywords)
 
 
 Job = PaymentJob | ReversalJob | ReadingJob | AccountJob
