@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.adapters.tables import UtcDateTime
 
 __all__ = ["RawJson", "StaleWrite", "Statement", "dumps_json", "insert_many", "insert_statements", "run_statements",
-           "select_in", "sqlite_datetime", "update_many", "update_statements"]
+           "scalar", "select_in", "sqlite_datetime", "update_many", "update_statements"]
 
 Row = Mapping[str, Any]
 _keys = dict.keys
@@ -243,3 +243,21 @@ async def select_in(conn: AsyncConnection, table: sa.Table, columns: Sequence[st
     sql = (f"SELECT {', '.join(columns)} FROM {table.name} WHERE {key} IN ({', '.join('?' * len(values))}) "
            f"ORDER BY {key}")
     return list(await conn.exec_driver_sql(sql, tuple(values)))
+
+
+async def scalar(conn: AsyncConnection, statement: sa.Select[Any]) -> Any:
+    """The first column of the first row of ``statement`` (or None); on SQLite in one hand-over to the database
+    thread. For plain-typed parameters and results (strings, numbers)."""
+    if conn.dialect.name == "sqlite":
+        driver = (await conn.get_raw_connection()).driver_connection
+        in_thread = getattr(driver, "_execute", None)
+        if in_thread is not None:
+            compiled = statement.compile(dialect=conn.dialect)
+            params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+            return await in_thread(_scalar_in_sqlite_thread, driver, str(compiled), params)
+    return (await conn.execute(statement)).scalar()
+
+
+def _scalar_in_sqlite_thread(driver: Any, sql: str, params: tuple[Any, ...]) -> Any:
+    row = driver._conn.execute(sql, params).fetchone()
+    return None if row is None else row[0]

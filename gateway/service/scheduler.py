@@ -46,6 +46,7 @@ import sqlalchemy as sa
 
 from drivers.base import MeterDriver, Reading, RelayAction, RelayState
 from drivers.errors import CommandRefused, ConnectError, DriverError, TransportError
+from gateway.adapters import bulk
 from gateway.adapters import tables as t
 from gateway.service import commands as cmds
 from gateway.service.commands import CommandRecord
@@ -543,6 +544,9 @@ class BusRunner:
                 phase = "verify"  # a previous run may have sent it without its `sending` record: read first
             if row.state == "sending" and not recover:
                 continue  # being sent by this runner right now, or by another instance
+            for other in [a for a in self._active.values() if a.record.meter_id == row.meter_id
+                          and a.phase in ("send", "verify") and a.record.created_at < row.created_at]:
+                self._active.pop(other.record.id)  # a newer command supersedes a queued one
             self._active[row.id] = _Active(CommandRecord.from_row(row), phase)
             self._wake.set()
 
@@ -562,6 +566,9 @@ class BusRunner:
             # `sending` is committed while the frame goes out, not before: the wire does not wait for the
             # database. A run killed in between leaves the command `queued`, and a restart reads the relay back
             # before sending anything it finds active (see ``offer``), so nothing is repeated blindly.
+            if not await self._still_queued(record):
+                self._active.pop(record.id, None)  # superseded or cancelled meanwhile: never sent
+                return
             marked = asyncio.ensure_future(self._transition(record, "queued", "sending", attempt=True))
             self.counters.commands += 1
             failure: DriverError | None = None
@@ -627,6 +634,12 @@ class BusRunner:
                 self._active.pop(record.id, None)
         else:
             job.next_at = time.monotonic() + self.service.catalog.confirm_interval_s
+
+    async def _still_queued(self, record: CommandRecord) -> bool:
+        """A read (no write lock): is the command still `queued`, not superseded or cancelled?"""
+        async with self.service.uow(readonly=True) as uow:
+            state = await bulk.scalar(uow.conn, sa.select(t.commands.c.state).where(t.commands.c.id == record.id))
+        return state == "queued"
 
     async def _transition(self, record: CommandRecord, expected: str, new: str, *, error: str | None = None,
                           attempt: bool = False) -> bool:

@@ -72,6 +72,9 @@ async def test_bulk_statements_store_what_sqlalchemy_stores(db_url: str) -> None
                                          for_update=True)
             assert [(r.id, r.version) for r in found] == [("A-bulk", 1), ("A-sa", 1)]
             assert await bulk.select_in(conn, t.accounts, ("id",), "id", []) == []
+            version = sa.select(t.accounts.c.version).where(t.accounts.c.id == "A-raw")
+            assert await bulk.scalar(conn, version) == 1
+            assert await bulk.scalar(conn, version.where(t.accounts.c.balance_fen == 0)) is None
 
             with pytest.raises((ValueError, sa.exc.StatementError), match="naive"):
                 await bulk.insert_many(conn, t.readings, [readings[0] | {"taken_at": T0.replace(tzinfo=None)}])

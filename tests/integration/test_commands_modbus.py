@@ -15,6 +15,8 @@ from drivers.modbus import load_model
 from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway, default_models_dir
 from gateway.service.commands import create_command
+from gateway.service.operator import cancel_command
+from gateway.service.scheduler import _Active
 from gateway.settings import Settings
 from simulators.faults import Fault, FaultKind, FaultPlan
 from simulators.meter import SimulatedMeter
@@ -105,3 +107,34 @@ async def test_a_command_found_queued_at_a_start_is_read_back_before_it_is_sent(
                 trail = [row.detail for row in await uow.execute(
                     sa.select(t.audit_log.c.detail).where(t.audit_log.c.target == left.id).order_by(t.audit_log.c.id))]
             assert "reading the relay back" in (trail[0] or {}).get("error", "")
+
+
+async def test_a_command_cancelled_after_its_bus_picked_it_up_is_not_sent(tmp_path: Path) -> None:
+    """The frame goes out while `sending` commits, so the runner first checks that a command it holds is still
+    `queued` (not cancelled or superseded since it was offered)."""
+    port = free_port()
+    settings = Settings.model_validate({
+        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
+        "engine": {"command_expiry_s": 30, "confirm_interval_s": 0.2},
+        "tariffs": {"flat": {"kind": "flat", "price": "0.5000"}},
+        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "100.00"}],
+        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": port, "timeout_s": 0.5}],
+        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1", "poll_interval_s": 1}],
+    })
+    writes: list[tuple[object, ...]] = []
+    model = load_model(default_models_dir() / "generic-prepaid.yaml")
+    async with ModbusFleet(model, meters=1, port=port, on_write=lambda *write: writes.append(write)) as fleet:
+        async with Gateway(settings, base_dir=tmp_path) as gateway:
+            now = gateway.service.clock()
+            async with gateway.uow() as uow:  # stored without waking the bus: the runner is handed it below
+                record = await create_command(uow, meter_id="M-1", action="open", origin="operator", now=now,
+                                              expires_at=now + dt.timedelta(seconds=30), reason="test")
+                await uow.commit()
+            await cancel_command(gateway.service, record.id, actor="tester")
+            runner = gateway.scheduler.runners[0]
+            job = _Active(record, "send")  # what the runner held when the cancel came
+            runner._active[record.id] = job
+            await runner._command_step(job)
+            assert record.id not in runner._active
+            assert writes == [] and fleet.meters[1].relay_closed
+            assert (await CommandBench(gateway).record(record.id)).state == "cancelled"
