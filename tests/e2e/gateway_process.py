@@ -19,7 +19,10 @@ from tests.support import async_wait_until
 async def running_gateway(settings: Settings, base_dir: Path) -> AsyncIterator[Gateway]:
     async with Gateway(settings, base_dir=base_dir) as gateway:
         server = ApiServer(uvicorn.Config(gateway.app(), host="127.0.0.1", port=settings.api.port,
-                                          log_level="warning", lifespan="off"), handle_signals=False)
+                                          log_level="warning", lifespan="off",
+                                          # longer than any wait between two requests of a test: a client must
+                                          # not reuse a connection the server is closing (httpx.ReadError)
+                                          timeout_keep_alive=60), handle_signals=False)
         task = asyncio.create_task(server.serve())
         await async_wait_until(lambda: server.started, timeout=10, what="the API to start")
         try:
