@@ -141,7 +141,7 @@ def insert_statements(dialect: str, table: sa.Table, rows: Sequence[Row]) -> lis
         return [Statement(sa.insert(table), list(rows))]
     out = []
     for columns, group in _groups(rows).items():
-        sql, converters = _plan(("insert", table.name, columns), table, columns, lambda: (
+        sql, converters = _plan(("insert", table.name, columns), table, columns, lambda columns=columns: (
             f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"))
         out.append(Statement(sql, _tuples(group, columns, converters)))
     return out

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from gateway.adapters import tables as t
 from gateway.adapters import bulk
+from gateway.adapters import tables as t
 from gateway.adapters.bulk import RawJson
 from gateway.domain import events as ev
 from gateway.domain.account import PrepaidAccount
@@ -22,8 +22,8 @@ from gateway.domain.state import STATE_VERSION
 from gateway.service.catalog import Catalog
 from gateway.service.uow import UnitOfWork
 
-__all__ = ["UnknownAccount", "UnknownMeter", "account_statements", "drain", "ensure_catalog_rows", "load_account", "load_accounts",
-           "state_json"]
+__all__ = ["UnknownAccount", "UnknownMeter", "account_statements", "drain", "ensure_catalog_rows", "load_account",
+           "load_accounts", "state_json"]
 
 
 class UnknownAccount(LookupError):

@@ -20,8 +20,16 @@ from gateway.service import accounts as repo
 from gateway.service.catalog import Catalog
 from gateway.service.commands import CommandRecord, new_command, store_command
 from gateway.service.uow import UnitOfWorkFactory
-from gateway.service.writer import (AccountJob, PaymentConflict, PaymentJob, PaymentResult, ReadingJob,
-                                    ReversalJob, UnknownPayment, Writer)
+from gateway.service.writer import (
+    AccountJob,
+    PaymentConflict,
+    PaymentJob,
+    PaymentResult,
+    ReadingJob,
+    ReversalJob,
+    UnknownPayment,
+    Writer,
+)
 
 __all__ = ["PaymentConflict", "PaymentResult", "Service", "UnknownPayment"]
 
