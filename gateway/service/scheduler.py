@@ -677,8 +677,9 @@ class Scheduler:
 
     ``max_pending_total`` bounds the readings of all buses waiting in the writer at once (split evenly over the
     buses, at least 2 each): the writer commits what is waiting in one transaction, which holds SQLite's write
-    lock; smaller batches let a relay command's own commits (created, `sending`) in sooner. Measured in
-    docs/benchmarks.md: 1,280 readings in flight put p99 command latency at 0.6 s, 128 at about 0.1 s.
+    lock while its statements run; smaller batches let a relay command's creation in sooner. Measured in
+    docs/benchmarks.md (before the writer prepared its statements outside the lock): 1,280 readings in flight
+    put p99 command latency at 0.6 s, 128 at about 0.1 s.
     """
 
     service: Service
