@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters.tables import UtcDateTime
 
-__all__ = ["RawJson", "StaleWrite", "Statement", "dumps_json", "insert_many", "insert_statements", "run_statements",
-           "scalar", "select_in", "sqlite_datetime", "update_many", "update_statements"]
+__all__ = ["RawJson", "StaleWrite", "Statement", "dumps_json", "insert_statements", "run_statements", "scalar",
+           "select_in", "sqlite_datetime", "update_statements"]
 
 Row = Mapping[str, Any]
 _keys = dict.keys
@@ -192,12 +192,9 @@ async def run_statements(conn: AsyncConnection, statements: Sequence[Statement])
     """
     if not statements:
         return
-    if conn.dialect.name == "sqlite" and all(isinstance(item.statement, str) for item in statements):
-        driver = (await conn.get_raw_connection()).driver_connection
-        in_thread = getattr(driver, "_execute", None)  # aiosqlite: run a function in its connection's thread
-        if in_thread is not None:
-            await in_thread(_run_in_sqlite_thread, driver, statements)
-            return
+    if (all(isinstance(item.statement, str) for item in statements)
+            and await _in_sqlite_thread(conn, _run_all, statements) is not _NOT_RUN):
+        return
     for item in statements:
         if isinstance(item.statement, str):
             result = await conn.exec_driver_sql(item.statement, item.params)
@@ -206,26 +203,29 @@ async def run_statements(conn: AsyncConnection, statements: Sequence[Statement])
         _check(item, result.rowcount)
 
 
-def _run_in_sqlite_thread(driver: Any, statements: Sequence[Statement]) -> None:
-    sqlite = driver._conn  # the sqlite3 connection, used in its own thread
+_NOT_RUN = object()
+
+
+async def _in_sqlite_thread(conn: AsyncConnection, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(sqlite3_connection, *args)`` run in aiosqlite's connection thread, in one hand-over; ``_NOT_RUN``
+    when that is not available (another database, or an aiosqlite without its ``_execute``)."""
+    if conn.dialect.name != "sqlite":
+        return _NOT_RUN
+    driver = (await conn.get_raw_connection()).driver_connection
+    in_thread = getattr(driver, "_execute", None)  # aiosqlite: run a function in its connection's thread
+    if in_thread is None:
+        return _NOT_RUN
+    return await in_thread(lambda: fn(driver._conn, *args))  # the sqlite3 connection, in its own thread
+
+
+def _run_all(sqlite: Any, statements: Sequence[Statement]) -> None:
     for item in statements:
-        _check(item, sqlite.executemany(item.statement, item.params).rowcount)  # type: ignore[arg-type]
+        _check(item, sqlite.executemany(item.statement, item.params).rowcount)
 
 
 def _check(item: Statement, rowcount: int) -> None:
     if item.guard is not None and rowcount != item.guard:
         raise StaleWrite(f"{item.guard - rowcount} of {item.guard} rows were changed by another writer")
-
-
-async def insert_many(conn: AsyncConnection, table: sa.Table, rows: Sequence[Row]) -> None:
-    """``insert_statements`` executed at once."""
-    await run_statements(conn, insert_statements(conn.dialect.name, table, rows))
-
-
-async def update_many(conn: AsyncConnection, table: sa.Table, key: str, rows: Sequence[Row], *,
-                      increment: str | None = None) -> None:
-    """``update_statements`` executed at once."""
-    await run_statements(conn, update_statements(conn.dialect.name, table, key, rows, increment=increment))
 
 
 async def select_in(conn: AsyncConnection, table: sa.Table, columns: Sequence[str], key: str,
@@ -249,15 +249,14 @@ async def scalar(conn: AsyncConnection, statement: sa.Select[Any]) -> Any:
     """The first column of the first row of ``statement`` (or None); on SQLite in one hand-over to the database
     thread. For plain-typed parameters and results (strings, numbers)."""
     if conn.dialect.name == "sqlite":
-        driver = (await conn.get_raw_connection()).driver_connection
-        in_thread = getattr(driver, "_execute", None)
-        if in_thread is not None:
-            compiled = statement.compile(dialect=conn.dialect)
-            params = tuple(compiled.params[name] for name in compiled.positiontup or ())
-            return await in_thread(_scalar_in_sqlite_thread, driver, str(compiled), params)
+        compiled = statement.compile(dialect=conn.dialect)
+        params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+        value = await _in_sqlite_thread(conn, _first_value, str(compiled), params)
+        if value is not _NOT_RUN:
+            return value
     return (await conn.execute(statement)).scalar()
 
 
-def _scalar_in_sqlite_thread(driver: Any, sql: str, params: tuple[Any, ...]) -> Any:
-    row = driver._conn.execute(sql, params).fetchone()
+def _first_value(sqlite: Any, sql: str, params: tuple[Any, ...]) -> Any:
+    row = sqlite.execute(sql, params).fetchone()
     return None if row is None else row[0]

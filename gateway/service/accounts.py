@@ -10,7 +10,6 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 
 from gateway.adapters import bulk
@@ -140,8 +139,8 @@ def _row(account: PrepaidAccount, now: dt.datetime) -> dict[str, Any]:
 
 
 def state_json(account: PrepaidAccount) -> RawJson:
-    """``account.state_dict()`` as JSON text, encoded straight from the domain's dataclasses (the writer's hot
-    path). It reads back to the same state; each meter's entry also carries its ``meter_id``."""
+    """``account.state_dict()`` as JSON text, encoded straight from the domain's dataclasses by orjson (the
+    writer's hot path). It reads back to the same state; each meter's entry also carries its ``meter_id``."""
     a = account
     document = {
         "version": STATE_VERSION, "balance_fen": a.balance_fen, "supply": a.supply, "warned_level": a.warned_level,
@@ -150,7 +149,7 @@ def state_json(account: PrepaidAccount) -> RawJson:
         "deferred_detail": a.deferred_detail, "deferred_until": a.deferred_until,
         "final_warning_at": a.final_warning_at, "billing": a.billing, "emergency": a.emergency, "meters": a.cursors,
     }
-    return RawJson(orjson.dumps(document, option=orjson.OPT_UTC_Z).decode())
+    return RawJson(bulk.dumps_json(document))
 
 
 def drain(account: PrepaidAccount, now: dt.datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

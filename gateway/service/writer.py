@@ -330,7 +330,6 @@ class Writer:
                  max_readings: int = 256) -> None:
         self.uow, self.catalog, self.clock = uow, catalog, clock
         self._dialect = uow.engine.dialect.name
-        self._sqlite = self._dialect == "sqlite"
         self.on_commands = on_commands
         self.max_batch = max_batch
         # Readings per batch: a batch holds SQLite's write lock while its statements run and commit, and a
@@ -418,7 +417,7 @@ class Writer:
         batch = _Batch(self.catalog, self.clock(), self.cache)
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         background = not self._has_urgent(items)
-        if self._sqlite:
+        if self._dialect == "sqlite":
             # SQLite: read and apply the jobs outside the write lock, then hold it only to write and commit, so
             # a short transaction (a relay command) waits for at most one flush, not for a whole batch's work.
             # Accounts changed meanwhile by another writer fail the batch (StaleWrite) instead of being lost.

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters import bulk
 from gateway.adapters import tables as t
@@ -18,6 +19,16 @@ from tests.unit.test_domain_state import SITE, TOU, busy_account
 
 T0 = dt.datetime(2026, 11, 23, 8, 0, 0, 123456, tzinfo=dt.UTC)
 SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+async def insert_many(conn: AsyncConnection, table: sa.Table, rows: list[dict[str, object]]) -> None:
+    await bulk.run_statements(conn, bulk.insert_statements(conn.dialect.name, table, rows))
+
+
+async def update_many(conn: AsyncConnection, table: sa.Table, key: str, rows: list[dict[str, object]], *,
+                      increment: str) -> None:
+    await bulk.run_statements(conn, bulk.update_statements(conn.dialect.name, table, key, rows,
+                                                           increment=increment))
 
 
 def account_row(account_id: str, state: object) -> dict[str, object]:
@@ -32,7 +43,7 @@ async def test_bulk_statements_store_what_sqlalchemy_stores(db_url: str) -> None
             await conn.run_sync(t.metadata.create_all)
             state = {"balance_fen": 100, "nested": {"b": [1, 2]}}
             await conn.execute(sa.insert(t.accounts), [account_row("A-sa", state)])
-            await bulk.insert_many(conn, t.accounts, [account_row("A-bulk", state),
+            await insert_many(conn, t.accounts, [account_row("A-bulk", state),
                                                       account_row("A-raw", bulk.RawJson(json.dumps(state)))])
             await conn.execute(sa.insert(t.meters), [dict(id="M-1", account_id="A-sa")])
             readings = [dict(meter_id="M-1", taken_at=T0, energy_wh=1_000, power_w=None, voltage_v=230.5,
@@ -40,7 +51,7 @@ async def test_bulk_statements_store_what_sqlalchemy_stores(db_url: str) -> None
                         dict(meter_id="M-1", taken_at=T0.astimezone(SHANGHAI) + dt.timedelta(seconds=1),
                              energy_wh=1_001, power_w=5, voltage_v=None, current_a=1.5, relay=None, billed=False)]
             await conn.execute(sa.insert(t.readings), readings)
-            await bulk.insert_many(conn, t.readings, readings)
+            await insert_many(conn, t.readings, readings)
 
             rows = (await conn.execute(sa.select(t.accounts).order_by(t.accounts.c.id))).mappings().all()
             assert [r["state"] for r in rows] == [state, state, state]
@@ -53,7 +64,7 @@ async def test_bulk_statements_store_what_sqlalchemy_stores(db_url: str) -> None
                 raw = (await conn.exec_driver_sql("SELECT taken_at, billed FROM readings ORDER BY id")).all()
                 assert raw[:2] == raw[2:]
 
-            await bulk.update_many(conn, t.accounts, "id", [
+            await update_many(conn, t.accounts, "id", [
                 dict(id="A-bulk", balance_fen=50, deferred_until=T0), dict(id="A-raw", balance_fen=60),
                 dict(id="A-sa", balance_fen=70, state={"x": 1})], increment="version")
             rows = (await conn.execute(sa.select(t.accounts).order_by(t.accounts.c.id))).mappings().all()
@@ -63,7 +74,7 @@ async def test_bulk_statements_store_what_sqlalchemy_stores(db_url: str) -> None
 
             if conn.dialect.name == "sqlite":  # a row changed since it was read is not overwritten
                 with pytest.raises(bulk.StaleWrite):
-                    await bulk.update_many(conn, t.accounts, "id", [dict(id="A-sa", balance_fen=1, version=0)],
+                    await update_many(conn, t.accounts, "id", [dict(id="A-sa", balance_fen=1, version=0)],
                                            increment="version")
                 assert (await conn.execute(sa.select(t.accounts.c.balance_fen).where(
                     t.accounts.c.id == "A-sa"))).scalar_one() == 70
@@ -77,7 +88,7 @@ async def test_bulk_statements_store_what_sqlalchemy_stores(db_url: str) -> None
             assert await bulk.scalar(conn, version.where(t.accounts.c.balance_fen == 0)) is None
 
             with pytest.raises((ValueError, sa.exc.StatementError), match="naive"):
-                await bulk.insert_many(conn, t.readings, [readings[0] | {"taken_at": T0.replace(tzinfo=None)}])
+                await insert_many(conn, t.readings, [readings[0] | {"taken_at": T0.replace(tzinfo=None)}])
     finally:
         await engine.dispose()
 

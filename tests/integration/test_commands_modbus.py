@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from drivers.modbus import load_model
 from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway, default_models_dir
-from gateway.service.commands import create_command
+from gateway.service.commands import CommandRecord, create_command
 from gateway.service.operator import cancel_command
 from gateway.service.scheduler import _Active
 from gateway.settings import Settings
@@ -23,6 +23,28 @@ from simulators.meter import SimulatedMeter
 from simulators.modbus import ModbusFleet
 from tests.integration.command_bench import CommandBench
 from tests.support import free_port
+
+
+def site(tmp_path: Path, port: int, *, command_expiry_s: float) -> Settings:
+    """One meter (M-1, unit 1) on one Modbus TCP bus, its account with credit to spare."""
+    return Settings.model_validate({
+        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
+        "engine": {"command_expiry_s": command_expiry_s, "confirm_interval_s": 0.2},
+        "tariffs": {"flat": {"kind": "flat", "price": "0.5000"}},
+        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "100.00"}],
+        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": port, "timeout_s": 0.5}],
+        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1", "poll_interval_s": 1}],
+    })
+
+
+async def queued_without_waking_the_bus(gateway: Gateway, reason: str) -> CommandRecord:
+    """An "open" for M-1 stored as `queued` without being handed to its bus runner."""
+    now = gateway.service.clock()
+    async with gateway.uow() as uow:
+        record = await create_command(uow, meter_id="M-1", action="open", origin="operator", now=now,
+                                      expires_at=now + dt.timedelta(seconds=30), reason=reason)
+        await uow.commit()
+    return record
 
 
 @dataclass
@@ -34,14 +56,7 @@ class Bench(CommandBench):
 @pytest.fixture
 async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
     port = free_port()
-    settings = Settings.model_validate({
-        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
-        "engine": {"command_expiry_s": 3, "confirm_interval_s": 0.2},
-        "tariffs": {"flat": {"kind": "flat", "price": "0.5000"}},
-        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "100.00"}],
-        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": port, "timeout_s": 0.5}],
-        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1", "poll_interval_s": 1}],
-    })
+    settings = site(tmp_path, port, command_expiry_s=3)
     faults = FaultPlan()
     model = load_model(default_models_dir() / "generic-prepaid.yaml")
     async with ModbusFleet(model, meters=1, port=port, faults=faults) as fleet:
@@ -78,20 +93,9 @@ async def test_a_command_found_queued_at_a_start_is_read_back_before_it_is_sent(
     """A run may have sent a command without committing its `sending` (that commit runs beside the send): the
     next start reads the relay first and sends only if the meter is not yet in the wanted state."""
     port = free_port()
-    settings = Settings.model_validate({
-        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
-        "engine": {"command_expiry_s": 30, "confirm_interval_s": 0.2},
-        "tariffs": {"flat": {"kind": "flat", "price": "0.5000"}},
-        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "100.00"}],
-        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": port, "timeout_s": 0.5}],
-        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1", "poll_interval_s": 1}],
-    })
+    settings = site(tmp_path, port, command_expiry_s=30)
     async with Gateway(settings, base_dir=tmp_path, run_buses=False) as gateway:  # the previous run
-        now = gateway.service.clock()
-        async with gateway.uow() as uow:
-            left = await create_command(uow, meter_id="M-1", action="open", origin="operator", now=now,
-                                        expires_at=now + dt.timedelta(seconds=30), reason="left queued")
-            await uow.commit()
+        left = await queued_without_waking_the_bus(gateway, "left queued")
     writes: list[tuple[int, int, int, object]] = []
     model = load_model(default_models_dir() / "generic-prepaid.yaml")
     async with ModbusFleet(model, meters=1, port=port,
@@ -113,23 +117,12 @@ async def test_a_command_cancelled_after_its_bus_picked_it_up_is_not_sent(tmp_pa
     """The frame goes out while `sending` commits, so the runner first checks that a command it holds is still
     `queued` (not cancelled or superseded since it was offered)."""
     port = free_port()
-    settings = Settings.model_validate({
-        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
-        "engine": {"command_expiry_s": 30, "confirm_interval_s": 0.2},
-        "tariffs": {"flat": {"kind": "flat", "price": "0.5000"}},
-        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "100.00"}],
-        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": port, "timeout_s": 0.5}],
-        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1", "poll_interval_s": 1}],
-    })
+    settings = site(tmp_path, port, command_expiry_s=30)
     writes: list[tuple[object, ...]] = []
     model = load_model(default_models_dir() / "generic-prepaid.yaml")
     async with ModbusFleet(model, meters=1, port=port, on_write=lambda *write: writes.append(write)) as fleet:
         async with Gateway(settings, base_dir=tmp_path) as gateway:
-            now = gateway.service.clock()
-            async with gateway.uow() as uow:  # stored without waking the bus: the runner is handed it below
-                record = await create_command(uow, meter_id="M-1", action="open", origin="operator", now=now,
-                                              expires_at=now + dt.timedelta(seconds=30), reason="test")
-                await uow.commit()
+            record = await queued_without_waking_the_bus(gateway, "test")  # the runner is handed it below
             await cancel_command(gateway.service, record.id, actor="tester")
             runner = gateway.scheduler.runners[0]
             job = _Active(record, "send")  # what the runner held when the cancel came
