@@ -149,6 +149,21 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
     def credit_state(self) -> str:
         return CREDIT_STATES[self.credit_level()]
 
+    def settled(self) -> bool:
+        """Whether ``evaluate`` would decide nothing and record nothing now, whatever the time.
+
+        True when the warnings match the balance and the supply is where the balance wants it: connected above
+        the disconnect point with no deferred disconnect, or disconnected below the reconnect threshold (or by an
+        operator). Only time-dependent guardrails could change a decision, and they apply only below the
+        disconnect point.
+        """
+        level = self.credit_level()
+        if level != self.warned_level or (self.final_warning_at is None) == (level >= WARNING_2):
+            return False
+        if self.supply is Supply.DISCONNECTED:
+            return self.manual_disconnect or self.balance_fen < self.reconnect_at_fen
+        return self.balance_fen > self.disconnect_point_fen and not self.deferred_reason
+
     def _announce_credit(self) -> None:
         """One warning per crossing downwards; crossing back up re-arms it (and the notice period)."""
         level = self.credit_level()

@@ -37,6 +37,7 @@ class ReadingsMixin:
         balance_fen: int
 
         def _announce_credit(self) -> None: ...
+        def settled(self) -> bool: ...
         def _post(self, kind: EntryKind, amount_fen: int, reference: str = "", **extra: Any) -> None: ...
 
     def add_meter(self, meter_id: str, *, max_power_w: int | None = None, margin: float | None = None,
@@ -77,6 +78,31 @@ class ReadingsMixin:
         if cursor.seen_at is None or taken_at > cursor.seen_at:
             cursor.seen_at = taken_at
         return self._take(cursor, reading)
+
+    def absorb_reading(self, meter_id: str, energy_wh: int, taken_at: dt.datetime,
+                       rates_wh: Sequence[int] | None = None) -> bool:
+        """Take a reading that changes nothing but the meter's freshness; False (and nothing done) otherwise.
+
+        The reading must show the energy (and per-rate registers) the meter was last billed at, be newer than
+        that, fall in the current billing period, and the account must be ``settled()`` with no quarantined
+        reading on the meter. Then ``apply_reading`` followed by ``evaluate`` would only move the cursor to the
+        reading's time: that is all this does, with no event and no ledger entry. A caller that stores accounts
+        may leave such a change unsaved; losing it loses no money (the next reading bills the same energy).
+        """
+        cursor = self.cursors.get(meter_id)
+        if (cursor is None or cursor.energy_wh != energy_wh or cursor.pending is not None or cursor.taken_at is None
+                or taken_at <= cursor.taken_at):
+            return False
+        if (tuple(rates_wh) if rates_wh is not None else None) != cursor.rates_wh:
+            return False
+        if self.billing.period_start != period_key(taken_at.astimezone(self.site.tz).date(), self.tariff.period):
+            return False
+        if not self.settled():
+            return False
+        cursor.taken_at = require_aware(taken_at, "taken_at")
+        if cursor.seen_at is None or taken_at > cursor.seen_at:
+            cursor.seen_at = taken_at
+        return True
 
     def _take(self, cursor: MeterCursor, reading: Snapshot) -> int:
         if cursor.energy_wh is None or cursor.taken_at is None:

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.domain.account import PrepaidAccount, Thresholds
+from gateway.domain.calendar import FriendlyWindow
 from gateway.domain.energy import apportion, rate_deltas, split_energy
 from gateway.domain.errors import EmergencyCreditRefused
 from gateway.domain.ledger import EntryKind
@@ -190,3 +191,68 @@ def test_ledger_invariant_under_random_movements(opening: int, ops: list[tuple[s
         again = PrepaidAccount.from_state(json.loads(json.dumps(state)), id="A-1", tariff=tariff,
                                           thresholds=account.thresholds, site=SITE)
         assert again.state_dict() == state
+
+
+ABSORB_SITE = SitePolicy(stale_after=dt.timedelta(minutes=5), notice_period=dt.timedelta(hours=1),
+                         friendly_windows=(FriendlyWindow("night", start_minute=22 * 60, end_minute=8 * 60),),
+                         max_auto_disconnects_per_minute=1)
+
+# one step: minutes since the previous reading, Wh consumed (often none), an operator or money movement, and
+# whether the account is evaluated after that movement (the writer always does; the domain does not require it)
+absorb_steps = st.lists(st.tuples(st.integers(0, 40 * 24 * 60), st.sampled_from([0, 0, 0, 1, 7, 500]),
+                                  st.sampled_from(["", "", "", "pay", "charge", "protect", "hold", "manual"]),
+                                  st.integers(1, 30_000), st.booleans()),
+                        min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["flat", "tiered_monthly", "tou"]), opening=st.integers(-6_000, 6_000),
+       overdraft=st.sampled_from([0, 1_000]), steps=absorb_steps, with_registers=st.booleans())
+def test_an_absorbed_reading_is_exactly_what_apply_and_evaluate_would_do(
+        kind: str, opening: int, overdraft: int, steps: list[Any], with_registers: bool) -> None:
+    """Whenever ``absorb_reading`` takes a reading, billing it and evaluating the account the normal way
+    (``apply_reading`` then ``evaluate``) would have given the same state, no event, no entry and no decision;
+    whenever it refuses, it changed nothing. Accounts wander through warnings, deferrals, disconnects, holds and
+    billing periods on the way."""
+    tariff = tariff_from_dict(TARIFFS[kind])
+    account = PrepaidAccount("A-1", tariff, Thresholds(warning1_fen=2_000, warning2_fen=500, overdraft_fen=overdraft),
+                             balance_fen=opening, site=ABSORB_SITE)
+    account.add_meter("M-1", max_power_w=10**9)
+    limiter = ABSORB_SITE.limiter()
+    energy, when = 1_000, T0
+    registers = [250, 250, 250, 250]
+    account.apply_reading("M-1", energy, when, rates_wh=registers if with_registers else None)
+    account.evaluate(when, limiter=limiter)
+    for n, (minutes, wh, action, amount, evaluate) in enumerate(steps):
+        when += dt.timedelta(minutes=minutes)
+        if action == "pay":
+            account.apply_payment("billing", f"P-{n}", amount)
+        elif action == "charge":
+            account.apply_reversal("billing", f"R-{n}", amount, reason="test")
+        elif action == "protect":
+            account.set_protected(not account.operator_protected)
+        elif action == "hold":
+            account.place_hold(when + dt.timedelta(minutes=amount % 600))
+        elif action == "manual":
+            account.manual_switch("open" if account.supply.value == "connected" else "close", when,
+                                  hold=dt.timedelta(hours=1))
+        if action and evaluate:
+            account.evaluate(when, limiter=limiter)
+        energy += wh
+        registers[n % 4] += wh
+        rates = tuple(registers) if with_registers else None
+        account.events.clear()
+        account.entries.clear()
+        before = json.dumps(account.state_dict(), sort_keys=True, default=str)
+        normal = PrepaidAccount.from_state(account.state_dict(), id="A-1", tariff=tariff,
+                                           thresholds=account.thresholds, site=ABSORB_SITE)
+        if account.absorb_reading("M-1", energy, when, rates):
+            normal.apply_reading("M-1", energy, when, rates_wh=rates)
+            decision = normal.evaluate(when, limiter=ABSORB_SITE.limiter())
+            assert decision.value == "none"
+            assert normal.events == [] and normal.entries == []
+            assert normal.state_dict() == account.state_dict()
+        else:
+            assert json.dumps(account.state_dict(), sort_keys=True, default=str) == before
+            account.apply_reading("M-1", energy, when, rates_wh=rates)
+            account.evaluate(when, limiter=limiter)
