@@ -110,6 +110,9 @@ class EngineSettings(_Strict):
     confirm_interval_s: float = Field(0.5, gt=0, description="how often a sent command's relay is read back")
     manual_hold_s: float = Field(86_400, gt=0, description="hold set by a manual reconnect below the disconnect point")
     evaluate_every_s: float = Field(5, gt=0, description="re-check deferred disconnects this often")
+    reading_history_s: float = Field(
+        60, ge=0, description="a reading that changes nothing (same energy and relay, nothing to decide) is "
+        "stored at most this often per meter; 0 stores every reading")
 
 
 class AccountSettings(_Strict):

@@ -51,6 +51,7 @@ class Catalog:
     confirm_interval_s: float = 0.5
     manual_hold_s: float = 86_400.0
     evaluate_every_s: float = 5.0
+    reading_history_s: float = 60.0
 
     @property
     def stale_after_s(self) -> float:
@@ -109,4 +110,5 @@ class Catalog:
         }
         engine = settings.engine
         return cls(accounts, meters, settings.site_policy(base_dir=base_dir), settings.api.max_payment,
-                   engine.command_expiry_s, engine.confirm_interval_s, engine.manual_hold_s, engine.evaluate_every_s)
+                   engine.command_expiry_s, engine.confirm_interval_s, engine.manual_hold_s, engine.evaluate_every_s,
+                   engine.reading_history_s)

@@ -51,7 +51,7 @@ from gateway.adapters import tables as t
 from gateway.service import commands as cmds
 from gateway.service.commands import CommandRecord
 from gateway.service.handlers import Service
-from gateway.service.writer import ReadingJob
+from gateway.service.writer import ReadingJob, Writer
 
 __all__ = ["BusRunner", "BusStats", "MeterHealth", "Scheduler", "cancel_and_wait"]
 
@@ -145,6 +145,7 @@ class BusRunner:
         self.driver = driver
         self.targets = targets
         self.service = service
+        self._writer: Writer | None = getattr(service, "writer", None)
         self.gap_s = gap_s
         self.backoff_cap_s = backoff_cap_s
         self.sweep_s = sweep_s
@@ -392,6 +393,10 @@ class BusRunner:
             self._overload_logged = False
 
     def _succeeded(self, meter: MeterHealth, reading: Reading, now: float) -> None:
+        # A reading that changes nothing (the meter answered last time too, none of its readings is in the
+        # writer) is taken in memory by the writer; any other goes through a transaction.
+        absorbed = (not meter.failures and not meter.pending and self._writer is not None
+                    and self._writer.absorb(reading))
         self.counters.polls += 1
         meter.polls += 1
         second = int(now)
@@ -406,7 +411,8 @@ class BusRunner:
         if self._bus_down:
             log.info("bus %s is back", self.bus_id)
         self._bus_down, self._bus_failures, self._bus_error = False, 0, ""
-        self._hand_over(meter, reading)
+        if not absorbed:
+            self._hand_over(meter, reading)
 
     def _failed(self, meter: MeterHealth, error: str) -> None:
         self.counters.failures += 1
@@ -438,7 +444,7 @@ class BusRunner:
         self._pending += 1
         if self._pending >= self.max_pending:
             self._room.clear()
-        writer = getattr(self.service, "writer", None)
+        writer = self._writer
         if writer is not None:  # queued at once, a future of its commit: no task per reading
             future: asyncio.Future[list[CommandRecord]] = asyncio.ensure_future(writer.submit(ReadingJob(reading)))
         else:

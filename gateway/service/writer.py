@@ -24,7 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from drivers.base import Reading
+from drivers.base import Reading, RelayState
 from gateway.adapters import bulk
 from gateway.adapters import tables as t
 from gateway.domain.account import Decision, PrepaidAccount
@@ -125,6 +125,7 @@ class _Batch:
         self.new_payments: list[dict[str, Any]] = []
         self.reversed: list[dict[str, Any]] = []
         self.readings: list[dict[str, Any]] = []
+        self.stored: list[Reading] = []  # the readings written, in order
         self.outbox: list[dict[str, Any]] = []
         self.commands: list[CommandRecord] = []
         self.audits: list[dict[str, Any]] = []
@@ -230,6 +231,7 @@ class _Batch:
                               rates_wh=reading.energy_wh_by_rate)
         quarantined = account.cursors[reading.meter_id].pending is not None
         relay = reading.relay.value if reading.relay is not None else None
+        self.stored.append(reading)
         self.readings.append(dict(meter_id=reading.meter_id, taken_at=reading.taken_at, energy_wh=reading.energy_wh,
                                   power_w=reading.power_w, voltage_v=reading.voltage_v,
                                   current_a=reading.current_a, relay=relay, billed=not quarantined))
@@ -343,6 +345,38 @@ class Writer:
         self.batches = 0
         self.items = 0
         self.cache = repo.AccountCache()
+        # Unchanged readings (see ``absorb``): the last stored reading of each meter (time, relay), how often an
+        # unchanged one is stored anyway, and the newest one absorbed (shown by the API as the latest reading).
+        self.history = dt.timedelta(seconds=catalog.reading_history_s)
+        self._stored: dict[str, tuple[dt.datetime, RelayState | None]] = {}
+        self.absorbed: dict[str, Reading] = {}
+        self.absorbed_count = 0
+
+    def absorb(self, reading: Reading) -> bool:
+        """Take a reading that changes nothing durable in memory, with no transaction; False when it must be
+        submitted.
+
+        That is a reading of a meter whose previous reading is committed, read within ``reading_history_s`` of
+        the last one stored, with the same relay state, and that the account takes without any change but the
+        meter's freshness (``PrepaidAccount.absorb_reading``: same energy, same billing period, nothing to
+        decide). The caller makes sure no other reading of the meter is in flight and that the meter was online.
+        It is not stored as a row: the next changed reading, or the next one after ``reading_history_s``, is.
+        """
+        stored = self._stored.get(reading.meter_id)
+        if stored is None or reading.relay is not stored[1] or reading.taken_at - stored[0] >= self.history:
+            return False
+        hit = self.cache.entries.get(self.catalog.meters[reading.meter_id].account_id)
+        if hit is None or not hit[1].absorb_reading(reading.meter_id, reading.energy_wh, reading.taken_at,
+                                                    reading.energy_wh_by_rate):
+            return False
+        self.absorbed[reading.meter_id] = reading
+        self.absorbed_count += 1
+        return True
+
+    def _forget(self) -> None:
+        """After a failed transaction: in-memory accounts may hold changes that were rolled back."""
+        self.cache.clear()
+        self._stored.clear()
 
     def submit(self, job: Job) -> Awaitable[Any]:
         """Queue a job; the returned future resolves to its result after the commit of its batch.
@@ -396,7 +430,7 @@ class Writer:
                     _fail(future, RuntimeError("the gateway is stopping"))
                 raise
             except Exception as exc:  # a database error: retry one by one so one bad job can't sink the rest
-                self.cache.clear()  # its accounts may hold changes that were rolled back
+                self._forget()
                 if len(batch) == 1:
                     _fail(batch[0][1], exc)
                     continue
@@ -405,7 +439,7 @@ class Writer:
                     try:
                         await self._commit([item])
                     except Exception as one:  # noqa: BLE001 - the job's own failure is its answer
-                        self.cache.clear()
+                        self._forget()
                         _fail(item[1], one)
 
     @staticmethod
@@ -438,6 +472,8 @@ class Writer:
                 await uow.commit()
         self.batches += 1
         self.items += len(items)
+        for reading in batch.stored:
+            self._stored[reading.meter_id] = (reading.taken_at, reading.relay)
         for future, ok, value in results:
             if not future.done():
                 if ok:

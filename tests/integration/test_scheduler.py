@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 
 from drivers.modbus import load_model
@@ -21,7 +22,8 @@ from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway
 from gateway.service import commands as cmds
 from gateway.service.scheduler import BusRunner
-from gateway.settings import Settings
+from gateway.service.verify import verify_ledger
+from gateway.settings import Settings, hash_key
 from simulators.faults import Fault, FaultKind
 from simulators.modbus import DEFAULT_MODEL_PATH, ModbusFleet, ModbusSerialFleet
 from tests.support import async_wait_until, free_port, socat_pty_pair
@@ -29,8 +31,10 @@ from tests.support import async_wait_until, free_port, socat_pty_pair
 GENERIC = load_model(DEFAULT_MODEL_PATH)
 
 
-def site(tmp_path: Path, bus: dict[str, Any], meters: int, *, interval: float, expiry_s: float = 30) -> Settings:
+def site(tmp_path: Path, bus: dict[str, Any], meters: int, *, interval: float, expiry_s: float = 30,
+         **extra: Any) -> Settings:
     return Settings.model_validate({
+        **extra,
         "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
         "engine": {"command_expiry_s": expiry_s, "confirm_interval_s": 0.1},
         "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
@@ -112,6 +116,37 @@ async def test_the_gateway_polls_and_switches_meters_over_rtu_on_a_pty(tmp_path:
     # one transaction on this line is about 25 ms; the rest is the command's own database work
     assert latency < 0.25, latency
     assert stats["skipped"] > 0 and stats["overloaded"]  # saturated: skipped, never queued
+
+
+async def test_polls_that_change_nothing_are_absorbed_and_still_shown_as_the_latest_reading(tmp_path: Path) -> None:
+    """Meters polled every 50 ms advance by a Wh every few seconds: most polls change nothing, are absorbed by the
+    writer without a transaction, and the API shows the newest one; every Wh is still billed."""
+    fleet = ModbusFleet(GENERIC, meters=2, port=free_port())
+    bus = {"protocol": "modbus-tcp", "host": "127.0.0.1", "port": fleet.port, "timeout_s": 0.5}
+    settings = site(tmp_path, bus, 2, interval=0.05,
+                    api={"keys": [{"name": "viewer", "role": "viewer", "sha256": hash_key("k")}]})
+    async with fleet, gateway(settings, tmp_path) as (gw, runner):
+        writer = gw.service.writer
+        await async_wait_until(lambda: writer.absorbed_count >= 20, timeout=20, what="unchanged polls absorbed")
+        absorbed_count, absorbed = writer.absorbed_count, writer.absorbed["M-1"]  # polls go on meanwhile
+        async with gw.uow(readonly=True) as uow:
+            rows = (await uow.execute(sa.select(sa.func.count()).select_from(t.readings))).scalar_one()
+            energy = (await uow.execute(sa.select(t.readings.c.meter_id, sa.func.min(t.readings.c.energy_wh),
+                                                  sa.func.max(t.readings.c.energy_wh))
+                                        .group_by(t.readings.c.meter_id))).all()
+            charged = (await uow.execute(sa.select(sa.func.sum(t.ledger.c.amount_fen))
+                                         .where(t.ledger.c.kind == "charge"))).scalar_one() or 0
+            assert await verify_ledger(uow) == []
+        polls = runner.stats()["polls"]
+        transport = httpx.ASGITransport(app=gw.app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            shown = (await client.get("/v1/meters/M-1", headers={"Authorization": "Bearer k"})).json()
+    assert rows + absorbed_count <= polls and rows < polls / 2, (rows, absorbed_count, polls)
+    assert shown["last_reading"]["taken_at"] >= absorbed.taken_at.isoformat().replace("+00:00", "Z")
+    assert shown["last_reading"]["energy_wh"] >= absorbed.energy_wh
+    # every Wh counted since each meter's first reading is billed, absorbed polls or not
+    tariff = gw.catalog.accounts["A-1"].tariff
+    assert -charged == sum(tariff.period_cost_fen(last - first, {}) for _, first, last in energy)
 
 
 async def test_an_endpoint_that_goes_away_and_comes_back_is_polled_again(tmp_path: Path) -> None:

@@ -177,3 +177,72 @@ async def test_a_deferred_disconnect_goes_ahead_when_its_reason_ends(db_url: str
         clock.now = NOW + dt.timedelta(hours=1, seconds=1)
         await service.evaluate_accounts()
         assert await open_commands() == 1
+
+
+async def test_a_reading_that_changes_nothing_is_absorbed_until_the_history_interval(db_url: str,
+                                                                                   tmp_path: Path) -> None:
+    """A reading with the energy and relay of the meter's last stored one, of an account with nothing to decide,
+    is taken in memory (no row, no transaction) for at most ``reading_history_s``; a changed reading, a relay
+    change or an account past its disconnect point always go through the ledger."""
+    from drivers.base import RelayState
+
+    settings = Settings.model_validate({
+        "database": {"url": db_url},
+        "engine": {"reading_history_s": 60},
+        "policy": {"notice_period": "1h", "stale_after": None},
+        "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
+        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "0.10"}],  # final warning already
+        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
+        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1"}],
+    })
+    clock = Clock()
+    closed = RelayState.CLOSED
+
+    def at(seconds: int, wh: int, relay: RelayState | None = closed) -> Reading:
+        return Reading("M-1", NOW + dt.timedelta(seconds=seconds), wh, relay=relay, power_w=0)
+
+    async with Gateway(settings, clock=clock, base_dir=tmp_path, run_buses=False) as gw:
+        service, writer = gw.service, gw.service.writer
+        assert not writer.absorb(at(0, 10_000))  # nothing stored yet
+        await service.record_reading(at(0, 10_000))  # the baseline
+        assert not writer.absorb(at(1, 10_000))  # the billing period starts with the first reading billed
+        await service.record_reading(at(1, 10_000))
+        assert writer.absorb(at(5, 10_000))
+        assert writer.absorb(at(10, 10_000))
+        assert not writer.absorb(at(8, 10_000))  # older than the last absorbed
+        assert not writer.absorb(at(15, 10_000, RelayState.OPEN))  # the relay moved
+        assert not writer.absorb(at(15, 10_001))  # energy to bill
+        await service.record_reading(at(15, 10_050))  # 0.05 yuan
+        assert writer.absorb(at(20, 10_050))
+        assert writer.absorb(at(74, 10_050))
+        assert not writer.absorb(at(75, 10_050))  # 60 s after the last stored one: stored
+        await service.record_reading(at(75, 10_050))
+        assert writer.absorbed["M-1"].taken_at == NOW + dt.timedelta(seconds=74)
+        account = writer.cache.entries["A-1"][1]
+        assert account.cursors["M-1"].seen_at == NOW + dt.timedelta(seconds=75)
+
+        await service.record_reading(at(80, 10_150))  # -0.05 yuan: past the disconnect point, notice period
+        assert not writer.absorb(at(85, 10_150))  # an account with a deferred disconnect is always evaluated
+        async with gw.uow(readonly=True) as uow:
+            stored = (await uow.execute(sa.select(t.readings.c.taken_at).order_by(t.readings.c.id))).scalars().all()
+            balance, reason = (await uow.execute(sa.select(t.accounts.c.balance_fen,
+                                                           t.accounts.c.deferred_reason))).one()
+            assert await verify_ledger(uow) == []
+        assert [s.replace(tzinfo=dt.UTC) if s.tzinfo is None else s for s in stored] == [
+            NOW + dt.timedelta(seconds=s) for s in (0, 1, 15, 75, 80)]
+        assert (balance, reason) == (10 - 5 - 10, "notice_period")
+        assert writer.absorbed_count == 4
+
+
+async def test_with_no_history_interval_every_reading_is_stored(db_url: str, tmp_path: Path) -> None:
+    settings = Settings.model_validate({
+        "database": {"url": db_url},
+        "engine": {"reading_history_s": 0},
+        "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
+        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "10.00"}],
+        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
+        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1"}],
+    })
+    async with Gateway(settings, clock=Clock(), base_dir=tmp_path, run_buses=False) as gw:
+        await gw.service.record_reading(Reading("M-1", NOW, 10_000))
+        assert not gw.service.writer.absorb(Reading("M-1", NOW + dt.timedelta(seconds=1), 10_000))

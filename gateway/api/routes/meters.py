@@ -37,10 +37,19 @@ async def get_meter(meter_id: str, service: ServiceDep, caller: AnyCaller) -> Me
         raise HTTPException(404, f"no meter {meter_id!r}")
     cursor = (state or {}).get("meters", {}).get(meter_id) or {}
     pending = cursor.get("pending")
+    latest = None if last is None else _reading(last)
+    last_success_at = row.last_success_at
+    absorbed = service.writer.absorbed.get(meter_id)  # newer than the stored one when it changed nothing
+    if absorbed is not None and (latest is None or absorbed.taken_at > latest.taken_at):
+        latest = ReadingPublic(taken_at=absorbed.taken_at, energy_wh=absorbed.energy_wh, power_w=absorbed.power_w,
+                               voltage_v=absorbed.voltage_v, current_a=absorbed.current_a,
+                               relay=None if absorbed.relay is None else absorbed.relay.value, billed=True)
+        if last_success_at is None or absorbed.taken_at > last_success_at:
+            last_success_at = absorbed.taken_at
     return MeterPublic(id=row.id, account_id=row.account_id, bus=spec.bus_id, groups=list(spec.groups),
                        relay=row.relay, health=row.health, consecutive_failures=row.consecutive_failures,
-                       last_error=row.last_error, last_success_at=row.last_success_at,
-                       last_reading=None if last is None else _reading(last),
+                       last_error=row.last_error, last_success_at=last_success_at,
+                       last_reading=latest,
                        quarantine=None if pending is None else {"kind": pending.get("kind"),
                                                                 "reason": pending.get("reason"),
                                                                 "reading": pending.get("reading")})
