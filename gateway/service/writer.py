@@ -105,6 +105,8 @@ def payment_reference(source: str, payment_id: str) -> str:
 @dataclass(slots=True)
 class _MeterState:
     health: str
+    relay: str | None
+    failures: int
     changed: dict[str, Any] = field(default_factory=dict)
 
 
@@ -155,8 +157,8 @@ class _Batch:
                                                  versions=self.versions)
         meter_ids = sorted({m for a in self.accounts for m in self.catalog.accounts[a].meter_ids})
         if meter_ids:
-            rows = await uow.select_in(t.meters, ("id", "health"), "id", meter_ids)
-            self.meters = {row.id: _MeterState(row.health) for row in rows}
+            rows = await uow.select_in(t.meters, ("id", "health", "relay", "consecutive_failures"), "id", meter_ids)
+            self.meters = {row.id: _MeterState(row.health, row.relay, row.consecutive_failures) for row in rows}
             self.offline = {meter_id for meter_id, meter in self.meters.items() if meter.health == "offline"}
         row = (await uow.execute(sa.select(t.site_state.c.state).where(t.site_state.c.name == LIMITER)
                                       .with_for_update())).one_or_none()
@@ -235,19 +237,20 @@ class _Batch:
         self.readings.append(dict(meter_id=reading.meter_id, taken_at=reading.taken_at, energy_wh=reading.energy_wh,
                                   power_w=reading.power_w, voltage_v=reading.voltage_v,
                                   current_a=reading.current_a, relay=relay, billed=not quarantined))
+        # The meter's row changes only when its health or relay does: the time of its last success is that of
+        # its newest reading (the readings table is also what publishes readings: no outbox event per reading).
         meter = self.meters[reading.meter_id]
-        if meter.health != "online":
-            self._outbox(f"meters/{reading.meter_id}/state", {"type": "MeterHealth", "meter_id": reading.meter_id,
-                                                               "health": "online", "error": None})
-        meter.health = "online"
-        self.offline.discard(reading.meter_id)
-        meter.changed.update(last_success_at=reading.taken_at, consecutive_failures=0, health="online",
-                             last_error=None)
-        if relay is not None:
-            meter.changed["relay"] = relay
-        self._outbox(f"meters/{reading.meter_id}/reading", {
-            "type": "Reading", "meter_id": reading.meter_id, "taken_at": reading.taken_at,
-            "energy_wh": reading.energy_wh, "power_w": reading.power_w, "relay": relay})
+        if meter.health != "online" or meter.failures:
+            if meter.health != "online":
+                self._outbox(f"meters/{reading.meter_id}/state", {
+                    "type": "MeterHealth", "meter_id": reading.meter_id, "health": "online", "error": None})
+            meter.health, meter.failures = "online", 0
+            self.offline.discard(reading.meter_id)
+            meter.changed.update(last_success_at=reading.taken_at, consecutive_failures=0, health="online",
+                                 last_error=None)
+        if relay is not None and relay != meter.relay:
+            meter.relay = relay
+            meter.changed.update(relay=relay, last_success_at=reading.taken_at)
         return self._decide(account, origin="automatic", reason="balance")
 
     def _outbox(self, topic: str, payload: dict[str, Any]) -> None:

@@ -38,7 +38,9 @@ async def get_meter(meter_id: str, service: ServiceDep, caller: AnyCaller) -> Me
     cursor = (state or {}).get("meters", {}).get(meter_id) or {}
     pending = cursor.get("pending")
     latest = None if last is None else _reading(last)
-    last_success_at = row.last_success_at
+    last_success_at = row.last_success_at  # written when the health or relay changed; else the newest reading's
+    if latest is not None and (last_success_at is None or latest.taken_at > last_success_at):
+        last_success_at = latest.taken_at
     absorbed = service.writer.absorbed.get(meter_id)  # newer than the stored one when it changed nothing
     if absorbed is not None and (latest is None or absorbed.taken_at > latest.taken_at):
         latest = ReadingPublic(taken_at=absorbed.taken_at, energy_wh=absorbed.energy_wh, power_w=absorbed.power_w,
