@@ -117,8 +117,9 @@ class _Batch:
     (no I/O), ``write`` executes them.
     """
 
-    def __init__(self, catalog: Catalog, now: dt.datetime, cache: repo.AccountCache | None = None) -> None:
-        self.catalog, self.now, self.cache = catalog, now, cache
+    def __init__(self, catalog: Catalog, now: dt.datetime, cache: repo.AccountCache | None = None, *,
+                 trust_cache: bool = False) -> None:
+        self.catalog, self.now, self.cache, self.trust_cache = catalog, now, cache, trust_cache
         self.accounts: dict[str, PrepaidAccount] = {}
         self.versions: dict[str, int] = {}  # of the accounts, as read
         self.meters: dict[str, _MeterState] = {}
@@ -154,7 +155,7 @@ class _Batch:
                 if spec is not None:
                     account_ids.add(spec.account_id)
         self.accounts = await repo.load_accounts(uow, self.catalog, sorted(account_ids), cache=self.cache,
-                                                 versions=self.versions)
+                                                 versions=self.versions, trust_cache=self.trust_cache)
         meter_ids = sorted({m for a in self.accounts for m in self.catalog.accounts[a].meter_ids})
         if meter_ids:
             rows = await uow.select_in(t.meters, ("id", "health", "relay", "consecutive_failures"), "id", meter_ids)
@@ -434,7 +435,7 @@ class Writer:
                 raise
             except Exception as exc:  # a database error: retry one by one so one bad job can't sink the rest
                 self._forget()
-                if len(batch) == 1:
+                if len(batch) == 1 and not isinstance(exc, bulk.StaleWrite):  # stale: done again from the row
                     _fail(batch[0][1], exc)
                     continue
                 log.warning("a batch of %d failed (%s); retrying its jobs one by one", len(batch), exc)
@@ -451,7 +452,7 @@ class Writer:
 
     async def _commit(self, items: list[tuple[Job, asyncio.Future[Any]]]) -> None:
         jobs = [job for job, _ in items]
-        batch = _Batch(self.catalog, self.clock(), self.cache)
+        batch = _Batch(self.catalog, self.clock(), self.cache, trust_cache=self._dialect == "sqlite")
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         background = not self._has_urgent(items)
         if self._dialect == "sqlite":

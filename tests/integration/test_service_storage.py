@@ -246,3 +246,19 @@ async def test_with_no_history_interval_every_reading_is_stored(db_url: str, tmp
     async with Gateway(settings, clock=Clock(), base_dir=tmp_path, run_buses=False) as gw:
         await gw.service.record_reading(Reading("M-1", NOW, 10_000))
         assert not gw.service.writer.absorb(Reading("M-1", NOW + dt.timedelta(seconds=1), 10_000))
+
+
+async def test_two_gateways_on_one_database_lose_no_payment(db_url: str, tmp_path: Path) -> None:
+    """Each writer keeps the accounts it wrote in memory; a row changed by another instance meanwhile is caught
+    by its version (the UPDATE is guarded), and the job is done again from the stored row."""
+    settings = site(db_url)
+    async with Gateway(settings, clock=Clock(), base_dir=tmp_path) as one, \
+            Gateway(settings, clock=Clock(), base_dir=tmp_path) as two:
+        for n in range(6):
+            gateway_ = one if n % 2 == 0 else two
+            await gateway_.service.record_payment(source="billing", payment_id=f"P-{n}", account_id="A-1",
+                                                  amount_fen=100 + n)
+        async with one.uow(readonly=True) as uow:
+            balance = (await uow.execute(sa.select(t.accounts.c.balance_fen))).scalar_one()
+            assert await verify_ledger(uow) == []
+    assert balance == 100 + sum(100 + n for n in range(6))
