@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -78,19 +79,31 @@ class AccountCache:
         self.entries.clear()
 
 
-async def load_accounts(uow: UnitOfWork, catalog: Catalog, account_ids: list[str], *,
+async def load_accounts(uow: UnitOfWork | Callable[[], Awaitable[UnitOfWork]], catalog: Catalog,
+                        account_ids: list[str], *,
                         cache: AccountCache | None = None, versions: dict[str, int] | None = None,
                         trust_cache: bool = False) -> dict[str, PrepaidAccount]:
     """Load accounts for change, row-locked on PostgreSQL (in id order, so that writers never deadlock).
 
     With a ``cache``, ``versions`` (when given) receives each account's version as read, for ``account_statements``.
     ``trust_cache``: take cached accounts without reading their versions (SQLite, where this process's writer is
-    the only one; the version-guarded UPDATE still catches a row changed behind its back).
+    the only one; the version-guarded UPDATE still catches a row changed behind its back). ``uow`` may be a
+    function that opens one: it is called only if the database must be read.
     """
     ids = sorted(set(account_ids) & set(catalog.accounts))
     if not ids:
         return {}
     c = t.accounts.c
+    if trust_cache and cache is not None and all(i in cache.entries for i in ids):
+        out = {}
+        for account_id in ids:
+            version, out[account_id] = cache.entries[account_id]
+            if versions is not None:
+                versions[account_id] = version  # the cache holds the version its last write left
+            cache.entries[account_id] = (version + 1, out[account_id])
+        return out
+    if not isinstance(uow, UnitOfWork):
+        uow = await uow()
     if cache is None:
         rows = await uow.execute(sa.select(c.id, c.state).where(c.id.in_(ids)).order_by(c.id).with_for_update())
         return {row.id: catalog.account(row.id, row.state) for row in rows}

@@ -85,6 +85,7 @@ class Service:
                                                                   "health": health, "error": error,
                                                                   "at": now}, now)
             await uow.commit()
+        self.writer.forget_meter(meter_id)
 
     # --- operator actions on accounts ---------------------------------------------------------------------
     async def change_account(self, account_id: str, apply: Callable[[PrepaidAccount, dt.datetime], Any], *,

@@ -659,6 +659,8 @@ class BusRunner:
         async with self.service.uow() as uow:
             await uow.execute(sa.update(t.meters).where(t.meters.c.id == meter_id).values(relay=state.value))
             await uow.commit()
+        if self._writer is not None:
+            self._writer.forget_meter(meter_id)
 
 
 async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:

@@ -102,6 +102,19 @@ def payment_reference(source: str, payment_id: str) -> str:
     return f"{source}/{payment_id}"
 
 
+_UNKNOWN: Any = object()
+
+
+@dataclass(slots=True)
+class _Known:
+    """What the writer's last commits left in the meters table and the rate limiter's row (SQLite, where the
+    writer keeps them between batches); dropped after a failed transaction. Writes to a meter's row made
+    elsewhere (a failed poll, a confirmed relay) drop that meter (``Writer.forget_meter``)."""
+
+    meters: dict[str, tuple[str, str | None, int]] = field(default_factory=dict)  # health, relay, failures
+    limiter: Any = _UNKNOWN  # the state dict, None when there is no row yet, _UNKNOWN when not known
+
+
 @dataclass(slots=True)
 class _MeterState:
     health: str
@@ -136,9 +149,13 @@ class _Batch:
         self.limiter: RateLimiter | None = None
         self._limiter_state: dict[str, Any] | None = None
 
-    async def load(self, uow: UnitOfWork, jobs: list[Job]) -> None:
+    async def load(self, reader: Callable[[], Awaitable[UnitOfWork]], jobs: list[Job],
+                   known: _Known | None = None) -> None:
+        """Read what the jobs need; ``reader()`` opens the unit of work to read with, only if something must be
+        read. ``known``: meters and the rate limiter as the writer's last commit left them (SQLite only)."""
         payment_keys = {(j.source, j.payment_id) for j in jobs if isinstance(j, PaymentJob | ReversalJob)}
         if payment_keys:
+            uow = await reader()
             rows = await uow.execute(sa.select(t.payments).where(
                 sa.tuple_(t.payments.c.source, t.payments.c.payment_id).in_(sorted(payment_keys))))
             self.payments = {(r.source, r.payment_id): _payment_record(r) for r in rows}
@@ -154,17 +171,38 @@ class _Batch:
                 spec = self.catalog.meters.get(job.reading.meter_id)
                 if spec is not None:
                     account_ids.add(spec.account_id)
-        self.accounts = await repo.load_accounts(uow, self.catalog, sorted(account_ids), cache=self.cache,
+        self.accounts = await repo.load_accounts(reader, self.catalog, sorted(account_ids), cache=self.cache,
                                                  versions=self.versions, trust_cache=self.trust_cache)
         meter_ids = sorted({m for a in self.accounts for m in self.catalog.accounts[a].meter_ids})
-        if meter_ids:
-            rows = await uow.select_in(t.meters, ("id", "health", "relay", "consecutive_failures"), "id", meter_ids)
-            self.meters = {row.id: _MeterState(row.health, row.relay, row.consecutive_failures) for row in rows}
-            self.offline = {meter_id for meter_id, meter in self.meters.items() if meter.health == "offline"}
-        row = (await uow.execute(sa.select(t.site_state.c.state).where(t.site_state.c.name == LIMITER)
-                                      .with_for_update())).one_or_none()
-        self._limiter_state = None if row is None else row.state
+        missing = meter_ids
+        if known is not None:
+            missing = []
+            for meter_id in meter_ids:
+                state = known.meters.get(meter_id)
+                if state is None:
+                    missing.append(meter_id)
+                else:
+                    self.meters[meter_id] = _MeterState(*state)
+        if missing:
+            uow = await reader()
+            rows = await uow.select_in(t.meters, ("id", "health", "relay", "consecutive_failures"), "id", missing)
+            self.meters.update({row.id: _MeterState(row.health, row.relay, row.consecutive_failures)
+                                for row in rows})
+        self.offline = {meter_id for meter_id, meter in self.meters.items() if meter.health == "offline"}
+        if known is not None and known.limiter is not _UNKNOWN:
+            self._limiter_state = known.limiter
+        else:
+            uow = await reader()
+            row = (await uow.execute(sa.select(t.site_state.c.state).where(t.site_state.c.name == LIMITER)
+                                     .with_for_update())).one_or_none()
+            self._limiter_state = None if row is None else row.state
         self.limiter = self.catalog.site.limiter(self._limiter_state)
+
+    def remember(self, known: _Known) -> None:
+        """After the commit: the meters' and the rate limiter's state as written, for the next batch."""
+        for meter_id, meter in self.meters.items():
+            known.meters[meter_id] = (meter.health, meter.relay, meter.failures)
+        known.limiter = self.limiter.state_dict() if self.limiter is not None else _UNKNOWN
 
     # --- jobs ---------------------------------------------------------------------------------------------
     def run(self, job: Job) -> Any:
@@ -355,6 +393,7 @@ class Writer:
         self._stored: dict[str, tuple[dt.datetime, RelayState | None]] = {}
         self.absorbed: dict[str, Reading] = {}
         self.absorbed_count = 0
+        self._known = _Known()
 
     def absorb(self, reading: Reading) -> bool:
         """Take a reading that changes nothing durable in memory, with no transaction; False when it must be
@@ -381,6 +420,12 @@ class Writer:
         """After a failed transaction: in-memory accounts may hold changes that were rolled back."""
         self.cache.clear()
         self._stored.clear()
+        self._known = _Known()
+
+    def forget_meter(self, meter_id: str) -> None:
+        """The meter's row was written outside the writer (a failed poll, a confirmed relay): read it again."""
+        self._known.meters.pop(meter_id, None)
+        self._stored.pop(meter_id, None)
 
     def submit(self, job: Job) -> Awaitable[Any]:
         """Queue a job; the returned future resolves to its result after the commit of its batch.
@@ -459,18 +504,29 @@ class Writer:
             # SQLite: read and apply the jobs outside the write lock, then hold it only to write and commit, so
             # a short transaction (a relay command) waits for at most one flush, not for a whole batch's work.
             # Accounts changed meanwhile by another writer fail the batch (StaleWrite) instead of being lost.
-            async with self.uow(readonly=True) as reader:
-                await batch.load(reader, jobs)
-            results = self._apply(batch, items)
+            async with contextlib.AsyncExitStack() as stack:
+                opened: list[UnitOfWork] = []
+
+                async def reader() -> UnitOfWork:  # opened only if something is not known already
+                    if not opened:
+                        opened.append(await stack.enter_async_context(self.uow(readonly=True)))
+                    return opened[0]
+
+                await batch.load(reader, jobs, self._known)
+            results = await self._apply(batch, items, pause_every=32)
             batch.prepare("sqlite")
             async with self.uow(background=background) as uow:
                 await batch.write(uow)
                 await uow.commit()
+            batch.remember(self._known)
         else:
             # PostgreSQL: the accounts are read row-locked (FOR UPDATE) in the transaction that writes them.
             async with self.uow(background=background) as uow:
-                await batch.load(uow, jobs)
-                results = self._apply(batch, items)
+                async def reader() -> UnitOfWork:
+                    return uow
+
+                await batch.load(reader, jobs)
+                results = await self._apply(batch, items)
                 batch.prepare(self._dialect)
                 await batch.write(uow)
                 await uow.commit()
@@ -488,10 +544,14 @@ class Writer:
             self.on_commands(batch.commands)
 
     @staticmethod
-    def _apply(batch: _Batch, items: list[tuple[Job, asyncio.Future[Any]]]
-               ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+    async def _apply(batch: _Batch, items: list[tuple[Job, asyncio.Future[Any]]], *, pause_every: int = 0
+                     ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+        """Apply the jobs in memory; with ``pause_every``, let the event loop run between groups of that many
+        (on SQLite, where no lock is held meanwhile: a relay command must not wait for a whole batch's work)."""
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
-        for job, future in items:
+        for n, (job, future) in enumerate(items):
+            if pause_every and n and not n % pause_every:
+                await asyncio.sleep(0)
             try:
                 results.append((future, True, batch.run(job)))
             except REFUSALS as exc:
