@@ -9,6 +9,7 @@ databases they use SQLAlchemy's own statements unchanged. Both give the same row
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import operator
 from collections.abc import Callable, Mapping, Sequence
@@ -21,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters.tables import UtcDateTime
 
-__all__ = ["RawJson", "StaleWrite", "Statement", "dumps_json", "insert_statements", "run_statements", "scalar",
-           "select_in", "sqlite_datetime", "update_statements"]
+__all__ = ["RawJson", "StaleWrite", "Statement", "dumps_json", "fetch", "insert_statements", "run_statements",
+           "scalar", "select_in", "sqlite_datetime", "update_statements"]
 
 Row = Mapping[str, Any]
 _keys = dict.keys
@@ -204,6 +205,7 @@ async def run_statements(conn: AsyncConnection, statements: Sequence[Statement])
 
 
 _NOT_RUN = object()
+NOT_RUN = _NOT_RUN  # what the one-hand-over helpers return when they cannot run
 
 
 async def _in_sqlite_thread(conn: AsyncConnection, fn: Callable[..., Any], *args: Any) -> Any:
@@ -242,21 +244,62 @@ async def select_in(conn: AsyncConnection, table: sa.Table, columns: Sequence[st
         return list(await conn.execute(statement.with_for_update() if for_update else statement))
     sql = (f"SELECT {', '.join(columns)} FROM {table.name} WHERE {key} IN ({', '.join('?' * len(values))}) "
            f"ORDER BY {key}")
-    return list(await conn.exec_driver_sql(sql, tuple(values)))
+    rows = await _in_sqlite_thread(conn, _all_rows, sql, tuple(values))  # one hand-over
+    if rows is _NOT_RUN:
+        return list(await conn.exec_driver_sql(sql, tuple(values)))
+    shape = _shapes.get(tuple(columns))
+    if shape is None:
+        shape = _shapes[tuple(columns)] = collections.namedtuple("Row", columns)  # type: ignore[misc]
+    return [shape._make(row) for row in rows]  # type: ignore[union-attr]
+
+
+_shapes: dict[tuple[str, ...], Any] = {}  # row types of select_in, by columns
 
 
 async def scalar(conn: AsyncConnection, statement: sa.Select[Any]) -> Any:
     """The first column of the first row of ``statement`` (or None); on SQLite in one hand-over to the database
     thread. For plain-typed parameters and results (strings, numbers)."""
     if conn.dialect.name == "sqlite":
-        compiled = statement.compile(dialect=conn.dialect)
-        params = tuple(compiled.params[name] for name in compiled.positiontup or ())
-        value = await _in_sqlite_thread(conn, _first_value, str(compiled), params)
+        value = await _in_sqlite_thread(conn, _first_value, *_driver_sql(conn, statement))
         if value is not _NOT_RUN:
             return value
     return (await conn.execute(statement)).scalar()
 
 
+async def fetch(conn: AsyncConnection, statement: sa.Select[Any]) -> list[tuple[Any, ...]]:
+    """All rows of ``statement`` as tuples; on SQLite in one hand-over to the database thread (SQLAlchemy's
+    cursor takes several, each waiting for a turn of a busy event loop). For plain-typed parameters and
+    results (strings, numbers)."""
+    if conn.dialect.name == "sqlite":
+        rows = await _in_sqlite_thread(conn, _all_rows, *_driver_sql(conn, statement))
+        if rows is not _NOT_RUN:
+            return rows  # type: ignore[no-any-return]
+    return [tuple(row) for row in await conn.execute(statement)]
+
+
+def _driver_sql(conn: AsyncConnection, statement: sa.Select[Any]) -> tuple[str, tuple[Any, ...]]:
+    compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    return str(compiled), tuple(compiled.params[name] for name in compiled.positiontup or ())
+
+
 def _first_value(sqlite: Any, sql: str, params: tuple[Any, ...]) -> Any:
     row = sqlite.execute(sql, params).fetchone()
     return None if row is None else row[0]
+
+
+def _all_rows(sqlite: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    return sqlite.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+
+
+async def transition_row(conn: AsyncConnection, update: str, params: tuple[Any, ...], select: str,
+                         key: tuple[Any, ...]) -> tuple[Any, ...] | None | object:
+    """SQLite: run ``update``; if it changed exactly one row, return the row ``select`` finds for ``key`` (else
+    None); both in one hand-over. ``NOT_RUN`` when that is not available."""
+    return await _in_sqlite_thread(conn, _update_then_row, update, params, select, key)
+
+
+def _update_then_row(sqlite: Any, update: str, params: tuple[Any, ...], select: str,
+                     key: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    if sqlite.execute(update, params).rowcount != 1:
+        return None
+    return sqlite.execute(select, key).fetchone()  # type: ignore[no-any-return]

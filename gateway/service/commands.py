@@ -62,10 +62,10 @@ async def store_command(uow: UnitOfWork, record: CommandRecord, *, audit: dict[s
     """Write a new command (and an ``audit_log`` row with it); any other active command for its meter is
     superseded by it. The rows go to the database in one hand-over (see ``gateway.adapters.bulk``)."""
     now = record.created_at
-    older = (await uow.execute(sa.select(t.commands.c.id, t.commands.c.state).where(
-        t.commands.c.meter_id == record.meter_id, t.commands.c.state.in_(ACTIVE_STATES)))).all()
-    for row in older:
-        await transition(uow, row.id, row.state, "superseded", now, error=f"superseded by {record.id}")
+    older = await bulk.fetch(uow.conn, sa.select(t.commands.c.id, t.commands.c.state).where(
+        t.commands.c.meter_id == record.meter_id, t.commands.c.state.in_(ACTIVE_STATES)))
+    for command_id, state in older:
+        await transition(uow, command_id, state, "superseded", now, error=f"superseded by {record.id}")
     dialect = uow.conn.dialect.name
     statements = bulk.insert_statements(dialect, t.commands, [dict(
         id=record.id, meter_id=record.meter_id, action=record.action, origin=record.origin,
@@ -91,6 +91,22 @@ async def create_command(uow: UnitOfWork, *, meter_id: str, action: str, origin:
 async def transition(uow: UnitOfWork, command_id: str, expected: str, new: str, now: dt.datetime, *,
                      error: str | None = None, attempt: bool = False) -> bool:
     """Move a command from ``expected`` to ``new``; False (and nothing written) if it is no longer ``expected``."""
+    if uow.conn.dialect.name == "sqlite":
+        # The UPDATE and the read back in one hand-over, the audit and outbox rows in another: this runs with
+        # SQLite's write lock held, and on a busy event loop each of SQLAlchemy's cursor steps waits for a turn.
+        sets = "state = ?, updated_at = ?" + (", last_error = ?" if error is not None else "") + (
+            ", attempts = attempts + 1" if attempt else "")
+        params = (new, bulk.sqlite_datetime(now), *((error[:500],) if error is not None else ()), command_id, expected)
+        row = await bulk.transition_row(
+            uow.conn, f"UPDATE commands SET {sets} WHERE id = ? AND state = ?", params,
+            "SELECT meter_id, action, attempts, last_error FROM commands WHERE id = ?", (command_id,))
+        if row is not bulk.NOT_RUN:
+            if row is None:
+                return False
+            meter_id, action, attempts, last_error = row  # type: ignore[misc]
+            await uow.run(_transition_rows(command_id, expected, new, now, error, meter_id, action, attempts,
+                                           last_error))
+            return True
     values: dict[str, Any] = {"state": new, "updated_at": now}
     if error is not None:
         values["last_error"] = error[:500]
@@ -102,13 +118,25 @@ async def transition(uow: UnitOfWork, command_id: str, expected: str, new: str, 
         return False
     record = await get_command(uow, command_id)
     assert record is not None
-    await uow.audit("gateway", "command." + new, command_id, {"from": expected, "error": error}, now)
-    await uow.add_outbox(f"commands/{command_id}", command_payload(record), now)
-    if new == "failed":
-        await uow.add_outbox("alarms", {"type": "CommandFailed", "command_id": command_id,
-                                        "meter_id": record.meter_id, "action": record.action,
-                                        "error": record.last_error, "at": now}, now)
+    await uow.run(_transition_rows(command_id, expected, new, now, error, record.meter_id, record.action,
+                                   record.attempts, record.last_error, dialect=uow.conn.dialect.name))
     return True
+
+
+def _transition_rows(command_id: str, expected: str, new: str, now: dt.datetime, error: str | None, meter_id: str,
+                     action: str, attempts: int, last_error: str | None, *, dialect: str = "sqlite"
+                     ) -> list[bulk.Statement]:
+    """The audit row and the outbox events of a command's transition (``command_payload`` of the new state)."""
+    audit = dict(at=now, actor="gateway", action="command." + new, target=command_id,
+                 detail={"from": expected, "error": error})
+    events = [dict(topic=f"commands/{command_id}", created_at=now, payload={
+        "type": "CommandState", "id": command_id, "meter_id": meter_id, "action": action, "state": new,
+        "attempts": attempts, "last_error": last_error, "at": now})]
+    if new == "failed":
+        events.append(dict(topic="alarms", created_at=now, payload={
+            "type": "CommandFailed", "command_id": command_id, "meter_id": meter_id, "action": action,
+            "error": last_error, "at": now}))
+    return bulk.insert_statements(dialect, t.audit_log, [audit]) + bulk.insert_statements(dialect, t.outbox, events)
 
 
 async def get_command(uow: UnitOfWork, command_id: str) -> CommandRecord | None:

@@ -657,7 +657,8 @@ class BusRunner:
 
     async def _note_relay(self, meter_id: str, state: RelayState) -> None:
         async with self.service.uow() as uow:
-            await uow.execute(sa.update(t.meters).where(t.meters.c.id == meter_id).values(relay=state.value))
+            await uow.run(bulk.update_statements(uow.conn.dialect.name, t.meters, "id",
+                                                 [{"id": meter_id, "relay": state.value}]))
             await uow.commit()
         if self._writer is not None:
             self._writer.forget_meter(meter_id)

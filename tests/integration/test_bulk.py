@@ -86,6 +86,9 @@ async def test_bulk_statements_store_what_sqlalchemy_stores(db_url: str) -> None
             version = sa.select(t.accounts.c.version).where(t.accounts.c.id == "A-raw")
             assert await bulk.scalar(conn, version) == 1
             assert await bulk.scalar(conn, version.where(t.accounts.c.balance_fen == 0)) is None
+            both = sa.select(t.accounts.c.id, t.accounts.c.balance_fen).where(
+                t.accounts.c.id.in_(["A-sa", "A-raw", "A-none"])).order_by(t.accounts.c.id)
+            assert await bulk.fetch(conn, both) == [("A-raw", 60), ("A-sa", 70)]
 
             with pytest.raises((ValueError, sa.exc.StatementError), match="naive"):
                 await insert_many(conn, t.readings, [readings[0] | {"taken_at": T0.replace(tzinfo=None)}])

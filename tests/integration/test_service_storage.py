@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from drivers.base import Reading
+from gateway.adapters import bulk
 from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway
 from gateway.service.handlers import PaymentConflict
@@ -262,3 +264,45 @@ async def test_two_gateways_on_one_database_lose_no_payment(db_url: str, tmp_pat
             balance = (await uow.execute(sa.select(t.accounts.c.balance_fen))).scalar_one()
             assert await verify_ledger(uow) == []
     assert balance == 100 + sum(100 + n for n in range(6))
+
+
+async def test_a_command_transition_writes_its_state_event_and_audit(db_url: str, tmp_path: Path) -> None:
+    """A transition (one hand-over on SQLite, SQLAlchemy on PostgreSQL) moves the command only from the expected
+    state, and writes the command's state event as ``command_payload`` of the stored row, an alarm when it
+    failed, and an audit row."""
+    from gateway.service import commands as cmds
+
+    settings = Settings.model_validate({
+        "database": {"url": db_url},
+        "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
+        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "10.00"}],
+        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
+        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1"}],
+    })
+    clock = Clock()
+    async with Gateway(settings, clock=clock, base_dir=tmp_path, run_buses=False) as gw:
+        record = await gw.service.request_command(meter_id="M-1", action="open", origin="operator",
+                                                  operator="op", reason="test", actor="op")
+        later = NOW + dt.timedelta(seconds=5)
+        async with gw.uow() as uow:
+            assert not await cmds.transition(uow, record.id, "sending", "sent", later)  # not in that state
+            assert await cmds.transition(uow, record.id, "queued", "sending", later, attempt=True)
+            assert await cmds.transition(uow, record.id, "sending", "failed", later, error="x" * 600)
+            await uow.commit()
+        async with gw.uow(readonly=True) as uow:
+            stored = await cmds.get_command(uow, record.id)
+            events = (await uow.execute(sa.select(t.outbox.c.topic, t.outbox.c.payload)
+                                        .order_by(t.outbox.c.id))).all()
+            audits = (await uow.execute(sa.select(t.audit_log.c.action, t.audit_log.c.detail)
+                                        .where(t.audit_log.c.target == record.id)
+                                        .order_by(t.audit_log.c.id))).all()
+    assert stored is not None and (stored.state, stored.attempts, stored.last_error) == ("failed", 1, "x" * 500)
+    state_events = [payload for topic, payload in events if topic == f"commands/{record.id}"]
+    expected = json.loads(bulk.dumps_json(cmds.command_payload(stored)))
+    assert [e["state"] for e in state_events] == ["queued", "sending", "failed"]
+    assert state_events[-1] == expected
+    assert [payload for topic, payload in events if topic == "alarms"] == [{
+        "type": "CommandFailed", "command_id": record.id, "meter_id": "M-1", "action": "open",
+        "error": "x" * 500, "at": expected["at"]}]
+    assert [(a.action, a.detail) for a in audits] == [
+        ("command.sending", {"from": "queued", "error": None}), ("command.failed", {"from": "sending", "error": "x" * 600})]
