@@ -7,6 +7,7 @@ apportionment, so the parts always add up to the whole. Time is walked in the si
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -49,6 +50,12 @@ class Piece:
 
 def _local_midnight(day: dt.date, tz: ZoneInfo) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(0), tzinfo=tz).astimezone(dt.UTC)
+
+
+@functools.lru_cache(maxsize=64)
+def _period_end(key: dt.date, period: str, tz: ZoneInfo) -> dt.datetime:
+    """When the billing period that starts on local day ``key`` ends, in UTC."""
+    return _local_midnight(next_period_start(key, period), tz)
 
 
 def split_time(t0: dt.datetime, t1: dt.datetime, tariff: Tariff, tz: ZoneInfo) -> list[Piece]:
@@ -113,7 +120,7 @@ def split_energy(t0: dt.datetime, t1: dt.datetime, delta_wh: int, tariff: Tariff
     if tariff.schedule is None and not by_register:
         # The common case, a tariff without time-of-use rates: only a period boundary can split the energy.
         key = period_key(t0.astimezone(tz).date(), tariff.period)
-        if t1 <= _local_midnight(next_period_start(key, tariff.period), tz):
+        if t1 <= _period_end(key, tariff.period, tz):
             return {key: {ANY_RATE: delta_wh}}
     pieces = split_time(t0, t1, tariff, tz)
     out: dict[dt.date, dict[str, int]] = {}

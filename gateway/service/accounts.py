@@ -201,12 +201,14 @@ def drain(account: PrepaidAccount, now: dt.datetime) -> tuple[list[dict[str, Any
     return entries, outbox
 
 
+_TOPICS: dict[type[ev.Event], str] = {
+    **dict.fromkeys((ev.AccountCharged, ev.PaymentReceived, ev.PaymentReversed), "accounts/{}/balance"),
+    **dict.fromkeys((ev.ReadingQuarantined, ev.DisconnectDeferred), "alarms"),
+}
+
+
 def event_topic(event: ev.Event) -> str:
-    if isinstance(event, ev.AccountCharged | ev.PaymentReceived | ev.PaymentReversed):
-        return f"accounts/{event.account_id}/balance"
-    if isinstance(event, ev.ReadingQuarantined | ev.DisconnectDeferred):
-        return "alarms"
-    return f"accounts/{event.account_id}/events"
+    return _TOPICS.get(type(event), "accounts/{}/events").format(event.account_id)
 
 
 _FIELDS: dict[type[ev.Event], tuple[str, ...]] = {}

@@ -106,6 +106,15 @@ _UNKNOWN: Any = object()
 
 
 @dataclass(slots=True)
+class _Flight:
+    """A batch whose statements and commit are running (SQLite's pipeline)."""
+
+    task: asyncio.Future[None]
+    batch: _Batch
+    items: list[tuple[Job, asyncio.Future[Any]]]
+
+
+@dataclass(slots=True)
 class _Known:
     """What the writer's last commits left in the meters table and the rate limiter's row (SQLite, where the
     writer keeps them between batches); dropped after a failed transaction. Writes to a meter's row made
@@ -150,15 +159,19 @@ class _Batch:
         self._limiter_state: dict[str, Any] | None = None
 
     async def load(self, reader: Callable[[], Awaitable[UnitOfWork]], jobs: list[Job],
-                   known: _Known | None = None) -> None:
+                   known: _Known | None = None, *,
+                   in_flight: dict[tuple[str, str], dict[str, Any]] | None = None) -> None:
         """Read what the jobs need; ``reader()`` opens the unit of work to read with, only if something must be
-        read. ``known``: meters and the rate limiter as the writer's last commit left them (SQLite only)."""
+        read. ``known``: meters and the rate limiter as the writer's last batch left them (SQLite only).
+        ``in_flight``: payments of the batch being committed (not readable yet)."""
         payment_keys = {(j.source, j.payment_id) for j in jobs if isinstance(j, PaymentJob | ReversalJob)}
         if payment_keys:
             uow = await reader()
             rows = await uow.execute(sa.select(t.payments).where(
                 sa.tuple_(t.payments.c.source, t.payments.c.payment_id).in_(sorted(payment_keys))))
             self.payments = {(r.source, r.payment_id): _payment_record(r) for r in rows}
+            for key in payment_keys & (in_flight or {}).keys():
+                self.payments.setdefault(key, dict(in_flight[key]))  # type: ignore[index]
         account_ids: set[str] = set()
         for job in jobs:
             if isinstance(job, PaymentJob | AccountJob):
@@ -394,6 +407,7 @@ class Writer:
         self.absorbed: dict[str, Reading] = {}
         self.absorbed_count = 0
         self._known = _Known()
+        self._flying = 0  # jobs of the batch in flight (SQLite's pipeline)
 
     def absorb(self, reading: Reading) -> bool:
         """Take a reading that changes nothing durable in memory, with no transaction; False when it must be
@@ -441,7 +455,7 @@ class Writer:
 
     @property
     def backlog(self) -> int:
-        return len(self._queue) + len(self._urgent)
+        return len(self._queue) + len(self._urgent) + self._flying
 
     def start(self) -> None:
         if self._task is None:
@@ -462,74 +476,151 @@ class Writer:
         self._urgent.clear()
         self._queue.clear()
 
+    def _take(self) -> list[tuple[Job, asyncio.Future[Any]]]:
+        batch, self._urgent = self._urgent[: self.max_batch], self._urgent[self.max_batch:]
+        room = min(self.max_batch - len(batch), self.max_readings)
+        batch, self._queue = batch + self._queue[:room], self._queue[room:]
+        if not self._queue and not self._urgent:
+            self._ready.clear()
+        return batch
+
     async def _run(self) -> None:
-        while True:
-            await self._ready.wait()
-            batch, self._urgent = self._urgent[: self.max_batch], self._urgent[self.max_batch:]
-            room = min(self.max_batch - len(batch), self.max_readings)
-            batch, self._queue = batch + self._queue[:room], self._queue[room:]
-            if not self._queue and not self._urgent:
-                self._ready.clear()
-            if not batch:
-                continue
-            try:
-                await self._commit(batch)
-            except asyncio.CancelledError:  # stopping in the middle of a batch: its callers must not hang
-                for _, future in batch:
-                    _fail(future, RuntimeError("the gateway is stopping"))
-                raise
-            except Exception as exc:  # a database error: retry one by one so one bad job can't sink the rest
-                self._forget()
-                if len(batch) == 1 and not isinstance(exc, bulk.StaleWrite):  # stale: done again from the row
-                    _fail(batch[0][1], exc)
+        # On SQLite, batches are pipelined: the next batch is read, applied and prepared while the previous one's
+        # statements and commit run in the database thread. It builds on the previous batch's changes in memory
+        # (cached accounts, meters, rate limiter, payments); if that batch fails, the next one is dropped and
+        # done again from the database after the failed one's jobs were retried one by one.
+        pipelined = self._dialect == "sqlite"
+        flight: _Flight | None = None
+        try:
+            while True:
+                if not self._queue and not self._urgent:
+                    if flight is not None:
+                        await self._land(flight)
+                        flight = None
+                        continue
+                    await self._ready.wait()
+                items = self._take()
+                if not items:
                     continue
-                log.warning("a batch of %d failed (%s); retrying its jobs one by one", len(batch), exc)
-                for item in batch:
-                    try:
-                        await self._commit([item])
-                    except Exception as one:  # noqa: BLE001 - the job's own failure is its answer
-                        self._forget()
-                        _fail(item[1], one)
+                if not pipelined:
+                    await self._commit_or_retry(items)
+                    continue
+                prepared: tuple[_Batch, list[tuple[asyncio.Future[Any], bool, Any]]] | None
+                try:
+                    prepared = await self._prepare(items, after=flight.batch if flight is not None else None)
+                except Exception:  # noqa: BLE001 - done again below, once the batch in flight has landed
+                    prepared = None
+                if flight is not None:
+                    landed = await self._land(flight)
+                    flight = None
+                    if not landed:
+                        prepared = None  # it was built on changes that were rolled back
+                if prepared is None:
+                    self._forget()
+                    await self._commit_or_retry(items)
+                else:
+                    self._flying = len(items)
+                    flight = _Flight(asyncio.ensure_future(self._write(*prepared, items)), prepared[0], items)
+        except asyncio.CancelledError:
+            if flight is not None:  # stopping with a batch in flight: its callers must not hang
+                flight.task.cancel()
+                for _, future in flight.items:
+                    _fail(future, RuntimeError("the gateway is stopping"))
+            raise
+
+    async def _land(self, flight: _Flight) -> bool:
+        """Wait for the batch in flight; False if it failed (its jobs are then retried one by one)."""
+        try:
+            await flight.task
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - handled like a failed batch
+            await self._retry(flight.items, exc)
+            return False
+        finally:
+            self._flying = 0
+
+    async def _commit_or_retry(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> None:
+        try:
+            await self._commit(batch)
+        except asyncio.CancelledError:  # stopping in the middle of a batch: its callers must not hang
+            for _, future in batch:
+                _fail(future, RuntimeError("the gateway is stopping"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - a database error: retried one by one
+            await self._retry(batch, exc)
+
+    async def _retry(self, batch: list[tuple[Job, asyncio.Future[Any]]], exc: Exception) -> None:
+        """A batch failed: retry its jobs one by one so that one bad job can't sink the rest."""
+        self._forget()
+        if len(batch) == 1 and not isinstance(exc, bulk.StaleWrite):  # stale: done again from the row
+            _fail(batch[0][1], exc)
+            return
+        log.warning("a batch of %d failed (%s); retrying its jobs one by one", len(batch), exc)
+        for item in batch:
+            try:
+                await self._commit([item])
+            except asyncio.CancelledError:
+                _fail(item[1], RuntimeError("the gateway is stopping"))
+                raise
+            except Exception as one:  # noqa: BLE001 - the job's own failure is its answer
+                self._forget()
+                _fail(item[1], one)
 
     @staticmethod
     def _has_urgent(items: list[tuple[Job, asyncio.Future[Any]]]) -> bool:
         return any(not isinstance(job, ReadingJob) for job, _ in items)
 
     async def _commit(self, items: list[tuple[Job, asyncio.Future[Any]]]) -> None:
-        jobs = [job for job, _ in items]
-        batch = _Batch(self.catalog, self.clock(), self.cache, trust_cache=self._dialect == "sqlite")
-        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
-        background = not self._has_urgent(items)
         if self._dialect == "sqlite":
-            # SQLite: read and apply the jobs outside the write lock, then hold it only to write and commit, so
-            # a short transaction (a relay command) waits for at most one flush, not for a whole batch's work.
-            # Accounts changed meanwhile by another writer fail the batch (StaleWrite) instead of being lost.
-            async with contextlib.AsyncExitStack() as stack:
-                opened: list[UnitOfWork] = []
+            await self._write(*await self._prepare(items), items)
+            return
+        # PostgreSQL: the accounts are read row-locked (FOR UPDATE) in the transaction that writes them.
+        batch = _Batch(self.catalog, self.clock(), self.cache)
+        async with self.uow(background=not self._has_urgent(items)) as uow:
+            async def reader() -> UnitOfWork:
+                return uow
 
-                async def reader() -> UnitOfWork:  # opened only if something is not known already
-                    if not opened:
-                        opened.append(await stack.enter_async_context(self.uow(readonly=True)))
-                    return opened[0]
+            await batch.load(reader, [job for job, _ in items])
+            results = await self._apply(batch, items)
+            batch.prepare(self._dialect)
+            await batch.write(uow)
+            await uow.commit()
+        self._done(batch, items, results)
 
-                await batch.load(reader, jobs, self._known)
-            results = await self._apply(batch, items, pause_every=32)
-            batch.prepare("sqlite")
-            async with self.uow(background=background) as uow:
-                await batch.write(uow)
-                await uow.commit()
-            batch.remember(self._known)
-        else:
-            # PostgreSQL: the accounts are read row-locked (FOR UPDATE) in the transaction that writes them.
-            async with self.uow(background=background) as uow:
-                async def reader() -> UnitOfWork:
-                    return uow
+    async def _prepare(self, items: list[tuple[Job, asyncio.Future[Any]]], *, after: _Batch | None = None
+                       ) -> tuple[_Batch, list[tuple[asyncio.Future[Any], bool, Any]]]:
+        """SQLite: read and apply the jobs and prepare the statements, outside the write lock (a short
+        transaction, a relay command, then waits for at most one flush, not for a whole batch's work).
+        ``after``: the batch in flight, whose changes this one builds on. Accounts changed meanwhile by another
+        writer fail the batch (StaleWrite) instead of being lost."""
+        batch = _Batch(self.catalog, self.clock(), self.cache, trust_cache=True)
+        async with contextlib.AsyncExitStack() as stack:
+            opened: list[UnitOfWork] = []
 
-                await batch.load(reader, jobs)
-                results = await self._apply(batch, items)
-                batch.prepare(self._dialect)
-                await batch.write(uow)
-                await uow.commit()
+            async def reader() -> UnitOfWork:  # opened only if something is not known already
+                if not opened:
+                    opened.append(await stack.enter_async_context(self.uow(readonly=True)))
+                return opened[0]
+
+            await batch.load(reader, [job for job, _ in items], self._known,
+                             in_flight=after.payments if after is not None else None)
+        results = await self._apply(batch, items, pause_every=32)
+        batch.prepare("sqlite")
+        batch.remember(self._known)  # what the next batch builds on (forgotten if this one fails)
+        return batch, results
+
+    async def _write(self, batch: _Batch, results: list[tuple[asyncio.Future[Any], bool, Any]],
+                     items: list[tuple[Job, asyncio.Future[Any]]]) -> None:
+        async with self.uow(background=not self._has_urgent(items)) as uow:
+            await batch.write(uow)
+            await uow.commit()
+        self._done(batch, items, results)
+
+    def _done(self, batch: _Batch, items: list[tuple[Job, asyncio.Future[Any]]],
+              results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+        """After the commit: answer the callers, hand over the relay commands."""
         self.batches += 1
         self.items += len(items)
         for reading in batch.stored:
