@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.domain import events as ev
 from gateway.domain.billing import bill
-from gateway.domain.energy import rate_deltas, split_energy
+from gateway.domain.energy import period_bounds, rate_deltas, split_energy
 from gateway.domain.errors import InvalidAmount, NoQuarantinedReading, UnknownMeter
 from gateway.domain.ledger import EntryKind
 from gateway.domain.metering import BACKWARDS, MeterCursor, PendingReading, Snapshot, check_plausible
@@ -93,11 +93,14 @@ class ReadingsMixin:
         if (cursor is None or cursor.energy_wh != energy_wh or cursor.pending is not None or cursor.taken_at is None
                 or taken_at <= cursor.taken_at):
             return False
-        if (tuple(rates_wh) if rates_wh is not None else None) != cursor.rates_wh:
+        if (rates_wh is not None or cursor.rates_wh is not None) and (
+                (tuple(rates_wh) if rates_wh is not None else None) != cursor.rates_wh):
             return False
-        if self.billing.period_start != period_key(taken_at.astimezone(self.site.tz).date(), self.tariff.period):
+        start = self.billing.period_start
+        if start is None:
             return False
-        if not self.settled():
+        begin, end = period_bounds(start, self.tariff.period, self.site.tz)  # the current billing period, in UTC
+        if not begin <= taken_at < end or not self.settled():
             return False
         cursor.taken_at = require_aware(taken_at, "taken_at")
         if cursor.seen_at is None or taken_at > cursor.seen_at:

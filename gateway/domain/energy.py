@@ -53,9 +53,13 @@ def _local_midnight(day: dt.date, tz: ZoneInfo) -> dt.datetime:
 
 
 @functools.lru_cache(maxsize=64)
+def period_bounds(key: dt.date, period: str, tz: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
+    """When the billing period that starts on local day ``key`` starts and ends, in UTC."""
+    return _local_midnight(key, tz), _local_midnight(next_period_start(key, period), tz)
+
+
 def _period_end(key: dt.date, period: str, tz: ZoneInfo) -> dt.datetime:
-    """When the billing period that starts on local day ``key`` ends, in UTC."""
-    return _local_midnight(next_period_start(key, period), tz)
+    return period_bounds(key, period, tz)[1]
 
 
 def split_time(t0: dt.datetime, t1: dt.datetime, tariff: Tariff, tz: ZoneInfo) -> list[Piece]:
