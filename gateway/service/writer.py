@@ -406,6 +406,7 @@ class Writer:
         self._stored: dict[str, tuple[dt.datetime, RelayState | None]] = {}
         self.absorbed: dict[str, Reading] = {}
         self.absorbed_count = 0
+        self._deferred: dict[str, Reading] = {}  # the newest absorbed reading whose energy is not billed yet
         self._known = _Known()
         self._flying = 0  # jobs of the batch in flight (SQLite's pipeline)
 
@@ -415,20 +416,32 @@ class Writer:
 
         That is a reading of a meter whose previous reading is committed, read within ``reading_history_s`` of
         the last one stored, with the same relay state, and that the account takes without any change but the
-        meter's freshness (``PrepaidAccount.absorb_reading``: same energy, same billing period, nothing to
-        decide). The caller makes sure no other reading of the meter is in flight and that the meter was online.
-        It is not stored as a row: the next changed reading, or the next one after ``reading_history_s``, is.
+        meter's freshness (``PrepaidAccount.absorb_reading`` with ``defer``: same billing period, nothing to
+        decide, and either the same energy or more energy whose charge crosses no threshold of a tariff without
+        time-of-use rates). The caller makes sure no other reading of the meter is in flight and that the meter
+        was online. It is not stored as a row. The newest absorbed reading with unbilled energy is billed (and
+        stored) just before the meter's next submitted reading, which comes at the latest ``reading_history_s``
+        after the last stored one, or when the writer stops: energy waits at most that long to be billed.
         """
         stored = self._stored.get(reading.meter_id)
         if stored is None or reading.relay is not stored[1] or reading.taken_at - stored[0] >= self.history:
             return False
         hit = self.cache.entries.get(self.catalog.meters[reading.meter_id].account_id)
-        if hit is None or not hit[1].absorb_reading(reading.meter_id, reading.energy_wh, reading.taken_at,
-                                                    reading.energy_wh_by_rate):
+        if hit is None:
             return False
+        cursor = hit[1].cursors.get(reading.meter_id)
+        if cursor is None or not hit[1].absorb_reading(reading.meter_id, reading.energy_wh, reading.taken_at,
+                                                       reading.energy_wh_by_rate, defer=True):
+            return False
+        if cursor.energy_wh != reading.energy_wh:
+            self._deferred[reading.meter_id] = reading  # its energy is billed later, this reading first
         self.absorbed[reading.meter_id] = reading
         self.absorbed_count += 1
         return True
+
+    def unbilled(self, meter_id: str) -> Reading | None:
+        """The meter's newest absorbed reading whose energy is not billed yet (see ``absorb``)."""
+        return self._deferred.get(meter_id)
 
     def _forget(self) -> None:
         """After a failed transaction: in-memory accounts may hold changes that were rolled back."""
@@ -446,12 +459,26 @@ class Writer:
 
         The job is queued at once (before the caller awaits), so jobs keep the order they were submitted in.
         """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._deferred and type(job) is ReadingJob:
+            held = self._deferred.pop(job.reading.meter_id, None)
+            if held is not None and held.taken_at < job.reading.taken_at:
+                self._hold_over(held, loop)  # billed first, at its own time
+        future: asyncio.Future[Any] = loop.create_future()
         (self._queue if isinstance(job, ReadingJob) else self._urgent).append((job, future))
         self._ready.set()
         if self._task is None:
             self.start()
         return future
+
+    def _hold_over(self, reading: Reading, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue a deferred reading (see ``absorb``); nobody waits for its result."""
+        future: asyncio.Future[Any] = loop.create_future()
+        future.add_done_callback(_no_result)
+        self._queue.append((ReadingJob(reading), future))
+        self._ready.set()
+        if self._task is None:
+            self.start()
 
     @property
     def backlog(self) -> int:
@@ -462,7 +489,12 @@ class Writer:
             self._task = asyncio.create_task(self._run(), name="gateway.writer")
 
     async def aclose(self) -> None:
-        """Finish what is queued, then stop."""
+        """Finish what is queued (deferred readings included), then stop."""
+        if self._deferred:
+            loop = asyncio.get_running_loop()
+            for reading in self._deferred.values():
+                self._hold_over(reading, loop)
+            self._deferred.clear()
         while self.backlog and self._task is not None and not self._task.done():
             await asyncio.sleep(0.01)
         if self._task is not None:
@@ -648,6 +680,11 @@ class Writer:
             except REFUSALS as exc:
                 results.append((future, False, exc))
         return results
+
+
+def _no_result(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("a deferred reading could not be recorded: %r", future.exception())
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:

@@ -184,8 +184,9 @@ async def test_a_deferred_disconnect_goes_ahead_when_its_reason_ends(db_url: str
 async def test_a_reading_that_changes_nothing_is_absorbed_until_the_history_interval(db_url: str,
                                                                                    tmp_path: Path) -> None:
     """A reading with the energy and relay of the meter's last stored one, of an account with nothing to decide,
-    is taken in memory (no row, no transaction) for at most ``reading_history_s``; a changed reading, a relay
-    change or an account past its disconnect point always go through the ledger."""
+    is taken in memory (no row, no transaction) for at most ``reading_history_s``; so is one whose small charge
+    crosses no threshold, billed just before the meter's next stored reading. A relay change, a charge that
+    crosses a threshold or an account past its disconnect point always go through the ledger."""
     from drivers.base import RelayState
 
     settings = Settings.model_validate({
@@ -213,8 +214,10 @@ async def test_a_reading_that_changes_nothing_is_absorbed_until_the_history_inte
         assert writer.absorb(at(10, 10_000))
         assert not writer.absorb(at(8, 10_000))  # older than the last absorbed
         assert not writer.absorb(at(15, 10_000, RelayState.OPEN))  # the relay moved
-        assert not writer.absorb(at(15, 10_001))  # energy to bill
-        await service.record_reading(at(15, 10_050))  # 0.05 yuan
+        assert writer.absorb(at(12, 10_001))  # 0.1 fen to bill and no threshold near: billed later
+        assert writer.unbilled("M-1") is not None and writer.unbilled("M-1").energy_wh == 10_001
+        await service.record_reading(at(15, 10_050))  # the held reading is billed first, then this one: 0.05 yuan
+        assert writer.unbilled("M-1") is None
         assert writer.absorb(at(20, 10_050))
         assert writer.absorb(at(74, 10_050))
         assert not writer.absorb(at(75, 10_050))  # 60 s after the last stored one: stored
@@ -223,6 +226,7 @@ async def test_a_reading_that_changes_nothing_is_absorbed_until_the_history_inte
         account = writer.cache.entries["A-1"][1]
         assert account.cursors["M-1"].seen_at == NOW + dt.timedelta(seconds=75)
 
+        assert not writer.absorb(at(78, 10_150))  # its charge would cross the disconnect point
         await service.record_reading(at(80, 10_150))  # -0.05 yuan: past the disconnect point, notice period
         assert not writer.absorb(at(85, 10_150))  # an account with a deferred disconnect is always evaluated
         async with gw.uow(readonly=True) as uow:
@@ -231,9 +235,9 @@ async def test_a_reading_that_changes_nothing_is_absorbed_until_the_history_inte
                                                            t.accounts.c.deferred_reason))).one()
             assert await verify_ledger(uow) == []
         assert [s.replace(tzinfo=dt.UTC) if s.tzinfo is None else s for s in stored] == [
-            NOW + dt.timedelta(seconds=s) for s in (0, 1, 15, 75, 80)]
+            NOW + dt.timedelta(seconds=s) for s in (0, 1, 12, 15, 75, 80)]
         assert (balance, reason) == (10 - 5 - 10, "notice_period")
-        assert writer.absorbed_count == 4
+        assert writer.absorbed_count == 5
 
 
 async def test_with_no_history_interval_every_reading_is_stored(db_url: str, tmp_path: Path) -> None:
@@ -306,3 +310,23 @@ async def test_a_command_transition_writes_its_state_event_and_audit(db_url: str
         "error": "x" * 500, "at": expected["at"]}]
     assert [(a.action, a.detail) for a in audits] == [
         ("command.sending", {"from": "queued", "error": None}), ("command.failed", {"from": "sending", "error": "x" * 600})]
+
+
+async def test_a_reading_held_for_billing_is_billed_when_the_gateway_stops(tmp_path: Path) -> None:
+    settings = Settings.model_validate({
+        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
+        "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
+        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "100.00"}],
+        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
+        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1"}],
+    })
+    async with Gateway(settings, clock=Clock(), base_dir=tmp_path, run_buses=False) as gw:
+        for seconds, wh in ((0, 10_000), (1, 10_000)):
+            await gw.service.record_reading(Reading("M-1", NOW + dt.timedelta(seconds=seconds), wh))
+        assert gw.service.writer.absorb(Reading("M-1", NOW + dt.timedelta(seconds=5), 10_100))  # 0.10 yuan held
+    async with Gateway(settings, clock=Clock(), base_dir=tmp_path, run_buses=False) as gw:
+        async with gw.uow(readonly=True) as uow:
+            balance = (await uow.execute(sa.select(t.accounts.c.balance_fen))).scalar_one()
+            last = (await uow.execute(sa.select(sa.func.max(t.readings.c.energy_wh)))).scalar_one()
+            assert await verify_ledger(uow) == []
+    assert (balance, last) == (10_000 - 10, 10_100)

@@ -199,7 +199,8 @@ ABSORB_SITE = SitePolicy(stale_after=dt.timedelta(minutes=5), notice_period=dt.t
 
 # one step: minutes since the previous reading, Wh consumed (often none), an operator or money movement, and
 # whether the account is evaluated after that movement (the writer always does; the domain does not require it)
-absorb_steps = st.lists(st.tuples(st.integers(0, 40 * 24 * 60), st.sampled_from([0, 0, 0, 1, 7, 500]),
+absorb_steps = st.lists(st.tuples(st.integers(0, 5) | st.integers(0, 40 * 24 * 60),
+                                  st.sampled_from([0, 0, 0, 1, 7, 500, 20_000]),
                                   st.sampled_from(["", "", "", "pay", "charge", "protect", "hold", "manual"]),
                                   st.integers(1, 30_000), st.booleans()),
                         min_size=1, max_size=40)
@@ -207,17 +208,20 @@ absorb_steps = st.lists(st.tuples(st.integers(0, 40 * 24 * 60), st.sampled_from(
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(["flat", "tiered_monthly", "tou"]), opening=st.integers(-6_000, 6_000),
-       overdraft=st.sampled_from([0, 1_000]), steps=absorb_steps, with_registers=st.booleans())
+       overdraft=st.sampled_from([0, 1_000]), steps=absorb_steps, with_registers=st.booleans(),
+       defer=st.booleans())
 def test_an_absorbed_reading_is_exactly_what_apply_and_evaluate_would_do(
-        kind: str, opening: int, overdraft: int, steps: list[Any], with_registers: bool) -> None:
-    """Whenever ``absorb_reading`` takes a reading, billing it and evaluating the account the normal way
-    (``apply_reading`` then ``evaluate``) would have given the same state, no event, no entry and no decision;
-    whenever it refuses, it changed nothing. Accounts wander through warnings, deferrals, disconnects, holds and
-    billing periods on the way."""
+        kind: str, opening: int, overdraft: int, steps: list[Any], with_registers: bool, defer: bool) -> None:
+    """Whenever ``absorb_reading`` takes an unchanged reading, billing it and evaluating the account the normal
+    way (``apply_reading`` then ``evaluate``) would have given the same state, no event, no entry and no
+    decision. Whenever it takes a changed one (``defer``), billing it would have charged the account and
+    changed nothing else: no warning, no decision, no deferral, the same billing period; and the absorbed
+    account only saw the meter. Whenever it refuses, it changed nothing. Accounts wander through warnings,
+    deferrals, disconnects, holds and billing periods on the way."""
     tariff = tariff_from_dict(TARIFFS[kind])
     account = PrepaidAccount("A-1", tariff, Thresholds(warning1_fen=2_000, warning2_fen=500, overdraft_fen=overdraft),
                              balance_fen=opening, site=ABSORB_SITE)
-    account.add_meter("M-1", max_power_w=10**9)
+    account.add_meter("M-1", max_power_w=10_000)
     limiter = ABSORB_SITE.limiter()
     energy, when = 1_000, T0
     registers = [250, 250, 250, 250]
@@ -246,12 +250,29 @@ def test_an_absorbed_reading_is_exactly_what_apply_and_evaluate_would_do(
         before = json.dumps(account.state_dict(), sort_keys=True, default=str)
         normal = PrepaidAccount.from_state(account.state_dict(), id="A-1", tariff=tariff,
                                            thresholds=account.thresholds, site=ABSORB_SITE)
-        if account.absorb_reading("M-1", energy, when, rates):
+        cursor = account.cursors["M-1"]
+        unchanged = cursor.energy_wh == energy
+        if account.absorb_reading("M-1", energy, when, rates, defer=defer):
             normal.apply_reading("M-1", energy, when, rates_wh=rates)
             decision = normal.evaluate(when, limiter=ABSORB_SITE.limiter())
             assert decision.value == "none"
-            assert normal.events == [] and normal.entries == []
-            assert normal.state_dict() == account.state_dict()
+            if unchanged:
+                assert normal.events == [] and normal.entries == []
+                assert normal.state_dict() == account.state_dict()
+            else:
+                assert defer and kind != "tou"
+                assert {type(e).__name__ for e in normal.events} <= {"AccountCharged"}
+                assert {e.kind for e in normal.entries} <= {EntryKind.CHARGE}
+                after, mine = normal.state_dict(), account.state_dict()
+                for key in ("warned_level", "final_warning_at", "supply", "deferred_reason", "deferred_until"):
+                    assert after[key] == mine[key], key
+                assert after["billing"]["period_start"] == mine["billing"]["period_start"]
+                seen = mine["meters"]["M-1"].pop("seen_at")
+                assert json.dumps(mine, sort_keys=True, default=str) == json.dumps(
+                    {**json.loads(before), "meters": {"M-1": {
+                        k: v for k, v in json.loads(before)["meters"]["M-1"].items() if k != "seen_at"}}},
+                    sort_keys=True, default=str)
+                assert seen is not None
         else:
             assert json.dumps(account.state_dict(), sort_keys=True, default=str) == before
             account.apply_reading("M-1", energy, when, rates_wh=rates)

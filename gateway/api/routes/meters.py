@@ -45,7 +45,8 @@ async def get_meter(meter_id: str, service: ServiceDep, caller: AnyCaller) -> Me
     if absorbed is not None and (latest is None or absorbed.taken_at > latest.taken_at):
         latest = ReadingPublic(taken_at=absorbed.taken_at, energy_wh=absorbed.energy_wh, power_w=absorbed.power_w,
                                voltage_v=absorbed.voltage_v, current_a=absorbed.current_a,
-                               relay=None if absorbed.relay is None else absorbed.relay.value, billed=True)
+                               relay=None if absorbed.relay is None else absorbed.relay.value,
+                               billed=service.writer.unbilled(meter_id) is not absorbed)
         if last_success_at is None or absorbed.taken_at > last_success_at:
             last_success_at = absorbed.taken_at
     return MeterPublic(id=row.id, account_id=row.account_id, bus=spec.bus_id, groups=list(spec.groups),
