@@ -34,6 +34,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=0.5)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--no-pin", action="store_true", help="let both processes use both CPUs")
+    parser.add_argument("--history", type=float, default=None,
+                        help="engine.reading_history_s of the gateway (default: its default, 60 s; 0 stores and "
+                             "bills every poll's reading at once)")
     args = parser.parse_args()
     meters = args.endpoints * args.per_port
     port = free_port_block(args.endpoints)
@@ -55,16 +58,19 @@ def main() -> None:
                 print(f"[{n}] baseline, bare pymodbus loop: {base.rate:,.0f} polls/s ({base.cpu_text()})")
                 started = time.monotonic()
                 async with gateway_run(sim, port=port, endpoints=args.endpoints, per_port=args.per_port,
-                                       interval=args.interval, timeout=args.timeout) as gw:
+                                       interval=args.interval, timeout=args.timeout, history=args.history) as gw:
                     startup = time.monotonic() - started
                     await gw.window(args.warmup)
-                    items = gw.gateway.service.writer.items
+                    writer = gw.gateway.service.writer
+                    items, absorbed = writer.items, writer.absorbed_count
                     full = await gw.window(args.seconds)
-                    committed = gw.gateway.service.writer.items - items
+                    committed = writer.items - items
+                    absorbed = writer.absorbed_count - absorbed
                     totals = gw.gateway.scheduler.stats()["totals"]
                 figures["full"].append(full.rate)
                 print(f"[{n}] gateway, full path (poll -> engine -> ledger): {full.rate:,.0f} polls/s "
-                      f"({full.cpu_text()}; {committed / full.seconds:,.0f} readings/s committed; "
+                      f"({full.cpu_text()}; {committed / full.seconds:,.0f} readings/s committed, "
+                      f"{absorbed / full.seconds:,.0f}/s absorbed by the engine without a transaction; "
                       f"max lag {totals['max_lag_s']:.2f} s; started in {startup:.1f} s)")
                 async with gateway_run(sim, port=port, endpoints=args.endpoints, per_port=args.per_port,
                                        interval=args.interval, timeout=args.timeout, ledger=False) as gw:
