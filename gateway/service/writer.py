@@ -212,7 +212,8 @@ class _Batch:
         self.limiter = self.catalog.site.limiter(self._limiter_state)
 
     def remember(self, known: _Known) -> None:
-        """After the commit: the meters' and the rate limiter's state as written, for the next batch."""
+        """Once prepared: the meters' and the rate limiter's state as this batch writes them, for the next batch
+        (``Writer._forget`` drops it if the batch fails)."""
         for meter_id, meter in self.meters.items():
             known.meters[meter_id] = (meter.health, meter.relay, meter.failures)
         known.limiter = self.limiter.state_dict() if self.limiter is not None else _UNKNOWN
