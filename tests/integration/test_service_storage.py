@@ -330,3 +330,32 @@ async def test_a_reading_held_for_billing_is_billed_when_the_gateway_stops(tmp_p
             last = (await uow.execute(sa.select(sa.func.max(t.readings.c.energy_wh)))).scalar_one()
             assert await verify_ledger(uow) == []
     assert (balance, last) == (10_000 - 10, 10_100)
+
+
+async def test_a_failing_batch_among_pipelined_ones_sinks_only_its_bad_job(db_url: str, tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Small batches (on SQLite the next one is prepared while one commits, on top of its changes). One job
+    fails in the database (an audit row without an actor): its batch is retried job by job, a batch prepared on
+    top of it is done again, and every other payment is credited exactly once. A payment repeated while its first
+    copy is still being committed is recognised without a failure."""
+    from gateway.service.writer import AccountJob, PaymentJob
+
+    async with Gateway(site(db_url), clock=Clock(), base_dir=tmp_path) as gw:
+        writer = gw.service.writer
+        writer.max_batch = 8
+        bad = AccountJob("A-1", lambda account, now: "applied", audit=(None, "test.bad", None))  # type: ignore[arg-type]
+        jobs = [PaymentJob("billing", f"P-{n}", "A-1", 100 + n) for n in range(40)]
+        jobs[29:29] = [bad]
+        jobs.insert(9, PaymentJob("billing", "P-2", "A-1", 102))  # P-2's batch is in flight as this one's prepared
+        jobs += [PaymentJob("billing", "P-3", "A-1", 103)]  # a repeat of one of the first batch's payments
+        with caplog.at_level("WARNING", logger="gateway.service.writer"):
+            results = await asyncio.gather(*(writer.submit(job) for job in jobs), return_exceptions=True)
+        async with gw.uow(readonly=True) as uow:
+            balance = (await uow.execute(sa.select(t.accounts.c.balance_fen))).scalar_one()
+            payments = (await uow.execute(sa.select(sa.func.count()).select_from(t.payments))).scalar_one()
+            assert await verify_ledger(uow) == []
+    failed = [job for job, result in zip(jobs, results, strict=True) if isinstance(result, BaseException)]
+    assert failed == [bad]
+    assert [results[9].created, results[-1].created] == [False, False]  # type: ignore[union-attr]
+    assert (balance, payments) == (100 + sum(100 + n for n in range(40)), 40)
+    assert len([r for r in caplog.records if "retrying its jobs one by one" in r.getMessage()]) == 1
