@@ -111,8 +111,9 @@ class EngineSettings(_Strict):
     manual_hold_s: float = Field(86_400, gt=0, description="hold set by a manual reconnect below the disconnect point")
     evaluate_every_s: float = Field(5, gt=0, description="re-check deferred disconnects this often")
     reading_history_s: float = Field(
-        60, ge=0, description="a reading that changes nothing (same energy and relay, nothing to decide) is "
-        "stored at most this often per meter; 0 stores every reading")
+        60, ge=0, description="a poll that changes nothing (same energy and relay, nothing to decide), or only a "
+        "small charge far from any threshold, is kept in memory; each meter's reading is stored (and billed) at "
+        "least this often; 0 stores every reading")
 
 
 class AccountSettings(_Strict):

@@ -37,7 +37,7 @@ class ReadingsMixin:
         balance_fen: int
 
         def _announce_credit(self) -> None: ...
-        def settled(self) -> bool: ...
+        def settled(self, less_fen: int = 0) -> bool: ...
         def _post(self, kind: EntryKind, amount_fen: int, reference: str = "", **extra: Any) -> None: ...
 
     def add_meter(self, meter_id: str, *, max_power_w: int | None = None, margin: float | None = None,
@@ -107,8 +107,7 @@ class ReadingsMixin:
         if not begin <= taken_at < end:
             return False
         delta = energy_wh - cursor.energy_wh
-        if delta == 0 and (rates_wh is None and cursor.rates_wh is None
-                           or (tuple(rates_wh) if rates_wh is not None else None) == cursor.rates_wh):
+        if delta == 0 and (tuple(rates_wh) if rates_wh is not None else None) == cursor.rates_wh:
             if not self.settled():
                 return False
             cursor.taken_at = require_aware(taken_at, "taken_at")

@@ -58,10 +58,6 @@ def period_bounds(key: dt.date, period: str, tz: ZoneInfo) -> tuple[dt.datetime,
     return _local_midnight(key, tz), _local_midnight(next_period_start(key, period), tz)
 
 
-def _period_end(key: dt.date, period: str, tz: ZoneInfo) -> dt.datetime:
-    return period_bounds(key, period, tz)[1]
-
-
 def split_time(t0: dt.datetime, t1: dt.datetime, tariff: Tariff, tz: ZoneInfo) -> list[Piece]:
     """Cut ``[t0, t1)`` at billing-period starts and time-of-use changes (both in local time)."""
     pieces: list[Piece] = []
@@ -124,7 +120,7 @@ def split_energy(t0: dt.datetime, t1: dt.datetime, delta_wh: int, tariff: Tariff
     if tariff.schedule is None and not by_register:
         # The common case, a tariff without time-of-use rates: only a period boundary can split the energy.
         key = period_key(t0.astimezone(tz).date(), tariff.period)
-        if t1 <= _period_end(key, tariff.period, tz):
+        if t1 <= period_bounds(key, tariff.period, tz)[1]:
             return {key: {ANY_RATE: delta_wh}}
     pieces = split_time(t0, t1, tariff, tz)
     out: dict[dt.date, dict[str, int]] = {}

@@ -94,17 +94,8 @@ async def load_accounts(uow: UnitOfWork | Callable[[], Awaitable[UnitOfWork]], c
     if not ids:
         return {}
     c = t.accounts.c
-    if trust_cache and cache is not None and all(i in cache.entries for i in ids):
-        out = {}
-        for account_id in ids:
-            version, out[account_id] = cache.entries[account_id]
-            if versions is not None:
-                versions[account_id] = version  # the cache holds the version its last write left
-            cache.entries[account_id] = (version + 1, out[account_id])
-        return out
-    if not isinstance(uow, UnitOfWork):
-        uow = await uow()
     if cache is None:
+        uow = await _opened(uow)
         rows = await uow.execute(sa.select(c.id, c.state).where(c.id.in_(ids)).order_by(c.id).with_for_update())
         return {row.id: catalog.account(row.id, row.state) for row in rows}
     if versions is None:
@@ -120,6 +111,7 @@ async def load_accounts(uow: UnitOfWork | Callable[[], Awaitable[UnitOfWork]], c
             else:
                 missing.append(account_id)
     else:
+        uow = await _opened(uow)
         versions.update({row.id: row.version for row in await uow.select_in(t.accounts, ("id", "version"), "id",
                                                                             ids, for_update=True)})
         for account_id, version in versions.items():
@@ -129,6 +121,7 @@ async def load_accounts(uow: UnitOfWork | Callable[[], Awaitable[UnitOfWork]], c
             else:
                 missing.append(account_id)
     if missing:
+        uow = await _opened(uow)
         for row in await uow.execute(sa.select(c.id, c.version, c.state).where(c.id.in_(missing))):
             versions[row.id] = row.version
             out[row.id] = catalog.account(row.id, row.state)
@@ -139,6 +132,10 @@ async def load_accounts(uow: UnitOfWork | Callable[[], Awaitable[UnitOfWork]], c
         # the writer clears the cache.
         cache.entries[account_id] = (versions[account_id] + 1, account)
     return out
+
+
+async def _opened(uow: UnitOfWork | Callable[[], Awaitable[UnitOfWork]]) -> UnitOfWork:
+    return uow if isinstance(uow, UnitOfWork) else await uow()
 
 
 def account_statements(dialect: str, accounts: list[PrepaidAccount], now: dt.datetime,

@@ -129,9 +129,8 @@ def _transition_rows(command_id: str, expected: str, new: str, now: dt.datetime,
     """The audit row and the outbox events of a command's transition (``command_payload`` of the new state)."""
     audit = dict(at=now, actor="gateway", action="command." + new, target=command_id,
                  detail={"from": expected, "error": error})
-    events = [dict(topic=f"commands/{command_id}", created_at=now, payload={
-        "type": "CommandState", "id": command_id, "meter_id": meter_id, "action": action, "state": new,
-        "attempts": attempts, "last_error": last_error, "at": now})]
+    events = [dict(topic=f"commands/{command_id}", created_at=now,
+                   payload=_state_payload(command_id, meter_id, action, new, attempts, last_error, now))]
     if new == "failed":
         events.append(dict(topic="alarms", created_at=now, payload={
             "type": "CommandFailed", "command_id": command_id, "meter_id": meter_id, "action": action,
@@ -145,6 +144,12 @@ async def get_command(uow: UnitOfWork, command_id: str) -> CommandRecord | None:
 
 
 def command_payload(record: CommandRecord) -> dict[str, Any]:
-    return {"type": "CommandState", "id": record.id, "meter_id": record.meter_id, "action": record.action,
-            "state": record.state, "attempts": record.attempts, "last_error": record.last_error,
-            "at": record.updated_at}
+    return _state_payload(record.id, record.meter_id, record.action, record.state, record.attempts,
+                          record.last_error, record.updated_at)
+
+
+def _state_payload(command_id: str, meter_id: str, action: str, state: str, attempts: int, last_error: str | None,
+                   at: dt.datetime) -> dict[str, Any]:
+    """The ``commands/<id>`` event of a command in ``state``."""
+    return {"type": "CommandState", "id": command_id, "meter_id": meter_id, "action": action, "state": state,
+            "attempts": attempts, "last_error": last_error, "at": at}
