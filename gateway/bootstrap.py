@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,11 @@ class Gateway:
         return create_app(self.service, static_keys=self.static_keys())
 
     async def __aenter__(self) -> Gateway:
+        # The database threads need the GIL back after every SQLite step; with CPython's default switch interval
+        # (5 ms) each of those waits up to 5 ms for a busy event loop, while SQLite's write lock is held.
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(min(previous, SWITCH_INTERVAL_S))
+        self._stack.callback(sys.setswitchinterval, previous)
         await migrate(self.engine)
         self.service.writer.start()
         self._stack.push_async_callback(self.service.writer.aclose)
@@ -142,6 +148,9 @@ class Gateway:
             await self._stack.aclose()
         finally:
             await self.engine.dispose()
+
+
+SWITCH_INTERVAL_S = 0.0005  # see Gateway.__aenter__
 
 
 def site_models(settings: Settings, *, base_dir: Path) -> dict[str, Any]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import itertools
 import operator
-from collections.abc import Callable, Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters.tables import UtcDateTime
 
-__all__ = ["RawJson", "StaleWrite", "Statement", "dumps_json", "fetch", "insert_statements", "run_statements",
+__all__ = ["RawJson", "StaleWrite", "Statement", "commit_statements", "dumps_json", "fetch", "insert_statements", "run_statements",
            "scalar", "select_in", "sqlite_datetime", "update_statements"]
 
 Row = Mapping[str, Any]
@@ -80,15 +82,26 @@ def _converter(column: sa.Column[Any]) -> Convert:
     return None
 
 
-_plans: dict[tuple[Any, ...], tuple[str, tuple[Convert, ...]]] = {}
+_converters: dict[tuple[str, tuple[str, ...]], tuple[Convert, ...]] = {}
 
 
-def _plan(key: tuple[Any, ...], table: sa.Table, columns: Sequence[str], sql: Callable[[], str]
+def _converters_of(table: sa.Table, columns: tuple[str, ...]) -> tuple[Convert, ...]:
+    key = (table.name, columns)
+    converters = _converters.get(key)
+    if converters is None:
+        converters = _converters[key] = tuple(_converter(table.c[name]) for name in columns)
+    return converters
+
+
+_plans: dict[tuple[Any, ...], str] = {}
+
+
+def _plan(key: tuple[Any, ...], table: sa.Table, columns: tuple[str, ...], sql: Callable[[], str]
           ) -> tuple[str, tuple[Convert, ...]]:
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _plans[key] = (sql(), tuple(_converter(table.c[name]) for name in columns))
-    return plan
+    text = _plans.get(key)
+    if text is None:
+        text = _plans[key] = sql()
+    return text, _converters_of(table, columns)
 
 
 def _tuples(rows: Sequence[Row], columns: Sequence[str], converters: tuple[Convert, ...]) -> list[Any]:
@@ -109,6 +122,59 @@ def _tuples(rows: Sequence[Row], columns: Sequence[str], converters: tuple[Conve
     return out
 
 
+def _flat(rows: Sequence[Row], columns: Sequence[str], converters: tuple[Convert, ...]) -> list[Any]:
+    """The rows' values in ``columns`` order, one row after the other in one list, converted where the column
+    type needs it (the parameters of a multi-row statement)."""
+    width = len(columns)
+    if width == 1:
+        flat = [row[columns[0]] for row in rows]
+    else:
+        flat = list(itertools.chain.from_iterable(map(operator.itemgetter(*columns), rows)))
+    for i, f in enumerate(converters):
+        if f is not None:
+            flat[i::width] = list(map(f, flat[i::width]))
+    return flat
+
+
+# A multi-row statement binds all its rows in one call, and SQLite runs it in one step without Python's GIL:
+# ``executemany`` steps once per row and must take the GIL back after each, which on a busy event loop makes
+# the database thread wait for the loop thread between rows. Chunks are powers of two (few distinct statements
+# for the driver's statement cache), within SQLite's limit on bound parameters (32766 since 3.32).
+_MAX_PARAMS = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+_MAX_ROWS = 256
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)  # UPDATE ... FROM
+
+
+def _chunks(rows: int, width: int) -> Iterator[tuple[int, int]]:
+    """(first row, row count) of each multi-row statement for ``rows`` rows of ``width`` values."""
+    cap = _MAX_ROWS
+    while cap > 1 and cap * width > _MAX_PARAMS:
+        cap //= 2
+    start = 0
+    while start < rows:
+        size = min(cap, 1 << ((rows - start).bit_length() - 1))
+        yield start, size
+        start += size
+
+
+def _multi_row(kind: str, table: sa.Table, order: tuple[str, ...], flat: list[Any], rows: int,
+               sql: Callable[[str], str], *, guarded: bool = False) -> list[Statement]:
+    """One statement per chunk of ``rows``; ``sql(values)`` makes the text around the VALUES list."""
+    width = len(order)
+    out = []
+    for start, size in _chunks(rows, width):
+        key = (kind, table.name, order, size)
+        text = _texts.get(key)
+        if text is None:
+            text = _texts[key] = sql(", ".join([f"({', '.join('?' * width)})"] * size))
+        out.append(Statement(text, flat[start * width:(start + size) * width], size if guarded else None,
+                             many=False))
+    return out
+
+
+_texts: dict[tuple[Any, ...], str] = {}
+
+
 def _groups(rows: Sequence[Row]) -> dict[tuple[str, ...], list[Row]]:
     """The rows grouped by their set of keys (one statement each)."""
     if not rows:
@@ -126,25 +192,29 @@ def _groups(rows: Sequence[Row]) -> dict[tuple[str, ...], list[Row]]:
 class Statement:
     """One prepared executemany: driver SQL with tuples on SQLite, a SQLAlchemy statement with dicts elsewhere.
 
-    ``guard``: the number of rows it must change (a guarded UPDATE), else ``StaleWrite``.
+    ``guard``: the number of rows it must change (a guarded UPDATE), else ``StaleWrite``. ``many``: ``params``
+    is a list of parameter sets (executemany); else one set (a multi-row statement on SQLite).
     """
 
     statement: str | sa.Executable
     params: list[Any]
     guard: int | None = None
+    many: bool = True
 
 
 def insert_statements(dialect: str, table: sa.Table, rows: Sequence[Row]) -> list[Statement]:
-    """INSERT ``rows`` (dicts of column values) into ``table``, one executemany per set of keys."""
+    """INSERT ``rows`` (dicts of column values) into ``table``: on SQLite multi-row statements, one set per set of
+    keys; elsewhere one executemany."""
     if not rows:
         return []
     if dialect != "sqlite":
         return [Statement(sa.insert(table), list(rows))]
     out = []
     for columns, group in _groups(rows).items():
-        sql, converters = _plan(("insert", table.name, columns), table, columns, lambda columns=columns: (
-            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"))
-        out.append(Statement(sql, _tuples(group, columns, converters)))
+        converters = _converters_of(table, columns)
+        head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
+        out += _multi_row("insert", table, columns, _flat(group, columns, converters), len(group),
+                          lambda values, head=head: head + values)
     return out
 
 
@@ -173,6 +243,18 @@ def update_statements(dialect: str, table: sa.Table, key: str, rows: Sequence[Ro
             out.append(Statement(statement, [{**{c: row[c] for c in columns}, "_key": row[key]} for row in group]))
             continue
         order = (*columns, key, *((increment,) if guarded else ()))
+        if _UPDATE_FROM and len({row[key] for row in group}) == len(group):  # one statement for many rows
+            converters = _converters_of(table, order)
+            name = table.name
+            sets = [f"{c} = v.column{i}" for i, c in enumerate(columns, 1)]
+            sets += [f"{increment} = {name}.{increment} + 1"] if increment else []
+            where = f"{name}.{key} = v.column{len(columns) + 1}"
+            where += f" AND {name}.{increment} = v.column{len(columns) + 2}" if guarded else ""
+            out += _multi_row(f"update {increment}", table, order, _flat(group, order, converters), len(group),
+                              lambda values, sets=", ".join(sets), where=where, name=name: (
+                                  f"UPDATE {name} SET {sets} FROM (VALUES {values}) AS v WHERE {where}"),
+                              guarded=guarded)
+            continue
 
         def sql(columns: tuple[str, ...] = columns, guarded: bool = guarded) -> str:
             sets = [f"{c} = ?" for c in columns] + ([f"{increment} = {increment} + 1"] if increment else [])
@@ -198,7 +280,7 @@ async def run_statements(conn: AsyncConnection, statements: Sequence[Statement])
         return
     for item in statements:
         if isinstance(item.statement, str):
-            result = await conn.exec_driver_sql(item.statement, item.params)
+            result = await conn.exec_driver_sql(item.statement, item.params if item.many else tuple(item.params))
         else:
             result = await conn.execute(item.statement, item.params or None)
         _check(item, result.rowcount)
@@ -220,9 +302,33 @@ async def _in_sqlite_thread(conn: AsyncConnection, fn: Callable[..., Any], *args
     return await in_thread(lambda: fn(driver._conn, *args))  # the sqlite3 connection, in its own thread
 
 
+async def commit_statements(conn: AsyncConnection, statements: Sequence[Statement]) -> object:
+    """SQLite: run prepared driver statements in a transaction of their own and commit it, all in one hand-over
+    to the database thread (``NOT_RUN`` when that is not available). ``conn`` must not be in a SQLAlchemy
+    transaction: the transaction is the driver's own (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any
+    error). On a busy event loop every hand-over waits for a turn of the loop, and a unit of work takes five
+    (statements, commit, rollback and reset of the connection)."""
+    if not all(isinstance(item.statement, str) for item in statements):
+        return _NOT_RUN
+    return await _in_sqlite_thread(conn, _commit_all, statements)
+
+
+def _commit_all(sqlite: Any, statements: Sequence[Statement]) -> None:
+    if sqlite.in_transaction:  # left over by a failure between statements: never commit it
+        sqlite.rollback()
+    sqlite.execute("BEGIN IMMEDIATE")
+    try:
+        _run_all(sqlite, statements)
+        sqlite.commit()
+    except BaseException:
+        sqlite.rollback()
+        raise
+
+
 def _run_all(sqlite: Any, statements: Sequence[Statement]) -> None:
     for item in statements:
-        _check(item, sqlite.executemany(item.statement, item.params).rowcount)
+        run = sqlite.executemany if item.many else sqlite.execute
+        _check(item, run(item.statement, item.params).rowcount)
 
 
 def _check(item: Statement, rowcount: int) -> None:

@@ -101,6 +101,28 @@ class UnitOfWorkFactory:
         self.engine = engine
         # SQLite has one writer: short transactions (command transitions, health) go before the writer's batches
         self._write_lock = PriorityBusLock() if engine.dialect.name == "sqlite" else None
+        self._own: AsyncConnection | None = None  # SQLite: the connection of commit_statements, kept open
+
+    async def commit_statements(self, statements: list[bulk.Statement], *, background: bool = False) -> bool:
+        """SQLite: write prepared statements and commit, under the write lock, in one hand-over to the database
+        thread (``bulk.commit_statements``) on a connection kept for this; False (nothing done) where that is not
+        available: the caller then uses a unit of work."""
+        if self._write_lock is None:
+            return False
+        await self._write_lock.acquire(urgent=not background)
+        try:
+            if self._own is None:
+                self._own = await self.engine.connect()
+            done = await bulk.commit_statements(self._own, statements)
+        finally:
+            self._write_lock.release()
+        return done is not bulk.NOT_RUN
+
+    async def aclose(self) -> None:
+        """Return the connection kept by ``commit_statements`` (the writer does, when it stops)."""
+        if self._own is not None:
+            own, self._own = self._own, None
+            await own.close()
 
     def __call__(self, *, readonly: bool = False, background: bool = False) -> UnitOfWork:
         """A unit of work; ``readonly`` ones skip the write lock (WAL lets readers run beside the writer);

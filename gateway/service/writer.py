@@ -508,6 +508,7 @@ class Writer:
                 future.set_exception(RuntimeError("the gateway is stopping"))
         self._urgent.clear()
         self._queue.clear()
+        await self.uow.aclose()  # the connection its commits kept (UnitOfWorkFactory.commit_statements)
 
     def _take(self) -> list[tuple[Job, asyncio.Future[Any]]]:
         batch, self._urgent = self._urgent[: self.max_batch], self._urgent[self.max_batch:]
@@ -646,9 +647,13 @@ class Writer:
 
     async def _write(self, batch: _Batch, results: list[tuple[asyncio.Future[Any], bool, Any]],
                      items: list[tuple[Job, asyncio.Future[Any]]]) -> None:
-        async with self.uow(background=not self._has_urgent(items)) as uow:
-            await batch.write(uow)
-            await uow.commit()
+        background = not self._has_urgent(items)
+        # SQLite: statements and commit in one hand-over to the database thread. A batch that makes relay
+        # commands (which read before they write) goes through a unit of work.
+        if batch.commands or not await self.uow.commit_statements(batch.statements, background=background):
+            async with self.uow(background=background) as uow:
+                await batch.write(uow)
+                await uow.commit()
         self._done(batch, items, results)
 
     def _done(self, batch: _Batch, items: list[tuple[Job, asyncio.Future[Any]]],

@@ -143,6 +143,7 @@ async def test_readings_charge_and_disconnect_then_payment_reconnects(db_url: st
         assert [tuple(c) for c in commands] == [("open", "superseded"), ("close", "queued")]
         assert result.record["balance_after_fen"] == 50
     finally:
+        await service.writer.aclose()
         await gw.engine.dispose()
 
 

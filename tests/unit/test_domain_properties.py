@@ -277,3 +277,36 @@ def test_an_absorbed_reading_is_exactly_what_apply_and_evaluate_would_do(
             assert json.dumps(account.state_dict(), sort_keys=True, default=str) == before
             account.apply_reading("M-1", energy, when, rates_wh=rates)
             account.evaluate(when, limiter=limiter)
+
+
+@settings(max_examples=80, deadline=None)
+@given(kind=st.sampled_from(["flat", "tiered_monthly", "tiered_yearly"]),
+       steps=st.lists(st.tuples(st.integers(1, 40 * 24 * 60), st.booleans(), st.integers(0, 50_000)), max_size=30))
+def test_billing_within_a_period_takes_the_short_way_to_the_same_result(kind: str,
+                                                                        steps: list[tuple[int, bool, int]]) -> None:
+    """Readings of a tariff without time-of-use rates that stay in the current period skip the walk over
+    periods; that changes nothing: entries, events and state are those of the general path, readings exactly
+    on a period's first instant included (they close the period)."""
+    from unittest import mock
+
+    from gateway.domain import account_readings
+    from gateway.domain.energy import period_bounds
+
+    tariff = tariff_from_dict(TARIFFS[kind])
+    short, general = _account(tariff), _account(tariff)
+    when, total = T0, 0
+    with mock.patch.object(account_readings, "_within", lambda *args: False):
+        general.apply_reading("M-1", total, when)
+    short.apply_reading("M-1", total, when)
+    for minutes, snap, delta in steps:
+        when += dt.timedelta(minutes=minutes)
+        if snap:  # exactly the start of the next billing period
+            key = period_key(when.astimezone(SHANGHAI).date(), tariff.period)
+            when = period_bounds(key, tariff.period, SHANGHAI)[1]
+        total += delta
+        short.apply_reading("M-1", total, when)
+        with mock.patch.object(account_readings, "_within", lambda *args: False):
+            general.apply_reading("M-1", total, when)
+    assert short.entries == general.entries
+    assert short.events == general.events
+    assert short.state_dict() == general.state_dict()
