@@ -3,9 +3,12 @@ baseline measured in the same run:
 
 - payments: the gateway's durable payments/s (concurrent clients, group commit) against the same number of bare
   sqlite3 ``INSERT`` + ``COMMIT`` with the same durability settings;
-- readings: readings/s through the balance engine with ledger commits, against the same bare insert loop.
+- readings: readings/s through the balance engine with ledger commits, against the same bare insert loop. Every
+  meter has one reading in flight at a time, as in the gateway (a meter's next poll waits for its reading to be
+  recorded): one client per meter by default. Every reading adds energy, so every one is billed and stored.
 
 Usage: python bench/ledger.py [--payments 20000] [--readings 50000] [--clients 256] [--meters 1000]
+                              [--reading-clients METERS]
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=50_000)
     parser.add_argument("--clients", type=int, default=256)
     parser.add_argument("--meters", type=int, default=1000)
+    parser.add_argument("--reading-clients", type=int, default=None,
+                        help="concurrent submitters of readings (default: one per meter)")
     parser.add_argument("--baseline", type=int, default=5_000, help="bare inserts for the baseline")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
@@ -107,9 +112,10 @@ def main() -> None:
         print(f"gateway: durable payments through the service layer: {pay:,.0f}/s "
               f"({args.payments} payments, {args.clients} concurrent clients, {batches} commits)")
         print(f"ratio payments / bare commits: {pay / bare:.2f}")
-        rd, batches = asyncio.run(gateway_readings(root / "read.db", args.readings, args.clients, args.meters))
+        clients = args.reading_clients or args.meters
+        rd, batches = asyncio.run(gateway_readings(root / "read.db", args.readings, clients, args.meters))
         print(f"gateway: readings through the engine with ledger commits: {rd:,.0f}/s "
-              f"({args.readings} readings of {args.meters} meters, {batches} commits)")
+              f"({args.readings} readings of {args.meters} meters, {clients} concurrent clients, {batches} commits)")
         print(f"ratio readings / bare commits: {rd / bare:.2f}")
 
 

@@ -1,7 +1,7 @@
 """Command latency under load: from a disconnect command's creation to its write on the wire, buses busy polling.
 
 The fleet of bench/modbus_throughput.py (2,000 meters, 20 endpoints x 100 unit ids), polled flat out by the
-full gateway (poll interval 0.2 s: every bus is saturated, readings go through the engine to the ledger). Every
+full gateway (poll interval 0.1 s: every bus is saturated, readings go through the engine to the ledger). Every
 ~0.1 s an operator's disconnect is created for another meter (``Service.request_command``, as the API does);
 the simulator timestamps the relay write when it arrives (CLOCK_MONOTONIC, the clock of this process too).
 
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--per-port", type=int, default=100)
     parser.add_argument("--commands", type=int, default=200)
     parser.add_argument("--spacing", type=float, default=0.1, help="seconds between two commands (mean)")
-    parser.add_argument("--interval", type=float, default=0.2)
+    parser.add_argument("--interval", type=float, default=0.1)
     parser.add_argument("--timeout", type=float, default=0.5)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
