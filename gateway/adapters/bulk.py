@@ -3,8 +3,9 @@
 SQLAlchemy's ``executemany`` runs every bound value of every row through the column type's processors in
 Python; for the readings path that was most of the writer's CPU. On SQLite these helpers convert values
 once, with plain functions that give exactly what the column types store (``UtcDateTime`` as naive UTC text in
-SQLAlchemy's format, ``JSON`` as compact text), and hand tuples to the driver's ``executemany``. On other
-databases they use SQLAlchemy's own statements unchanged. Both give the same rows (tested against each other).
+SQLAlchemy's format, ``JSON`` as compact text), and give them to the driver as multi-row statements (an
+UPDATE whose keys repeat falls back to ``executemany``). On other databases they use SQLAlchemy's own statements
+unchanged. Both give the same rows (tested against each other).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters.tables import UtcDateTime
 
-__all__ = ["RawJson", "StaleWrite", "Statement", "commit_statements", "dumps_json", "fetch", "insert_statements", "run_statements",
-           "scalar", "select_in", "sqlite_datetime", "update_statements"]
+__all__ = ["RawJson", "StaleWrite", "Statement", "commit_statements", "dumps_json", "fetch", "insert_statements",
+           "run_statements", "scalar", "select_in", "sqlite_datetime", "update_statements"]
 
 Row = Mapping[str, Any]
 _keys = dict.keys
@@ -190,7 +191,7 @@ def _groups(rows: Sequence[Row]) -> dict[tuple[str, ...], list[Row]]:
 
 @dataclass(frozen=True, slots=True)
 class Statement:
-    """One prepared executemany: driver SQL with tuples on SQLite, a SQLAlchemy statement with dicts elsewhere.
+    """One prepared statement: driver SQL on SQLite, a SQLAlchemy statement with dicts (executemany) elsewhere.
 
     ``guard``: the number of rows it must change (a guarded UPDATE), else ``StaleWrite``. ``many``: ``params``
     is a list of parameter sets (executemany); else one set (a multi-row statement on SQLite).
@@ -248,10 +249,11 @@ def update_statements(dialect: str, table: sa.Table, key: str, rows: Sequence[Ro
             name = table.name
             sets = [f"{c} = v.column{i}" for i, c in enumerate(columns, 1)]
             sets += [f"{increment} = {name}.{increment} + 1"] if increment else []
+            assignments = ", ".join(sets)
             where = f"{name}.{key} = v.column{len(columns) + 1}"
             where += f" AND {name}.{increment} = v.column{len(columns) + 2}" if guarded else ""
             out += _multi_row(f"update {increment}", table, order, _flat(group, order, converters), len(group),
-                              lambda values, sets=", ".join(sets), where=where, name=name: (
+                              lambda values, sets=assignments, where=where, name=name: (
                                   f"UPDATE {name} SET {sets} FROM (VALUES {values}) AS v WHERE {where}"),
                               guarded=guarded)
             continue
