@@ -1,7 +1,8 @@
 """The account's mutable state as one JSON-able dict (one JSON column), and back.
 
 Configuration (tariff, thresholds, site policy, credit class, protection by configuration) is not in it: the
-service passes it to ``PrepaidAccount.from_state`` from its settings. Schema (version 1)::
+service passes it to ``PrepaidAccount.from_state`` from its settings. A key may be absent when its value is the
+default ``from_state`` takes (the writer's ``state_json`` leaves those out). Schema (version 1)::
 
     {"version": 1,
      "balance_fen": int, "supply": "connected" | "disconnected", "warned_level": 0..4,
