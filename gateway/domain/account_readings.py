@@ -110,8 +110,7 @@ class ReadingsMixin:
         start = self.billing.period_start
         if start is None:
             return False
-        begin, end = period_bounds(start, self.tariff.period, self.site.tz)  # the current billing period, in UTC
-        if not begin <= taken_at < end:
+        if not _within(start, self.tariff.period, self.site.tz, taken_at, taken_at):  # the current billing period
             return False
         delta = energy_wh - cursor.energy_wh
         if delta == 0 and (tuple(rates_wh) if rates_wh is not None else None) == cursor.rates_wh:

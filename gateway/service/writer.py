@@ -466,17 +466,17 @@ class Writer:
             if held is not None and held.taken_at < job.reading.taken_at:
                 self._hold_over(held, loop)  # billed first, at its own time
         future: asyncio.Future[Any] = loop.create_future()
-        (self._queue if isinstance(job, ReadingJob) else self._urgent).append((job, future))
-        self._ready.set()
-        if self._task is None:
-            self.start()
+        self._enqueue(self._queue if isinstance(job, ReadingJob) else self._urgent, job, future)
         return future
 
     def _hold_over(self, reading: Reading, loop: asyncio.AbstractEventLoop) -> None:
         """Queue a deferred reading (see ``absorb``); nobody waits for its result."""
         future: asyncio.Future[Any] = loop.create_future()
         future.add_done_callback(_no_result)
-        self._queue.append((ReadingJob(reading), future))
+        self._enqueue(self._queue, ReadingJob(reading), future)
+
+    def _enqueue(self, queue: list[tuple[Job, asyncio.Future[Any]]], job: Job, future: asyncio.Future[Any]) -> None:
+        queue.append((job, future))
         self._ready.set()
         if self._task is None:
             self.start()
