@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from drivers.base import MeterDriver
 from gateway.adapters.database import create_engine, migrate
 from gateway.api.main import create_app
+from gateway.api.security import Caller
 from gateway.service.accounts import ensure_catalog_rows
 from gateway.service.catalog import Catalog
 from gateway.service.handlers import Service
@@ -99,11 +100,15 @@ class Gateway:
                 return "sqlite:///" + str((self.base_dir / relative).resolve())
         return url
 
-    def static_keys(self) -> dict[str, tuple[str, str]]:
-        return {k.sha256: (k.name, k.role) for k in self.settings.api.keys}
+    def static_keys(self) -> dict[str, Caller]:
+        return {k.sha256: Caller(k.name, k.role, frozenset(k.sources) if k.sources is not None else None)
+                for k in self.settings.api.keys}
 
     def app(self) -> FastAPI:
-        return create_app(self.service, static_keys=self.static_keys())
+        api = self.settings.api
+        return create_app(self.service, static_keys=self.static_keys(), max_body_bytes=api.max_body_bytes,
+                          failed_auth_limit=api.failed_auth_limit, failed_auth_window_s=api.failed_auth_window_s,
+                          key_cache_s=api.key_cache_s)
 
     async def __aenter__(self) -> Gateway:
         # The database threads need the GIL back after every SQLite step; with CPython's default switch interval

@@ -155,21 +155,26 @@ def simulate_dlt645(meters: Annotated[int, typer.Option(min=1)] = 1,
 def keys_create(role: Annotated[str, typer.Option(help="viewer, billing, operator or admin")],
                 name: Annotated[str, typer.Option(help="who the key is for (shown in the audit log)")],
                 config: Annotated[Path | None, typer.Option(help="store the key in this gateway's database")] = None,
-                ) -> None:
+                source: Annotated[list[str] | None, typer.Option(
+                    help="a payment source the key may post and reverse for (repeat for several); default: any")]
+                = None) -> None:
     """Make a new API key. It is printed once; only its SHA-256 is stored."""
     if role not in ROLES:
         typer.echo(f"role must be one of {', '.join(ROLES)}", err=True)
         raise typer.Exit(2)
     key = secrets.token_urlsafe(24)
     digest = hash_key(key)
+    sources = sorted(set(source)) if source else None
     if config is not None:
         from gateway.runtime import store_key
 
-        asyncio.run(store_key(_load(config), base_dir=config.resolve().parent, name=name, role=role, digest=digest))
+        asyncio.run(store_key(_load(config), base_dir=config.resolve().parent, name=name, role=role, digest=digest,
+                              sources=sources))
         typer.echo(f"stored key {name!r} ({role}) in the database")
     else:
         typer.echo("add this to api.keys in the settings file:")
-        typer.echo(f"  - {{name: {name}, role: {role}, sha256: {digest}}}")
+        bound = f", sources: [{', '.join(sources)}]" if sources else ""
+        typer.echo(f"  - {{name: {name}, role: {role}, sha256: {digest}{bound}}}")
     typer.echo(f"key (shown once): {key}")
 
 

@@ -9,11 +9,13 @@ import logging
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 import uvicorn
 
 from gateway.adapters import tables as t
+from gateway.api.server import plaintext_warning, server_config
 from gateway.bootstrap import Gateway
 from gateway.settings import Settings
 
@@ -44,20 +46,39 @@ class ApiServer(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
+def api_config(gateway: Gateway, **overrides: Any) -> uvicorn.Config:
+    """The hardened uvicorn configuration of a gateway's API (``gateway.api.server.server_config``) from its
+    settings; ``overrides`` replace ``server_config``'s keywords (tests) or go to uvicorn."""
+    api = gateway.settings.api
+
+    def path(name: str | None) -> str | None:
+        return None if name is None else str(gateway.base_dir / name)  # an absolute name stays as it is
+
+    options: dict[str, Any] = dict(
+        host=api.host, port=api.port, tls_certfile=path(api.tls_certfile), tls_keyfile=path(api.tls_keyfile),
+        request_timeout_s=api.request_timeout_s, keepalive_timeout_s=api.keepalive_timeout_s,
+        max_header_bytes=api.max_header_bytes)
+    return server_config(gateway.app(), **(options | overrides))
+
+
 async def serve(settings: Settings, *, base_dir: Path, banner: str | None = None) -> None:
     """Run the gateway and its API until SIGINT/SIGTERM (uvicorn handles both), then stop cleanly."""
+    api = settings.api
+    warning = plaintext_warning(api.host, tls=api.tls_certfile is not None)
+    if warning:
+        log.warning(warning)
     async with Gateway(settings, base_dir=base_dir) as gateway:
-        config = uvicorn.Config(gateway.app(), host=settings.api.host, port=settings.api.port, log_level="warning",
-                                lifespan="off")
-        server = ApiServer(config)
-        log.info("API on http://%s:%s (OpenAPI at /docs)", settings.api.host, settings.api.port)
+        server = ApiServer(api_config(gateway))
+        scheme = "https" if api.tls_certfile else "http"
+        log.info("API on %s://%s:%s (OpenAPI at /docs)", scheme, api.host, api.port)
         if banner:
             print(banner, flush=True)
         await server.serve()
     log.info("gateway stopped")
 
 
-async def store_key(settings: Settings, *, base_dir: Path, name: str, role: str, digest: str) -> None:
+async def store_key(settings: Settings, *, base_dir: Path, name: str, role: str, digest: str,
+                    sources: list[str] | None = None) -> None:
     from gateway.adapters.database import migrate
 
     gateway = Gateway(settings, base_dir=base_dir)
@@ -65,7 +86,7 @@ async def store_key(settings: Settings, *, base_dir: Path, name: str, role: str,
         await migrate(gateway.engine)
         async with gateway.uow() as uow:
             await uow.execute(sa.delete(t.api_keys).where(t.api_keys.c.name == name))
-            await uow.execute(sa.insert(t.api_keys).values(name=name, sha256=digest, role=role,
+            await uow.execute(sa.insert(t.api_keys).values(name=name, sha256=digest, role=role, sources=sources,
                                                            created_at=dt.datetime.now(dt.UTC)))
             await uow.commit()
     finally:

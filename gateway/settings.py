@@ -33,7 +33,7 @@ class ConfigError(Exception):
 
 def _yuan(value: Any, *, allow_negative: bool = False) -> int:
     try:
-        return parse_yuan(str(value), allow_zero=True, allow_negative=allow_negative)
+        return parse_yuan(str(value).strip(), allow_zero=True, allow_negative=allow_negative)
     except AmountError as exc:
         raise ValueError(str(exc)) from None
 
@@ -74,9 +74,11 @@ class DatabaseSettings(_Strict):
 
 
 class ApiKeySettings(_Strict):
-    name: str
+    name: str = Field(min_length=1, max_length=100)
     role: Literal["viewer", "billing", "operator", "admin"]
     sha256: str = Field(description="hex SHA-256 of the key; the key itself never goes in the file")
+    sources: list[str] | None = Field(None, description="payment sources this key may post and reverse for "
+                                                         "(a billing system's own); absent: any")
 
     @field_validator("sha256")
     @classmethod
@@ -92,8 +94,27 @@ class ApiSettings(_Strict):
     port: int = Field(8080, ge=1, le=65535)
     keys: list[ApiKeySettings] = []
     max_payment: Yuan = 1_000_000  # 10,000.00 yuan
+    max_operator_hold_s: float = Field(7 * 86_400, gt=0, description="the longest hold an operator may place; "
+                                                                    "longer needs admin")
+    tls_certfile: str | None = Field(None, description="PEM certificate (chain): the API speaks HTTPS")
+    tls_keyfile: str | None = Field(None, description="its private key (PEM)")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies are refused (413) unread")
+    max_header_bytes: int = Field(16_384, ge=1024, description="a larger request head is refused")
+    request_timeout_s: float = Field(10, gt=0, description="a request must arrive whole within this, counted from "
+                                                           "the connection or the previous answer")
+    keepalive_timeout_s: float = Field(5, gt=0, description="an idle keep-alive connection is closed after this")
+    failed_auth_limit: int = Field(20, ge=1, description="missing or unknown keys from one client within "
+                                                         "failed_auth_window_s before it gets 429")
+    failed_auth_window_s: float = Field(60, gt=0)
+    key_cache_s: float = Field(30, gt=0, description="keys created in the database are seen within this")
 
     _max = field_validator("max_payment", mode="before")(classmethod(lambda cls, v: _yuan(v)))
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together")
+        return self
 
 
 class MqttSettings(_Strict):
@@ -116,8 +137,12 @@ class EngineSettings(_Strict):
         "least this often; 0 stores every reading")
 
 
+# Ids travel in URL paths and API bodies: no control characters, no "/", no surrounding spaces.
+_ID = r"^[^\x00-\x20\x7f/]([^\x00-\x1f\x7f/]*[^\x00-\x20\x7f/])?$"
+
+
 class AccountSettings(_Strict):
-    id: str = Field(min_length=1, max_length=64)
+    id: str = Field(min_length=1, max_length=64, pattern=_ID)
     tariff: str
     opening_balance: Yuan = 0
     warning1: Yuan = 2000
@@ -172,13 +197,14 @@ class BusSettings(_Strict):
 
 
 class MeterSettings(_Strict):
-    id: str = Field(min_length=1, max_length=64)
+    id: str = Field(min_length=1, max_length=64, pattern=_ID)
     bus: str
     account: str
     unit_id: int | None = Field(None, ge=1, le=247, description="Modbus unit id")
     address: str | None = Field(None, description="DL/T 645 nameplate address, 12 digits")
     model: str = "generic-prepaid"
-    groups: list[str] = Field(default_factory=list, description="names for bulk commands (feeder, street...)")
+    groups: list[Annotated[str, Field(min_length=1, max_length=64, pattern=_ID)]] = Field(
+        default_factory=list, description="names for bulk commands (feeder, street...)")
     poll_interval_s: float = Field(60, gt=0)
     max_power_w: int = Field(60_000, gt=0, description="contract capacity, for the plausibility check")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.adapters.bulk import dumps_json
 
-__all__ = ["async_url", "create_engine", "migrate"]
+__all__ = ["async_url", "create_engine", "migrate", "private_files"]
 
 JSON_CODEC: dict[str, Any] = {"json_serializer": dumps_json, "json_deserializer": orjson.loads}
 
@@ -35,7 +37,7 @@ def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_files(Path(path))
         engine = create_async_engine(url, connect_args={"timeout": 30}, use_insertmanyvalues=False, **JSON_CODEC)
 
         @sa.event.listens_for(engine.sync_engine, "connect")
@@ -49,6 +51,18 @@ def create_engine(url: str) -> AsyncEngine:
 
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, **JSON_CODEC)
+
+
+def private_files(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (0600), and make an existing one (and its -wal and -shm
+    files) so: the ledger and the API key digests are nobody else's business. SQLite gives the -wal and -shm
+    files it creates later the database file's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
 
 
 async def migrate(engine: AsyncEngine) -> None:

@@ -79,14 +79,18 @@ ledger = sa.Table(
     sa.Column("amount_fen", sa.BigInteger, nullable=False),  # signed: credit > 0, debit < 0
     sa.Column("balance_after_fen", sa.BigInteger, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
-    sa.Column("reference", sa.String(200), nullable=True),  # "source/payment_id" for payment entries
+    sa.Column("reference", sa.String(200), nullable=True),  # a label: "source/payment_id", meter id, ...
+    # payments, reversals and their repayments: the payment, named by the pair (never by the joined label)
+    sa.Column("payment_source", sa.String(64), nullable=True),
+    sa.Column("payment_id", sa.String(128), nullable=True),
     sa.Column("meter_id", sa.String(64), nullable=True),
     sa.Column("energy_wh", sa.BigInteger, nullable=True),  # charges: energy billed by this entry
     sa.Column("reading_wh", sa.BigInteger, nullable=True),  # charges: the cumulative reading billed up to
     sa.Column("period", sa.String(16), nullable=True),  # charges: billing period
     sa.Column("detail", sa.String(500), nullable=True),
     sa.Index("ix_ledger_account", "account_id", "id"),
-    sa.Index("ix_ledger_reference", "kind", "reference"),
+    sa.Index("ix_ledger_payment", "payment_source", "payment_id", sqlite_where=sa.text("payment_source IS NOT NULL"),
+             postgresql_where=sa.text("payment_source IS NOT NULL")),
 )
 
 payments = sa.Table(
@@ -101,6 +105,8 @@ payments = sa.Table(
     sa.Column("received_at", UtcDateTime, nullable=False),
     sa.Column("reversed_at", UtcDateTime, nullable=True),
     sa.Column("reversal_reason", sa.String(500), nullable=True),
+    sa.Column("recorded_by", sa.String(100), nullable=True),  # the API key that posted it
+    sa.Column("reversed_by", sa.String(100), nullable=True),  # the API key that reversed it
 )
 
 commands = sa.Table(
@@ -141,6 +147,7 @@ api_keys = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False, unique=True),
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("sources", sa.JSON, nullable=True),  # billing keys: the payment sources it may post; null: any
 )
 
 audit_log = sa.Table(

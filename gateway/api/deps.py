@@ -1,27 +1,20 @@
-"""Dependencies: the container (service, catalog) and API-key authentication with roles."""
+"""Dependencies of the routes: the service, and the caller behind the API key with its role."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
-import sqlalchemy as sa
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gateway.adapters import tables as t
+from gateway.api.problems import Problem
+from gateway.api.security import Caller, FailedAuthLimiter, KeyRing
 from gateway.service.handlers import Service
 from gateway.settings import hash_key
 
-__all__ = ["Caller", "ServiceDep", "require"]
+__all__ = ["AdminCaller", "AnyCaller", "BillingCaller", "Caller", "OperatorCaller", "ServiceDep", "require"]
 
-_bearer = HTTPBearer(auto_error=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    name: str
-    role: str
+_bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer KEY`")
 
 
 def get_service(request: Request) -> Service:
@@ -31,20 +24,24 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-async def current_caller(request: Request, service: ServiceDep,
+async def current_caller(request: Request,
                          creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
-    if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
-        raise HTTPException(401, "an API key is required: Authorization: Bearer KEY")
-    digest = hash_key(creds.credentials)
-    static = request.app.state.static_keys.get(digest)
-    if static is not None:
-        return Caller(*static)
-    async with service.uow(readonly=True) as uow:
-        row = (await uow.execute(sa.select(t.api_keys.c.name, t.api_keys.c.role)
-                                 .where(t.api_keys.c.sha256 == digest))).one_or_none()
-    if row is None:
-        raise HTTPException(401, "unknown API key")
-    return Caller(row.name, row.role)
+    keys: KeyRing = request.app.state.keys
+    limiter: FailedAuthLimiter = request.app.state.auth_limiter
+    client = request.client.host if request.client else "?"
+    wait = limiter.retry_after(client)
+    if wait is not None:
+        raise Problem("too-many-failed-authentications",
+                      f"too many failed authentications from this client; retry in {wait} s",
+                      headers={"Retry-After": str(wait)})
+    if creds is None or not creds.credentials:
+        limiter.failed(client)
+        raise Problem("authentication-required", "an API key is required: Authorization: Bearer KEY")
+    caller = await keys.lookup(hash_key(creds.credentials))
+    if caller is None:
+        limiter.failed(client)
+        raise Problem("authentication-required", "unknown API key")
+    return caller
 
 
 def require(*roles: str):  # type: ignore[no-untyped-def]
@@ -53,7 +50,8 @@ def require(*roles: str):  # type: ignore[no-untyped-def]
 
     async def check(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
         if caller.role not in allowed:
-            raise HTTPException(403, f"the role {caller.role!r} may not do this (needs {' or '.join(sorted(allowed))})")
+            raise Problem("forbidden",
+                          f"the role {caller.role!r} may not do this (needs {' or '.join(sorted(allowed))})")
         return caller
 
     return check
@@ -62,3 +60,4 @@ def require(*roles: str):  # type: ignore[no-untyped-def]
 AnyCaller = Annotated[Caller, Depends(require("viewer", "billing", "operator"))]
 BillingCaller = Annotated[Caller, Depends(require("billing"))]
 OperatorCaller = Annotated[Caller, Depends(require("operator"))]
+AdminCaller = Annotated[Caller, Depends(require("admin"))]

@@ -1,21 +1,62 @@
-"""The FastAPI application: composes the routers; the service comes from bootstrap via ``app.state``."""
+"""The FastAPI application: composes the routers; the service and the keys come from bootstrap."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from gateway.api import problems
+from gateway.api.openapi import install_openapi
 from gateway.api.routes import accounts, commands, health, meters, payments
+from gateway.api.security import Caller, FailedAuthLimiter, KeyRing
 from gateway.service.handlers import Service
 
+__all__ = ["create_app"]
 
-def create_app(service: Service, *, static_keys: dict[str, tuple[str, str]] | None = None) -> FastAPI:
-    """The API over ``service``; ``static_keys`` maps key SHA-256 → (name, role) for keys from the settings."""
-    app = FastAPI(title="meter-gateway", version="0.1.0",
-                  description="Remote prepaid and meter-control gateway: payments, accounts, meters, relay commands.")
+
+def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None, max_body_bytes: int = 1_048_576,
+               failed_auth_limit: int = 20, failed_auth_window_s: float = 60.0, key_cache_s: float = 30.0
+               ) -> FastAPI:
+    """The API over ``service``; ``static_keys`` maps key SHA-256 → caller for the keys of the settings (the
+    database's keys are read through ``service.stored_keys``)."""
+    # The docs pages (/docs, /redoc) load their scripts from the package, never from a CDN.
+    app = FastAPIOffline(title="meter-gateway", version="0.1.0", max_body_size=max_body_bytes,
+                         static_url="/docs-assets",
+                         description="Remote prepaid and meter-control gateway: payments, accounts, meters, relay "
+                                     "commands. Errors are application/problem+json; their types are in docs/api.md.")
     app.state.service = service
-    app.state.static_keys = dict(static_keys or {})
+
+    async def stored() -> dict[str, Caller]:
+        return {digest: Caller(name, role, frozenset(sources) if sources is not None else None)
+                for digest, name, role, sources in await service.stored_keys()}
+
+    app.state.keys = KeyRing(static_keys or {}, stored, refresh_s=key_cache_s, miss_refresh_s=min(5.0, key_cache_s))
+    app.state.auth_limiter = FailedAuthLimiter(limit=failed_auth_limit, window_s=failed_auth_window_s)
     problems.install(app)
+    app.add_middleware(_NoStore)
     for module in (health, payments, accounts, meters, commands):
         app.include_router(module.router)
+    install_openapi(app, max_payment_fen=service.catalog.max_payment_fen)
     return app
+
+
+class _NoStore:
+    """``Cache-Control: no-store`` on every answer of the API proper (balances and keys' answers are not for
+    caches)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def no_store(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"cache-control", b"no-store")]
+            await send(message)
+
+        await self.app(scope, receive, no_store)

@@ -19,13 +19,14 @@ from gateway.domain.account_money import MoneyMixin
 from gateway.domain.account_readings import ReadingsMixin
 from gateway.domain.billing import BillingState
 from gateway.domain.emergency import EmergencyCredit
+from gateway.domain.errors import InvalidTime
 from gateway.domain.guardrails import disconnect_refusal
 from gateway.domain.ledger import LedgerEntry
 from gateway.domain.metering import MeterCursor
 from gateway.domain.policy import RateLimiter, SitePolicy
 from gateway.domain.state import account_from_state, account_state
 from gateway.domain.tariffs import Tariff
-from gateway.domain.timeutil import require_aware
+from gateway.domain.timeutil import require_aware, utc
 
 __all__ = ["Decision", "MeterCursor", "PrepaidAccount", "Supply", "Thresholds"]
 
@@ -195,9 +196,13 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
             self.operator_protected = protected
             self.events.append(ev.ProtectionChanged(self.id, protected, by))
 
-    def place_hold(self, until: dt.datetime, *, by: str = "") -> None:
-        """No automatic disconnect before ``until`` (e.g. after a manual reconnect below the disconnect point)."""
-        self.hold_until = require_aware(until, "until")
+    def place_hold(self, until: dt.datetime, *, now: dt.datetime | None = None, by: str = "") -> None:
+        """No automatic disconnect before ``until`` (e.g. after a manual reconnect below the disconnect point);
+        with ``now``, a hold that ends by then is refused."""
+        until = utc(until, "until")
+        if now is not None and until <= now:
+            raise InvalidTime(f"the hold must end in the future (it ends {until.isoformat()})")
+        self.hold_until = until
         self.events.append(ev.HoldChanged(self.id, until, by))
 
     def release_hold(self, *, by: str = "") -> None:

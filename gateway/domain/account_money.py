@@ -44,12 +44,12 @@ class MoneyMixin:
         """
         if amount_fen <= 0:
             raise InvalidAmount("a payment must be positive")
-        reference = f"{source}/{payment_id}"
-        self._post(EntryKind.PAYMENT, amount_fen, reference)
+        key, label = (source, payment_id), f"{source}/{payment_id}"
+        self._post(EntryKind.PAYMENT, amount_fen, label, payment=key)
         self.events.append(ev.PaymentReceived(self.id, source, payment_id, amount_fen, self.balance_fen))
-        repaid = self.emergency.repay_from(reference, amount_fen)
+        repaid = self.emergency.repay_from(key, amount_fen)
         if repaid:
-            self._post(EntryKind.REPAYMENT, -repaid, reference, detail="emergency credit")
+            self._post(EntryKind.REPAYMENT, -repaid, label, payment=key, detail="emergency credit")
             self.events.append(ev.EmergencyCreditRepaid(self.id, repaid, self.emergency.outstanding_fen,
                                                         self.balance_fen))
         self._announce_credit()
@@ -62,12 +62,12 @@ class MoneyMixin:
         """
         if amount_fen <= 0:
             raise InvalidAmount("a reversal must remove a positive amount")
-        reference = f"{source}/{payment_id}"
-        self._post(EntryKind.REVERSAL, -amount_fen, reference, detail=reason)
+        key, label = (source, payment_id), f"{source}/{payment_id}"
+        self._post(EntryKind.REVERSAL, -amount_fen, label, payment=key, detail=reason)
         self.events.append(ev.PaymentReversed(self.id, source, payment_id, amount_fen, self.balance_fen))
-        undone = self.emergency.undo_for_reversal(reference, amount_fen)
+        undone = self.emergency.undo_for_reversal(key, amount_fen)
         if undone:
-            self._post(EntryKind.REPAYMENT, undone, reference, detail="repayment undone by reversal")
+            self._post(EntryKind.REPAYMENT, undone, label, payment=key, detail="repayment undone by reversal")
             self.events.append(ev.EmergencyCreditRepaid(self.id, -undone, self.emergency.outstanding_fen,
                                                         self.balance_fen))
         self._announce_credit()

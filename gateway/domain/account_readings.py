@@ -13,11 +13,18 @@ from zoneinfo import ZoneInfo
 from gateway.domain import events as ev
 from gateway.domain.billing import PeriodCharge, bill
 from gateway.domain.energy import period_bounds, rate_deltas, split_energy
-from gateway.domain.errors import InvalidAmount, NoQuarantinedReading, UnknownMeter
+from gateway.domain.errors import InvalidAmount, InvalidTime, NoQuarantinedReading, UnknownMeter
 from gateway.domain.ledger import EntryKind
-from gateway.domain.metering import BACKWARDS, MeterCursor, PendingReading, Snapshot, check_plausible
+from gateway.domain.metering import (
+    BACKWARDS,
+    MAX_ENERGY_WH,
+    MeterCursor,
+    PendingReading,
+    Snapshot,
+    check_plausible,
+)
 from gateway.domain.tariffs import period_key, period_label
-from gateway.domain.timeutil import require_aware
+from gateway.domain.timeutil import require_aware, utc
 
 if TYPE_CHECKING:
     from gateway.domain.billing import BillingState
@@ -74,7 +81,10 @@ class ReadingsMixin:
         meter only sets its baseline. A reading lower than the last one, or a jump larger than the meter's
         capacity over the elapsed time allows, is quarantined: not billed, baseline unchanged, alarm raised once.
         A later reading that is plausible against the baseline bills normally and discards the quarantined one.
+        A cumulative energy outside 0..``MAX_ENERGY_WH`` is no reading of a meter: refused, nothing changes.
         """
+        if not 0 <= energy_wh <= MAX_ENERGY_WH:
+            raise InvalidAmount(f"meter {getattr(meter, 'meter_id', meter)}: {energy_wh} Wh is no meter reading")
         cursor = self._cursor(meter)
         require_aware(taken_at, "taken_at")
         if margin is not None:
@@ -217,12 +227,19 @@ class ReadingsMixin:
         return charge + (self._take(cursor, pending.latest) if pending.latest is not None else 0)
 
     def rebase_meter(self, meter_id: str, *, energy_wh: int | None = None, taken_at: dt.datetime | None = None,
-                     by: str = "") -> int:
+                     now: dt.datetime | None = None, by: str = "") -> int:
         """Start billing the meter afresh from a new baseline without billing the gap (reset, replacement).
 
         The baseline is the quarantined reading, or ``energy_wh`` at ``taken_at`` (default: the newest reading
         seen). Readings that arrived while quarantined are then billed from it; returns that charge in fen.
+        With ``now``, a baseline read after it is refused (no reading before that time would ever be billed).
         """
+        if taken_at is not None:
+            taken_at = utc(taken_at, "taken_at")
+            if now is not None and taken_at > now:
+                raise InvalidTime(f"the baseline can't be read in the future ({taken_at.isoformat()})")
+        if energy_wh is not None and not 0 <= energy_wh <= MAX_ENERGY_WH:
+            raise InvalidAmount(f"a baseline must be from 0 to {MAX_ENERGY_WH} Wh, got {energy_wh}")
         cursor = self._cursor(meter_id)
         pending = cursor.pending
         if energy_wh is None:

@@ -4,12 +4,14 @@
      ├── EmergencyCreditRefused   (already granted this period, or not yet repaid)      -> 409
      ├── NoQuarantinedReading     (accept or re-base without a pending reading)          -> 409
      ├── UnknownMeter             (a meter that is not one of the account's)             -> 404
-     └── InvalidAmount            (zero or negative payment, reversal or grant)          -> 422
+     ├── InvalidAmount            (zero or negative payment, reversal or grant)          -> 409
+     └── InvalidTime              (a time the rule can't take: a hold in the past...)    -> 409
 """
 
 from __future__ import annotations
 
-__all__ = ["DomainError", "EmergencyCreditRefused", "InvalidAmount", "NoQuarantinedReading", "UnknownMeter"]
+__all__ = ["DomainError", "EmergencyCreditRefused", "InvalidAmount", "InvalidTime", "NoQuarantinedReading",
+           "UnknownMeter"]
 
 
 class DomainError(Exception):
@@ -34,3 +36,7 @@ class UnknownMeter(DomainError, LookupError):
 
 class InvalidAmount(DomainError, ValueError):
     """An amount that must be positive was not."""
+
+
+class InvalidTime(DomainError, ValueError):
+    """A time a rule can't take (a hold that ends in the past, a baseline read in the future)."""

@@ -33,7 +33,8 @@ class LedgerEntry:
     kind: EntryKind
     amount_fen: int
     balance_after_fen: int
-    reference: str = ""  # "source/payment_id" for payments, reversals and repayments; meter id for charges
+    reference: str = ""  # a label: "source/payment_id" for payments, reversals and repayments; meter id for charges
+    payment: tuple[str, str] | None = None  # (source, payment_id) of payments, reversals and their repayments
     meter_id: str | None = None  # charges
     energy_wh: int | None = None  # charges: energy billed by this entry
     reading_wh: int | None = None  # charges: the cumulative reading billed up to
@@ -44,5 +45,6 @@ class LedgerEntry:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able row: kind as its string value, ``at`` as ISO 8601 UTC."""
         return {"kind": self.kind.value, "amount_fen": self.amount_fen, "balance_after_fen": self.balance_after_fen,
-                "reference": self.reference, "meter_id": self.meter_id, "energy_wh": self.energy_wh,
+                "reference": self.reference,
+                "payment": list(self.payment) if self.payment is not None else None, "meter_id": self.meter_id, "energy_wh": self.energy_wh,
                 "reading_wh": self.reading_wh, "period": self.period, "at": to_iso(self.at), "detail": self.detail}

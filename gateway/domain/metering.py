@@ -13,9 +13,13 @@ from typing import Any
 
 from gateway.domain.timeutil import from_iso, to_iso
 
-__all__ = ["BACKWARDS", "JUMP", "MeterCursor", "PendingReading", "Snapshot", "check_plausible"]
+__all__ = ["BACKWARDS", "JUMP", "MAX_ENERGY_WH", "MeterCursor", "PendingReading", "Snapshot", "check_plausible"]
 
 BACKWARDS, JUMP = "backwards", "jump"
+
+# The largest cumulative energy taken: a real meter's register stays below 10^11 Wh (DL/T 645: 99999999.99 kWh);
+# 10^12 Wh keeps every charge computed from it far inside 63 bits of fen.
+MAX_ENERGY_WH = 10**12
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,10 @@ The API speaks yuan as decimal strings ("50.00"); ``parse_yuan`` is the one door
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-__all__ = ["AmountError", "cost_fen", "format_fen", "parse_price", "parse_yuan", "round_fen"]
+__all__ = ["AmountError", "amount_pattern", "cost_fen", "format_fen", "parse_price", "parse_yuan", "round_fen"]
 
 _FEN = Decimal("0.01")
 _WH_PER_KWH = Decimal(1000)
@@ -17,35 +18,71 @@ class AmountError(ValueError):
     """An amount of money that is not acceptable (format, sign, precision or size)."""
 
 
+_AMOUNT = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]{1,2})?")
+_TOO_PRECISE = re.compile(r"-?(0|[1-9][0-9]*)\.[0-9]{3,}")
+_MAX_DIGITS = 18  # far above any real amount; keeps the number an int64 of fen
+
+
 def parse_yuan(text: str | int | Decimal, *, max_fen: int | None = None, allow_zero: bool = False,
                allow_negative: bool = False) -> int:
     """Parse a yuan amount ("50.00", "0.5", "12") into integer fen.
 
-    Refuses more than two decimal places, NaN, infinities, exponents, negative values (unless allowed), zero
-    (unless allowed) and values above ``max_fen``.
+    Strict: ASCII digits in canonical form only (no sign but an allowed ``-``, no ``+``, no leading zeros, no
+    ``5.`` or ``.5``, no spaces, no exponents), at most two decimal places; refuses negative values (unless
+    allowed), zero (unless allowed) and values above ``max_fen``. ``amount_pattern`` is the same language as
+    a regular expression.
     """
     if isinstance(text, bool) or not isinstance(text, str | int | Decimal):
         raise AmountError("amount must be a decimal string such as \"50.00\"")
-    raw = text.strip() if isinstance(text, str) else str(text)
-    if not raw or any(c in raw for c in "eE_ ") or raw.lower().lstrip("+-") in {"nan", "inf", "infinity", "snan"}:
-        raise AmountError(f"not a decimal amount: {raw!r}")
-    try:
-        value = Decimal(raw)
-    except InvalidOperation:
-        raise AmountError(f"not a decimal amount: {raw!r}") from None
-    if not value.is_finite():
-        raise AmountError(f"not a finite amount: {raw!r}")
-    exponent = value.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -2:
-        raise AmountError(f"more than 2 decimal places: {raw!r}")
-    fen = int(value * 100)
-    if fen < 0 and not allow_negative:
-        raise AmountError(f"amount must not be negative: {raw!r}")
+    raw = text if isinstance(text, str) else str(text)
+    if len(raw) > _MAX_DIGITS + 4 or not _AMOUNT.fullmatch(raw):  # [0-9] is ASCII only
+        if _TOO_PRECISE.fullmatch(raw):
+            raise AmountError(f"more than 2 decimal places: {raw!r}")
+        raise AmountError(f"not a decimal amount such as \"50.00\": {raw[:40]!r}")
+    whole, _, part = raw.lstrip("-").partition(".")
+    fen = int(whole) * 100 + int(part.ljust(2, "0") or 0)
+    if raw.startswith("-"):
+        if not allow_negative:
+            raise AmountError(f"amount must not be negative: {raw!r}")
+        fen = -fen
     if fen == 0 and not allow_zero:
         raise AmountError("amount must not be zero")
+    if fen == 0 and raw.startswith("-"):
+        raise AmountError(f"not a decimal amount such as \"0.00\": {raw!r}")
     if max_fen is not None and abs(fen) > max_fen:
         raise AmountError(f"amount {raw} is above the maximum of {format_fen(max_fen)}")
     return fen
+
+
+def amount_pattern(max_fen: int, *, allow_negative: bool = False) -> str:
+    """A regular expression (JSON Schema dialect, anchored) of exactly the amounts ``parse_yuan`` accepts with
+    ``max_fen`` (zero refused), for API documents: canonical decimal yuan from 0.01 up to the maximum."""
+    if max_fen < 1:
+        raise ValueError("max_fen must be at least 1")
+    whole, fen = divmod(max_fen, 100)
+    below = ["0\\.(0[1-9]|[1-9][0-9]?)"]  # 0.01 .. 0.99
+    if whole >= 2:
+        below.append(_integers_up_to(whole - 1) + "(\\.[0-9]{1,2})?")
+    if whole >= 1:
+        tens, ones = divmod(fen, 10)
+        fraction = ["\\.0{1,2}"] if fen == 0 else [f"\\.[0-{tens}]", *([f"\\.[0-{tens - 1}][0-9]"] if tens else []),
+                                                   f"\\.{tens}[0-{ones}]"]
+        below.append(f"{whole}({'|'.join(fraction)})?")
+    sign = "-?" if allow_negative else ""
+    return f"^{sign}({'|'.join(below)})$"
+
+
+def _integers_up_to(top: int) -> str:
+    """A regular expression of the integers 1..top (no leading zeros)."""
+    digits = str(top)
+    parts = [f"[1-9][0-9]{{0,{len(digits) - 2}}}"] if len(digits) > 1 else []
+    for i, d in enumerate(digits):
+        low = 1 if i == 0 else 0
+        if int(d) > low:
+            rest = len(digits) - i - 1
+            parts.append(digits[:i] + f"[{low}-{int(d) - 1}]" + (f"[0-9]{{{rest}}}" if rest else ""))
+    parts.append(digits)
+    return "(" + "|".join(parts) + ")"
 
 
 def format_fen(fen: int) -> str:

@@ -11,7 +11,7 @@ default ``from_state`` takes (the writer's ``state_json`` leaves those out). Sch
      "final_warning_at": iso | null,
      "billing": {"period_start": "YYYY-MM-DD" | null, "energy_wh": int, "rate_wh": {rate: int}, "charged_fen": int},
      "emergency": {"outstanding_fen": int, "granted_period": str | null, "granted_at": iso | null,
-                   "repaid": {"source/payment_id": [paid_fen, repaid_fen]}},
+                   "repaid": [[source, payment_id, paid_fen, repaid_fen], ...]},
      "meters": {meter_id: {"energy_wh": int | null, "taken_at": iso | null, "rates_wh": [int] | null,
                            "seen_at": iso | null, "max_power_w": int, "margin": float, "resolution_wh": int,
                            "rollover_wh": int | null,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-__all__ = ["from_iso", "parse_duration", "require_aware", "to_iso"]
+__all__ = ["from_iso", "parse_duration", "require_aware", "to_iso", "utc"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*$")
 _UNITS = {"s": 1, None: 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -17,6 +17,17 @@ def require_aware(when: dt.datetime, what: str = "time") -> dt.datetime:
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware (UTC), got {when!r}")
     return when
+
+
+def utc(when: dt.datetime, what: str = "time") -> dt.datetime:
+    """An aware datetime in UTC; ValueError for a naive one or one that is not representable in UTC."""
+    require_aware(when, what)
+    if when.tzinfo is dt.UTC:
+        return when
+    try:
+        return when.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError(f"{what} is out of range: {when!r}") from None
 
 
 def to_iso(when: dt.datetime | None) -> str | None:

@@ -21,18 +21,11 @@ from gateway.domain.account import PrepaidAccount
 from gateway.domain.metering import MeterCursor
 from gateway.domain.state import STATE_VERSION
 from gateway.service.catalog import Catalog
+from gateway.service.errors import AccountUnreadable, UnknownAccount, UnknownMeter
 from gateway.service.uow import UnitOfWork
 
-__all__ = ["UnknownAccount", "UnknownMeter", "account_statements", "drain", "ensure_catalog_rows", "load_account",
-           "load_accounts", "state_json"]
-
-
-class UnknownAccount(LookupError):
-    """No account with that id."""
-
-
-class UnknownMeter(LookupError):
-    """No meter with that id."""
+__all__ = ["UnknownAccount", "UnknownMeter", "account_statements", "domain_account", "drain", "ensure_catalog_rows",
+           "load_account", "load_accounts", "state_json"]
 
 
 async def ensure_catalog_rows(uow: UnitOfWork, catalog: Catalog, now: dt.datetime) -> None:
@@ -57,11 +50,29 @@ async def ensure_catalog_rows(uow: UnitOfWork, catalog: Catalog, now: dt.datetim
 
 
 async def load_account(uow: UnitOfWork, catalog: Catalog, account_id: str) -> PrepaidAccount:
-    """Load one account for change (row-locked on PostgreSQL)."""
-    accounts = await load_accounts(uow, catalog, [account_id])
+    """Load one account for change (row-locked on PostgreSQL); ``AccountUnreadable`` if its state can't be read."""
+    unreadable: dict[str, AccountUnreadable] = {}
+    accounts = await load_accounts(uow, catalog, [account_id], unreadable=unreadable)
+    if account_id in unreadable:
+        raise unreadable[account_id]
     if account_id not in accounts:
         raise UnknownAccount(account_id)
     return accounts[account_id]
+
+
+def domain_account(catalog: Catalog, account_id: str, state: Any,
+                   unreadable: dict[str, AccountUnreadable] | None = None) -> PrepaidAccount | None:
+    """The domain account of a stored state. A state that can't be converted (a value an older version let in,
+    such as a time beyond year 9999 in UTC) raises ``AccountUnreadable``, or with ``unreadable`` is noted there
+    and gives None: one such account never stops the others."""
+    try:
+        return catalog.account(account_id, state)
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError) as exc:
+        error = AccountUnreadable(account_id, f"{type(exc).__name__}: {exc}"[:200])
+        if unreadable is None:
+            raise error from exc
+        unreadable[account_id] = error
+        return None
 
 
 class AccountCache:
@@ -83,13 +94,16 @@ class AccountCache:
 async def load_accounts(uow: UnitOfWork | Callable[[], Awaitable[UnitOfWork]], catalog: Catalog,
                         account_ids: list[str], *,
                         cache: AccountCache | None = None, versions: dict[str, int] | None = None,
-                        trust_cache: bool = False) -> dict[str, PrepaidAccount]:
+                        trust_cache: bool = False,
+                        unreadable: dict[str, AccountUnreadable] | None = None) -> dict[str, PrepaidAccount]:
     """Load accounts for change, row-locked on PostgreSQL (in id order, so that writers never deadlock).
 
     With a ``cache``, ``versions`` (when given) receives each account's version as read, for ``account_statements``.
     ``trust_cache``: take cached accounts without reading their versions (SQLite, where this process's writer is
     the only one; the version-guarded UPDATE still catches a row changed behind its back). ``uow`` may be a
-    function that opens one: it is called only if the database must be read.
+    function that opens one: it is called only if the database must be read. ``unreadable`` receives the
+    accounts whose stored state can't be read (they are left out of the result); without it they raise
+    ``AccountUnreadable``.
     """
     ids = sorted(set(account_ids) & set(catalog.accounts))
     if not ids:
@@ -98,7 +112,8 @@ async def load_accounts(uow: UnitOfWork | Callable[[], Awaitable[UnitOfWork]], c
     if cache is None:
         uow = await _opened(uow)
         rows = await uow.execute(sa.select(c.id, c.state).where(c.id.in_(ids)).order_by(c.id).with_for_update())
-        return {row.id: catalog.account(row.id, row.state) for row in rows}
+        loaded = {row.id: domain_account(catalog, row.id, row.state, unreadable) for row in rows}
+        return {account_id: account for account_id, account in loaded.items() if account is not None}
     if versions is None:
         versions = {}
     out: dict[str, PrepaidAccount] = {}
@@ -124,8 +139,10 @@ async def load_accounts(uow: UnitOfWork | Callable[[], Awaitable[UnitOfWork]], c
     if missing:
         uow = await _opened(uow)
         for row in await uow.execute(sa.select(c.id, c.version, c.state).where(c.id.in_(missing))):
-            versions[row.id] = row.version
-            out[row.id] = catalog.account(row.id, row.state)
+            account = domain_account(catalog, row.id, row.state, unreadable)
+            if account is not None:
+                versions[row.id] = row.version
+                out[row.id] = account
     if len(cache.entries) > cache.size:
         cache.clear()
     for account_id, account in out.items():
@@ -182,7 +199,7 @@ def state_json(account: PrepaidAccount) -> RawJson:
     document["billing"] = billing
     if e.outstanding_fen or e.granted_period is not None or e.granted_at is not None or e.repaid:
         document["emergency"] = {"outstanding_fen": e.outstanding_fen, "granted_period": e.granted_period,
-                                 "granted_at": e.granted_at, "repaid": e.repaid}
+                                 "granted_at": e.granted_at, "repaid": e.repaid_rows()}
     meters = document["meters"] = {}
     for meter_id, c in a.cursors.items():
         cursor: dict[str, Any] = {"energy_wh": c.energy_wh, "taken_at": c.taken_at, "seen_at": c.seen_at}
@@ -211,10 +228,12 @@ def drain(account: PrepaidAccount, now: dt.datetime) -> tuple[list[dict[str, Any
     """Take the account's recorded ledger entries and events as rows (ledger, outbox) and clear them."""
     entries = []
     for entry in account.entries:
+        source, payment_id = entry.payment or (None, None)
         entries.append(dict(account_id=account.id, kind=entry.kind.value, amount_fen=entry.amount_fen,
                             balance_after_fen=entry.balance_after_fen, created_at=now,
-                            reference=entry.reference or None, meter_id=entry.meter_id, energy_wh=entry.energy_wh,
-                            reading_wh=entry.reading_wh, period=entry.period, detail=entry.detail[:500] or None))
+                            reference=entry.reference or None, payment_source=source, payment_id=payment_id,
+                            meter_id=entry.meter_id, energy_wh=entry.energy_wh, reading_wh=entry.reading_wh,
+                            period=entry.period, detail=entry.detail[:500] or None))
     outbox = [dict(topic=event_topic(e), payload=event_payload(e, now), created_at=now) for e in account.events]
     account.entries.clear()
     account.events.clear()

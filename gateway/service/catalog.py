@@ -52,6 +52,7 @@ class Catalog:
     manual_hold_s: float = 86_400.0
     evaluate_every_s: float = 5.0
     reading_history_s: float = 60.0
+    max_operator_hold_s: float = 7 * 86_400.0
 
     @property
     def stale_after_s(self) -> float:
@@ -111,4 +112,4 @@ class Catalog:
         engine = settings.engine
         return cls(accounts, meters, settings.site_policy(base_dir=base_dir), settings.api.max_payment,
                    engine.command_expiry_s, engine.confirm_interval_s, engine.manual_hold_s, engine.evaluate_every_s,
-                   engine.reading_history_s)
+                   engine.reading_history_s, settings.api.max_operator_hold_s)

@@ -6,7 +6,9 @@ commit. The relay commands a change creates are handed to ``on_command`` (the bu
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,9 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from drivers.base import Reading
 from gateway.adapters import tables as t
 from gateway.domain.account import PrepaidAccount
-from gateway.service import accounts as repo
 from gateway.service.catalog import Catalog
 from gateway.service.commands import CommandRecord, new_command, store_command
+from gateway.service.errors import UnknownAccount, UnknownMeter
 from gateway.service.uow import UnitOfWorkFactory
 from gateway.service.writer import (
     AccountJob,
@@ -32,6 +34,8 @@ from gateway.service.writer import (
 )
 
 __all__ = ["PaymentConflict", "PaymentResult", "Service", "UnknownPayment"]
+
+log = logging.getLogger(__name__)
 
 
 class Service:
@@ -47,14 +51,17 @@ class Service:
 
     # --- payments -----------------------------------------------------------------------------------------
     async def record_payment(self, *, source: str, payment_id: str, account_id: str, amount_fen: int,
-                             paid_at: dt.datetime | None = None, channel: str | None = None) -> PaymentResult:
+                             paid_at: dt.datetime | None = None, channel: str | None = None,
+                             recorded_by: str | None = None) -> PaymentResult:
         """Credit a payment exactly once; a repeat returns the first result. Returns only after the commit."""
-        job = PaymentJob(source, payment_id, account_id, amount_fen, paid_at, channel)
+        job = PaymentJob(source, payment_id, account_id, amount_fen, paid_at, channel, recorded_by)
         return await self._retrying(job)  # type: ignore[no-any-return]
 
-    async def reverse_payment(self, *, source: str, payment_id: str, reason: str = "") -> PaymentResult:
+    async def reverse_payment(self, *, source: str, payment_id: str, reason: str = "",
+                              reversed_by: str | None = None) -> PaymentResult:
         """Remove a payment's credit, once; reversing again returns the first result."""
-        return await self._retrying(ReversalJob(source, payment_id, reason))  # type: ignore[no-any-return]
+        job = ReversalJob(source, payment_id, reason, reversed_by)
+        return await self._retrying(job)  # type: ignore[no-any-return]
 
     async def _retrying(self, job: PaymentJob | ReversalJob) -> Any:
         for _ in range(3):
@@ -63,6 +70,13 @@ class Service:
             except IntegrityError:
                 continue  # another instance recorded the same payment id first: look again
         raise RuntimeError("could not record after 3 attempts (concurrent writers)")
+
+    async def stored_keys(self) -> list[tuple[str, str, str, list[str] | None]]:
+        """The API keys kept in the database: (sha256, name, role, sources)."""
+        k = t.api_keys.c
+        async with self.uow(readonly=True) as uow:
+            rows = await uow.execute(sa.select(k.sha256, k.name, k.role, k.sources))
+            return [(row.sha256, row.name, row.role, row.sources) for row in rows]
 
     # --- readings -----------------------------------------------------------------------------------------
     async def record_reading(self, reading: Reading) -> list[CommandRecord]:
@@ -92,7 +106,7 @@ class Service:
                              actor: str, action: str, detail: dict[str, Any] | None = None) -> Any:
         """Apply an operator's change to an account (through the writer), audited; returns ``apply``'s result."""
         if account_id not in self.catalog.accounts:
-            raise repo.UnknownAccount(account_id)
+            raise UnknownAccount(f"no account {account_id!r}")
         return await self.writer.submit(AccountJob(account_id, apply, reason=action, audit=(actor, action, detail)))
 
     async def evaluate_accounts(self) -> None:
@@ -106,17 +120,19 @@ class Service:
             ids = list((await uow.execute(sa.select(t.accounts.c.id).where(
                 t.accounts.c.supply == "connected", t.accounts.c.deferred_reason != "",
                 t.accounts.c.deferred_until <= self.clock()))).scalars())
+        ids = [i for i in ids if i in self.catalog.accounts]
         jobs = [self.writer.submit(AccountJob(i, lambda account, now: None, origin="automatic", reason="balance"))
-                for i in ids if i in self.catalog.accounts]
-        for job in jobs:
-            await job
+                for i in ids]
+        for account_id, outcome in zip(ids, await asyncio.gather(*jobs, return_exceptions=True), strict=True):
+            if isinstance(outcome, Exception):  # e.g. an account whose state can't be read: the others go on
+                log.warning("account %s: could not re-evaluate: %s", account_id, outcome)
 
     # --- relay commands -----------------------------------------------------------------------------------
     async def request_command(self, *, meter_id: str, action: str, origin: str, operator: str | None,
                               reason: str | None, actor: str) -> CommandRecord:
         """Queue an operator's disconnect or reconnect for one meter."""
         if meter_id not in self.catalog.meters:
-            raise repo.UnknownMeter(meter_id)
+            raise UnknownMeter(f"no meter {meter_id!r}")
         now = self.clock()
         record = new_command(meter_id=meter_id, action=action, origin=origin, now=now,
                              expires_at=now + dt.timedelta(seconds=self.catalog.command_expiry_s),

@@ -17,26 +17,14 @@ import sqlalchemy as sa
 
 from gateway.adapters import tables as t
 from gateway.domain.account import PrepaidAccount
-from gateway.domain.errors import DomainError
 from gateway.service import commands as cmds
-from gateway.service.accounts import UnknownMeter, load_account
+from gateway.service.accounts import load_account
 from gateway.service.commands import CommandRecord
+from gateway.service.errors import CommandNotAllowed, CommandNotCancellable, UnknownCommand, UnknownMeter
 from gateway.service.handlers import Service
 from gateway.service.writer import AccountJob
 
 __all__ = ["CommandNotAllowed", "CommandNotCancellable", "ManualOutcome", "UnknownCommand", "cancel_command", "manual_command"]
-
-
-class UnknownCommand(LookupError):
-    """No command with that id."""
-
-
-class CommandNotCancellable(Exception):
-    """Only a queued command can be cancelled; one already on the wire is not."""
-
-
-class CommandNotAllowed(DomainError):
-    """A manual command the caller may not give (e.g. a disconnect of a protected account without force)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +59,7 @@ async def manual_command(service: Service, meter_id: str, action: str, *, role: 
     """Check and (unless ``dry_run``) queue an operator's disconnect ("open") or reconnect ("close")."""
     spec = service.catalog.meters.get(meter_id)
     if spec is None:
-        raise UnknownMeter(meter_id)
+        raise UnknownMeter(f"no meter {meter_id!r}")
     now = service.clock()
     async with service.uow(readonly=True) as uow:
         account = await load_account(uow, service.catalog, spec.account_id)
@@ -103,7 +91,7 @@ async def cancel_command(service: Service, command_id: str, *, actor: str) -> Co
     async with service.uow() as uow:
         record = await cmds.get_command(uow, command_id)
         if record is None:
-            raise UnknownCommand(command_id)
+            raise UnknownCommand(f"no command {command_id!r}")
         if record.state != "queued" or not await cmds.transition(uow, command_id, "queued", "cancelled", now,
                                                                 error=f"cancelled by {actor}"):
             raise CommandNotCancellable(f"command {command_id} is {record.state}; only a queued command can be "

@@ -7,7 +7,6 @@ import sqlalchemy as sa
 
 from gateway.adapters import tables as t
 from gateway.service.uow import UnitOfWork
-from gateway.service.writer import payment_reference
 
 __all__ = ["verify_ledger"]
 
@@ -30,13 +29,14 @@ async def verify_ledger(uow: UnitOfWork) -> list[str]:
         if running.get(account_id, 0) != balance:
             problems.append(f"account {account_id}: balance {balance} but its entries sum to "
                             f"{running.get(account_id, 0)}")
-    credited: dict[str, int] = {}
-    for row in await uow.execute(sa.select(t.ledger.c.reference, t.ledger.c.amount_fen)
+    credited: dict[tuple[str, str], int] = {}
+    for row in await uow.execute(sa.select(t.ledger.c.payment_source, t.ledger.c.payment_id, t.ledger.c.amount_fen)
                                  .where(t.ledger.c.kind == "payment")):
-        credited[row.reference] = credited.get(row.reference, 0) + row.amount_fen
+        key = (row.payment_source, row.payment_id)
+        credited[key] = credited.get(key, 0) + row.amount_fen
     for row in await uow.execute(sa.select(t.payments.c.source, t.payments.c.payment_id, t.payments.c.amount_fen)):
-        reference = payment_reference(row.source, row.payment_id)
-        if credited.pop(reference, None) != row.amount_fen:
-            problems.append(f"payment {reference} has no matching ledger entry (or more than one)")
-    problems += [f"ledger payment entry {ref} has no payment record" for ref in credited]
+        key = (row.source, row.payment_id)
+        if credited.pop(key, None) != row.amount_fen:
+            problems.append(f"payment {key} has no matching ledger entry (or more than one)")
+    problems += [f"ledger payment entry {key} has no payment record" for key in credited]
     return problems

@@ -33,22 +33,21 @@ from gateway.domain.policy import RateLimiter
 from gateway.service import accounts as repo
 from gateway.service.catalog import Catalog
 from gateway.service.commands import CommandRecord, new_command, store_command
+from gateway.service.errors import (
+    AccountUnreadable,
+    GatewayStopping,
+    PaymentConflict,
+    UnknownAccount,
+    UnknownMeter,
+    UnknownPayment,
+)
 from gateway.service.uow import UnitOfWork, UnitOfWorkFactory
 
-__all__ = ["AccountJob", "PaymentConflict", "PaymentJob", "PaymentResult", "ReadingJob", "ReversalJob", "Writer",
-           "payment_reference"]
+__all__ = ["AccountJob", "PaymentConflict", "PaymentJob", "PaymentResult", "ReadingJob", "ReversalJob", "Writer"]
 
 log = logging.getLogger(__name__)
 
 LIMITER = "rate_limiter"
-
-
-class PaymentConflict(Exception):
-    """The same (source, payment_id) was already recorded with different content."""
-
-
-class UnknownPayment(LookupError):
-    """A reversal names a payment that was never recorded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +64,7 @@ class PaymentJob:
     amount_fen: int
     paid_at: dt.datetime | None = None
     channel: str | None = None
+    recorded_by: str | None = None  # the API key that posts it
 
 
 @dataclass(slots=True)
@@ -72,6 +72,7 @@ class ReversalJob:
     source: str
     payment_id: str
     reason: str = ""
+    reversed_by: str | None = None  # the API key that reverses it (also the actor of its audit row)
 
 
 @dataclass(slots=True)
@@ -95,11 +96,6 @@ class AccountJob:
 
 
 Job = PaymentJob | ReversalJob | ReadingJob | AccountJob
-
-
-def payment_reference(source: str, payment_id: str) -> str:
-    """How a payment's ledger entries (payment, reversal) refer to it."""
-    return f"{source}/{payment_id}"
 
 
 _UNKNOWN: Any = object()
@@ -157,6 +153,8 @@ class _Batch:
         self.statements: list[bulk.Statement] = []
         self.limiter: RateLimiter | None = None
         self._limiter_state: dict[str, Any] | None = None
+        self.unreadable: dict[str, AccountUnreadable] = {}  # accounts whose stored state can't be read
+        self.alarms: list[str] = []  # of those, the ones this batch raises an alarm for
 
     async def load(self, reader: Callable[[], Awaitable[UnitOfWork]], jobs: list[Job],
                    known: _Known | None = None, *,
@@ -185,7 +183,8 @@ class _Batch:
                 if spec is not None:
                     account_ids.add(spec.account_id)
         self.accounts = await repo.load_accounts(reader, self.catalog, sorted(account_ids), cache=self.cache,
-                                                 versions=self.versions, trust_cache=self.trust_cache)
+                                                 versions=self.versions, trust_cache=self.trust_cache,
+                                                 unreadable=self.unreadable)
         meter_ids = sorted({m for a in self.accounts for m in self.catalog.accounts[a].meter_ids})
         missing = meter_ids
         if known is not None:
@@ -211,6 +210,15 @@ class _Batch:
             self._limiter_state = None if row is None else row.state
         self.limiter = self.catalog.site.limiter(self._limiter_state)
 
+    def alarm_unreadable(self, alarmed: set[str]) -> None:
+        """An alarm, written with the batch, for each account whose state can't be read and that has not had one
+        since the gateway started (``Writer._done`` adds them to ``alarmed``)."""
+        for account_id, error in self.unreadable.items():
+            if account_id not in alarmed:
+                self.alarms.append(account_id)
+                self._outbox("alarms", {"type": "AccountUnreadable", "account_id": account_id,
+                                        "error": error.reason})
+
     def remember(self, known: _Known) -> None:
         """Once prepared: the meters' and the rate limiter's state as this batch writes them, for the next batch
         (``Writer._forget`` drops it if the batch fails)."""
@@ -227,7 +235,12 @@ class _Batch:
         if isinstance(job, ReversalJob):
             return self.reversal(job)
         account = self._account(job.account_id)
-        result = job.apply(account, self.now)
+        saved = account.state_dict(), len(account.entries), len(account.events)
+        try:
+            result = job.apply(account, self.now)
+        except REFUSALS:
+            self._restore(account, *saved)  # a refused change leaves the account as it was
+            raise
         if job.audit is not None:
             actor, action, detail = job.audit
             self.audits.append(dict(at=self.now, actor=actor, action=action, target=job.account_id, detail=detail))
@@ -242,8 +255,16 @@ class _Batch:
     def _account(self, account_id: str) -> PrepaidAccount:
         account = self.accounts.get(account_id)
         if account is None:
-            raise repo.UnknownAccount(account_id)
+            raise self.unreadable.get(account_id) or UnknownAccount(f"no account {account_id!r}")
         return account
+
+    def _restore(self, account: PrepaidAccount, state: dict[str, Any], entries: int, events: int) -> None:
+        """Put back an account as it was before a refused job (in the batch and in the writer's cache)."""
+        restored = self.catalog.account(account.id, state)
+        restored.entries, restored.events = account.entries[:entries], account.events[:events]
+        self.accounts[account.id] = restored
+        if self.cache is not None and account.id in self.cache.entries:
+            self.cache.entries[account.id] = (self.cache.entries[account.id][0], restored)
 
     def payment(self, job: PaymentJob) -> PaymentResult:
         key = (job.source, job.payment_id)
@@ -257,7 +278,7 @@ class _Batch:
         record = dict(source=job.source, payment_id=job.payment_id, account_id=job.account_id,
                       amount_fen=job.amount_fen, paid_at=job.paid_at, channel=job.channel,
                       balance_after_fen=account.balance_fen, received_at=self.now, reversed_at=None,
-                      reversal_reason=None)
+                      reversal_reason=None, recorded_by=job.recorded_by, reversed_by=None)
         self.payments[key] = record
         self.new_payments.append(record)
         self._decide(account, origin="billing", reason=f"payment {job.source}/{job.payment_id}")
@@ -271,7 +292,12 @@ class _Batch:
             return PaymentResult(False, record)  # reversing twice changes nothing
         account = self._account(record["account_id"])
         account.apply_reversal(job.source, job.payment_id, record["amount_fen"], reason=job.reason)
-        record.update(reversed_at=self.now, reversal_reason=job.reason or None)
+        record.update(reversed_at=self.now, reversal_reason=job.reason or None, reversed_by=job.reversed_by)
+        self.audits.append(dict(at=self.now, actor=job.reversed_by or "gateway", action="payment.reverse",
+                                target=record["account_id"], detail={"source": job.source,
+                                                                    "payment_id": job.payment_id,
+                                                                    "amount_fen": record["amount_fen"],
+                                                                    "reason": job.reason}))
         self.reversed.append(record)
         self._decide(account, origin="automatic", reason=f"reversal of {job.source}/{job.payment_id}")
         return PaymentResult(True, record | {"balance_after_fen": account.balance_fen})
@@ -280,7 +306,7 @@ class _Batch:
         reading = job.reading
         spec = self.catalog.meters.get(reading.meter_id)
         if spec is None or reading.meter_id not in self.meters:
-            raise repo.UnknownMeter(reading.meter_id)
+            raise UnknownMeter(f"no meter {reading.meter_id!r}")
         account = self._account(spec.account_id)
         account.apply_reading(reading.meter_id, reading.energy_wh, reading.taken_at,
                               rates_wh=reading.energy_wh_by_rate)
@@ -339,7 +365,8 @@ class _Batch:
             if record not in self.new_payments:
                 out.append(bulk.Statement(sa.update(t.payments).where(
                     t.payments.c.source == record["source"], t.payments.c.payment_id == record["payment_id"])
-                    .values(reversed_at=record["reversed_at"], reversal_reason=record["reversal_reason"]), []))
+                    .values(reversed_at=record["reversed_at"], reversal_reason=record["reversal_reason"],
+                            reversed_by=record["reversed_by"]), []))
         out += bulk.insert_statements(dialect, t.readings, self.readings)
         out += bulk.update_statements(dialect, t.meters, "id", [meter.changed | {"id": meter_id}
                                                                for meter_id, meter in self.meters.items()
@@ -366,10 +393,11 @@ class _Batch:
 
 def _payment_record(row: Any) -> dict[str, Any]:
     return {k: getattr(row, k) for k in ("source", "payment_id", "account_id", "amount_fen", "paid_at", "channel",
-                                         "balance_after_fen", "received_at", "reversed_at", "reversal_reason")}
+                                         "balance_after_fen", "received_at", "reversed_at", "reversal_reason",
+                                         "recorded_by", "reversed_by")}
 
 
-REFUSALS = (PaymentConflict, UnknownPayment, repo.UnknownAccount, repo.UnknownMeter, DomainError)
+REFUSALS = (PaymentConflict, UnknownPayment, UnknownAccount, UnknownMeter, AccountUnreadable, DomainError)
 
 
 class Writer:
@@ -410,6 +438,7 @@ class Writer:
         self._deferred: dict[str, Reading] = {}  # the newest absorbed reading whose energy is not billed yet
         self._known = _Known()
         self._flying = 0  # jobs of the batch in flight (SQLite's pipeline)
+        self.alarmed: set[str] = set()  # accounts whose unreadable state has had its alarm
 
     def absorb(self, reading: Reading) -> bool:
         """Take a reading that changes nothing durable in memory, with no transaction; False when it must be
@@ -505,7 +534,7 @@ class Writer:
             self._task = None
         for _, future in self._urgent + self._queue:
             if not future.done():
-                future.set_exception(RuntimeError("the gateway is stopping"))
+                future.set_exception(GatewayStopping("the gateway is stopping"))
         self._urgent.clear()
         self._queue.clear()
         await self.uow.aclose()  # the connection its commits kept (UnitOfWorkFactory.commit_statements)
@@ -559,7 +588,7 @@ class Writer:
             if flight is not None:  # stopping with a batch in flight: its callers must not hang
                 flight.task.cancel()
                 for _, future in flight.items:
-                    _fail(future, RuntimeError("the gateway is stopping"))
+                    _fail(future, GatewayStopping("the gateway is stopping"))
             raise
 
     async def _land(self, flight: _Flight) -> bool:
@@ -580,7 +609,7 @@ class Writer:
             await self._commit(batch)
         except asyncio.CancelledError:  # stopping in the middle of a batch: its callers must not hang
             for _, future in batch:
-                _fail(future, RuntimeError("the gateway is stopping"))
+                _fail(future, GatewayStopping("the gateway is stopping"))
             raise
         except Exception as exc:  # noqa: BLE001 - a database error: retried one by one
             await self._retry(batch, exc)
@@ -596,7 +625,7 @@ class Writer:
             try:
                 await self._commit([item])
             except asyncio.CancelledError:
-                _fail(item[1], RuntimeError("the gateway is stopping"))
+                _fail(item[1], GatewayStopping("the gateway is stopping"))
                 raise
             except Exception as one:  # noqa: BLE001 - the job's own failure is its answer
                 self._forget()
@@ -617,6 +646,7 @@ class Writer:
                 return uow
 
             await batch.load(reader, [job for job, _ in items])
+            batch.alarm_unreadable(self.alarmed)
             results = await self._apply(batch, items)
             batch.prepare(self._dialect)
             await batch.write(uow)
@@ -640,6 +670,7 @@ class Writer:
 
             await batch.load(reader, [job for job, _ in items], self._known,
                              in_flight=after.payments if after is not None else None)
+        batch.alarm_unreadable(self.alarmed)
         results = await self._apply(batch, items, pause_every=32)
         batch.prepare("sqlite")
         batch.remember(self._known)  # what the next batch builds on (forgotten if this one fails)
@@ -661,6 +692,7 @@ class Writer:
         """After the commit: answer the callers, hand over the relay commands."""
         self.batches += 1
         self.items += len(items)
+        self.alarmed.update(batch.alarms)
         for reading in batch.stored:
             self._stored[reading.meter_id] = (reading.taken_at, reading.relay)
         for future, ok, value in results:

@@ -7,10 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import uvicorn
-
 from gateway.bootstrap import Gateway
-from gateway.runtime import ApiServer
+from gateway.runtime import ApiServer, api_config
 from gateway.settings import Settings
 from tests.support import async_wait_until
 
@@ -18,11 +16,9 @@ from tests.support import async_wait_until
 @contextlib.asynccontextmanager
 async def running_gateway(settings: Settings, base_dir: Path) -> AsyncIterator[Gateway]:
     async with Gateway(settings, base_dir=base_dir) as gateway:
-        server = ApiServer(uvicorn.Config(gateway.app(), host="127.0.0.1", port=settings.api.port,
-                                          log_level="warning", lifespan="off",
-                                          # longer than any wait between two requests of a test: a client must
-                                          # not reuse a connection the server is closing (httpx.ReadError)
-                                          timeout_keep_alive=60), handle_signals=False)
+        # keep-alive longer than any wait between two requests of a test: a client must not reuse a connection
+        # the server is closing (httpx.ReadError)
+        server = ApiServer(api_config(gateway, keepalive_timeout_s=60, request_timeout_s=60), handle_signals=False)
         task = asyncio.create_task(server.serve())
         await async_wait_until(lambda: server.started, timeout=10, what="the API to start")
         try:

@@ -218,7 +218,7 @@ async def test_bulk_by_group_with_a_result_per_meter(client: httpx.AsyncClient) 
     assert by_meter["M-1"]["command_id"] and by_meter["M-1"]["state"] == "queued"
     assert by_meter["M-2"]["command_id"] is None and by_meter["M-9"]["error"] == "unknown meter"
     assert (await client.post("/v1/commands/bulk", json={**body, "group": "nowhere"},
-                              headers=auth("operator"))).status_code == 422
+                              headers=auth("operator"))).status_code == 404  # no such group
 
 
 async def test_cancel_and_supersede_and_list(client: httpx.AsyncClient) -> None:

@@ -47,7 +47,7 @@ def test_state_round_trips_through_json() -> None:
     assert state["meters"]["M-1"]["pending"]["latest"]["energy_wh"] == 600
     assert state["billing"]["rate_wh"] == {"peak": 500, "valley": 500}
     assert state["emergency"] == {"outstanding_fen": 700, "granted_period": "2026-11",
-                                  "granted_at": "2026-11-23T00:00:00Z", "repaid": {"billing/P-1": [300, 300]}}
+                                  "granted_at": "2026-11-23T00:00:00Z", "repaid": [["billing", "P-1", 300, 300]]}
     assert state["deferred_reason"] == "protected" and state["hold_until"] == "2026-11-24T00:00:00Z"
     text = json.dumps(state)
     again = PrepaidAccount.from_state(json.loads(text), id="A-1", tariff=TOU, thresholds=acc.thresholds, site=SITE,
@@ -77,7 +77,8 @@ def test_entries_and_events_serialise() -> None:
     entry = LedgerEntry(EntryKind.CHARGE, -12, 88, "M-1", meter_id="M-1", energy_wh=120, reading_wh=5120,
                         period="2026-11", at=T0)
     assert json.loads(json.dumps(entry.to_dict())) == {
-        "kind": "charge", "amount_fen": -12, "balance_after_fen": 88, "reference": "M-1", "meter_id": "M-1",
+        "kind": "charge", "amount_fen": -12, "balance_after_fen": 88, "reference": "M-1", "payment": None,
+        "meter_id": "M-1",
         "energy_wh": 120, "reading_wh": 5120, "period": "2026-11", "at": "2026-11-23T00:00:00Z", "detail": ""}
     event = ev.DisconnectDeferred("A-1", "operator_hold", -5, "until x", T0)
     assert ev.event_dict(event) == {"type": "DisconnectDeferred", "account_id": "A-1", "reason": "operator_hold",

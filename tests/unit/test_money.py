@@ -9,12 +9,14 @@ from hypothesis import strategies as st
 from gateway.domain.money import AmountError, cost_fen, format_fen, parse_price, parse_yuan
 
 
-@pytest.mark.parametrize(("text", "fen"), [("50.00", 5000), ("0.5", 50), ("12", 1200), (" 0.01 ", 1)])
+@pytest.mark.parametrize(("text", "fen"), [("50.00", 5000), ("0.5", 50), ("12", 1200), ("0.01", 1)])
 def test_parse_yuan(text: str, fen: int) -> None:
     assert parse_yuan(text) == fen
 
 
-@pytest.mark.parametrize("text", ["1.234", "NaN", "inf", "-Infinity", "-5.00", "0", "1e3", "abc", "", "1_000"])
+@pytest.mark.parametrize("text", ["1.234", "NaN", "inf", "-Infinity", "-5.00", "0", "1e3", "abc", "", "1_000",
+                                  # not canonical ASCII decimals: signs, bare points, spaces, other digits
+                                  " 0.01 ", "+5", "5.", ".5", "05", "0x10", "\u0665", "\uff15", "5\u00a0", "1,000"])
 def test_parse_yuan_refuses(text: str) -> None:
     with pytest.raises(AmountError):
         parse_yuan(text)

@@ -1,22 +1,35 @@
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Path, Query
 
 from gateway.adapters import tables as t
-from gateway.api.deps import AnyCaller, Caller, OperatorCaller, ServiceDep, require
-from gateway.api.schemas import (AccountPublic, AdjustmentCreate, EmergencyCreditCreate, HoldUpdate,
-                                 LedgerEntryPublic, LedgerList, ProtectionUpdate)
+from gateway.api.deps import AdminCaller, AnyCaller, Caller, OperatorCaller, ServiceDep
+from gateway.api.fields import Name, RowId
+from gateway.api.jsonbody import StrictJsonRoute
+from gateway.api.problems import AUTHENTICATED, Problem, responses
+from gateway.api.schemas import (
+    AccountPublic,
+    AdjustmentCreate,
+    EmergencyCreditCreate,
+    HoldUpdate,
+    LedgerEntryPublic,
+    LedgerList,
+    ProtectionUpdate,
+)
 from gateway.domain.account import PrepaidAccount
-from gateway.domain.errors import DomainError
-from gateway.domain.money import AmountError, format_fen, parse_yuan
-from gateway.service.accounts import UnknownAccount
+from gateway.domain.money import format_fen, parse_yuan
+from gateway.service.accounts import domain_account
+from gateway.service.errors import UnknownAccount
 from gateway.service.handlers import Service
 
-router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
-AdminCaller = Annotated[Caller, Depends(require("admin"))]
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"], route_class=StrictJsonRoute)
+AccountId = Annotated[Name, Path(examples=["A-1"])]
+_READ = responses(*AUTHENTICATED, "not-found", "account-state-unreadable")
+_CHANGE = responses(*AUTHENTICATED, "not-found", "account-state-unreadable", "content-too-large", "unavailable")
 
 
 async def _public(service: Service, account_id: str) -> AccountPublic:
@@ -24,8 +37,9 @@ async def _public(service: Service, account_id: str) -> AccountPublic:
     async with service.uow(readonly=True) as uow:
         row = (await uow.execute(sa.select(t.accounts).where(t.accounts.c.id == account_id))).one_or_none()
     if row is None or spec is None:
-        raise HTTPException(404, f"no account {account_id!r}")
-    account = service.catalog.account(row.id, row.state)
+        raise UnknownAccount(f"no account {account_id!r}")
+    account = domain_account(service.catalog, row.id, row.state)
+    assert account is not None
     return AccountPublic(
         id=row.id, balance=format_fen(row.balance_fen), state=row.supply, credit=account.credit_state(),
         meters=list(spec.meter_ids), protected=account.is_protected,
@@ -37,18 +51,20 @@ async def _public(service: Service, account_id: str) -> AccountPublic:
         emergency_credit_outstanding=format_fen(account.emergency.outstanding_fen))
 
 
-@router.get("/{account_id}", response_model=AccountPublic)
-async def get_account(account_id: str, service: ServiceDep, caller: AnyCaller) -> AccountPublic:
+@router.get("/{account_id}", response_model=AccountPublic, responses=_READ)
+async def get_account(account_id: AccountId, service: ServiceDep, caller: AnyCaller) -> AccountPublic:
     """One account: balance, supply state, credit level, meters, guardrails in force."""
     return await _public(service, account_id)
 
 
-@router.get("/{account_id}/ledger", response_model=LedgerList)
-async def ledger(account_id: str, service: ServiceDep, caller: AnyCaller, limit: int = Query(100, ge=1, le=1000),
-                 before_id: int | None = Query(None, description="page: entries older than this id")) -> LedgerList:
+@router.get("/{account_id}/ledger", response_model=LedgerList, responses=responses(*AUTHENTICATED, "not-found"))
+async def ledger(account_id: AccountId, service: ServiceDep, caller: AnyCaller,
+                 limit: Annotated[int, Query(ge=1, le=1000, examples=[100])] = 100,
+                 before_id: Annotated[RowId | None, Query(description="page: entries older than this id")] = None
+                 ) -> LedgerList:
     """The account's ledger, newest first (append-only; the balance is the sum of all entries)."""
     if account_id not in service.catalog.accounts:
-        raise HTTPException(404, f"no account {account_id!r}")
+        raise UnknownAccount(f"no account {account_id!r}")
     query = sa.select(t.ledger).where(t.ledger.c.account_id == account_id)
     if before_id is not None:
         query = query.where(t.ledger.c.id < before_id)
@@ -56,71 +72,72 @@ async def ledger(account_id: str, service: ServiceDep, caller: AnyCaller, limit:
         rows = (await uow.execute(query.order_by(t.ledger.c.id.desc()).limit(limit))).all()
     data = [LedgerEntryPublic(id=r.id, kind=r.kind, amount=format_fen(r.amount_fen),
                               balance_after=format_fen(r.balance_after_fen), created_at=r.created_at,
-                              reference=r.reference, meter_id=r.meter_id, energy_wh=r.energy_wh, period=r.period,
-                              detail=r.detail) for r in rows]
+                              reference=r.reference, payment_source=r.payment_source, payment_id=r.payment_id,
+                              meter_id=r.meter_id, energy_wh=r.energy_wh, period=r.period, detail=r.detail)
+            for r in rows]
     return LedgerList(data=data, next_before_id=data[-1].id if len(data) == limit else None)
 
 
 async def _change(service: Service, account_id: str, apply: Any, caller: Caller, action: str,
                   detail: dict[str, Any]) -> AccountPublic:
-    try:
-        await service.change_account(account_id, apply, actor=caller.name, action=action, detail=detail)
-    except UnknownAccount:
-        raise HTTPException(404, f"no account {account_id!r}") from None
-    except DomainError as exc:
-        raise HTTPException(409, str(exc)) from None
+    await service.change_account(account_id, apply, actor=caller.name, action=action, detail=detail)
     return await _public(service, account_id)
 
 
 @router.post("/{account_id}/emergency-credit", response_model=AccountPublic,
-             responses={409: {"description": "already granted this period, or earlier credit not repaid"}})
-async def emergency_credit(account_id: str, body: EmergencyCreditCreate, service: ServiceDep,
+             responses=responses(*AUTHENTICATED, "not-found", "authority-exceeded", "emergency-credit-refused",
+                                 "conflict", "account-state-unreadable", "content-too-large", "unavailable"))
+async def emergency_credit(account_id: AccountId, body: EmergencyCreditCreate, service: ServiceDep,
                            caller: OperatorCaller) -> AccountPublic:
-    """Grant emergency credit (once per period; repaid from the next payment)."""
-    try:
-        amount = None if body.amount is None else parse_yuan(body.amount, max_fen=service.catalog.max_payment_fen)
-    except AmountError as exc:
-        raise HTTPException(422, f"amount: {exc}") from None
+    """Grant emergency credit (once per period; repaid from the next payment). Up to the site's amount for an
+    operator; more needs admin."""
+    amount = None if body.amount is None else parse_yuan(body.amount, max_fen=service.catalog.max_payment_fen)
+    site_amount = service.catalog.site.emergency_credit_fen
+    if amount is not None and amount > site_amount and caller.role != "admin":
+        raise Problem("authority-exceeded", f"emergency credit above the site's {format_fen(site_amount)} needs "
+                                            "the admin role")
 
-    def grant(account: PrepaidAccount, now: Any) -> int:
+    def grant(account: PrepaidAccount, now: dt.datetime) -> int:
         return account.grant_emergency_credit(now, amount_fen=amount, by=caller.name)
 
     return await _change(service, account_id, grant, caller, "account.emergency_credit",
                          {"amount_fen": amount, "reason": body.reason})
 
 
-@router.put("/{account_id}/protection", response_model=AccountPublic)
-async def protection(account_id: str, body: ProtectionUpdate, service: ServiceDep,
+@router.put("/{account_id}/protection", response_model=AccountPublic, responses=_CHANGE)
+async def protection(account_id: AccountId, body: ProtectionUpdate, service: ServiceDep,
                      caller: AdminCaller) -> AccountPublic:
     """Put an account under protection (保电: never disconnected automatically) or release it. Admin only."""
     return await _change(service, account_id, lambda a, now: a.set_protected(body.protected, by=caller.name),
                          caller, "account.protection", {"protected": body.protected, "reason": body.reason})
 
 
-@router.put("/{account_id}/hold", response_model=AccountPublic)
-async def hold(account_id: str, body: HoldUpdate, service: ServiceDep, caller: OperatorCaller) -> AccountPublic:
-    """Hold off automatic disconnects until a time (null releases the hold)."""
-    if body.until is not None and body.until.tzinfo is None:
-        raise HTTPException(422, "until needs a time zone (use UTC, e.g. 2026-11-24T08:00:00Z)")
+@router.put("/{account_id}/hold", response_model=AccountPublic,
+            responses=responses(*AUTHENTICATED, "not-found", "authority-exceeded", "conflict",
+                                "account-state-unreadable", "content-too-large", "unavailable"))
+async def hold(account_id: AccountId, body: HoldUpdate, service: ServiceDep, caller: OperatorCaller
+               ) -> AccountPublic:
+    """Hold off automatic disconnects until a time in the future (null releases the hold). An operator may hold
+    for up to `api.max_operator_hold`; longer needs admin."""
+    longest = dt.timedelta(seconds=service.catalog.max_operator_hold_s)
+    if body.until is not None and body.until - service.clock() > longest and caller.role != "admin":
+        raise Problem("authority-exceeded", f"a hold longer than {longest} needs the admin role")
 
-    def apply(account: PrepaidAccount, now: Any) -> None:
+    def apply(account: PrepaidAccount, now: dt.datetime) -> None:
         if body.until is None:
             account.release_hold(by=caller.name)
         else:
-            account.place_hold(body.until, by=caller.name)
+            account.place_hold(body.until, now=now, by=caller.name)
 
     return await _change(service, account_id, apply, caller, "account.hold",
                          {"until": body.until.isoformat() if body.until else None, "reason": body.reason})
 
 
-@router.post("/{account_id}/adjustments", response_model=AccountPublic)
-async def adjustment(account_id: str, body: AdjustmentCreate, service: ServiceDep,
+@router.post("/{account_id}/adjustments", response_model=AccountPublic, responses=_CHANGE)
+async def adjustment(account_id: AccountId, body: AdjustmentCreate, service: ServiceDep,
                      caller: AdminCaller) -> AccountPublic:
     """A signed correction of the balance with its reason (a ledger entry of kind adjustment). Admin only."""
-    try:
-        amount = parse_yuan(body.amount, max_fen=service.catalog.max_payment_fen, allow_negative=True)
-    except AmountError as exc:
-        raise HTTPException(422, f"amount: {exc}") from None
+    amount = parse_yuan(body.amount, max_fen=service.catalog.max_payment_fen, allow_negative=True)
     return await _change(service, account_id,
                          lambda a, now: a.apply_adjustment(amount, body.reason, reference=f"by {caller.name}"),
                          caller, "account.adjustment", {"amount_fen": amount, "reason": body.reason})

@@ -1,18 +1,30 @@
 from __future__ import annotations
 
-import datetime as dt
+from typing import Annotated, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Path, Query
 
 from gateway.adapters import tables as t
 from gateway.api.deps import AnyCaller, OperatorCaller, ServiceDep
-from gateway.api.schemas import BulkCommandCreate, BulkCommandResult, CommandList, CommandPublic, ManualCommandResult
+from gateway.api.fields import Name, Timestamp
+from gateway.api.jsonbody import StrictJsonRoute
+from gateway.api.problems import AUTHENTICATED, responses
+from gateway.api.schemas import (
+    BulkCommandCreate,
+    BulkCommandResult,
+    CommandList,
+    CommandPublic,
+    ManualCommandResult,
+)
 from gateway.domain.errors import DomainError
-from gateway.service.commands import CommandRecord, get_command
-from gateway.service.operator import CommandNotCancellable, UnknownCommand, cancel_command, manual_command
+from gateway.service.commands import ACTIVE_STATES, FINAL_STATES, CommandRecord, get_command
+from gateway.service.errors import AccountUnreadable, UnknownCommand, UnknownMeter
+from gateway.service.operator import cancel_command, manual_command
 
-router = APIRouter(prefix="/v1/commands", tags=["commands"])
+router = APIRouter(prefix="/v1/commands", tags=["commands"], route_class=StrictJsonRoute)
+CommandId = Annotated[Name, Path(examples=["6f1c2a9e-3b0d-4c55-9a57-0e4b8e1b2f10"])]
+CommandState = Literal[ACTIVE_STATES + FINAL_STATES]  # type: ignore[valid-type]
 
 
 def to_public(record: CommandRecord) -> CommandPublic:
@@ -22,11 +34,13 @@ def to_public(record: CommandRecord) -> CommandPublic:
                          updated_at=record.updated_at, expires_at=record.expires_at)
 
 
-@router.get("", response_model=CommandList)
-async def list_commands(service: ServiceDep, caller: AnyCaller, meter_id: str | None = None,
-                        state: str | None = None, limit: int = Query(100, ge=1, le=1000),
-                        before: dt.datetime | None = Query(None, description="page: commands created before this")
-                        ) -> CommandList:
+@router.get("", response_model=CommandList, responses=responses(*AUTHENTICATED))
+async def list_commands(service: ServiceDep, caller: AnyCaller,
+                        meter_id: Annotated[Name | None, Query(examples=["M-1"])] = None,
+                        state: Annotated[CommandState | None, Query(examples=["queued"])] = None,
+                        limit: Annotated[int, Query(ge=1, le=1000, examples=[100])] = 100,
+                        before: Annotated[Timestamp | None, Query(description="page: commands created before this")]
+                        = None) -> CommandList:
     """Relay commands, newest first, optionally of one meter or in one state."""
     query = sa.select(t.commands)
     if meter_id is not None:
@@ -41,27 +55,25 @@ async def list_commands(service: ServiceDep, caller: AnyCaller, meter_id: str | 
     return CommandList(data=data, next_before=data[-1].created_at.isoformat() if len(data) == limit else None)
 
 
-@router.post("/bulk", response_model=BulkCommandResult)
+@router.post("/bulk", response_model=BulkCommandResult,
+             responses=responses(*AUTHENTICATED, "not-found", "content-too-large", "unavailable"))
 async def bulk(body: BulkCommandCreate, service: ServiceDep, caller: OperatorCaller) -> BulkCommandResult:
     """A disconnect or reconnect for a list of meters or a group, with a result per meter; `dry_run` says
     what would happen and why without changing anything."""
-    meter_ids = list(dict.fromkeys(body.meter_ids + (service.catalog.group(body.group) if body.group else [])))
-    if not meter_ids:
-        raise HTTPException(422, "name meters (meter_ids) or a group that has meters")
+    group = service.catalog.group(body.group) if body.group is not None else []
+    if body.group is not None and not group:
+        raise UnknownMeter(f"no meters in group {body.group!r}")
     action = "open" if body.action == "disconnect" else "close"
     results = []
-    for meter_id in meter_ids:
+    for meter_id in dict.fromkeys(body.meter_ids + group):
         try:
             outcome = await manual_command(service, meter_id, action, role=caller.role, actor=caller.name,
                                            operator=body.operator or caller.name, reason=body.reason,
                                            force=body.force, dry_run=body.dry_run)
-        except LookupError:
-            results.append(ManualCommandResult(meter_id=meter_id, action=action, allowed=False, reason="unknown meter",
-                                               dry_run=body.dry_run, error="unknown meter"))
-            continue
-        except DomainError as exc:
-            results.append(ManualCommandResult(meter_id=meter_id, action=action, allowed=False, reason=str(exc),
-                                               dry_run=body.dry_run, error=str(exc)))
+        except (LookupError, DomainError, AccountUnreadable) as exc:
+            reason = "unknown meter" if isinstance(exc, LookupError) else str(exc)
+            results.append(ManualCommandResult(meter_id=meter_id, action=action, allowed=False, reason=reason,
+                                               dry_run=body.dry_run, error=reason))
             continue
         results.append(ManualCommandResult(
             meter_id=meter_id, action=action, allowed=outcome.allowed, reason=outcome.reason, dry_run=body.dry_run,
@@ -71,23 +83,18 @@ async def bulk(body: BulkCommandCreate, service: ServiceDep, caller: OperatorCal
     return BulkCommandResult(dry_run=body.dry_run, results=results)
 
 
-@router.get("/{command_id}", response_model=CommandPublic)
-async def read_command(command_id: str, service: ServiceDep, caller: AnyCaller) -> CommandPublic:
+@router.get("/{command_id}", response_model=CommandPublic, responses=responses(*AUTHENTICATED, "not-found"))
+async def read_command(command_id: CommandId, service: ServiceDep, caller: AnyCaller) -> CommandPublic:
     """One relay command and where it stands."""
     async with service.uow(readonly=True) as uow:
         record = await get_command(uow, command_id)
     if record is None:
-        raise HTTPException(404, f"no command {command_id!r}")
+        raise UnknownCommand(f"no command {command_id!r}")
     return to_public(record)
 
 
 @router.post("/{command_id}/cancel", response_model=CommandPublic,
-             responses={409: {"description": "the command is no longer queued"}})
-async def cancel(command_id: str, service: ServiceDep, caller: OperatorCaller) -> CommandPublic:
+             responses=responses(*AUTHENTICATED, "not-found", "command-not-cancellable"))
+async def cancel(command_id: CommandId, service: ServiceDep, caller: OperatorCaller) -> CommandPublic:
     """Cancel a queued command."""
-    try:
-        return to_public(await cancel_command(service, command_id, actor=caller.name))
-    except UnknownCommand:
-        raise HTTPException(404, f"no command {command_id!r}") from None
-    except CommandNotCancellable as exc:
-        raise HTTPException(409, str(exc)) from None
+    return to_public(await cancel_command(service, command_id, actor=caller.name))

@@ -1,21 +1,36 @@
 from __future__ import annotations
 
-from typing import Literal
+import datetime as dt
+from typing import Annotated, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from gateway.adapters import tables as t
 from gateway.api.deps import AnyCaller, OperatorCaller, ServiceDep
+from gateway.api.fields import Name, RowId
+from gateway.api.jsonbody import StrictJsonRoute
+from gateway.api.problems import AUTHENTICATED, Problem, responses
 from gateway.api.routes.commands import to_public
-from gateway.api.schemas import (CommandAccepted, ManualCommandResult, MeterPublic, QuarantineAction, ReadingList,
-                                 ReadingPublic, RelayCommandCreate)
-from gateway.domain.errors import DomainError
+from gateway.api.schemas import (
+    CommandAccepted,
+    ManualCommandResult,
+    MeterPublic,
+    QuarantineAction,
+    QuarantineResult,
+    ReadingList,
+    ReadingPublic,
+    RelayCommandCreate,
+)
+from gateway.domain.account import PrepaidAccount
 from gateway.domain.money import format_fen
-from gateway.service.accounts import UnknownMeter
+from gateway.service.errors import UnknownMeter
 from gateway.service.operator import ManualOutcome, manual_command
 
-router = APIRouter(prefix="/v1/meters", tags=["meters"])
+router = APIRouter(prefix="/v1/meters", tags=["meters"], route_class=StrictJsonRoute)
+MeterId = Annotated[Name, Path(examples=["M-1"])]
+_COMMAND = responses(*AUTHENTICATED, "not-found", "not-allowed", "account-state-unreadable", "content-too-large",
+                     "unavailable")
 
 
 def _reading(row: sa.Row) -> ReadingPublic:  # type: ignore[type-arg]
@@ -23,8 +38,8 @@ def _reading(row: sa.Row) -> ReadingPublic:  # type: ignore[type-arg]
                          voltage_v=row.voltage_v, current_a=row.current_a, relay=row.relay, billed=row.billed)
 
 
-@router.get("/{meter_id}", response_model=MeterPublic)
-async def get_meter(meter_id: str, service: ServiceDep, caller: AnyCaller) -> MeterPublic:
+@router.get("/{meter_id}", response_model=MeterPublic, responses=responses(*AUTHENTICATED, "not-found"))
+async def get_meter(meter_id: MeterId, service: ServiceDep, caller: AnyCaller) -> MeterPublic:
     """One meter: relay, communication health, latest reading, quarantine."""
     spec = service.catalog.meters.get(meter_id)
     async with service.uow(readonly=True) as uow:
@@ -34,7 +49,7 @@ async def get_meter(meter_id: str, service: ServiceDep, caller: AnyCaller) -> Me
         state = None if spec is None else (await uow.execute(sa.select(t.accounts.c.state).where(
             t.accounts.c.id == spec.account_id))).scalar_one_or_none()
     if row is None or spec is None:
-        raise HTTPException(404, f"no meter {meter_id!r}")
+        raise UnknownMeter(f"no meter {meter_id!r}")
     cursor = (state or {}).get("meters", {}).get(meter_id) or {}
     pending = cursor.get("pending")
     latest = None if last is None else _reading(last)
@@ -58,14 +73,14 @@ async def get_meter(meter_id: str, service: ServiceDep, caller: AnyCaller) -> Me
                                                                 "reading": pending.get("reading")})
 
 
-@router.get("/{meter_id}/readings", response_model=ReadingList)
-async def list_readings(meter_id: str, service: ServiceDep, caller: AnyCaller,
-                        limit: int = Query(100, ge=1, le=1000),
-                        before_id: int | None = Query(None, description="page: readings older than this id")
-                        ) -> ReadingList:
+@router.get("/{meter_id}/readings", response_model=ReadingList, responses=responses(*AUTHENTICATED, "not-found"))
+async def list_readings(meter_id: MeterId, service: ServiceDep, caller: AnyCaller,
+                        limit: Annotated[int, Query(ge=1, le=1000, examples=[100])] = 100,
+                        before_id: Annotated[RowId | None, Query(description="page: readings older than this id")]
+                        = None) -> ReadingList:
     """A meter's reading history, newest first."""
     if meter_id not in service.catalog.meters:
-        raise HTTPException(404, f"no meter {meter_id!r}")
+        raise UnknownMeter(f"no meter {meter_id!r}")
     query = sa.select(t.readings).where(t.readings.c.meter_id == meter_id)
     if before_id is not None:
         query = query.where(t.readings.c.id < before_id)
@@ -86,16 +101,11 @@ def _result(outcome: ManualOutcome, *, dry_run: bool) -> ManualCommandResult:
 async def _relay_command(meter_id: str, action: Literal["open", "close"], body: RelayCommandCreate,
                          response: Response, service: ServiceDep, caller: OperatorCaller
                          ) -> CommandAccepted | ManualCommandResult:
-    try:
-        outcome = await manual_command(service, meter_id, action, role=caller.role, actor=caller.name,
-                                       operator=body.operator or caller.name, reason=body.reason,
-                                       force=body.force, dry_run=body.dry_run)
-    except UnknownMeter:
-        raise HTTPException(404, f"no meter {meter_id!r}") from None
-    except DomainError as exc:
-        raise HTTPException(403, str(exc)) from None
+    outcome = await manual_command(service, meter_id, action, role=caller.role, actor=caller.name,
+                                   operator=body.operator or caller.name, reason=body.reason,
+                                   force=body.force, dry_run=body.dry_run)
     if not outcome.allowed:
-        raise HTTPException(403, outcome.reason)
+        raise Problem("not-allowed", outcome.reason)
     if body.dry_run or outcome.command is None:
         response.status_code = 200
         return _result(outcome, dry_run=True)
@@ -104,41 +114,42 @@ async def _relay_command(meter_id: str, action: Literal["open", "close"], body: 
 
 
 @router.post("/{meter_id}/disconnect", status_code=202, response_model=CommandAccepted | ManualCommandResult,
-             responses={200: {"description": "dry run: what would happen and why"},
-                        403: {"description": "not allowed (e.g. a protected account without admin + force)"}})
-async def disconnect(meter_id: str, body: RelayCommandCreate, response: Response, service: ServiceDep,
+             responses={200: {"description": "dry run: what would happen and why", "model": ManualCommandResult},
+                        **_COMMAND})
+async def disconnect(meter_id: MeterId, body: RelayCommandCreate, response: Response, service: ServiceDep,
                      caller: OperatorCaller) -> CommandAccepted | ManualCommandResult:
     """Queue a disconnect (relay open); confirmed by reading the relay back."""
     return await _relay_command(meter_id, "open", body, response, service, caller)
 
 
 @router.post("/{meter_id}/reconnect", status_code=202, response_model=CommandAccepted | ManualCommandResult,
-             responses={200: {"description": "dry run: what would happen and why"}})
-async def reconnect(meter_id: str, body: RelayCommandCreate, response: Response, service: ServiceDep,
+             responses={200: {"description": "dry run: what would happen and why", "model": ManualCommandResult},
+                        **_COMMAND})
+async def reconnect(meter_id: MeterId, body: RelayCommandCreate, response: Response, service: ServiceDep,
                     caller: OperatorCaller) -> CommandAccepted | ManualCommandResult:
     """Queue a reconnect (relay close); below the disconnect point it also places an operator hold."""
     return await _relay_command(meter_id, "close", body, response, service, caller)
 
 
-@router.post("/{meter_id}/quarantine/{decision}", response_model=dict)
-async def resolve_quarantine(meter_id: str, decision: Literal["accept", "rebase"], body: QuarantineAction,
-                             service: ServiceDep, caller: OperatorCaller) -> dict[str, object]:
+@router.post("/{meter_id}/quarantine/{decision}", response_model=QuarantineResult,
+             responses=responses(*AUTHENTICATED, "not-found", "nothing-quarantined", "conflict",
+                                 "account-state-unreadable", "content-too-large", "unavailable"))
+async def resolve_quarantine(meter_id: MeterId, decision: Annotated[Literal["accept", "rebase"], Path()],
+                             body: QuarantineAction, service: ServiceDep, caller: OperatorCaller) -> QuarantineResult:
     """Bill a quarantined reading as read (accept) or start afresh from a new baseline (rebase)."""
     spec = service.catalog.meters.get(meter_id)
     if spec is None:
-        raise HTTPException(404, f"no meter {meter_id!r}")
+        raise UnknownMeter(f"no meter {meter_id!r}")
 
-    def resolve(account, now):  # type: ignore[no-untyped-def]
+    def resolve(account: PrepaidAccount, now: dt.datetime) -> int:
         if decision == "accept":
             return account.accept_reading(meter_id, energy_wh=body.energy_wh, by=caller.name)
-        return account.rebase_meter(meter_id, energy_wh=body.energy_wh, taken_at=body.taken_at or
-                                    (now if body.energy_wh is not None else None), by=caller.name)
+        taken_at = body.taken_at or (now if body.energy_wh is not None else None)
+        return account.rebase_meter(meter_id, energy_wh=body.energy_wh, taken_at=taken_at, now=now, by=caller.name)
 
-    try:
-        charge = await service.change_account(spec.account_id, resolve, actor=caller.name,
-                                               action=f"quarantine.{decision}",
-                                               detail={"meter_id": meter_id, "reason": body.reason,
-                                                       "energy_wh": body.energy_wh})
-    except DomainError as exc:
-        raise HTTPException(409, str(exc)) from None
-    return {"meter_id": meter_id, "decision": decision, "charged": format_fen(int(charge or 0))}
+    charge = await service.change_account(spec.account_id, resolve, actor=caller.name,
+                                          action=f"quarantine.{decision}",
+                                          detail={"meter_id": meter_id, "reason": body.reason,
+                                                  "energy_wh": body.energy_wh,
+                                                  "taken_at": body.taken_at.isoformat() if body.taken_at else None})
+    return QuarantineResult(meter_id=meter_id, decision=decision, charged=format_fen(int(charge or 0)))

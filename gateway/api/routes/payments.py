@@ -1,58 +1,64 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, Path, Response
 
-from gateway.api.deps import BillingCaller, ServiceDep
+from gateway.api.deps import BillingCaller, Caller, ServiceDep
+from gateway.api.fields import PaymentId, Source
+from gateway.api.jsonbody import StrictJsonRoute
+from gateway.api.problems import AUTHENTICATED, Problem, responses
 from gateway.api.schemas import PaymentCreate, PaymentPublic, ReversalCreate
-from gateway.domain.money import AmountError, format_fen, parse_yuan
-from gateway.service.accounts import UnknownAccount
-from gateway.service.handlers import PaymentConflict, UnknownPayment
+from gateway.domain.money import format_fen, parse_yuan
 
-router = APIRouter(prefix="/v1/payments", tags=["payments"])
+router = APIRouter(prefix="/v1/payments", tags=["payments"], route_class=StrictJsonRoute)
 
 
 def _public(r: dict[str, Any]) -> PaymentPublic:
     return PaymentPublic(source=r["source"], payment_id=r["payment_id"], account_id=r["account_id"],
                          amount=format_fen(r["amount_fen"]), paid_at=r["paid_at"], channel=r["channel"],
                          balance=format_fen(r["balance_after_fen"]), received_at=r["received_at"],
-                         reversed_at=r.get("reversed_at"), reversal_reason=r.get("reversal_reason"))
+                         reversed_at=r.get("reversed_at"), reversal_reason=r.get("reversal_reason"),
+                         recorded_by=r.get("recorded_by"), reversed_by=r.get("reversed_by"))
+
+
+def _own_source(caller: Caller, source: str) -> None:
+    if not caller.may_post_for(source):
+        raise Problem("authority-exceeded", f"the key {caller.name!r} posts only for the sources "
+                                            f"{', '.join(sorted(caller.sources or ()))}, not {source!r}")
 
 
 @router.post("", status_code=201, response_model=PaymentPublic,
-             responses={200: {"description": "the same payment again: the first result, nothing changed"},
-                        409: {"description": "the same payment id with other content"}})
+             responses={200: {"description": "the same payment again: the first result, nothing changed",
+                              "model": PaymentPublic},
+                        **responses(*AUTHENTICATED, "authority-exceeded", "not-found", "payment-conflict",
+                                    "content-too-large", "account-state-unreadable", "unavailable")})
 async def create_payment(body: PaymentCreate, response: Response, service: ServiceDep,
                          caller: BillingCaller) -> PaymentPublic:
     """Record a payment exactly once; a 2xx means it is durably committed."""
-    try:
-        amount_fen = parse_yuan(body.amount, max_fen=service.catalog.max_payment_fen)
-    except AmountError as exc:
-        raise HTTPException(422, f"amount: {exc}") from None
-    try:
-        result = await service.record_payment(source=body.source, payment_id=body.payment_id,
-                                              account_id=body.account_id, amount_fen=amount_fen,
-                                              paid_at=body.paid_at, channel=body.channel)
-    except UnknownAccount:
-        raise HTTPException(404, f"no account {body.account_id!r}") from None
-    except PaymentConflict as exc:
-        raise HTTPException(409, str(exc)) from None
+    _own_source(caller, body.source)
+    amount_fen = parse_yuan(body.amount, max_fen=service.catalog.max_payment_fen)
+    result = await service.record_payment(source=body.source, payment_id=body.payment_id,
+                                          account_id=body.account_id, amount_fen=amount_fen,
+                                          paid_at=body.paid_at, channel=body.channel, recorded_by=caller.name)
     if not result.created:
         response.status_code = 200
     return _public(result.record)
 
 
-@router.post("/{source}/{payment_id}/reversal", status_code=201, response_model=PaymentPublic,
-             responses={200: {"description": "already reversed: the first result, nothing changed"}})
-async def reverse_payment(source: str, payment_id: str, body: ReversalCreate, response: Response,
-                          service: ServiceDep, caller: BillingCaller) -> PaymentPublic:
+@router.post("/{source}/{payment_id:path}/reversal", status_code=201, response_model=PaymentPublic,
+             responses={200: {"description": "already reversed: the first result, nothing changed",
+                              "model": PaymentPublic},
+                        **responses(*AUTHENTICATED, "authority-exceeded", "not-found", "content-too-large",
+                                    "account-state-unreadable", "unavailable")})
+async def reverse_payment(source: Annotated[Source, Path()], payment_id: Annotated[PaymentId, Path()],
+                          body: ReversalCreate, response: Response, service: ServiceDep,
+                          caller: BillingCaller) -> PaymentPublic:
     """Reverse a payment once: its credit leaves the balance (which may disconnect the account, guardrails
-    permitting)."""
-    try:
-        result = await service.reverse_payment(source=source, payment_id=payment_id, reason=body.reason)
-    except UnknownPayment:
-        raise HTTPException(404, f"no payment {source}/{payment_id}") from None
+    permitting). A payment id that contains `/` is written as it is (`/v1/payments/bank/2026/11/0042/reversal`)."""
+    _own_source(caller, source)
+    result = await service.reverse_payment(source=source, payment_id=payment_id, reason=body.reason,
+                                           reversed_by=caller.name)
     if not result.created:
         response.status_code = 200
     return _public(result.record)
