@@ -12,7 +12,7 @@ import datetime as dt
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, StrictBool, StrictInt, WithJsonSchema
+from pydantic import BeforeValidator, Field, StrictBool, WithJsonSchema
 
 from gateway.domain.metering import MAX_ENERGY_WH
 
@@ -75,6 +75,15 @@ SignedAmount = Annotated[str, Field(pattern="^-?" + _AMOUNT[1:], max_length=20, 
                                     description="signed yuan: positive credits, negative debits; not zero, at "
                                                 "most the site's maximum either way")]
 
-EnergyWh = Annotated[StrictInt, Field(ge=0, le=MAX_ENERGY_WH, examples=[1_234_560])]
+def json_integer(value: Any) -> int:
+    """A JSON integer: ``479`` or ``479.0`` (JSON Schema counts both as integers), never ``true`` or ``"479"``."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError("must be an integer")
+
+
+EnergyWh = Annotated[int, Field(ge=0, le=MAX_ENERGY_WH, examples=[1_234_560]), BeforeValidator(json_integer)]
 RowId = Annotated[int, Field(ge=1, le=INT63, examples=[1042])]
 Flag = StrictBool

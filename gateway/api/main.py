@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi_offline import FastAPIOffline
 
 from gateway.api import problems
@@ -22,8 +22,7 @@ def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None
     """The API over ``service``; ``static_keys`` maps key SHA-256 → caller for the keys of the settings (the
     database's keys are read through ``service.stored_keys``)."""
     # The docs pages (/docs, /redoc) load their scripts from the package, never from a CDN.
-    app = FastAPIOffline(title="meter-gateway", version="0.1.0", max_body_size=max_body_bytes,
-                         static_url="/docs-assets",
+    app = FastAPIOffline(title="meter-gateway", version="0.1.0", static_url="/docs-assets",
                          description="Remote prepaid and meter-control gateway: payments, accounts, meters, relay "
                                      "commands. Errors are application/problem+json; their types are in docs/api.md.")
     app.state.service = service
@@ -36,10 +35,42 @@ def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None
     app.state.auth_limiter = FailedAuthLimiter(limit=failed_auth_limit, window_s=failed_auth_window_s)
     problems.install(app)
     app.add_middleware(_NoStore)
+    app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes)
     for module in (health, payments, accounts, meters, commands):
         app.include_router(module.router)
     install_openapi(app, max_payment_fen=service.catalog.max_payment_fen)
     return app
+
+
+class _BodyLimit:
+    """Request bodies of at most ``max_body_bytes``: one declared larger (``Content-Length``) is refused before
+    anything reads it, and the connection closed (its body is never read); one sent without a length is refused
+    as soon as it passes the limit. Both answers are ``content-too-large`` problems."""
+
+    def __init__(self, app: Any, *, max_body_bytes: int) -> None:
+        self.app, self.max_body_bytes = app, max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        detail = f"the body may have at most {self.max_body_bytes} bytes"
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            answer = problems.problem("content-too-large", detail, headers={"Connection": "close"})
+            await answer(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal received
+            message: dict[str, Any] = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:  # FastAPI passes an HTTPException raised here to its handler
+                raise HTTPException(413, detail, headers={"Connection": "close"})
+            return message
+
+        await self.app(scope, counted, send)
 
 
 class _NoStore:

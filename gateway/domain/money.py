@@ -60,16 +60,35 @@ def amount_pattern(max_fen: int, *, allow_negative: bool = False) -> str:
     if max_fen < 1:
         raise ValueError("max_fen must be at least 1")
     whole, fen = divmod(max_fen, 100)
-    below = ["0\\.(0[1-9]|[1-9][0-9]?)"]  # 0.01 .. 0.99
-    if whole >= 2:
-        below.append(_integers_up_to(whole - 1) + "(\\.[0-9]{1,2})?")
-    if whole >= 1:
-        tens, ones = divmod(fen, 10)
-        fraction = ["\\.0{1,2}"] if fen == 0 else [f"\\.[0-{tens}]", *([f"\\.[0-{tens - 1}][0-9]"] if tens else []),
-                                                   f"\\.{tens}[0-{ones}]"]
-        below.append(f"{whole}({'|'.join(fraction)})?")
+    if whole == 0:
+        choices = [f"0\\.({'|'.join(_fractions(fen, nonzero=True))})"]
+    else:
+        choices = [f"0\\.({'|'.join(_fractions(99, nonzero=True))})"]  # 0.01 .. 0.99
+        if whole >= 2:
+            choices.append(_integers_up_to(whole - 1) + "(\\.[0-9]{1,2})?")
+        choices.append(f"{whole}(\\.({'|'.join(_fractions(fen, nonzero=False))}))?")
     sign = "-?" if allow_negative else ""
-    return f"^{sign}({'|'.join(below)})$"
+    return f"^{sign}({'|'.join(choices)})$"
+
+
+def _fractions(top: int, *, nonzero: bool) -> list[str]:
+    """Alternatives (the digits after the point) of the one- or two-digit fractions worth 0..``top`` fen."""
+    tens, ones = divmod(top, 10)
+    out = []
+    if tens >= int(nonzero):  # one digit d is worth 10 d
+        out.append(_digits(int(nonzero), tens))
+    if tens >= 1 and not nonzero:  # two digits, the first below the tens of top: any second digit
+        out.append(f"{_digits(0, tens - 1)}[0-9]")
+    elif tens >= 1:  # the same without "00"
+        out += ["0[1-9]", *([f"{_digits(1, tens - 1)}[0-9]"] if tens >= 2 else [])]
+    low = int(nonzero and tens == 0)
+    if ones >= low:
+        out.append(f"{tens}{_digits(low, ones)}")
+    return out
+
+
+def _digits(low: int, high: int) -> str:
+    return str(low) if low == high else f"[{low}-{high}]"
 
 
 def _integers_up_to(top: int) -> str:

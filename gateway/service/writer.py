@@ -155,6 +155,7 @@ class _Batch:
         self._limiter_state: dict[str, Any] | None = None
         self.unreadable: dict[str, AccountUnreadable] = {}  # accounts whose stored state can't be read
         self.alarms: list[str] = []  # of those, the ones this batch raises an alarm for
+        self.changed: set[str] = set()  # accounts a job changed: only these are written
 
     async def load(self, reader: Callable[[], Awaitable[UnitOfWork]], jobs: list[Job],
                    known: _Known | None = None, *,
@@ -338,6 +339,8 @@ class _Batch:
         self.outbox.append(dict(topic=topic, payload=payload, created_at=self.now))
 
     def _decide(self, account: PrepaidAccount, *, origin: str, reason: str) -> list[CommandRecord]:
+        """After a job changed ``account``: the engine's decision (and the account is to be written)."""
+        self.changed.add(account.id)
         offline = self.offline.intersection(self.catalog.accounts[account.id].meter_ids) if self.offline else ()
         decision = account.evaluate(self.now, offline=offline, limiter=self.limiter)
         if decision is Decision.NONE:
@@ -354,7 +357,13 @@ class _Batch:
     def prepare(self, dialect: str) -> None:
         """Turn the batch's changes into prepared statements: pure Python, done before taking the write lock."""
         entries: list[dict[str, Any]] = []
+        changed = []
         for account in self.accounts.values():
+            if account.id not in self.changed:  # read, but no job changed it (a refusal, a repeated payment)
+                if self.cache is not None and account.id in self.cache.entries:
+                    self.cache.entries[account.id] = (self.versions[account.id], account)  # as stored
+                continue
+            changed.append(account)
             rows, events = repo.drain(account, self.now)
             entries += rows
             self.outbox += events
@@ -371,8 +380,7 @@ class _Batch:
         out += bulk.update_statements(dialect, t.meters, "id", [meter.changed | {"id": meter_id}
                                                                for meter_id, meter in self.meters.items()
                                                                if meter.changed])
-        out += repo.account_statements(dialect, list(self.accounts.values()), self.now,
-                                       self.versions if self.cache is not None else None)
+        out += repo.account_statements(dialect, changed, self.now, self.versions if self.cache is not None else None)
         if self.limiter is not None:
             state = self.limiter.state_dict()
             if state != self._limiter_state:

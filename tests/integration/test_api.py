@@ -7,37 +7,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.bootstrap import Gateway
-from gateway.settings import Settings, hash_key
-
-KEYS = {"viewer": "k-viewer", "billing": "k-billing", "operator": "k-operator", "admin": "k-admin"}
-
+from tests.integration.api_support import api_client, auth, site
 
 @pytest.fixture
 async def client(tmp_path: Path):
-    settings = Settings.model_validate({
-        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
-        "api": {"keys": [{"name": f"{role}-key", "role": role, "sha256": hash_key(key)}
-                         for role, key in KEYS.items()], "max_payment": "1000.00"},
-        "policy": {"notice_period": 0},
-        "tariffs": {"flat": {"kind": "flat", "price": "0.5600"}},
-        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "10.00"},
-                     {"id": "A-2", "tariff": "flat", "opening_balance": "-5.00", "protected": True},
-                     {"id": "A-3", "tariff": "flat", "opening_balance": "1.00"}],
-        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
-        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1", "groups": ["feeder-7"]},
-                   {"id": "M-2", "bus": "b", "unit_id": 2, "account": "A-2", "groups": ["feeder-7"]},
-                   {"id": "M-3", "bus": "b", "unit_id": 3, "account": "A-3"}],
-    })
-    # run_buses=False: no bus runner picks commands up, so their states stay where the API left them
-    async with Gateway(settings, base_dir=tmp_path, run_buses=False) as gw:
-        transport = httpx.ASGITransport(app=gw.app())
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
-            yield c
-
-
-def auth(role: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {KEYS[role]}"}
+    async with api_client(site(tmp_path), tmp_path) as (c, _):
+        yield c
 
 
 PAYMENT = {"source": "billing", "payment_id": "P-1001", "account_id": "A-1", "amount": "50.00",

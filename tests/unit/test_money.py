@@ -52,3 +52,38 @@ def test_price_precision() -> None:
         parse_price("0.52831")
     with pytest.raises(AmountError):
         parse_price("-1")
+
+
+_CANDIDATES = st.one_of(
+    st.from_regex(r"-?[0-9]{1,6}(\.[0-9]{0,3})?", fullmatch=True),
+    st.integers(min_value=-10**7, max_value=10**7).map(format_fen),
+    st.text(alphabet="0123456789.-+ e５٥", max_size=8),
+)
+
+
+@given(st.integers(min_value=1, max_value=10**9), _CANDIDATES, st.booleans())
+def test_amount_pattern_is_exactly_what_parse_yuan_takes(max_fen: int, text: str, signed: bool) -> None:
+    """The API document's pattern of amounts (up to the site's maximum) accepts a string iff parse_yuan does."""
+    import re
+
+    from gateway.domain.money import amount_pattern
+
+    try:
+        parse_yuan(text, max_fen=max_fen, allow_negative=signed)
+        accepted = True
+    except AmountError:
+        accepted = False
+    assert bool(re.fullmatch(amount_pattern(max_fen, allow_negative=signed), text)) == accepted
+
+
+@pytest.mark.parametrize(("max_fen", "top", "above"), [(1, "0.01", "0.02"), (100, "1.00", "1.01"),
+                                                       (1_000_000, "10000.00", "10000.01"), (123_405, "1234.05", "1234.1"),
+                                                       (99_999, "999.99", "1000")])
+def test_amount_pattern_edges(max_fen: int, top: str, above: str) -> None:
+    import re
+
+    from gateway.domain.money import amount_pattern
+
+    pattern = amount_pattern(max_fen)
+    assert re.fullmatch(pattern, top) and not re.fullmatch(pattern, above)
+    assert not re.fullmatch(pattern, "0") and not re.fullmatch(pattern, "0.00")

@@ -83,7 +83,8 @@ async def bulk(body: BulkCommandCreate, service: ServiceDep, caller: OperatorCal
     return BulkCommandResult(dry_run=body.dry_run, results=results)
 
 
-@router.get("/{command_id}", response_model=CommandPublic, responses=responses(*AUTHENTICATED, "not-found"))
+@router.get("/{command_id}", response_model=CommandPublic, responses=responses(*AUTHENTICATED, "not-found"),
+            operation_id="getCommand")
 async def read_command(command_id: CommandId, service: ServiceDep, caller: AnyCaller) -> CommandPublic:
     """One relay command and where it stands."""
     async with service.uow(readonly=True) as uow:
@@ -94,7 +95,7 @@ async def read_command(command_id: CommandId, service: ServiceDep, caller: AnyCa
 
 
 @router.post("/{command_id}/cancel", response_model=CommandPublic,
-             responses=responses(*AUTHENTICATED, "not-found", "command-not-cancellable"))
+             responses=responses(*AUTHENTICATED, "not-found", "command-not-cancellable"), operation_id="cancelCommand")
 async def cancel(command_id: CommandId, service: ServiceDep, caller: OperatorCaller) -> CommandPublic:
     """Cancel a queued command."""
     return to_public(await cancel_command(service, command_id, actor=caller.name))

@@ -29,8 +29,13 @@ from gateway.service.operator import ManualOutcome, manual_command
 
 router = APIRouter(prefix="/v1/meters", tags=["meters"], route_class=StrictJsonRoute)
 MeterId = Annotated[Name, Path(examples=["M-1"])]
-_COMMAND = responses(*AUTHENTICATED, "not-found", "not-allowed", "account-state-unreadable", "content-too-large",
-                     "unavailable")
+_COMMAND = {
+    202: {"description": "queued", "links": {
+        name: {"operationId": operation, "parameters": {"command_id": "$response.body#/command_id"}}
+        for name, operation in (("GetCommand", "getCommand"), ("CancelCommand", "cancelCommand"))}},
+    200: {"description": "dry run: what would happen and why", "model": ManualCommandResult},
+    **responses(*AUTHENTICATED, "not-found", "not-allowed", "account-state-unreadable", "content-too-large",
+                "unavailable")}
 
 
 def _reading(row: sa.Row) -> ReadingPublic:  # type: ignore[type-arg]
@@ -114,8 +119,7 @@ async def _relay_command(meter_id: str, action: Literal["open", "close"], body: 
 
 
 @router.post("/{meter_id}/disconnect", status_code=202, response_model=CommandAccepted | ManualCommandResult,
-             responses={200: {"description": "dry run: what would happen and why", "model": ManualCommandResult},
-                        **_COMMAND})
+             responses=_COMMAND)
 async def disconnect(meter_id: MeterId, body: RelayCommandCreate, response: Response, service: ServiceDep,
                      caller: OperatorCaller) -> CommandAccepted | ManualCommandResult:
     """Queue a disconnect (relay open); confirmed by reading the relay back."""
@@ -123,8 +127,7 @@ async def disconnect(meter_id: MeterId, body: RelayCommandCreate, response: Resp
 
 
 @router.post("/{meter_id}/reconnect", status_code=202, response_model=CommandAccepted | ManualCommandResult,
-             responses={200: {"description": "dry run: what would happen and why", "model": ManualCommandResult},
-                        **_COMMAND})
+             responses=_COMMAND)
 async def reconnect(meter_id: MeterId, body: RelayCommandCreate, response: Response, service: ServiceDep,
                     caller: OperatorCaller) -> CommandAccepted | ManualCommandResult:
     """Queue a reconnect (relay close); below the disconnect point it also places an operator hold."""

@@ -29,7 +29,10 @@ def _own_source(caller: Caller, source: str) -> None:
 
 
 @router.post("", status_code=201, response_model=PaymentPublic,
-             responses={200: {"description": "the same payment again: the first result, nothing changed",
+             responses={201: {"description": "recorded", "links": {"ReversePayment": {
+                            "operationId": "reversePayment", "parameters": {
+                                "source": "$response.body#/source", "payment_id": "$response.body#/payment_id"}}}},
+                        200: {"description": "the same payment again: the first result, nothing changed",
                               "model": PaymentPublic},
                         **responses(*AUTHENTICATED, "authority-exceeded", "not-found", "payment-conflict",
                                     "content-too-large", "account-state-unreadable", "unavailable")})
@@ -47,6 +50,7 @@ async def create_payment(body: PaymentCreate, response: Response, service: Servi
 
 
 @router.post("/{source}/{payment_id:path}/reversal", status_code=201, response_model=PaymentPublic,
+             operation_id="reversePayment",
              responses={200: {"description": "already reversed: the first result, nothing changed",
                               "model": PaymentPublic},
                         **responses(*AUTHENTICATED, "authority-exceeded", "not-found", "content-too-large",
