@@ -23,3 +23,56 @@ async def test_migrations_match_the_declared_tables(db_url: str) -> None:
         assert differences == []
     finally:
         await engine.dispose()
+
+
+async def test_0002_names_old_payment_entries_by_their_pair(db_url: str) -> None:
+    """Ledger entries written before 0002 name their payment by the label "source/payment_id"; the migration
+    fills the pair from the payments table (charges and other entries keep none)."""
+    import datetime as dt
+
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from gateway.adapters.database import MIGRATIONS
+    from gateway.service.uow import UnitOfWork
+    from gateway.service.verify import verify_ledger
+
+    engine = create_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+
+    def upgrade_to(revision: str):  # type: ignore[no-untyped-def]
+        def run(sync_conn):  # type: ignore[no-untyped-def]
+            cfg.attributes["connection"] = sync_conn
+            command.upgrade(cfg, revision)
+        return run
+
+    now = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to("0001"))
+            await conn.execute(sa.text(
+                "INSERT INTO accounts (id, balance_fen, supply, deferred_reason, state, version, updated_at) "
+                "VALUES ('A-1', 4000, 'connected', '', '{}', 1, :now)"), {"now": now.replace(tzinfo=None)})
+            await conn.execute(sa.text(
+                "INSERT INTO payments (source, payment_id, account_id, amount_fen, balance_after_fen, received_at) "
+                "VALUES ('bank', '2026/11/7', 'A-1', 5000, 5000, :now)"), {"now": now.replace(tzinfo=None)})
+            for kind, amount, after, reference in [("payment", 5000, 5000, "bank/2026/11/7"),
+                                                   ("repayment", -1000, 4000, "bank/2026/11/7"),
+                                                   ("charge", 0, 4000, "M-1")]:
+                await conn.execute(sa.text(
+                    "INSERT INTO ledger_entries (account_id, kind, amount_fen, balance_after_fen, created_at, "
+                    "reference) VALUES ('A-1', :kind, :amount, :after, :now, :reference)"),
+                    {"kind": kind, "amount": amount, "after": after, "now": now.replace(tzinfo=None),
+                     "reference": reference})
+        await migrate(engine)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(sa.text(
+                "SELECT kind, payment_source, payment_id FROM ledger_entries ORDER BY id"))).all()
+        assert [tuple(r) for r in rows] == [("payment", "bank", "2026/11/7"), ("repayment", "bank", "2026/11/7"),
+                                            ("charge", None, None)]
+        async with UnitOfWork(engine, None) as uow:
+            assert await verify_ledger(uow) == []
+    finally:
+        await engine.dispose()

@@ -49,6 +49,12 @@ def test_the_example_config_is_valid() -> None:
     (GOOD.replace("tariff: flat,", "tariff: flat, credit_class: Z,"), "accounts[0].credit_class: unknown credit class 'Z'"),
     (GOOD + "holidays_file: nowhere.txt\n", "holidays_file: cannot read"),
     ("a: [unclosed\n", "not valid YAML"),
+    # ids travel in URL paths and API bodies
+    (GOOD.replace("{id: A-1,", '{id: "A/1",').replace("account: A-1}", 'account: "A/1"}'), "accounts[0].id"),
+    (GOOD.replace("{id: M-1,", '{id: " M-1",'), "meters[0].id"),
+    (GOOD.replace("account: A-1}", "account: A-1, groups: [\"a/b\"]}"), "meters[0].groups[0]"),
+    (GOOD + "api: {tls_certfile: cert.pem}\n", "api: tls_certfile and tls_keyfile go together"),
+    (GOOD + "api: {max_body_bytes: 10}\n", "api.max_body_bytes"),
 ])
 def test_errors_name_the_file_the_key_path_and_the_problem(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, text)
