@@ -63,6 +63,7 @@ def _types(*types: ProblemType) -> dict[str, ProblemType]:
 
 
 PROBLEM_TYPES = _types(
+    ProblemType("bad-request", 400, "Bad Request", "The request could not be read (e.g. the body broke off)."),
     ProblemType("validation-error", 422, "Unprocessable Content",
                 "The request is not well formed: a field is missing, of the wrong type, or outside its documented "
                 "form or range (`errors` lists each one). Nothing was changed."),
@@ -136,7 +137,7 @@ _ERRORS: dict[type[Exception], str] = {
     DomainError: "conflict",
     GatewayStopping: "unavailable",
 }
-_HTTP = {401: "authentication-required", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
+_HTTP = {400: "bad-request", 401: "authentication-required", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
          413: "content-too-large", 422: "validation-error"}
 
 
@@ -235,6 +236,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 _EXAMPLES = {
+    "bad-request": "There was an error parsing the body",
     "validation-error": "body.amount: String should match pattern …",
     "authentication-required": "an API key is required: Authorization: Bearer KEY",
     "forbidden": "the role 'viewer' may not do this (needs admin or operator)",

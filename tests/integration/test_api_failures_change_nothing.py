@@ -124,10 +124,25 @@ def _fault(db: Path, table: str, when: str) -> None:
     ("commands", "NEW.meter_id = 'M-1'", "POST", "/v1/meters/M-1/disconnect", "operator", {"reason": "x"}),
     ("audit_log", "NEW.action = 'quarantine.rebase'", "POST", "/v1/meters/M-1/quarantine/rebase", "operator",
      {"reason": "x", "energy_wh": 5}),
+    ("audit_log", "NEW.action = 'payment.reverse'", "POST", "/v1/payments/billing/P-0/reversal", "billing",
+     {"reason": "x"}),
+    ("ledger_entries", "NEW.kind = 'emergency_credit'", "POST", "/v1/accounts/A-1/emergency-credit", "operator",
+     {"reason": "x"}),
+    ("audit_log", "NEW.action = 'account.hold'", "PUT", "/v1/accounts/A-1/hold", "operator",
+     {"until": None, "reason": "release"}),
+    ("commands", "NEW.meter_id = 'M-1'", "POST", "/v1/meters/M-1/reconnect", "operator", {"reason": "x"}),
+    ("audit_log", "NEW.action = 'command.cancel'", "POST", "/v1/commands/{queued}/cancel", "operator", None),
+    ("audit_log", "NEW.action = 'account.protection' AND NEW.target = 'A-3'", "PUT", "/v1/accounts/A-3/protection", "admin",
+     {"protected": True, "reason": "x"}),
 ])
 async def test_an_unexpected_error_rolls_back(tmp_path: Path, table: str, when: str, method: str, path: str,
                                              role: str, body: Any) -> None:
     async with api_client(site(tmp_path, max_operator_hold_s=10**10), tmp_path) as (client, _):
+        assert (await client.post("/v1/payments", json={**PAY, "payment_id": "P-0", "account_id": "A-2"},
+                                  headers=auth("billing"))).status_code == 201
+        queued = (await client.post("/v1/meters/M-2/reconnect", json={"reason": "x"},
+                                    headers=auth("operator"))).json()["command_id"]
+        path = path.format(queued=queued)
         _fault(tmp_path / "gw.db", table, when)
         before = snapshot(tmp_path / "gw.db")
         response = await _send(client, method, path, role, body)
@@ -160,3 +175,20 @@ async def test_a_refused_change_leaves_the_account_as_it_was(tmp_path: Path) -> 
         assert (account["balance"], account["hold_until"], account["protected"]) == ("10.00", None, True)
         ledger = (await client.get("/v1/accounts/A-1/ledger", headers=auth("viewer"))).json()["data"]
         assert [e["kind"] for e in ledger] == ["opening"]
+
+
+async def test_a_bulk_command_reports_an_unexpected_error_per_meter(tmp_path: Path) -> None:
+    """A bulk command is one decision per meter: a meter that meets an unexpected error gets nothing and says so;
+    the others go ahead."""
+    async with api_client(site(tmp_path), tmp_path) as (client, _):
+        _fault(tmp_path / "gw.db", "commands", "NEW.meter_id = 'M-1'")
+        response = await client.post("/v1/commands/bulk", headers=auth("operator"), json={
+            "action": "reconnect", "meter_ids": ["M-1", "M-3"], "reason": "x"})
+        assert response.status_code == 200, response.text
+        results = {r["meter_id"]: r for r in response.json()["results"]}
+        assert results["M-1"]["command_id"] is None and "unexpected" in results["M-1"]["error"]
+        assert results["M-3"]["state"] == "queued"
+        with sqlite3.connect(tmp_path / "gw.db") as conn:
+            assert conn.execute("SELECT meter_id FROM commands").fetchall() == [("M-3",)]
+            audited = conn.execute("SELECT detail FROM audit_log WHERE action = 'command.close'").fetchall()
+        assert len(audited) == 1 and "M-3" in audited[0][0]

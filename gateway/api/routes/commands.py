@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Literal
 
 import sqlalchemy as sa
@@ -22,6 +23,7 @@ from gateway.service.commands import ACTIVE_STATES, FINAL_STATES, CommandRecord,
 from gateway.service.errors import AccountUnreadable, UnknownCommand, UnknownMeter
 from gateway.service.operator import cancel_command, manual_command
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/commands", tags=["commands"], route_class=StrictJsonRoute)
 CommandId = Annotated[Name, Path(examples=["6f1c2a9e-3b0d-4c55-9a57-0e4b8e1b2f10"])]
 CommandState = Literal[ACTIVE_STATES + FINAL_STATES]  # type: ignore[valid-type]
@@ -72,6 +74,12 @@ async def bulk(body: BulkCommandCreate, service: ServiceDep, caller: OperatorCal
                                            force=body.force, dry_run=body.dry_run)
         except (LookupError, DomainError, AccountUnreadable) as exc:
             reason = "unknown meter" if isinstance(exc, LookupError) else str(exc)
+            results.append(ManualCommandResult(meter_id=meter_id, action=action, allowed=False, reason=reason,
+                                               dry_run=body.dry_run, error=reason))
+            continue
+        except Exception:  # one meter's failure is its own result; the others go ahead
+            log.exception("bulk %s: meter %s", action, meter_id)
+            reason = "an unexpected error; nothing was changed for this meter"
             results.append(ManualCommandResult(meter_id=meter_id, action=action, allowed=False, reason=reason,
                                                dry_run=body.dry_run, error=reason))
             continue
