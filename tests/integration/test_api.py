@@ -9,6 +9,7 @@ import pytest
 
 from tests.integration.api_support import api_client, auth, site
 
+
 @pytest.fixture
 async def client(tmp_path: Path):
     async with api_client(site(tmp_path), tmp_path) as (c, _):
