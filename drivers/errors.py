@@ -9,11 +9,28 @@
     │   └── ExceptionReply           the meter answered with an error (Modbus exception, DL/T 645 abnormal reply)
     ├── CommandRefused               the meter refused a relay command (it said why)
     └── UnsupportedOperation         the meter model cannot do this (e.g. no relay)
+
+Refusals have one shape. ``CommandRefused`` (and ``ExceptionReply``, for reads) carry:
+
+    code      the raw code the meter sent: the DL/T 645 ERR byte, or the Modbus exception code.
+              ``CommandRefused.code`` is None when the driver refused the command itself (it expired unsent).
+    reasons   a tuple of short named reasons, in the protocol's order: one per set ERR bit
+              (``drivers.dlt645.constants.error_reasons``; "meter in protect state (保电)" when status word 3
+              explains an "other error" trip refusal), or one per Modbus exception code
+              (``drivers.modbus.registers.exception_reason``, e.g.
+              "exception 2: illegal data address (register not on this meter)").
+    reason    one readable line: the reasons joined with "; ". This is what operators read
+              (the gateway writes ``f"meter refused: {error.reason}"``).
+
+``str(error)`` is the longer technical message (what was sent, the raw code, the status word read).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
+    "REASON_SEPARATOR",
     "CommandRefused",
     "ConnectError",
     "DriverError",
@@ -23,7 +40,15 @@ __all__ = [
     "ProtocolError",
     "TransportError",
     "UnsupportedOperation",
+    "join_reasons",
 ]
+
+REASON_SEPARATOR = "; "
+
+
+def join_reasons(reasons: Iterable[str]) -> str:
+    """The one-line form of named reasons: ``"other error; wrong password / not authorised"``."""
+    return REASON_SEPARATOR.join(reasons)
 
 
 class DriverError(Exception):
@@ -59,19 +84,52 @@ class FrameError(ProtocolError):
 
 
 class ExceptionReply(ProtocolError):
-    """The meter answered with a protocol error code (Modbus exception code, DL/T 645 ERR byte)."""
+    """The meter answered with a protocol error code (Modbus exception code, DL/T 645 ERR byte).
 
-    def __init__(self, message: str, *, code: int, meter_id: str | None = None) -> None:
+    ``code`` is the raw code; ``reasons`` its named reasons (empty when the raiser gave none) and ``reason``
+    them on one line (then empty too).
+    """
+
+    def __init__(
+        self, message: str, *, code: int, reasons: Iterable[str] = (), meter_id: str | None = None
+    ) -> None:
         super().__init__(message, meter_id=meter_id)
         self.code = code
+        self.reasons: tuple[str, ...] = tuple(reasons)
+        self.reason = join_reasons(self.reasons)
 
 
 class CommandRefused(DriverError):
-    """The meter refused a relay command; ``reason`` is the meter's own reason in words."""
+    """The meter refused a relay command, and said why.
 
-    def __init__(self, message: str, *, reason: str, code: int | None = None, meter_id: str | None = None) -> None:
+    Args:
+        message: the technical message (``str(error)``).
+        reasons: the named reasons, in the protocol's order (see the module docstring).
+        reason: the readable line; by default the reasons joined. Given alone (the older form), it is also the
+            only reason.
+        code: the raw code (ERR byte, Modbus exception code); None when the driver refused the command itself.
+        meter_id: the meter.
+
+    At least one of ``reasons`` and ``reason`` is required: a refusal always says why.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        reasons: Iterable[str] = (),
+        code: int | None = None,
+        meter_id: str | None = None,
+    ) -> None:
         super().__init__(message, meter_id=meter_id)
-        self.reason = reason
+        named = tuple(reasons)
+        if not named:
+            if not reason:
+                raise TypeError("CommandRefused needs reasons= or reason=")
+            named = (reason,)
+        self.reasons: tuple[str, ...] = named
+        self.reason: str = reason if reason else join_reasons(named)
         self.code = code
 
 

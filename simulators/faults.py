@@ -2,21 +2,31 @@
 
 A ``FaultPlan`` says which meters of a fleet misbehave and how. Meters are named by their index in the fleet
 (0, 1, 2, ... across every port or bus of it), so a plan means the same thing for Modbus and DL/T 645 servers.
-A server asks ``plan.reply(index)`` once per request it is about to answer, and ``plan.relay_stuck(index)`` /
+A server asks ``plan.reply(index)`` once per request, **before** it executes it, and ``plan.relay_stuck(index)`` /
 ``plan.counter_reset_due(index)`` where they apply; what a fault looks like on the wire is the server's business:
 
-    no-answer       the meter stays silent (the master times out)
-    slow:S          the answer comes S seconds late
-    exception:C     the meter answers with protocol error code C (Modbus exception code, DL/T 645 ERR byte)
-    garbage[:P]     random bytes instead of the answer (with probability P per answer, default 1)
-    bad-crc[:P]     the answer with a wrong checksum / CRC (probability P)
+    no-answer       the meter does not hear the request: nothing is executed (a relay command does not switch
+                    the relay) and nothing is answered; the master times out
+    mute[:P]        the meter hears and executes the request (a relay command switches the relay) but its reply
+                    is lost (with probability P per request, default 1); the master times out
+    slow:S          the answer comes S seconds late (the request is executed at once)
+    exception:C     the meter answers with protocol error code C (Modbus exception code, DL/T 645 ERR byte) and
+                    does not execute the request
+    garbage[:P]     random bytes instead of the answer (with probability P per answer, default 1); executed
+    bad-crc[:P]     the answer with a wrong checksum / CRC (probability P); executed
     relay-stuck     relay commands are acknowledged but the contact does not move
     counter-reset[:S]  the energy counter drops to 0, once, S seconds after the plan started (default at once)
 
-Rules select meters explicitly (``@3,7``) or a seeded fraction of the fleet (``@10%``); the same seed selects the
-same meters in every process. The text form (the ``--faults`` option) is ``KIND[:ARG]@WHO``, rules separated by
-``;``, e.g. ``no-answer@10%; slow:0.8@5%; exception:4@3,7``. A fraction is drawn per rule, so two rules with the
-same fraction pick different meters.
+``no-answer`` versus ``mute``: both look the same to the master (a timeout); only the simulator's side differs.
+Until ``mute`` existed, the DL/T 645 server executed a request before deciding to stay silent, so ``no-answer``
+switched a relay there (Modbus never did); both servers now apply ``no-answer`` before executing anything, and a
+broadcast (Modbus unit 0, DL/T 645 08H to 99…99) does not reach a ``no-answer`` meter either.
+
+Rules select meters explicitly (``@3,7`` or ``@2-5``) or a seeded fraction of the fleet (``@10%``); the same seed
+selects the same meters in every process. The text form (the ``--faults`` option) is ``KIND[:ARG]@WHO``, rules
+separated by ``;``, e.g. ``no-answer@10%; slow:0.8@5%; exception:4@3,7; mute@2``. A fraction is drawn per rule,
+so two rules with the same fraction pick different meters. A running plan can be changed: ``add``, ``remove``
+(one kind, or every kind, for some meters, whichever rule selected them) and ``clear``.
 """
 
 from __future__ import annotations
@@ -25,17 +35,18 @@ import enum
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from simulators.loadprofile import unit_random
 
-__all__ = ["Fault", "FaultKind", "FaultPlan", "NO_FAULT", "ReplyFault", "parse_faults"]
+__all__ = ["NO_FAULT", "Fault", "FaultKind", "FaultPlan", "ReplyFault", "parse_faults", "parse_indices"]
 
 
 class FaultKind(str, enum.Enum):
     """What a misbehaving meter does."""
 
     NO_ANSWER = "no-answer"
+    MUTE = "mute"
     SLOW = "slow"
     EXCEPTION = "exception"
     GARBAGE = "garbage"
@@ -45,8 +56,10 @@ class FaultKind(str, enum.Enum):
 
 
 # Faults that change one answer (as opposed to the meter's behaviour).
-_REPLY_KINDS = frozenset({FaultKind.NO_ANSWER, FaultKind.SLOW, FaultKind.EXCEPTION, FaultKind.GARBAGE,
-                          FaultKind.BAD_CRC})
+_REPLY_KINDS = frozenset({FaultKind.NO_ANSWER, FaultKind.MUTE, FaultKind.SLOW, FaultKind.EXCEPTION,
+                          FaultKind.GARBAGE, FaultKind.BAD_CRC})
+# Kinds whose optional argument is a probability per answer.
+_PROBABILITY_KINDS = frozenset({FaultKind.MUTE, FaultKind.GARBAGE, FaultKind.BAD_CRC})
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +70,7 @@ class Fault:
         kind: what happens.
         delay_s: SLOW: how late the answer is.
         code: EXCEPTION: the protocol's error code.
-        probability: GARBAGE, BAD_CRC (and any reply fault): chance per answer.
+        probability: MUTE, GARBAGE, BAD_CRC (and any reply fault): chance per answer.
         after_s: COUNTER_RESET: seconds after the plan's start.
     """
 
@@ -77,16 +90,40 @@ class Fault:
         if not 0 < self.code < 256:
             raise ValueError(f"{self.kind.value}: code must be within 1..255")
 
+    @property
+    def text(self) -> str:
+        """The rule's text form without the meters, e.g. ``slow:0.8`` or ``mute``."""
+        match self.kind:
+            case FaultKind.SLOW:
+                return f"slow:{self.delay_s:g}"
+            case FaultKind.EXCEPTION:
+                return f"exception:{self.code}"
+            case FaultKind.COUNTER_RESET:
+                return f"counter-reset:{self.after_s:g}" if self.after_s else "counter-reset"
+            case _:
+                return self.kind.value + (f":{self.probability:g}" if self.probability < 1.0 else "")
+
 
 @dataclass(frozen=True, slots=True)
 class ReplyFault:
-    """What to do with one answer: nothing (all defaults), stay silent, delay it, or spoil it."""
+    """What to do with one request and its answer: nothing (all defaults), not hear it (``silent``), execute it
+    but lose the answer (``mute``), delay the answer, refuse it with an error code, or spoil the answer."""
 
     silent: bool = False
     delay_s: float = 0.0
     exception: int | None = None
     garbage: bool = False
     bad_crc: bool = False
+    mute: bool = False
+
+    @property
+    def reply_state(self) -> str:
+        """What happens to the answer, in the words of the relay log: none, lost, spoiled or sent."""
+        if self.silent:
+            return "none"
+        if self.mute:
+            return "lost"
+        return "spoiled" if self.garbage or self.bad_crc else "sent"
 
 
 NO_FAULT = ReplyFault()
@@ -98,11 +135,12 @@ class _Rule:
     indices: frozenset[int] | None  # explicit meters, or None for a fraction
     fraction: float = 0.0
     salt: int = 0
+    excluded: frozenset[int] = frozenset()  # meters a fraction selected but that were healed since
 
     def selects(self, index: int, seed: int) -> bool:
         if self.indices is not None:
             return index in self.indices
-        return unit_random(seed, index, 0xFA17, self.salt) < self.fraction
+        return index not in self.excluded and unit_random(seed, index, 0xFA17, self.salt) < self.fraction
 
 
 @dataclass
@@ -135,8 +173,25 @@ class FaultPlan:
             raise ValueError("fraction must be within 0..1")
         indices = None if meters is None else frozenset(meters)
         self._rules.append(_Rule(fault, indices, fraction or 0.0, salt=len(self._rules)))
+        if fault.kind is FaultKind.COUNTER_RESET and indices is not None:
+            self._reset_done -= indices  # a new explicit reset happens again
         self._cache.clear()
         return self
+
+    def remove(self, meters: Iterable[int], kind: FaultKind | None = None) -> None:
+        """Heal the given meters of one kind of fault (``None``: of every kind), whichever rule selected them
+        (an explicit rule drops them; a fraction excludes them from now on)."""
+        healed = frozenset(meters)
+        kept: list[_Rule] = []
+        for rule in self._rules:
+            if kind is not None and rule.fault.kind is not kind:
+                kept.append(rule)
+            elif rule.indices is None:
+                kept.append(replace(rule, excluded=rule.excluded | healed))
+            elif rest := rule.indices - healed:
+                kept.append(replace(rule, indices=rest))
+        self._rules = kept
+        self._cache.clear()
 
     def clear(self, meters: Iterable[int] | None = None) -> None:
         """Heal the given meters (their explicit rules are dropped), or every meter."""
@@ -174,7 +229,7 @@ class FaultPlan:
         faults = self.faults(index) if self._rules else ()
         if not faults:
             return NO_FAULT
-        silent, delay, code, garbage, bad_crc = False, 0.0, None, False, False
+        silent, delay, code, garbage, bad_crc, mute = False, 0.0, None, False, False, False
         for fault in faults:
             if fault.kind not in _REPLY_KINDS:
                 continue
@@ -183,6 +238,8 @@ class FaultPlan:
             match fault.kind:
                 case FaultKind.NO_ANSWER:
                     silent = True
+                case FaultKind.MUTE:
+                    mute = True
                 case FaultKind.SLOW:
                     delay = max(delay, fault.delay_s)
                 case FaultKind.EXCEPTION:
@@ -191,7 +248,7 @@ class FaultPlan:
                     garbage = True
                 case FaultKind.BAD_CRC:
                     bad_crc = True
-        return ReplyFault(silent, delay, code, garbage, bad_crc)
+        return ReplyFault(silent, delay, code, garbage, bad_crc, mute)
 
     def relay_stuck(self, index: int) -> bool:
         """Whether the meter ignores relay commands."""
@@ -229,7 +286,7 @@ class FaultPlan:
                 if who.endswith("%"):
                     plan.add(fault_obj, fraction=float(who[:-1]) / 100)
                 else:
-                    plan.add(fault_obj, meters=_indices(who))
+                    plan.add(fault_obj, meters=parse_indices(who))
             except ValueError as exc:
                 known = ", ".join(k.value for k in FaultKind)
                 raise ValueError(f"fault rule {rule!r}: {exc} (kinds: {known})") from None
@@ -243,7 +300,7 @@ def _fault(kind: FaultKind, arg: str) -> Fault:
             return Fault(kind, delay_s=number or 0.0)
         case FaultKind.EXCEPTION:
             return Fault(kind, code=int(arg, 0) if arg else 4)
-        case FaultKind.GARBAGE | FaultKind.BAD_CRC:
+        case _ if kind in _PROBABILITY_KINDS:
             return Fault(kind, probability=1.0 if number is None else number)
         case FaultKind.COUNTER_RESET:
             return Fault(kind, after_s=number or 0.0)
@@ -253,7 +310,12 @@ def _fault(kind: FaultKind, arg: str) -> Fault:
             return Fault(kind)
 
 
-def _indices(text: str) -> list[int]:
+def parse_indices(text: str) -> list[int]:
+    """Meter indices from ``3,7`` or ``2-5`` (or both: ``0,2-4``); ValueError when one is not a number >= 0.
+
+    Args:
+        text: comma-separated indices and inclusive ranges.
+    """
     indices: list[int] = []
     for part in text.split(","):
         first, _, last = part.strip().partition("-")

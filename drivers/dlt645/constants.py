@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import enum
 
+from drivers.errors import join_reasons
+
 __all__ = [
     "DI",
+    "ERROR_REASONS",
+    "NO_REASON_GIVEN",
     "ErrorBits",
     "Function",
     "RemoteCommand",
     "StatusWord3",
     "describe_error",
     "energy_rate_di",
+    "error_reasons",
 ]
 
 
@@ -48,22 +53,30 @@ class ErrorBits(enum.IntFlag):
     RESERVED = 0x80  # reserved (one firmware: programming key not pressed)
 
 
-_ERROR_WORDS = {
-    ErrorBits.OTHER: "other error",
-    ErrorBits.NO_DATA: "no requested data",
-    ErrorBits.PASSWORD: "wrong password / not authorised",
-    ErrorBits.BAUD: "baud rate cannot be changed",
-    ErrorBits.YEAR_ZONES: "too many year zones",
-    ErrorBits.DAY_PERIODS: "too many day periods",
-    ErrorBits.TARIFFS: "too many tariffs",
-    ErrorBits.RESERVED: "reserved bit 7",
-}
+# One named reason per ERR bit, in bit order (protocols.md §1.6). Bit 7 is reserved in the standard; one
+# firmware uses it internally for "programming key not pressed", which is [UNVERIFIED] on the wire.
+ERROR_REASONS: tuple[tuple[ErrorBits, str], ...] = (
+    (ErrorBits.OTHER, "other error"),  # 其他错误; 1CH state conflicts (e.g. trip while 保电) land here
+    (ErrorBits.NO_DATA, "no requested data"),  # 无请求数据: unknown / unsupported DI
+    (ErrorBits.PASSWORD, "wrong password / not authorised"),  # 密码错/未授权
+    (ErrorBits.BAUD, "baud rate cannot be changed"),  # 通信速率不能更改
+    (ErrorBits.YEAR_ZONES, "too many year zones"),  # 年时区数超
+    (ErrorBits.DAY_PERIODS, "too many day periods"),  # 日时段数超
+    (ErrorBits.TARIFFS, "too many tariffs"),  # 费率数超
+    (ErrorBits.RESERVED, "reserved (0x80)"),  # reserved
+)
+NO_REASON_GIVEN = "no reason given"  # an ERR byte of 00H
+
+
+def error_reasons(err: int) -> tuple[str, ...]:
+    """The named reasons of an ERR byte: one per set bit, in bit order; ``("no reason given",)`` for 00H."""
+    reasons = tuple(text for bit, text in ERROR_REASONS if err & bit)
+    return reasons or (NO_REASON_GIVEN,)
 
 
 def describe_error(err: int) -> str:
-    """The set bits of an ERR byte in words, e.g. ``"no requested data, wrong password / not authorised"``."""
-    words = [text for bit, text in _ERROR_WORDS.items() if err & bit]
-    return ", ".join(words) if words else f"unspecified error (ERR={err:02X}H)"
+    """The reasons of an ERR byte on one line, e.g. ``"no requested data; wrong password / not authorised"``."""
+    return join_reasons(error_reasons(err))
 
 
 class DI(enum.IntEnum):

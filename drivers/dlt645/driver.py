@@ -2,6 +2,11 @@
 
 One transaction at a time per bus (an ``asyncio.Lock``); each attempt waits ``timeout`` seconds for the reply
 (Td ≤ 500 ms plus the reply's line time, protocols.md §2), then retries. The codec does the bytes.
+
+A refused 1CH command raises ``CommandRefused`` with the ERR bits as named reasons. When the ERR byte has only
+"other error" to say about a command that status word 3 can explain (a trip refused in 保电), the driver reads
+that word once, with no retry, and names the refusal (``drivers.dlt645.refusals``). If the read fails, the
+refusal keeps the ERR bits.
 """
 
 from __future__ import annotations
@@ -16,7 +21,15 @@ from zoneinfo import ZoneInfo
 from drivers.base import MeterDriver, Reading, RelayAction, RelayState
 from drivers.dlt645.bcd import CURRENT, ENERGY, MONEY, POWER, VOLTAGE, DataFormat
 from drivers.dlt645.codec import Frame, FrameReader
-from drivers.dlt645.constants import DI, ErrorBits, RemoteCommand, StatusWord3, describe_error, energy_rate_di
+from drivers.dlt645.constants import (
+    DI,
+    ErrorBits,
+    RemoteCommand,
+    StatusWord3,
+    describe_error,
+    energy_rate_di,
+    error_reasons,
+)
 from drivers.dlt645.errors import Dlt645CodecError
 from drivers.dlt645.messages import (
     RemoteControlRequest,
@@ -28,6 +41,7 @@ from drivers.dlt645.messages import (
     remote_control_request,
 )
 from drivers.dlt645.meter import Dlt645Meter
+from drivers.dlt645.refusals import explain_refusal, status_word_may_explain
 from drivers.errors import (
     CommandRefused,
     ConnectError,
@@ -36,6 +50,7 @@ from drivers.errors import (
     FrameError,
     MeterTimeout,
     TransportError,
+    join_reasons,
 )
 from drivers.transports import ByteTransport
 
@@ -113,11 +128,12 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
 
     # --- transactions ---------------------------------------------------------------------------------
 
-    async def transact(self, request: Frame, *, meter_id: str | None = None) -> Frame:
-        """Send one request and return the matching reply (normal or abnormal), with retries."""
+    async def transact(self, request: Frame, *, meter_id: str | None = None, retries: int | None = None) -> Frame:
+        """Send one request and return the matching reply (normal or abnormal), with ``retries`` (default the
+        driver's) retries."""
         async with self._lock:
             last: DriverError | None = None
-            for attempt in range(self.retries + 1):
+            for attempt in range((self.retries if retries is None else retries) + 1):
                 try:
                     return await self._attempt(request)
                 except (MeterTimeout, FrameError, ConnectError) as exc:
@@ -161,15 +177,22 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
             return False
         return 0xAA in request.address or frame.address == request.address
 
-    async def read_data(self, meter: Dlt645Meter, di: int) -> bytes:
+    async def read_data(self, meter: Dlt645Meter, di: int, *, retries: int | None = None) -> bytes:
         """Read one data identifier; returns the value bytes (33H removed, DI stripped).
 
-        Raises ``ExceptionReply`` with the ERR byte when the meter answers abnormally.
+        Raises ``ExceptionReply`` with the ERR byte (``code``) and its named reasons when the meter answers
+        abnormally.
         """
-        reply = await self.transact(read_request(meter.wire_address, di), meter_id=meter.id)
+        reply = await self.transact(read_request(meter.wire_address, di), meter_id=meter.id, retries=retries)
         if reply.is_abnormal:
             code = reply.error_code or 0
-            raise ExceptionReply(f"read {di:08X}: {describe_error(code)}", code=code, meter_id=meter.id)
+            reasons = error_reasons(code)
+            raise ExceptionReply(
+                f"read {di:08X}: ERR {code:02X}H: {join_reasons(reasons)}",
+                code=code,
+                reasons=reasons,
+                meter_id=meter.id,
+            )
         try:
             return parse_read_reply(reply, di)
         except Dlt645CodecError as exc:
@@ -220,7 +243,10 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
         total = await self._read_value(meter, DI.ENERGY_FORWARD_TOTAL, ENERGY)
         if total is None:
             raise ExceptionReply(
-                "meter has no forward active energy", code=ErrorBits.NO_DATA, meter_id=meter.id
+                "meter has no forward active energy",
+                code=ErrorBits.NO_DATA,
+                reasons=error_reasons(ErrorBits.NO_DATA),
+                meter_id=meter.id,
             )
         rates: list[int] = []
         for rate in range(1, self.rates + 1):
@@ -230,8 +256,8 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
             rates.append(value * 10)
         return total * 10, tuple(rates) or None
 
-    async def read_status_word_3(self, meter: Dlt645Meter) -> int:
-        raw = await self.read_data(meter, DI.STATUS_WORD_3)
+    async def read_status_word_3(self, meter: Dlt645Meter, *, retries: int | None = None) -> int:
+        raw = await self.read_data(meter, DI.STATUS_WORD_3, retries=retries)
         if len(raw) != 2:
             raise FrameError(f"status word 3 of {len(raw)} bytes", meter_id=meter.id)
         return int.from_bytes(raw, "little")
@@ -290,8 +316,9 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
     ) -> None:
         """Send a plaintext 1CH command. ``valid_until`` (UTC; naive means UTC) defaults to now + validity.
 
-        Raises ``CommandRefused`` when the meter answers abnormally, or when the command has already expired
-        (it is then not sent: a meter with a slow clock would still act on it).
+        Raises ``CommandRefused`` when the meter answers abnormally (``code`` = ERR byte, ``reasons`` = its bits,
+        explained by status word 3 where it can, see the module docstring), or when the command has already
+        expired (it is then not sent: a meter with a slow clock would still act on it).
         """
         now = self.clock()
         until = (now + self.command_validity) if valid_until is None else valid_until
@@ -313,11 +340,30 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
         )
         reply = await self.transact(remote_control_request(meter.wire_address, request), meter_id=meter.id)
         if reply.is_abnormal:
-            code = reply.error_code or 0
-            words = describe_error(code)
-            raise CommandRefused(
-                f"meter refused {command.name}: {words}", reason=words, code=code, meter_id=meter.id
-            )
+            raise await self._refusal(meter, command, reply.error_code or 0)
+
+    async def _refusal(self, meter: Dlt645Meter, command: RemoteCommand, code: int) -> CommandRefused:
+        """The ``CommandRefused`` for an abnormal 1CH reply; reads status word 3 once if it may explain it."""
+        detail = f"ERR {code:02X}H: {describe_error(code)}"
+        word: int | None = None
+        if status_word_may_explain(command, code):
+            try:
+                word = await self.read_status_word_3(meter, retries=0)
+            except Exception as exc:  # whatever went wrong, the meter's refusal is what gets raised
+                log.info(
+                    "dlt645 %s: %s refused (%s); status word 3 unreadable: %s",
+                    meter.id, command.name, detail, exc, exc_info=not isinstance(exc, DriverError),
+                )
+                detail += f"; status word 3 unreadable: {_bare(exc)}"
+            else:
+                detail += f"; status word 3 = {word:04X}H"
+        reasons = explain_refusal(command, code, word)
+        return CommandRefused(
+            f"meter refused {command.name}: {join_reasons(reasons)} ({detail})",
+            reasons=reasons,
+            code=code,
+            meter_id=meter.id,
+        )
 
     async def trip(self, meter: Dlt645Meter, *, valid_until: dt.datetime | None = None) -> None:
         await self.remote_control(meter, RemoteCommand.TRIP, valid_until=valid_until)
@@ -361,6 +407,13 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
     async def aclose(self) -> None:
         async with self._lock:
             await self.transport.aclose()
+
+
+def _bare(exc: Exception) -> str:
+    """An error's message without the "[meter]" prefix ``DriverError`` adds (the refusal has its own)."""
+    if isinstance(exc, DriverError) and exc.args:
+        return str(exc.args[0])
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _relay_state(status_word_3: int) -> RelayState:

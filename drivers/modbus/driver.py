@@ -35,7 +35,7 @@ from drivers.errors import (
 from drivers.modbus.exceptions import check_reply, map_exception
 from drivers.modbus.mbap import MbapClient
 from drivers.modbus.models import MeterModel, RelaySpec
-from drivers.modbus.registers import BIT_TABLES, ReadRequest, exception_name
+from drivers.modbus.registers import BIT_TABLES, ReadRequest
 from drivers.modbus.values import reading_from_replies, relay_state
 
 __all__ = ["ModbusMeter", "ModbusRtuDriver", "ModbusTcpDriver"]
@@ -204,7 +204,8 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
     async def set_relay(
         self, meter: ModbusMeter, action: RelayAction, *, valid_until: dt.datetime | None = None
     ) -> None:
-        """Write the relay command; a Modbus exception reply raises ``CommandRefused``.
+        """Write the relay command; a Modbus exception reply raises ``CommandRefused`` (the exception code and its
+        named reason, as ``ExceptionReply`` has them for reads).
 
         Modbus cannot carry ``valid_until``; a command whose time has passed is not sent. The meter's echo of
         the write is checked: an echo of another address or value is a ``FrameError``.
@@ -237,12 +238,8 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
         try:
             reply = await self._transact(meter.id, describe, call)
         except ExceptionReply as exc:
-            raise CommandRefused(
-                str(exc),
-                reason=f"Modbus exception {exc.code} ({exception_name(exc.code)})",
-                code=exc.code,
-                meter_id=meter.id,
-            ) from exc
+            # args[0]: the message without the "[meter]" prefix that str(exc) adds, which CommandRefused adds again
+            raise CommandRefused(exc.args[0], reasons=exc.reasons, code=exc.code, meter_id=meter.id) from exc
         if not _echo_matches(reply, function, address, value):
             raise FrameError(f"{self.endpoint} {describe()}: the echo does not match the request", meter_id=meter.id)
 

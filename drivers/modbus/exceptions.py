@@ -1,4 +1,9 @@
-"""The one place where pymodbus (and pyserial, asyncio) failures become ``drivers.errors``."""
+"""The one place where pymodbus (and pyserial, asyncio) failures become ``drivers.errors``.
+
+A Modbus exception reply (from pymodbus on RTU, or the project's MBAP client on TCP: both give ``isError()`` and
+``exception_code``) becomes ``ExceptionReply`` with ``code`` and one named reason
+(``drivers.modbus.registers.exception_reason``); the driver turns it into ``CommandRefused`` for relay writes.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu import ModbusPDU
 
 from drivers.errors import ConnectError, DriverError, ExceptionReply, FrameError, MeterTimeout
-from drivers.modbus.registers import exception_name
+from drivers.modbus.registers import exception_reason
 
 __all__ = ["check_reply", "map_exception", "map_modbus_exceptions"]
 
@@ -60,12 +65,11 @@ def map_exception(exc: BaseException, *, meter_id: str | None = None, what: str 
 
 
 def check_reply(reply: P | None, *, meter_id: str | None = None, what: str = "request") -> P:
-    """Return a normal reply; raise ``ExceptionReply`` (with the code) for a Modbus exception reply."""
+    """Return a normal reply; raise ``ExceptionReply`` (code and named reason) for a Modbus exception reply."""
     if reply is None:
         raise MeterTimeout(f"{what}: no answer", meter_id=meter_id)
     if reply.isError():
         code = int(getattr(reply, "exception_code", 0))
-        raise ExceptionReply(
-            f"{what}: Modbus exception {code} ({exception_name(code)})", code=code, meter_id=meter_id
-        )
+        reason = exception_reason(code)
+        raise ExceptionReply(f"{what}: Modbus {reason}", code=code, reasons=(reason,), meter_id=meter_id)
     return reply

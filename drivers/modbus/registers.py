@@ -16,6 +16,7 @@ from typing import Generic, Literal, TypeVar, get_args
 __all__ = [
     "BIT_TABLES",
     "ENCODINGS",
+    "EXCEPTION_MEANINGS",
     "EXCEPTION_NAMES",
     "Encoding",
     "MAX_READ",
@@ -27,6 +28,7 @@ __all__ = [
     "decode",
     "encode",
     "exception_name",
+    "exception_reason",
     "length",
     "plan_reads",
     "read_function_code",
@@ -71,9 +73,34 @@ EXCEPTION_NAMES: dict[int, str] = {
 }
 
 
+# What each exception means when a meter sends it (Modbus application protocol V1.1b3, 7): the part of a reason
+# after the name.
+EXCEPTION_MEANINGS: dict[int, str] = {
+    1: "function not supported by this meter",
+    2: "register not on this meter",
+    3: "value not accepted by this meter",
+    4: "the meter failed while doing it",
+    5: "accepted, still being processed: the command may yet take effect",
+    6: "the meter is busy, try again later",
+    8: "the meter's memory check failed",
+    10: "the gateway has no path to this unit id",
+    11: "no answer from the unit behind the gateway",
+}
+
+
 def exception_name(code: int) -> str:
     """Words for a Modbus exception code."""
     return EXCEPTION_NAMES.get(code, f"exception code {code}")
+
+
+def exception_reason(code: int) -> str:
+    """The named reason of a Modbus exception code: ``"exception 2: illegal data address (register not on this
+    meter)"``; codes 10 and up also in hex (``"exception 11 (0x0B): ..."``), as the specification writes them."""
+    number = f"exception {code}" if code < 10 else f"exception {code} (0x{code:02X})"
+    name = EXCEPTION_NAMES.get(code)
+    if name is None:
+        return f"{number}: unknown exception code"
+    return f"{number}: {name} ({EXCEPTION_MEANINGS[code]})"
 
 
 def length(encoding: Encoding) -> int:

@@ -3,6 +3,11 @@
 Rules (protocols.md §1.3, §1.10): requests only (D7 = 0); exact address, or AA wildcards for reads (answered with
 the real address, only when exactly one meter matches: several would collide); all-AA 13H only with one meter on
 the bus; 99…99 for 08H (no reply); anything else stays silent.
+
+The fleet fault plan's reply fault is decided here, before anything is executed: a ``no-answer`` meter does not
+hear the request at all, an ``exception`` meter refuses it with the injected ERR byte; every other fault is
+carried in the ``Reply`` for the server to apply to the answer (``mute`` loses it). Every 1CH command addressed
+to one meter is recorded in the relay log (``simulators.relaylog``).
 """
 
 from __future__ import annotations
@@ -14,18 +19,34 @@ from drivers.dlt645.bcd import CURRENT, ENERGY, MONEY, POWER, VOLTAGE, DataForma
 from drivers.dlt645.codec import Frame
 from drivers.dlt645.constants import DI, ErrorBits, Function, energy_rate_di
 from drivers.dlt645.errors import Dlt645CodecError
-from drivers.dlt645.messages import parse_broadcast_time, parse_read_request, parse_remote_control_request
-from simulators.dlt645.model import SimulatedDlt645Meter
-from simulators.faults import FaultPlan
+from drivers.dlt645.messages import (
+    RemoteControlRequest,
+    parse_broadcast_time,
+    parse_read_request,
+    parse_remote_control_request,
+)
+from simulators.dlt645.model import COMMAND_NAMES, SimulatedDlt645Meter
+from simulators.faults import NO_FAULT, FaultPlan, ReplyFault
+from simulators.relaylog import RelayLog
 
 __all__ = ["Reply", "SimulatedBus", "read_register"]
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
+    """The answer of one meter.
+
+    Args:
+        meter: who answers.
+        frame: the answer (the injected error reply of an ``exception`` fault included).
+        index: the meter's index on the bus (as the shared ``simulators.faults.FaultPlan`` names meters).
+        fault: what the server still has to do to the answer (lose it, delay it, spoil it).
+    """
+
     meter: SimulatedDlt645Meter
     frame: Frame
-    index: int  # the meter's index on the bus (as the shared ``simulators.faults.FaultPlan`` names meters)
+    index: int
+    fault: ReplyFault = NO_FAULT
 
 
 def _scaled(fmt: DataFormat, value: float) -> bytes:
@@ -85,16 +106,24 @@ class SimulatedBus:
 
     Args:
         meters: the meters, in fleet-index order.
-        faults: the shared fleet fault plan; this class applies its behaviour faults (``relay-stuck``,
-            ``counter-reset``), the server applies the reply faults.
+        faults: the shared fleet fault plan; this class applies ``no-answer``, ``exception``, ``relay-stuck`` and
+            ``counter-reset`` and hands the other reply faults to the server in each ``Reply``.
+        relay_log: where every 1CH command is recorded (default: a new log, see ``relay_log``).
     """
 
-    def __init__(self, meters: list[SimulatedDlt645Meter], *, faults: FaultPlan | None = None) -> None:
+    def __init__(
+        self,
+        meters: list[SimulatedDlt645Meter],
+        *,
+        faults: FaultPlan | None = None,
+        relay_log: RelayLog | None = None,
+    ) -> None:
         self.meters = list(meters)
         self._index = {m.wire_address: i for i, m in enumerate(self.meters)}
         if len(self._index) != len(self.meters):
             raise ValueError("two simulated meters share an address")
         self.faults = faults if faults is not None else FaultPlan()
+        self.relay_log = relay_log if relay_log is not None else RelayLog()
         self.requests_seen = 0
 
     def meter(self, address: str) -> SimulatedDlt645Meter:
@@ -111,12 +140,15 @@ class SimulatedBus:
         self.requests_seen += 1
         if is_broadcast(frame.address):
             if frame.function == Function.BROADCAST_TIME:
-                self._set_time(self.meters, frame)
+                hearing = [m for i, m in enumerate(self.meters) if not self._fault(i).silent]
+                self._set_time(hearing, frame)
             return None
         if frame.function == Function.READ_ADDRESS:
             if frame.address == b"\xaa" * 6 and len(self.meters) == 1:
-                meter = self.meters[0]
-                return Reply(meter, frame.reply(meter.wire_address, address=meter.wire_address), 0)
+                meter, fault = self.meters[0], self._fault(0)
+                if fault.silent:
+                    return None
+                return Reply(meter, frame.reply(meter.wire_address, address=meter.wire_address), 0, fault)
             return None
         wildcard_ok = frame.function == Function.READ
         targets = [
@@ -127,11 +159,53 @@ class SimulatedBus:
         if len(targets) != 1:
             return None  # nobody, or a collision on the line
         meter = targets[0]
+        if is_wildcard(frame.address) and not wildcard_ok:
+            return None  # wildcards are for reads only
         index = self._index[meter.wire_address]
+        fault = self._fault(index)
+        if fault.silent:  # no-answer: the meter does not hear it
+            self._log_unexecuted(meter, index, frame, "no-answer", fault)
+            return None
         if self.faults.counter_reset_due(index):
             meter.meter.set_energy_wh(0)
-        reply = self._dispatch(meter, frame, relay_stuck=self.faults.relay_stuck(index))
-        return None if reply is None else Reply(meter, reply, index)
+        if fault.exception is not None and frame.function != Function.BROADCAST_TIME:
+            self._log_unexecuted(meter, index, frame, "exception", fault)
+            return Reply(meter, frame.error_reply(fault.exception, address=meter.wire_address), index, fault)
+        reply = self._dispatch(meter, index, frame, fault)
+        return None if reply is None else Reply(meter, reply, index, fault)
+
+    def _fault(self, index: int) -> ReplyFault:
+        return self.faults.reply(index) if self.faults else NO_FAULT
+
+    def _log(
+        self,
+        meter: SimulatedDlt645Meter,
+        index: int,
+        request: RemoteControlRequest | None,
+        executed: bool,
+        reason: str | None,
+        fault: ReplyFault,
+    ) -> None:
+        detail = {} if request is None else {
+            "n1": f"{request.command:02X}H",
+            "password_level": f"{request.password_level:02X}H",
+            "operator": request.operator_code,
+            "valid_until": request.valid_until.isoformat(),
+        }
+        asked = "invalid" if request is None else COMMAND_NAMES.get(request.command, "invalid")
+        self.relay_log.add(meter=index, id=meter.address, protocol="dlt645", asked=asked, executed=executed,
+                           reason=reason, reply=fault.reply_state, detail=detail)
+
+    def _log_unexecuted(
+        self, meter: SimulatedDlt645Meter, index: int, frame: Frame, reason: str, fault: ReplyFault
+    ) -> None:
+        if frame.function != Function.REMOTE_CONTROL:
+            return
+        try:
+            request: RemoteControlRequest | None = parse_remote_control_request(frame)
+        except Dlt645CodecError:
+            request = None
+        self._log(meter, index, request, False, reason, fault)
 
     @staticmethod
     def _set_time(meters: list[SimulatedDlt645Meter], frame: Frame) -> None:
@@ -142,7 +216,7 @@ class SimulatedBus:
         for meter in meters:
             meter.set_time(local)
 
-    def _dispatch(self, meter: SimulatedDlt645Meter, frame: Frame, *, relay_stuck: bool) -> Frame | None:
+    def _dispatch(self, meter: SimulatedDlt645Meter, index: int, frame: Frame, fault: ReplyFault) -> Frame | None:
         own = meter.wire_address
         if frame.function == Function.READ:
             try:
@@ -153,8 +227,6 @@ class SimulatedBus:
             if value is None:
                 return frame.error_reply(ErrorBits.NO_DATA, address=own)
             return frame.reply(frame.data[:4] + value, address=own)
-        if is_wildcard(frame.address):
-            return None  # wildcards are for reads only
         if frame.function == Function.BROADCAST_TIME:
             self._set_time([meter], frame)  # single-address time set (V6 of §1.12): no reply either
             return None
@@ -162,9 +234,12 @@ class SimulatedBus:
             try:
                 request = parse_remote_control_request(frame)
             except Dlt645CodecError:
+                self._log(meter, index, None, False, "bad-frame", fault)
                 return frame.error_reply(ErrorBits.OTHER, address=own)
-            if relay_stuck:
+            if self.faults.relay_stuck(index):
+                self._log(meter, index, request, False, "stuck", fault)
                 return frame.reply(address=own)  # acknowledged, but nothing moves
-            err = meter.remote_control(request)
-            return frame.reply(address=own) if err is None else frame.error_reply(err, address=own)
+            refusal = meter.execute(request)
+            self._log(meter, index, request, refusal is None, None if refusal is None else refusal[1], fault)
+            return frame.reply(address=own) if refusal is None else frame.error_reply(refusal[0], address=own)
         return frame.error_reply(ErrorBits.OTHER, address=own)

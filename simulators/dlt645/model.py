@@ -1,6 +1,10 @@
 """One simulated DL/T 645 meter: the shared protocol-independent meter (``simulators.meter``) plus what
 DL/T 645 adds: an address, the 1CH relay model of protocols.md §1.9, password and validity checks, the prepaid
 registers, a settable meter clock (08H) and per-meter fault injection.
+
+Per-meter faults (``inject``) act on replies only: ``silence`` loses the reply of a request the meter has
+executed (like the fleet plan's ``mute``, not like ``no-answer``), ``bad_checksum``, ``garbage`` and ``slow``
+spoil or delay it. The fleet-wide ``simulators.faults.FaultPlan`` is applied by the bus and the server.
 """
 
 from __future__ import annotations
@@ -15,11 +19,24 @@ from drivers.dlt645.constants import ErrorBits, RemoteCommand, StatusWord3
 from drivers.dlt645.messages import RemoteControlRequest
 from simulators.meter import Clock, SimulatedMeter
 
-__all__ = ["Fault", "FaultPlan", "RelayKind", "SimulatedDlt645Meter"]
+__all__ = ["COMMAND_NAMES", "Fault", "FaultPlan", "RelayKind", "SimulatedDlt645Meter"]
+
+# What each 1CH N1 asks, in the words of the relay log.
+COMMAND_NAMES: dict[int, str] = {
+    RemoteCommand.TRIP: "trip",
+    RemoteCommand.CLOSE_ALLOWED: "close-allowed",
+    RemoteCommand.DIRECT_CLOSE: "close",
+    RemoteCommand.ALARM: "alarm",
+    RemoteCommand.ALARM_RELEASE: "alarm-release",
+    RemoteCommand.PROTECT: "protect",
+    RemoteCommand.PROTECT_RELEASE: "protect-release",
+}
 
 
 class Fault(str, enum.Enum):
-    SILENCE = "silence"  # no reply at all
+    """A per-meter reply fault (see the module docstring)."""
+
+    SILENCE = "silence"  # no reply at all (the request was executed)
     BAD_CHECKSUM = "bad_checksum"  # the reply with its CS byte flipped
     GARBAGE = "garbage"  # random bytes instead of the reply
     SLOW = "slow"  # the reply after ``delay`` extra seconds
@@ -35,6 +52,8 @@ class FaultPlan:
 
 
 class RelayKind(str, enum.Enum):
+    """How 1BH close-allowed behaves (protocols.md §1.9)."""
+
     INTERNAL = "internal"  # 1BH close-allowed waits for a local action (button)
     EXTERNAL = "external"  # 1BH acts as a direct close
 
@@ -166,33 +185,56 @@ class SimulatedDlt645Meter:
             word |= StatusWord3.PROTECTED
         return int(word)
 
-    def press_button(self) -> None:
-        """The customer's local close after 1BH close-allowed (internal relays)."""
-        if not self._commanded_trip:
-            self.meter.set_relay(True)
+    @property
+    def awaiting_button(self) -> bool:
+        """An internal relay armed by 1BH close-allowed: commanded closed, contact open until ``press_button``."""
+        return self.relay_kind is RelayKind.INTERNAL and not self._commanded_trip and self.relay_open
+
+    def press_button(self) -> bool:
+        """The customer's local close after 1BH close-allowed (internal relays); True when the contact closed."""
+        if self._commanded_trip or not self.relay_open:
+            return False
+        self.meter.set_relay(True)
+        return True
+
+    def set_protect(self, on: bool) -> None:
+        """Enter or leave 保电 as 3AH / 3BH do (for a test bench, or a meter that starts protected)."""
+        self._apply(RemoteCommand.PROTECT if on else RemoteCommand.PROTECT_RELEASE)
 
     def remote_control(self, request: RemoteControlRequest) -> int | None:
         """Apply a 1CH command; returns an ERR byte when refused, ``None`` when accepted."""
+        refusal = self.execute(request)
+        return None if refusal is None else refusal[0]
+
+    def execute(self, request: RemoteControlRequest) -> tuple[int, str] | None:
+        """Apply a 1CH command; returns ``(ERR byte, reason)`` when refused, ``None`` when accepted.
+
+        The reasons are the relay log's: ``password``, ``expired``, ``protect``, ``unknown-command``.
+
+        Args:
+            request: the decoded 1CH data field.
+        """
+        refusal: tuple[int, str] | None
         if self.passwords.get(request.password_level) != request.password:
-            err: int | None = ErrorBits.PASSWORD
+            refusal = (ErrorBits.PASSWORD, "password")
         elif request.valid_until < self.local_now():
-            err = ErrorBits.OTHER  # expired; the grid extensions' exact code is [UNVERIFIED]
+            refusal = (ErrorBits.OTHER, "expired")  # the grid extensions' exact code is [UNVERIFIED]
         else:
-            err = self._apply(request.command)
-        if err is None:
+            refusal = self._apply(request.command)
+        if refusal is None:
             self.commands.append(request)
         else:
-            self.refusals.append((request.command, err))
-        return err
+            self.refusals.append((request.command, refusal[0]))
+        return refusal
 
     def _trip(self) -> None:
         self._commanded_trip = True
         self.meter.set_relay(False)  # opens after the meter's trip delay
 
-    def _apply(self, command: int) -> int | None:
+    def _apply(self, command: int) -> tuple[int, str] | None:
         if command == RemoteCommand.TRIP:
             if self.protected:
-                return ErrorBits.OTHER  # trip refused while 保电 (R_ERR_OFF_PROTECT)
+                return ErrorBits.OTHER, "protect"  # trip refused while 保电 (R_ERR_OFF_PROTECT)
             self._trip()
         elif command == RemoteCommand.DIRECT_CLOSE or (
             command == RemoteCommand.CLOSE_ALLOWED and self.relay_kind is RelayKind.EXTERNAL
@@ -218,7 +260,7 @@ class SimulatedDlt645Meter:
                 self._trip()
             self.protected, self._trip_before_protect = False, False
         else:
-            return ErrorBits.OTHER
+            return ErrorBits.OTHER, "unknown-command"
         return None
 
     # --- faults ---------------------------------------------------------------------------------------
@@ -228,6 +270,7 @@ class SimulatedDlt645Meter:
         self.fault = FaultPlan(Fault(kind), count, delay)
 
     def clear_fault(self) -> None:
+        """Remove the per-meter fault."""
         self.fault = None
 
     def take_fault(self) -> FaultPlan | None:

@@ -213,18 +213,14 @@ class Dlt645Simulator:
         await self.stop()
 
     async def _answer(self, line: _LineProtocol, frame: Frame, request_len: int) -> None:
-        reply = self.bus.handle(frame)
+        reply = self.bus.handle(frame)  # executes the request (unless the meter does not hear it)
         if reply is None:
             return
-        shared = self.bus.faults.reply(reply.index)
-        if shared.exception is not None:
-            reply_frame = frame.error_reply(shared.exception, address=reply.meter.wire_address)
-        else:
-            reply_frame = reply.frame
-        raw = reply_frame.encode(preamble=self.preamble)
+        shared = reply.fault
+        raw = reply.frame.encode(preamble=self.preamble)
         own = reply.meter.take_fault()
         kind = own.kind if own is not None else None
-        if shared.silent or kind is Fault.SILENCE:
+        if shared.silent or shared.mute or kind is Fault.SILENCE:
             return
         delay = shared.delay_s + (own.delay if kind is Fault.SLOW and own is not None else 0.0)
         if self.pace:
