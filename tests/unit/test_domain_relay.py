@@ -165,12 +165,15 @@ EVENTS = st.lists(st.tuples(
 ), min_size=1, max_size=60)
 
 
+STARTS = st.sampled_from([(T0, None), (None, None), (T0 - 20 * S, T0 - 10 * S), (T0 - 20 * S, T0 - 30 * S)])
+
+
 @settings(max_examples=400, deadline=None)
 @given(EVENTS, st.sampled_from(list(Action)), st.sampled_from(["automatic", "operator"]), st.booleans(),
-       st.integers(min_value=0, max_value=3))
-def test_random_sequences_keep_every_rule(events, action, origin, close_allowed, limit) -> None:  # type: ignore[no-untyped-def]
+       st.integers(min_value=0, max_value=3), STARTS)
+def test_random_sequences_keep_every_rule(events, action, origin, close_allowed, limit, start) -> None:  # type: ignore[no-untyped-def]
     now = T0
-    link = MeterLink(last_success_at=T0, last_failure_at=None, close_allowed=close_allowed)
+    link = MeterLink(last_success_at=start[0], last_failure_at=start[1], close_allowed=close_allowed)
     cmd = Command("c1", "M-1", action, origin, State.QUEUED, T0, T0 + 300 * S, basis_at=T0)
     trips = TripWindow(limit, 60 * S)
     wire: list[tuple[dt.datetime, str]] = []  # what went on the wire, in order
