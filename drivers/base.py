@@ -26,6 +26,7 @@ class RelayState(str, enum.Enum):
 
     OPEN = "open"
     CLOSED = "closed"
+    ARMED = "armed"  # close commanded ("close allowed"), contact still open: the meter waits for its button
     UNKNOWN = "unknown"
 
 

@@ -24,7 +24,10 @@ from gateway.api.security import Caller
 from gateway.service.accounts import ensure_catalog_rows
 from gateway.service.catalog import Catalog
 from gateway.service.handlers import Service
-from gateway.service.scheduler import BusRunner, Scheduler
+from gateway.domain.messages import CommandQueued, DisconnectWithdrawn, Message, MeterAnswered
+from gateway.service.clock import SystemClock
+from gateway.service.messagebus import MessageBus
+from gateway.service.scheduler import BusSetup, Scheduler
 from gateway.service.uow import UnitOfWorkFactory
 from gateway.settings import BusSettings, Settings
 
@@ -39,8 +42,8 @@ def default_models_dir() -> Path:
     return REPO_CONFIG / "meters"
 
 
-def build_bus(bus: BusSettings, meters: list[Any], models: dict[str, Any], *,
-              timezone: str = "Asia/Shanghai") -> tuple[MeterDriver[Any], dict[str, Any]]:
+def build_bus(bus: BusSettings, meters: list[Any], models: dict[str, Any], *, timezone: str = "Asia/Shanghai",
+              relay_modules: list[Any] = ()) -> tuple[MeterDriver[Any], dict[str, Any]]:
     """The driver of one bus and, for each meter on it, the driver's own meter description."""
     if bus.protocol.startswith("modbus"):
         from drivers.modbus import ModbusMeter, ModbusRtuDriver, ModbusTcpDriver
@@ -53,7 +56,10 @@ def build_bus(bus: BusSettings, meters: list[Any], models: dict[str, Any], *,
             baudrate, parity = bus.line
             driver = ModbusRtuDriver(port, baudrate=baudrate, parity=parity, stopbits=bus.stopbits,
                                      timeout=bus.timeout_s, retries=bus.retries)
-        targets = {m.id: ModbusMeter(m.id, m.unit_id, _model(models, m.model, m.id)) for m in meters}
+        modules = {r.meter: r for r in relay_modules}
+        targets = {m.id: ModbusMeter(m.id, m.unit_id, _model(models, m.model, m.id), breaker=(
+            ModbusMeter(modules[m.id].id, modules[m.id].unit_id, _model(models, modules[m.id].model, m.id))
+            if m.id in modules else None)) for m in meters}
         return driver, targets
     from drivers.dlt645 import Dlt645Driver, Dlt645Meter, RemoteCommand
     from drivers.transports import ByteTransport, SerialTransport, TcpTransport
@@ -88,7 +94,9 @@ class Gateway:
         self.catalog = Catalog.from_settings(settings, base_dir=self.base_dir)
         self.engine = create_engine(self._db_url())
         self.uow = UnitOfWorkFactory(self.engine)
-        self.service = Service(self.uow, self.catalog, clock)
+        self.clock = SystemClock()
+        self.messages = MessageBus()
+        self.service = Service(self.uow, self.catalog, clock or self.clock.now, bus=self.messages)
         self.scheduler: Scheduler | None = None
         self._stack = contextlib.AsyncExitStack()
 
@@ -122,18 +130,30 @@ class Gateway:
         async with self.uow() as uow:
             await ensure_catalog_rows(uow, self.catalog, self.service.clock())
             await uow.commit()
-        runners = []
+        buses = []
         models = site_models(self.settings, base_dir=self.base_dir)
         for bus in self.settings.buses if self.run_buses else []:
             meters = [m for m in self.settings.meters if m.bus == bus.id]
-            driver, targets = build_bus(bus, meters, models, timezone=self.settings.site.timezone)
-            runners.append(BusRunner(bus.id, driver, targets, self.service, gap_s=bus.gap_ms / 1000))
-        self.scheduler = await self._stack.enter_async_context(
-            Scheduler(self.service, runners, evaluate_every_s=self.catalog.evaluate_every_s))
+            driver, targets = build_bus(bus, meters, models, timezone=self.settings.site.timezone,
+                                        relay_modules=[r for r in self.settings.relay_modules if r.bus == bus.id])
+            buses.append(BusSetup(bus.id, driver, targets, gap_s=bus.gap_ms / 1000,
+                                  close_allowed=bus.protocol.startswith("dlt645") and bus.close_command == "allowed"))
+        scheduler = Scheduler(self.service, buses, clock=self.clock, publish=self.messages.publish,
+                              limits=self.catalog.relay_limits, evaluate_every_s=self.catalog.evaluate_every_s)
+        # The gateway's reactions, as data: who handles each message.
+        handlers: dict[type[Message], list[Callable[[Any], None]]] = {
+            CommandQueued: [scheduler.route],  # a durable command wakes its bus
+            MeterAnswered: [scheduler.meter_answered],  # a meter answering again lets its waiting trip go
+            DisconnectWithdrawn: [self.service.redecide],  # a withdrawn trip: the engine decides again
+        }
+        for kind, found in handlers.items():
+            for handler in found:
+                self.messages.register(kind, handler)
+        self.scheduler = await self._stack.enter_async_context(scheduler)
         # Started after the scheduler so that they stop before it closes the drivers they use.
-        for bus, runner in zip(self.settings.buses if self.run_buses else [], runners, strict=True):
+        for setup, bus in zip(buses, self.settings.buses if self.run_buses else [], strict=True):
             if bus.time_sync_s and bus.protocol.startswith("dlt645"):
-                self._time_sync(bus.id, runner.driver, bus.time_sync_s)
+                self._time_sync(bus.id, setup.driver, bus.time_sync_s)
         return self
 
     def _time_sync(self, bus_id: str, driver: Any, interval: float) -> None:
@@ -169,10 +189,25 @@ def site_models(settings: Settings, *, base_dir: Path) -> dict[str, Any]:
 
 
 def check_models(settings: Settings, *, base_dir: Path) -> None:
-    """Load the meter model files the settings refer to; raise ValueError naming a missing or bad one."""
+    """Load the meter model files the settings refer to; raise ValueError naming a missing or bad one, a relay
+    module without a relay, or a prepaid account none of whose meters can be switched."""
     models = site_models(settings, base_dir=base_dir)
     buses = {b.id: b for b in settings.buses}
     for i, meter in enumerate(settings.meters):
         if buses[meter.bus].protocol.startswith("modbus") and meter.model not in models:
             raise ValueError(f"meters[{i}].model: unknown meter model {meter.model!r} "
                              f"(known: {', '.join(sorted(models))})")
+    for i, module in enumerate(settings.relay_modules):
+        model = models.get(module.model)
+        if model is None or model.relay is None:
+            raise ValueError(f"relay_modules[{i}].model: {module.model!r} is not a model with a relay "
+                             f"(known: {', '.join(sorted(models))})")
+    switched = {r.meter for r in settings.relay_modules}
+    for i, account in enumerate(settings.accounts):
+        mine = [(j, m) for j, m in enumerate(settings.meters) if m.account == account.id]
+        if mine and not any(m.id in switched or buses[m.bus].protocol.startswith("dlt645")
+                            or models[m.model].relay is not None for _, m in mine):
+            j, meter = mine[0]
+            raise ValueError(f"accounts[{i}]: no meter of the prepaid account {account.id!r} has a relay "
+                             f"(meters[{j}].model {meter.model!r} has none): add a relay module (relay_modules) "
+                             "or use a model with a relay")

@@ -41,6 +41,19 @@ def _run(coro: object) -> None:
     uvloop.run(coro)  # type: ignore[arg-type]
 
 
+def _checked(path: Path) -> Settings:
+    """The settings of a file, with the meter models they name (exit 2 naming the file and key if bad)."""
+    from gateway.bootstrap import check_models
+
+    settings = _load(path)
+    try:
+        check_models(settings, base_dir=path.resolve().parent)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"configuration error:\n{path}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    return settings
+
+
 def _load(path: Path) -> Settings:
     try:
         return load_settings(path)
@@ -52,14 +65,7 @@ def _load(path: Path) -> Settings:
 @app.command("check-config")
 def check_config(file: Path) -> None:
     """Validate a settings file (and the meter models it names); exit 2 with the problems if it is bad."""
-    from gateway.bootstrap import check_models
-
-    settings = _load(file)
-    try:
-        check_models(settings, base_dir=file.resolve().parent)
-    except (ValueError, OSError) as exc:
-        typer.echo(f"configuration error:\n{file}: {exc}", err=True)
-        raise typer.Exit(2) from None
+    settings = _checked(file)
     typer.echo(f"{file}: OK ({len(settings.accounts)} accounts, {len(settings.meters)} meters on "
                f"{len(settings.buses)} buses, {len(settings.tariffs)} tariffs)")
 
@@ -69,7 +75,7 @@ def run(config: Annotated[Path, typer.Option("--config", "-c", help="the setting
         log_level: str = "INFO") -> None:
     """Run the gateway (buses, balance engine, API) of a settings file until Ctrl-C or SIGTERM."""
     _setup_logging(log_level)
-    settings = _load(config)
+    settings = _checked(config)
     from gateway.runtime import serve
 
     _run(serve(settings, base_dir=config.resolve().parent))
@@ -102,11 +108,15 @@ def simulate_modbus(meters: Annotated[int, typer.Option(min=1, help="simulated m
                     pace: Annotated[bool, typer.Option(help="with --serial: answer no faster than the baud rate")]
                     = False,
                     faults: Annotated[str | None, typer.Option(
-                        help="fault injection, e.g. 'no-answer@10%; slow:0.8@5%; exception:4@3,7' "
-                             "(meters are numbered 0.. across the fleet; see docs/meter-models.md)")] = None,
+                        help="fault injection, e.g. 'no-answer@10%; mute@2; slow:0.8@5%; exception:4@3,7' "
+                             "(meters are numbered 0.. across the fleet; see docs/simulators.md)")] = None,
+                    control: Annotated[str | None, typer.Option(
+                        help="HOST:PORT of the HTTP control interface (meters, faults, relay log; "
+                             "see docs/simulators.md)")] = None,
                     ) -> None:
     """Serve N simulated meters (unit ids 1..per-port on each port) over Modbus TCP, RTU over TCP, or RTU."""
     _setup_logging()
+    from simulators.control import parse_host_port
     from simulators.faults import parse_faults
     from simulators.modbus import serve_modbus
 
@@ -114,6 +124,12 @@ def simulate_modbus(meters: Annotated[int, typer.Option(min=1, help="simulated m
         plan = parse_faults(faults, seed=seed)
     except ValueError as exc:
         typer.echo(f"--faults: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        if control is not None:
+            parse_host_port(control)
+    except ValueError as exc:
+        typer.echo(f"--control: {exc}", err=True)
         raise typer.Exit(2) from None
     if serial is not None:
         if meters > 247:
@@ -126,7 +142,9 @@ def simulate_modbus(meters: Annotated[int, typer.Option(min=1, help="simulated m
                    f"({'RTU over TCP' if rtu else 'Modbus TCP'}, unit ids 1..{min(meters, per_port)} per port)")
     coroutine = serve_modbus(model_path=str(model) if model else None, meters=meters, host=host, port=port,
                              seed=seed, speed=speed, framer="rtu" if rtu else "socket", per_port=per_port,
-                             serial=serial, baudrate=baud, pace=pace, faults=plan)
+                             serial=serial, baudrate=baud, pace=pace, faults=plan, control=control)
+    if control is not None:
+        typer.echo(f"control interface on http://{control}")
     try:
         import uvloop  # a simulator of thousands of meters must not be the bottleneck of a benchmark
     except ImportError:  # pragma: no cover - uvloop is not available on Windows
@@ -136,19 +154,64 @@ def simulate_modbus(meters: Annotated[int, typer.Option(min=1, help="simulated m
 
 
 @simulate.command("dlt645")
-def simulate_dlt645(meters: Annotated[int, typer.Option(min=1)] = 1,
+def simulate_dlt645(meters: Annotated[int, typer.Option(min=1, help="meters on the bus, numbered 0..")] = 1,
                     serial: Annotated[str | None, typer.Option(help="serial device path")] = None,
                     tcp: Annotated[str | None, typer.Option(help="HOST:PORT to listen on")] = None,
                     baud: int = 2400, pace: Annotated[bool, typer.Option(help="emulate line timing")] = False,
-                    seed: int = 0) -> None:
+                    seed: int = 0,
+                    speed: Annotated[float, typer.Option(
+                        min=0.001, help="simulated seconds per real second (the meters' clocks too)")] = 1.0,
+                    faults: Annotated[str | None, typer.Option(
+                        help="fault injection, e.g. 'no-answer@1; mute@2; relay-stuck@3' (meters numbered 0.. "
+                             "on the bus; see docs/simulators.md)")] = None,
+                    trip_delay: Annotated[float, typer.Option(
+                        "--trip-delay", min=0.0,
+                        help="real seconds between a trip (status word 3 bit 6) and the contact opening (bit 4)")]
+                    = 0.0,
+                    protect: Annotated[str | None, typer.Option(
+                        help="meters that start in protect state (保电), e.g. '0,2-3': trips refused")] = None,
+                    close_allowed: Annotated[bool, typer.Option(
+                        "--close-allowed",
+                        help="1BH leaves the relay open until the button is pressed (internal relay); "
+                             "otherwise 1BH closes at once (external relay)")] = False,
+                    control: Annotated[str | None, typer.Option(
+                        help="HOST:PORT of the HTTP control interface (see docs/simulators.md)")] = None,
+                    ) -> None:
     """Serve N simulated DL/T 645-2007 meters on one bus (a serial port or a TCP listener)."""
     if (serial is None) == (tcp is None):
         typer.echo("give exactly one of --serial PATH or --tcp HOST:PORT", err=True)
         raise typer.Exit(2)
-    _setup_logging()
+    from simulators.control import parse_host_port
     from simulators.dlt645 import serve_dlt645
+    from simulators.faults import parse_faults, parse_indices
 
-    asyncio.run(serve_dlt645(meters=meters, serial=serial, tcp=tcp, baud=baud, pace=pace, seed=seed))
+    try:
+        plan = parse_faults(faults, seed=seed)
+    except ValueError as exc:
+        typer.echo(f"--faults: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        protected = parse_indices(protect) if protect else []
+        if any(i >= meters for i in protected):
+            raise ValueError(f"meters are numbered 0..{meters - 1}")
+    except ValueError as exc:
+        typer.echo(f"--protect: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        if control is not None:
+            parse_host_port(control)
+    except ValueError as exc:
+        typer.echo(f"--control: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _setup_logging()
+    typer.echo(f"serving {meters} simulated DL/T 645 meters on {serial or tcp} "
+               f"({'close-allowed waits for the button' if close_allowed else 'external relays'}, "
+               f"trip delay {trip_delay:g} s, speed {speed:g})")
+    if control is not None:
+        typer.echo(f"control interface on http://{control}")
+    asyncio.run(serve_dlt645(meters=meters, serial=serial, tcp=tcp, baud=baud, pace=pace, seed=seed, speed=speed,
+                             faults=plan, trip_delay_s=trip_delay, close_allowed=close_allowed, protect=protected,
+                             control=control))
 
 
 @keys.command("create")

@@ -129,6 +129,14 @@ class MqttSettings(_Strict):
 class EngineSettings(_Strict):
     command_expiry_s: float = Field(600, gt=0)
     confirm_interval_s: float = Field(0.5, gt=0, description="how often a sent command's relay is read back")
+    confirm_timeout_s: float = Field(120, gt=0, description="how long one attempt of a command waits for its relay "
+                                                            "to read back as wanted (longer than the meters' trip "
+                                                            "delay); then it is tried again")
+    command_attempts: int = Field(3, ge=1, le=20, description="attempts of a relay command before it fails "
+                                                              "(disconnect_failed / reconnect_failed, an alarm)")
+    retry_backoff_s: float = Field(5, gt=0, description="the wait before a command's second attempt; it doubles "
+                                                        "for each next one")
+    retry_backoff_cap_s: float = Field(300, gt=0, description="the longest wait between two attempts")
     manual_hold_s: float = Field(86_400, gt=0, description="hold set by a manual reconnect below the disconnect point")
     evaluate_every_s: float = Field(5, gt=0, description="re-check deferred disconnects this often")
     reading_history_s: float = Field(
@@ -209,6 +217,16 @@ class MeterSettings(_Strict):
     max_power_w: int = Field(60_000, gt=0, description="contract capacity, for the plausibility check")
 
 
+class RelayModuleSettings(_Strict):
+    """A Modbus relay module on the bus of a meter that has no relay of its own: it switches that meter."""
+
+    id: str = Field(min_length=1, max_length=64, pattern=_ID)
+    bus: str
+    unit_id: int = Field(ge=1, le=247, description="the module's own Modbus unit id")
+    model: str = "generic-relay-module"
+    meter: str = Field(description="the meter it switches")
+
+
 class Settings(_Strict):
     """The whole gateway configuration (see config/gateway.example.yaml)."""
 
@@ -224,6 +242,7 @@ class Settings(_Strict):
     accounts: list[AccountSettings] = []
     buses: list[BusSettings] = []
     meters: list[MeterSettings] = []
+    relay_modules: list[RelayModuleSettings] = []
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
@@ -252,7 +271,40 @@ class Settings(_Strict):
             if bus.protocol.startswith("dlt645") and not (meter.address and meter.address.isdigit()
                                                           and len(meter.address) <= 12):
                 raise ValueError(f"meters[{i}].address: a DL/T 645 meter needs a numeric address of up to 12 digits")
+        self._relay_modules(buses)
+        self._one_meter_per_address(buses)
         return self
+
+    def _relay_modules(self, buses: dict[str, BusSettings]) -> None:
+        _unique("relay_modules", [r.id for r in self.relay_modules])
+        meters = {m.id: m for m in self.meters}
+        switched: set[str] = set()
+        for i, module in enumerate(self.relay_modules):
+            meter = meters.get(module.meter)
+            if meter is None:
+                raise ValueError(f"relay_modules[{i}].meter: unknown meter {module.meter!r}")
+            if module.bus not in buses or not buses[module.bus].protocol.startswith("modbus"):
+                raise ValueError(f"relay_modules[{i}].bus: {module.bus!r} is not a Modbus bus of the settings")
+            if module.bus != meter.bus:
+                raise ValueError(f"relay_modules[{i}].bus: a relay module is on the bus of the meter it switches "
+                                 f"({meter.bus!r})")
+            if module.meter in switched:
+                raise ValueError(f"relay_modules[{i}].meter: meter {module.meter!r} already has a relay module")
+            switched.add(module.meter)
+
+    def _one_meter_per_address(self, buses: dict[str, BusSettings]) -> None:
+        """Two meters (or a meter and a relay module) at one unit id or address of a bus would be one physical
+        meter billed and switched for two accounts."""
+        seen: dict[tuple[str, object], str] = {}
+        places = [(f"meters[{i}]", m.bus, m.unit_id, m.address) for i, m in enumerate(self.meters)]
+        places += [(f"relay_modules[{i}]", r.bus, r.unit_id, None) for i, r in enumerate(self.relay_modules)]
+        for where, bus, unit_id, address in places:
+            dlt = buses[bus].protocol.startswith("dlt645")
+            field, value = ("address", (address or "").zfill(12)) if dlt else ("unit_id", unit_id)
+            other = seen.setdefault((bus, value), where)
+            if other != where:
+                raise ValueError(f"{where}.{field}: {value} is already {other}'s on bus {bus!r}: one meter would be "
+                                 "billed and switched for two accounts")
 
 
     def site_policy(self, *, base_dir: Path | None = None, check_only: bool = False) -> SitePolicy:

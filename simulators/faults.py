@@ -19,8 +19,9 @@ A server asks ``plan.reply(index)`` once per request, **before** it executes it,
 
 ``no-answer`` versus ``mute``: both look the same to the master (a timeout); only the simulator's side differs.
 Until ``mute`` existed, the DL/T 645 server executed a request before deciding to stay silent, so ``no-answer``
-switched a relay there (Modbus never did); both servers now apply ``no-answer`` before executing anything, and a
-broadcast (Modbus unit 0, DL/T 645 08H to 99…99) does not reach a ``no-answer`` meter either.
+switched a relay there (Modbus never did; likewise an injected ``exception`` answered a DL/T 645 command it had
+executed). Both servers now apply ``no-answer`` and ``exception`` before executing anything, and a broadcast
+(Modbus unit 0, DL/T 645 08H to 99…99) does not reach a ``no-answer`` meter either.
 
 Rules select meters explicitly (``@3,7`` or ``@2-5``) or a seeded fraction of the fleet (``@10%``); the same seed
 selects the same meters in every process. The text form (the ``--faults`` option) is ``KIND[:ARG]@WHO``, rules
@@ -39,7 +40,8 @@ from dataclasses import dataclass, field, replace
 
 from simulators.loadprofile import unit_random
 
-__all__ = ["NO_FAULT", "Fault", "FaultKind", "FaultPlan", "ReplyFault", "parse_faults", "parse_indices"]
+# plain sorted(), as tests/unit/test_modbus_exports.py checks (not ruff's isort-style order)
+__all__ = ["Fault", "FaultKind", "FaultPlan", "NO_FAULT", "ReplyFault", "parse_faults", "parse_indices"]  # noqa: RUF022
 
 
 class FaultKind(str, enum.Enum):

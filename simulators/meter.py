@@ -182,7 +182,8 @@ class SimulatedMeter:
             self._closed = False
 
     def set_power_w(self, watts: float | None) -> None:
-        """Hold the load at ``watts`` from now on (None: back to the profile)."""
+        """Hold the load at ``watts`` from now on (None: back to the profile). Negative watts (export) show as
+        the power reading but add nothing to the import energy counter, which never runs backwards."""
         self._advance()
         self._override_w = watts
 
@@ -236,7 +237,8 @@ class SimulatedMeter:
             yield from self.profile.segments(t0, t1)
             return
         start = t0
+        imported = max(0.0, self._override_w)  # export does not count down the import register
         while start < t1:  # split at hour boundaries so that each piece has one rate
             end = min(t1, (math.floor(start / 3600) + 1) * 3600)
-            yield start, end, self._override_w
+            yield start, end, imported
             start = end

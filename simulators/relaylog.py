@@ -77,7 +77,7 @@ class RelayLog:
         self,
         *,
         meter: int,
-        id: str,  # noqa: A002 - the field's name in the JSON
+        id: str,
         protocol: str,
         asked: str,
         executed: bool,

@@ -72,7 +72,8 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
     Args:
         transport: the bus (``drivers.transports.SerialTransport`` / ``TcpTransport``); opened lazily.
         timeout: seconds to wait for each reply. The standard allows Td up to 0.5 s, plus line time.
-        retries: extra attempts after a timeout or a garbled reply (not after an error reply).
+        retries: extra attempts of a read after a timeout or a garbled reply (not after an error reply; a 1CH
+            remote-control command is sent once).
         password_level, password, operator_code: 1CH credentials (per-meter overrides in ``Dlt645Meter``).
         close_command: what ``set_relay(CLOSE)`` sends: ``DIRECT_CLOSE`` (1CH) or ``CLOSE_ALLOWED`` (1BH).
         meter_timezone: the meters' local time zone, for 1CH validity end times and 08H time sync.
@@ -338,7 +339,10 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
             command=command,
             valid_until=local_until,
         )
-        reply = await self.transact(remote_control_request(meter.wire_address, request), meter_id=meter.id)
+        # One attempt: after a timeout or a garbled reply the command may have been carried out, and whoever sends
+        # it reads the relay back before sending it again (a second frame would be a second trip on the wire).
+        reply = await self.transact(remote_control_request(meter.wire_address, request), meter_id=meter.id,
+                                    retries=0)
         if reply.is_abnormal:
             raise await self._refusal(meter, command, reply.error_code or 0)
 
@@ -417,7 +421,11 @@ def _bare(exc: Exception) -> str:
 
 
 def _relay_state(status_word_3: int) -> RelayState:
-    return RelayState.OPEN if status_word_3 & StatusWord3.RELAY_OPEN else RelayState.CLOSED
+    """Bit 4 is the contact; open with bit 6 clear (a close commanded) is a close-allowed relay waiting for the
+    customer's button (合闸允许)."""
+    if not status_word_3 & StatusWord3.RELAY_OPEN:
+        return RelayState.CLOSED
+    return RelayState.OPEN if status_word_3 & StatusWord3.RELAY_COMMAND_TRIP else RelayState.ARMED
 
 
 def _status_extra(word: int) -> dict[str, object]:

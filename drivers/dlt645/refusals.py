@@ -7,10 +7,11 @@ rename the "other error".
 
 A rule is data: the commands it explains, the status-word bits that must all be set, and the reason that replaces
 "other error". Only rules with evidence are listed. One firmware's relay state tables (float12/WorkProjectsSVN
-``Relay_Remote.c``, ``TAB_RelayReturnStatus``) refuse a trip in the two 保电 states (``R_ERR_OFF_PROTECT``) and
-refuse nothing else because of the relay state. A trip on an open relay, or a close on a closed one, is accepted
-there. So "relay already in the wanted state" explains no refusal, and no rule says so. Close, alarm and 保电
-commands get no status read.
+``Relay_Remote.c``, ``TAB_RelayReturnStatus*``; protocols.md §1.9) refuse a trip in the two 保电 states
+(``R_ERR_OFF_PROTECT``). Because of the relay state they refuse nothing else this driver sends: close-allowed,
+direct close, 保电 and its release are always accepted (alarms are not in the tables). A trip on an open relay,
+or a close on a closed one, is accepted there too. So "relay already in the wanted state" explains no refusal,
+and no rule says so. Commands other than a trip get no status read.
 """
 
 from __future__ import annotations

@@ -50,7 +50,9 @@ meters = sa.Table(
     "meters", metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("account_id", sa.String(64), sa.ForeignKey("accounts.id"), nullable=False),
-    sa.Column("relay", sa.String(16), nullable=False, server_default="unknown"),
+    sa.Column("relay", sa.String(16), nullable=False, server_default="unknown"),  # open, closed, armed, unknown
+    # "", or disconnect_failed / reconnect_failed: the last relay command of the meter failed
+    sa.Column("relay_fault", sa.String(24), nullable=False, server_default=""),
     sa.Column("health", sa.String(16), nullable=False, server_default="unknown"),
     sa.Column("last_success_at", UtcDateTime, nullable=True),
     sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
@@ -123,6 +125,9 @@ commands = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("basis_at", UtcDateTime, nullable=True),  # the reading (or request) the decision rests on
+    sa.Column("sent_at", UtcDateTime, nullable=True),  # when the current attempt went on the wire
+    sa.Column("not_before", UtcDateTime, nullable=True),  # a retry's backoff
     sa.Index("ix_commands_meter_state", "meter_id", "state"),
 )
 

@@ -84,14 +84,21 @@ class ReversalCreate(_In):
 
 class AccountPublic(BaseModel):
     model_config = _example(
-        id="A-1", balance="60.00", state="connected", credit="ok", meters=["M-1"], protected=False,
+        id="A-1", balance="60.00", state="connected", supply="connected", relays={"M-1": "closed"}, credit="ok",
+        meters=["M-1"], protected=False,
         disconnect_deferred_because=None, updated_at="2026-11-23T08:00:01Z", deferred_detail=None,
         deferred_until=None, hold_until=None, manual_disconnect=False, credit_class="B", disconnect_point="-5.00",
         reconnect_at="-4.00", emergency_credit_outstanding="0.00")
 
     id: str
     balance: str
-    state: str = Field(description="connected or disconnected (what the engine wants for the supply)")
+    state: Literal["connected", "disconnected", "disconnecting", "reconnecting", "armed", "disconnect_failed",
+                   "reconnect_failed"] = Field(
+        description="the supply as the meters last confirmed it (never `disconnected` over a contact not read back "
+                    "open; `armed`: a close-allowed meter waits for the customer's button)")
+    supply: Literal["connected", "disconnected"] = Field(description="what the engine wants for the supply")
+    relays: dict[str, str] = Field(default_factory=dict, description="each meter's relay as last read: open, "
+                                                                     "closed, armed or unknown")
     credit: str = Field(description="ok, warning1, warning2, exhausted or disconnect_point")
     meters: list[str]
     protected: bool
@@ -211,14 +218,18 @@ class QuarantineResult(BaseModel):
 
 
 class MeterPublic(BaseModel):
-    model_config = _example(id="M-1", account_id="A-1", bus="feeder-1", relay="closed", health="online",
+    model_config = _example(id="M-1", account_id="A-1", bus="feeder-1", relay="closed", relay_fault="",
+                            health="online",
                             consecutive_failures=0, last_error=None, last_success_at="2026-11-23T08:00:00Z",
                             last_reading=_READING, groups=["street-1"], quarantine=None)
 
     id: str
     account_id: str
     bus: str
-    relay: str
+    relay: str = Field(description="open, closed, armed (close allowed: waiting for the button) or unknown, as last "
+                                   "read from the meter")
+    relay_fault: Literal["", "disconnect_failed", "reconnect_failed"] = Field(
+        "", description="the meter's last relay command failed (an alarm was raised)")
     health: str
     consecutive_failures: int
     last_error: str | None

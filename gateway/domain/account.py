@@ -234,6 +234,17 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
             return until
         return None
 
+    def withdraw_disconnect(self, meter_id: str, why: str) -> None:
+        """An automatic disconnect whose trip was withdrawn before it went out (the meter stopped answering after
+        the decision): the supply is wanted again, and the disconnect deferred until the engine decides again on a
+        fresh reading of ``meter_id`` (``evaluate`` with the meter among the ``offline`` ones refuses it until
+        then)."""
+        if self.supply is not Supply.DISCONNECTED or self.manual_disconnect:
+            return
+        self.supply = Supply.CONNECTED
+        self.deferred_reason, self.deferred_detail, self.deferred_until = "meter_offline", meter_id, None
+        self.events.append(ev.DisconnectDeferred(self.id, "meter_offline", self.balance_fen, f"{meter_id}: {why}"))
+
     # --- decisions ----------------------------------------------------------------------------------------
     def evaluate(self, now: dt.datetime, *, readings_ok: bool = True, why_not_ok: str = "",
                  offline: Collection[str] = (), limiter: RateLimiter | None = None) -> Decision:

@@ -35,9 +35,9 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-__all__ = ["ACTIVE", "FINAL", "TRANSITIONS", "Action", "Command", "Decision", "Limits", "MeterLink", "Outcome",
+__all__ = ["ACTIVE", "FINAL", "TRANSITIONS", "Action", "Command", "Plan", "Limits", "MeterLink", "Outcome",
            "RelayReading", "State", "Step", "TripWindow", "after_read", "after_read_failed", "after_send", "expire",
-           "next_step", "supersede"]
+           "next_step", "supersede", "supply_state"]
 
 
 class Action(str, enum.Enum):
@@ -62,7 +62,9 @@ ACTIVE = frozenset({State.QUEUED, State.SENDING, State.SENT})
 FINAL = frozenset(State) - ACTIVE
 
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.QUEUED: frozenset({State.SENDING, State.SUPERSEDED, State.CANCELLED, State.EXPIRED, State.WITHDRAWN}),
+    # queued -> failed: a command tried before (waiting for its next attempt) that expires
+    State.QUEUED: frozenset({State.SENDING, State.SUPERSEDED, State.CANCELLED, State.EXPIRED, State.WITHDRAWN,
+                             State.FAILED}),
     # sending -> queued: the frame did not reach the meter (or read back not switched): safe to send again
     State.SENDING: frozenset({State.SENT, State.SENDING, State.QUEUED, State.CONFIRMED, State.ARMED, State.FAILED,
                               State.SUPERSEDED}),
@@ -176,34 +178,35 @@ class Step(str, enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class Plan:
     step: Step
-    wait_until: dt.datetime | None = None  # WAIT: None means "until the meter answers again"
+    wait_until: dt.datetime | None = None  # WAIT: until then at the latest (the meter answering again may be sooner)
     why: str = ""
 
 
 def next_step(command: Command, meter: MeterLink, now: dt.datetime, *, limits: Limits,
-              trips: TripWindow | None = None) -> Decision:
+              trips: TripWindow | None = None) -> Plan:
     """What to do with ``command`` at ``now``."""
     if command.state in FINAL:
-        return Decision(Step.DONE)
+        return Plan(Step.DONE)
     if now >= command.expires_at:
-        return Decision(Step.EXPIRE)
+        return Plan(Step.EXPIRE)
     if command.not_before is not None and now < command.not_before:
-        return Decision(Step.WAIT, command.not_before, "backoff" if command.state is State.QUEUED else "")
+        return Plan(Step.WAIT, command.not_before, "backoff" if command.state is State.QUEUED else "")
     if command.state is not State.QUEUED:
-        return Decision(Step.READ_BACK)
+        return Plan(Step.READ_BACK)
     if command.action is Action.OPEN:
         if meter.failed_since(command.basis_at):
             if command.automatic:
-                return Decision(Step.WITHDRAW, why="the meter stopped answering after the decision")
+                return Plan(Step.WITHDRAW, why="the meter stopped answering after the decision")
             if not meter.answering:
-                return Decision(Step.WAIT, why="the meter is not answering: a trip waits for a fresh reading")
+                return Plan(Step.WAIT, command.expires_at, "the meter is not answering: a trip waits for it")
         elif not meter.answering:
-            return Decision(Step.WAIT, why="the meter's last poll did not succeed")
+            return Plan(Step.WAIT, command.expires_at, "the meter's last poll did not succeed")
         if command.automatic and trips is not None and not trips.allows(now):
-            return Decision(Step.WAIT, trips.free_at(now), "rate limit: trips on the wire")
-    return Decision(Step.SEND)
+            return Plan(Step.WAIT, min(trips.free_at(now) or command.expires_at, command.expires_at),
+                        "rate limit: trips on the wire")
+    return Plan(Step.SEND)
 
 
 def after_send(command: Command, outcome: Outcome, now: dt.datetime, *, limits: Limits,
@@ -230,7 +233,10 @@ def after_read(command: Command, relay: RelayReading, now: dt.datetime, *, limit
     if relay is RelayReading.ARMED and command.action is Action.CLOSE and meter.close_allowed:
         return command.to(State.ARMED, last_error=None)
     if command.state is State.SENDING:
-        # The frame may not have arrived; now that the relay is read, it is safe to send it again.
+        # The frame may not have arrived; now that the relay is read, it is safe to send it again (at once when
+        # this run never sent it: a command found after a restart).
+        if command.attempts == 0:
+            return command.to(State.QUEUED, not_before=None, last_error=f"relay read back {relay.value}")
         return _retry(command, now, limits, f"relay read back {relay.value} after an unanswered command")
     if command.sent_at is not None and now - command.sent_at >= limits.confirm_timeout:
         return _retry(command, now, limits, f"relay still {relay.value} {limits.confirm_timeout} after the command")
@@ -295,3 +301,22 @@ class TripWindow:
         if self.allows(now) or not self.limit:
             return None
         return self.sent[len(self.sent) - self.limit] + self.window
+
+
+def supply_state(wanted: str, meters: Iterable[tuple[str, str]]) -> str:
+    """The account's supply as its meters last confirmed it, given what the engine wants (``connected`` or
+    ``disconnected``) and each meter's (relay, relay fault): ``connected``, ``disconnected``, ``disconnecting``,
+    ``reconnecting``, ``armed`` (waiting for the customer's button), ``disconnect_failed`` or
+    ``reconnect_failed``. An account is never ``disconnected`` over a contact that was not read back open."""
+    meters = list(meters)
+    faults = {fault for _, fault in meters if fault}
+    relays = {relay for relay, _ in meters}
+    if wanted == "disconnected":
+        if "disconnect_failed" in faults:
+            return "disconnect_failed"
+        return "disconnected" if relays and relays <= {"open"} else "disconnecting"
+    if "reconnect_failed" in faults:
+        return "reconnect_failed"
+    if "open" in relays:
+        return "reconnecting"
+    return "armed" if "armed" in relays else "connected"

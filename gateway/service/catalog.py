@@ -5,12 +5,14 @@ Dynamic state (balances, engine state, commands) lives in the database; this cat
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.domain.account import PrepaidAccount, Thresholds
 from gateway.domain.policy import SitePolicy
+from gateway.domain.relay import Limits
 from gateway.domain.tariff_config import tariff_from_dict
 from gateway.domain.tariffs import Tariff
 
@@ -53,6 +55,7 @@ class Catalog:
     evaluate_every_s: float = 5.0
     reading_history_s: float = 60.0
     max_operator_hold_s: float = 7 * 86_400.0
+    relay_limits: Limits = field(default_factory=Limits)
 
     @property
     def stale_after_s(self) -> float:
@@ -112,4 +115,9 @@ class Catalog:
         engine = settings.engine
         return cls(accounts, meters, settings.site_policy(base_dir=base_dir), settings.api.max_payment,
                    engine.command_expiry_s, engine.confirm_interval_s, engine.manual_hold_s, engine.evaluate_every_s,
-                   engine.reading_history_s, settings.api.max_operator_hold_s)
+                   engine.reading_history_s, settings.api.max_operator_hold_s,
+                   Limits(confirm_interval=dt.timedelta(seconds=engine.confirm_interval_s),
+                          confirm_timeout=dt.timedelta(seconds=engine.confirm_timeout_s),
+                          max_attempts=engine.command_attempts,
+                          backoff_base=dt.timedelta(seconds=engine.retry_backoff_s),
+                          backoff_cap=dt.timedelta(seconds=engine.retry_backoff_cap_s)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,9 +18,11 @@ from sqlalchemy.exc import IntegrityError
 from drivers.base import Reading
 from gateway.adapters import tables as t
 from gateway.domain.account import PrepaidAccount
+from gateway.domain.messages import CommandQueued, DisconnectWithdrawn
 from gateway.service.catalog import Catalog
 from gateway.service.commands import CommandRecord, new_command, store_command
 from gateway.service.errors import UnknownAccount, UnknownMeter
+from gateway.service.messagebus import MessageBus
 from gateway.service.uow import UnitOfWorkFactory
 from gateway.service.writer import (
     AccountJob,
@@ -42,11 +44,11 @@ class Service:
     """The gateway's use cases over one database."""
 
     def __init__(self, uow_factory: UnitOfWorkFactory, catalog: Catalog,
-                 clock: Callable[[], dt.datetime] | None = None) -> None:
+                 clock: Callable[[], dt.datetime] | None = None, *, bus: MessageBus | None = None) -> None:
         self.uow = uow_factory
         self.catalog = catalog
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
-        self.on_command: Callable[[CommandRecord], None] = lambda record: None
+        self.bus = bus or MessageBus()  # the reactions to what the service does (handlers: see bootstrap)
         self.writer = Writer(uow_factory, catalog, self.clock, on_commands=self._announce)
 
     # --- payments -----------------------------------------------------------------------------------------
@@ -81,8 +83,25 @@ class Service:
     # --- readings -----------------------------------------------------------------------------------------
     async def record_reading(self, reading: Reading) -> list[CommandRecord]:
         """Store a reading, bill it, and decide about the supply. Returns the relay commands it created."""
-        commands: list[CommandRecord] = await self.writer.submit(ReadingJob(reading))
+        commands: list[CommandRecord] = await self.submit_reading(reading)
         return commands
+
+    def submit_reading(self, reading: Reading) -> Awaitable[list[CommandRecord]]:
+        """``record_reading`` as the future of the writer's job (queued at once, no task per reading)."""
+        return self.writer.submit(ReadingJob(reading))
+
+    def redecide(self, message: DisconnectWithdrawn) -> None:
+        """An automatic trip was withdrawn (the meter stopped answering after the decision): the account wants
+        its supply again, and the engine decides again on the meter's next reading (guardrails included)."""
+        def withdraw(account: PrepaidAccount, now: dt.datetime) -> None:
+            account.withdraw_disconnect(message.meter_id, message.reason)
+
+        job = AccountJob(message.account_id, withdraw, origin="automatic", reason="balance",
+                         audit=("gateway", "account.disconnect_withdrawn", {"meter_id": message.meter_id,
+                                                                           "command_id": message.command_id,
+                                                                           "reason": message.reason}),
+                         not_answering=(message.meter_id,))
+        self.writer.submit(job).add_done_callback(_log_failure)  # type: ignore[attr-defined]
 
     async def record_failure(self, meter_id: str, error: str, *, offline_after: int = 3) -> None:
         """Note a failed poll: consecutive failures, health degraded, then offline."""
@@ -147,4 +166,9 @@ class Service:
 
     def _announce(self, records: list[CommandRecord]) -> None:
         for record in records:
-            self.on_command(record)
+            self.bus.publish(CommandQueued(record.model()))
+
+
+def _log_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("could not withdraw a disconnect: %r", future.exception())

@@ -93,6 +93,7 @@ class AccountJob:
     reason: str = "operator action"
     audit: tuple[str, str, dict[str, Any] | None] | None = None  # (actor, action, detail), written with it
     command: dict[str, Any] | None = None  # a manual relay command to queue with it (new_command's keywords)
+    not_answering: tuple[str, ...] = ()  # meters known not to answer now (no automatic disconnect rests on them)
 
 
 Job = PaymentJob | ReversalJob | ReadingJob | AccountJob
@@ -201,7 +202,9 @@ class _Batch:
             rows = await uow.select_in(t.meters, ("id", "health", "relay", "consecutive_failures"), "id", missing)
             self.meters.update({row.id: _MeterState(row.health, row.relay, row.consecutive_failures)
                                 for row in rows})
-        self.offline = {meter_id for meter_id, meter in self.meters.items() if meter.health == "offline"}
+        # meters offline or whose last poll failed: no automatic disconnect may rest on them
+        self.offline = {meter_id for meter_id, meter in self.meters.items()
+                        if meter.health == "offline" or meter.failures}
         if known is not None and known.limiter is not _UNKNOWN:
             self._limiter_state = known.limiter
         else:
@@ -245,6 +248,7 @@ class _Batch:
         if job.audit is not None:
             actor, action, detail = job.audit
             self.audits.append(dict(at=self.now, actor=actor, action=action, target=job.account_id, detail=detail))
+        self.offline.update(job.not_answering)
         if job.command is not None:
             expires = self.now + dt.timedelta(seconds=self.catalog.command_expiry_s)
             record = new_command(now=self.now, expires_at=expires, **job.command)
@@ -347,8 +351,10 @@ class _Batch:
             return []
         action = "open" if decision is Decision.DISCONNECT else "close"
         expires = self.now + dt.timedelta(seconds=self.catalog.command_expiry_s)
+        # what the decision rests on: each meter's newest reading (a trip goes out only if the meter has not
+        # failed since: gateway.domain.relay)
         made = [new_command(meter_id=m, action=action, origin=origin, now=self.now, expires_at=expires,
-                            reason=reason)
+                            reason=reason, basis_at=account.cursors[m].seen_at if m in account.cursors else None)
                 for m in self.catalog.accounts[account.id].meter_ids]
         self.commands += made
         return made

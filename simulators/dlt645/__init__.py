@@ -2,7 +2,8 @@
 
 from simulators.dlt645.bus import SimulatedBus, read_register
 from simulators.dlt645.model import Fault, FaultPlan, RelayKind, SimulatedDlt645Meter
-from simulators.dlt645.server import Dlt645Simulator, make_meters, serve_dlt645
+from simulators.dlt645.serve import serve_dlt645
+from simulators.dlt645.server import Dlt645Simulator, make_meters
 
 __all__ = [
     "Dlt645Simulator",

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import random
 import termios
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Self, cast
 
 import serial
@@ -19,12 +19,13 @@ import serial_asyncio_fast
 
 from drivers.dlt645.codec import Frame, FrameReader
 from simulators.dlt645.bus import SimulatedBus
-from simulators.dlt645.model import Fault, SimulatedDlt645Meter
-from simulators.faults import FaultPlan, parse_faults
+from simulators.dlt645.model import Fault, RelayKind, SimulatedDlt645Meter
+from simulators.faults import FaultPlan
 from simulators.loadprofile import LoadProfile, unit_random
 from simulators.meter import Clock, SimClock, SimulatedMeter
+from simulators.relaylog import RelayLog
 
-__all__ = ["Dlt645Simulator", "make_meters", "serve_dlt645"]
+__all__ = ["Dlt645Simulator", "make_meters"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,11 @@ class Dlt645Simulator:
         preamble: FE bytes in front of replies (meters send 0-4).
         faults: the shared fleet fault plan (``simulators.faults``; meters named by index 0..); per-meter faults
             can also be set on each meter with ``inject``.
+        trip_delay_s: real seconds between a trip and the contact opening (when ``meters`` is a count).
+        relay_kind: how 1BH close-allowed behaves (when ``meters`` is a count): ``INTERNAL`` waits for the button.
+        protect: indices of the meters that start in 保电.
+        relay_log: where every 1CH command is recorded (default: a new log, ``relay_log``).
+        sleep: how replies are delayed (tests inject one).
     """
 
     def __init__(
@@ -128,11 +134,20 @@ class Dlt645Simulator:
         first_address: int = 1,
         preamble: int = 0,
         faults: FaultPlan | None = None,
+        trip_delay_s: float = 0.0,
+        relay_kind: RelayKind = RelayKind.INTERNAL,
+        protect: Iterable[int] = (),
+        relay_log: RelayLog | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         if isinstance(meters, int):
-            meters = make_meters(meters, first_address=first_address, seed=seed, speed=speed)
-        self.bus = SimulatedBus(meters, faults=faults)
+            meters = make_meters(meters, first_address=first_address, seed=seed, speed=speed,
+                                 trip_delay_s=trip_delay_s, relay_kind=relay_kind)
+        self.bus = SimulatedBus(meters, faults=faults, relay_log=relay_log)
+        for index in protect:
+            if not 0 <= index < len(meters):
+                raise ValueError(f"protect: no meter {index} (meters are 0..{len(meters) - 1})")
+            meters[index].set_protect(True)
         self.serial_path = serial
         self.tcp = tcp
         self.baud = baud
@@ -156,6 +171,10 @@ class Dlt645Simulator:
     @property
     def faults(self) -> FaultPlan:
         return self.bus.faults
+
+    @property
+    def relay_log(self) -> RelayLog:
+        return self.bus.relay_log
 
     def meter(self, address: str) -> SimulatedDlt645Meter:
         return self.bus.meter(address)
@@ -233,40 +252,3 @@ class Dlt645Simulator:
             await self._sleep(delay)
         line.send(raw)
         self.replies_sent += 1
-
-
-async def serve_dlt645(
-    *,
-    meters: int,
-    serial: str | None,
-    tcp: str | None,
-    baud: int,
-    pace: bool,
-    seed: int,
-    first_address: int = 1,
-    speed: float = 1.0,
-    faults: str | FaultPlan | None = None,
-) -> None:
-    """Serve ``meters`` simulated meters until cancelled (the ``meter-gateway simulate dlt645`` command).
-
-    ``faults`` is a ``FaultPlan`` or its text form (``"no-answer@10%; slow:0.8@3"``, see ``simulators.faults``).
-    """
-    if serial is None and tcp is None:
-        raise ValueError("give a serial path, a TCP host:port, or both")
-    plan = faults if isinstance(faults, FaultPlan) else parse_faults(faults, seed=seed)
-    async with Dlt645Simulator(
-        meters=meters,
-        serial=serial,
-        tcp=tcp,
-        baud=baud,
-        pace=pace,
-        seed=seed,
-        first_address=first_address,
-        speed=speed,
-        faults=plan,
-    ) as simulator:
-        addresses = ", ".join(m.address for m in simulator.meters[:5]) + (
-            " …" if len(simulator.meters) > 5 else ""
-        )
-        log.info("dlt645 simulator serving %s (tcp port %s)", addresses, simulator.tcp_port)
-        await asyncio.Event().wait()

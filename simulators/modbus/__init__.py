@@ -2,7 +2,9 @@
 
 device.py   one simulated meter as one Modbus unit (live registers, relay command)
 server.py   a small Modbus server (TCP, RTU over TCP, RTU on a serial port / pty) that can misbehave on purpose
-fleet.py    ModbusFleet (TCP or RTU over TCP), ModbusSerialFleet (serial / pty), build_fleets, serve_modbus
+pdu.py      PDU helpers: CRC-16, packing answers, parsing writes
+fleet.py    ModbusFleet (TCP or RTU over TCP), ModbusSerialFleet (serial / pty), build_fleets
+serve.py    serve_modbus (the CLI command), with the control interface (simulators.control)
 """
 
 from simulators.modbus.device import MeterUnit, ModelLayout, quantity_value
@@ -12,8 +14,8 @@ from simulators.modbus.fleet import (
     ModbusFleet,
     ModbusSerialFleet,
     build_fleets,
-    serve_modbus,
 )
+from simulators.modbus.serve import serve_modbus
 from simulators.modbus.server import ModbusServer
 
 __all__ = [

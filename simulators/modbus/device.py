@@ -85,7 +85,7 @@ def _raw_converter(quantity: str, scale: Decimal, unit: str, encoding: Encoding)
     if factor == factor.to_integral_value():  # Wh, 0.01 kWh (= 10 Wh), W, fen ...: integer arithmetic is exact
         step = int(factor)
 
-        def integral(value: int | float) -> int:
+        def integral(value: float) -> int:
             if energy:
                 raw = math.floor(value) // step
                 return raw % (high + 1) if low == 0 else max(low, min(high, raw))
@@ -96,7 +96,7 @@ def _raw_converter(quantity: str, scale: Decimal, unit: str, encoding: Encoding)
     if not energy:  # 0.1 V, 0.01 A...: round half up in floats (Decimal only matters for energy)
         as_float = float(factor)
 
-        def scaled(value: int | float) -> int:
+        def scaled(value: float) -> int:
             return max(low, min(high, math.floor(value / as_float + 0.5)))
 
         return scaled
@@ -201,15 +201,29 @@ class MeterUnit:
         meter: the simulated meter.
         layout: its model's register layout.
         index: the meter's index in its fleet (fault plans name meters by it).
+        name: the meter's identity for people and the control interface (a fleet uses ``PORT/UNIT``).
     """
 
-    def __init__(self, unit_id: int, meter: SimulatedMeter, layout: ModelLayout, *, index: int = 0) -> None:
+    def __init__(
+        self, unit_id: int, meter: SimulatedMeter, layout: ModelLayout, *, index: int = 0, name: str | None = None
+    ) -> None:
         if not 1 <= unit_id <= 247:
             raise ValueError(f"unit id {unit_id} is not within 1..247")
         self.unit_id = unit_id
         self.meter = meter
         self.layout = layout
         self.index = index
+        self.name = name if name is not None else str(unit_id)
+
+    def relay_asked(self, function_code: int, address: int, values: list[int]) -> str | None:
+        """What a write asks of the relay: ``trip``, ``close`` or ``invalid``; None when it is not a relay write
+        (another table or address than the model's relay command)."""
+        relay = self.layout.model.relay
+        if relay is None or (_WRITE_TABLE.get(function_code), address) != (relay.command.table, relay.command.address):
+            return None
+        if len(values) != 1:
+            return "invalid"
+        return {relay.command.open: "trip", relay.command.close: "close"}.get(values[0], "invalid")
 
     def read(self, table: Table, address: int, count: int) -> list[int] | int:
         """Values of ``count`` registers (bits: 0/1 each) from ``address``, or a Modbus exception code."""

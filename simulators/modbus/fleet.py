@@ -1,25 +1,25 @@
 """Fleets of simulated meters served over Modbus TCP, RTU over TCP, or RTU on a serial port / pty.
 
 A fleet is the meters of one endpoint (one TCP port, or one serial line), unit ids ``first_unit_id``...
-``serve_modbus`` (the ``meter-gateway simulate modbus`` command) spreads a large fleet over several ports.
+``build_fleets`` spreads a large fleet over several ports (``simulators.modbus.serve`` serves them).
 Meters are numbered across the whole fleet (``index``): their load profiles and the fault plan use that number,
-so a fleet looks the same whichever way it is split over ports.
+so a fleet looks the same whichever way it is split over ports. Each unit is also named ``PORT/UNIT`` (TCP) or
+``rtu/UNIT`` (a serial line), the name the relay log and the control interface (``simulators.control``) use.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import Literal, Self
 
-from drivers.modbus.models import MeterModel, load_model
-from simulators.faults import FaultPlan, parse_faults
+from drivers.modbus.models import MeterModel
+from simulators.faults import FaultPlan
 from simulators.loadprofile import LoadProfile, unit_random
 from simulators.meter import Clock, SimClock, SimulatedMeter
 from simulators.modbus.device import MeterUnit, ModelLayout
 from simulators.modbus.server import ModbusServer, RequestTrace, WriteListener
+from simulators.relaylog import RelayLog
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
@@ -27,7 +27,6 @@ __all__ = [
     "ModbusFleet",
     "ModbusSerialFleet",
     "build_fleets",
-    "serve_modbus",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,8 +49,10 @@ class _Fleet:
         first_index: int,
         clock: Clock | None,
         endpoint: str,
+        label: str,
         faults: FaultPlan | None,
         on_write: WriteListener | None,
+        relay_log: RelayLog | None,
     ) -> None:
         if meters < 1 or first_unit_id < 1 or first_unit_id + meters - 1 > MAX_UNITS:
             raise ValueError(
@@ -61,6 +62,7 @@ class _Fleet:
         self.endpoint = endpoint
         self.clock: Clock = clock if clock is not None else SimClock(speed=speed)
         self.faults = faults if faults is not None else FaultPlan(seed=seed)
+        self.relay_log = relay_log if relay_log is not None else RelayLog()
         self.on_write = on_write
         self.trace: RequestTrace | None = None  # set before start: every request (unit id, PDU) as it arrives
         layout = ModelLayout(model)
@@ -75,7 +77,7 @@ class _Fleet:
                 trip_delay_s=trip_delay,
             )
             unit_id = first_unit_id + offset
-            self.units[unit_id] = MeterUnit(unit_id, meter, layout, index=index)
+            self.units[unit_id] = MeterUnit(unit_id, meter, layout, index=index, name=f"{label}/{unit_id}")
         self.meters: dict[int, SimulatedMeter] = {uid: unit.meter for uid, unit in self.units.items()}
         self._server: ModbusServer | None = None
 
@@ -145,6 +147,7 @@ class ModbusFleet(_Fleet):
         clock: shared simulated time (default: a new ``SimClock(speed=speed)``).
         faults: the fault plan (shared by the fleets of one ``serve_modbus``); default: none, changeable later.
         on_write: called with (unit id, function code, address, values) after each applied write.
+        relay_log: where relay writes are recorded (shared by the fleets of one ``serve_modbus``).
     """
 
     def __init__(
@@ -162,6 +165,7 @@ class ModbusFleet(_Fleet):
         clock: Clock | None = None,
         faults: FaultPlan | None = None,
         on_write: WriteListener | None = None,
+        relay_log: RelayLog | None = None,
     ) -> None:
         scheme = "modbus-tcp" if framer == "socket" else "modbus-rtu-over-tcp"
         super().__init__(
@@ -173,14 +177,16 @@ class ModbusFleet(_Fleet):
             first_index=first_index,
             clock=clock,
             endpoint=f"{scheme}://{host}:{port}",
+            label=str(port),
             faults=faults,
             on_write=on_write,
+            relay_log=relay_log,
         )
         self.host, self.port, self.framer = host, port, framer
 
     def _new_server(self) -> ModbusServer:
         return ModbusServer(self.units, framer=self.framer, faults=self.faults, on_write=self.on_write,
-                            trace=self.trace)
+                            trace=self.trace, relay_log=self.relay_log)
 
     async def _open(self, server: ModbusServer) -> None:
         await server.listen(self.host, self.port)
@@ -190,7 +196,8 @@ class ModbusSerialFleet(_Fleet):
     """Simulated meters on one serial line (a pty end or a real port), Modbus RTU; an async context manager.
 
     Args:
-        model, meters, first_unit_id, seed, speed, first_index, clock, faults, on_write: as for ``ModbusFleet``.
+        model, meters, first_unit_id, seed, speed, first_index, clock, faults, on_write, relay_log: as for
+            ``ModbusFleet``.
         port: serial device path (e.g. a socat pty), or ``socket://host:port`` to listen for RTU over TCP.
         baudrate, parity, stopbits: line settings (use parity N on a pty).
         pace: answer no sooner than a real line of ``baudrate`` would allow (a pty has no line timing).
@@ -213,6 +220,7 @@ class ModbusSerialFleet(_Fleet):
         faults: FaultPlan | None = None,
         on_write: WriteListener | None = None,
         pace: bool = False,
+        relay_log: RelayLog | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -223,8 +231,10 @@ class ModbusSerialFleet(_Fleet):
             first_index=first_index,
             clock=clock,
             endpoint=f"modbus-rtu:{port}",
+            label="rtu",
             faults=faults,
             on_write=on_write,
+            relay_log=relay_log,
         )
         self.port, self.baudrate, self.parity, self.stopbits = port, baudrate, parity, stopbits
         self.pace = pace
@@ -237,6 +247,7 @@ class ModbusSerialFleet(_Fleet):
             faults=self.faults,
             on_write=self.on_write,
             trace=self.trace,
+            relay_log=self.relay_log,
             pace_baud=self.baudrate if self.pace else None,
             bits_per_char=bits,
         )
@@ -262,10 +273,11 @@ def build_fleets(
     faults: FaultPlan | None = None,
     clock: Clock | None = None,
     on_write: WriteListener | None = None,
+    relay_log: RelayLog | None = None,
 ) -> list[ModbusFleet]:
     """``meters`` meters, ``per_port`` unit ids (1..per_port) on each of the ports port, port + 1, ...
 
-    Every fleet shares one clock and one fault plan; meter indices run across the ports.
+    Every fleet shares one clock, one fault plan and one relay log; meter indices run across the ports.
     """
     if meters < 1:
         raise ValueError("meters must be at least 1")
@@ -273,6 +285,7 @@ def build_fleets(
         raise ValueError(f"per_port must be within 1..{MAX_UNITS}")
     clock = clock if clock is not None else SimClock(speed=speed)
     faults = faults if faults is not None else FaultPlan(seed=seed)
+    relay_log = relay_log if relay_log is not None else RelayLog()
     return [
         ModbusFleet(
             model,
@@ -285,55 +298,7 @@ def build_fleets(
             clock=clock,
             faults=faults,
             on_write=on_write,
+            relay_log=relay_log,
         )
         for n, first in enumerate(range(0, meters, per_port))
     ]
-
-
-async def serve_modbus(
-    *,
-    model_path: str | None,
-    meters: int,
-    host: str = "127.0.0.1",
-    port: int = 5020,
-    seed: int = 0,
-    speed: float = 1.0,
-    framer: Literal["socket", "rtu"] = "socket",
-    per_port: int = MAX_UNITS,
-    serial: str | None = None,
-    baudrate: int = 9600,
-    pace: bool = False,
-    faults: str | FaultPlan | None = None,
-    on_write: WriteListener | None = None,
-    started: asyncio.Event | None = None,
-) -> None:
-    """Serve simulated meters until cancelled.
-
-    On TCP: ``per_port`` unit ids on each of port, port + 1, ... (Modbus TCP, or RTU framing with
-    ``framer="rtu"``). With ``serial`` (a device, a pty, or ``socket://host:port``): up to 247 meters on that one
-    RTU line. ``faults`` is a fault plan or its text form (``simulators.faults``).
-    """
-    model = load_model(model_path if model_path is not None else DEFAULT_MODEL_PATH)
-    plan = faults if isinstance(faults, FaultPlan) else parse_faults(faults, seed=seed)
-    fleets: list[ModbusFleet | ModbusSerialFleet]
-    if serial is not None:
-        if meters > MAX_UNITS:
-            raise ValueError(f"one RTU line has at most {MAX_UNITS} unit ids")
-        fleets = [ModbusSerialFleet(model, meters=meters, port=serial, baudrate=baudrate, seed=seed, speed=speed,
-                                    faults=plan, on_write=on_write, pace=pace)]
-    else:
-        fleets = list(build_fleets(model, meters=meters, host=host, port=port, per_port=per_port, seed=seed,
-                                   speed=speed, framer=framer, faults=plan, on_write=on_write))
-    try:
-        for fleet in fleets:
-            await fleet.start()
-        if plan:
-            for kind in sorted({f.kind for i in range(meters) for f in plan.faults(i)}, key=lambda k: k.value):
-                log.info("fault %s: %d meters", kind.value, len(plan.selected(kind, meters)))
-        if started is not None:
-            started.set()
-        await asyncio.Event().wait()
-    finally:
-        for fleet in fleets:
-            with contextlib.suppress(Exception):
-                await fleet.stop()

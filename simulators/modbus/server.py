@@ -5,6 +5,10 @@ It is written for the simulator rather than taken from pymodbus because a simula
 a gateway is benchmarked against thousands of meters. It answers FC01-06, FC15 and FC16; anything else gets
 exception 1. On TCP an unknown unit id gets exception 0x0B (what a Modbus TCP gateway answers when the device
 behind it is missing); on an RTU line an unknown unit id is silence, as on a real multi-drop bus.
+
+Faults (``simulators.faults``) are decided per request before it is executed: ``no-answer`` and ``exception``
+requests are not executed, ``mute`` ones are executed and their answer dropped. Every write to a unit's relay
+command register is recorded in the relay log (``simulators.relaylog``), executed or not.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from collections.abc import Callable, Mapping
 from typing import Literal
 
 from simulators.faults import NO_FAULT, FaultPlan, ReplyFault
-from simulators.modbus.device import ILLEGAL_FUNCTION, ILLEGAL_VALUE, MeterUnit
+from simulators.modbus.device import ILLEGAL_ADDRESS, ILLEGAL_FUNCTION, ILLEGAL_VALUE, MeterUnit
+from simulators.modbus.pdu import ADDR_COUNT, crc16, exception_pdu, pack_bits, pack_registers, parse_write
+from simulators.relaylog import RelayLog
 
 __all__ = ["GATEWAY_TARGET_FAILED", "ModbusServer", "RequestTrace", "WriteListener", "crc16"]
 
@@ -27,8 +33,6 @@ GATEWAY_TARGET_FAILED = 0x0B
 _READ_TABLES = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
 _READ_LIMIT = {1: 2000, 2: 2000, 3: 125, 4: 125}
 _HEADER = struct.Struct(">HHHB")  # MBAP: transaction id, protocol id, length, unit id
-_ADDR_COUNT = struct.Struct(">HH")
-_REGISTERS: dict[int, struct.Struct] = {}
 
 # (unit id, function code, address, values) after a write was applied
 WriteListener = Callable[[int, int, int, list[int]], None]
@@ -36,49 +40,9 @@ WriteListener = Callable[[int, int, int, list[int]], None]
 RequestTrace = Callable[[int, bytes], None]
 
 
-def _crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
+_BROADCAST = ReplyFault(mute=True)  # executed, never answered
+_REFUSAL_REASONS = {ILLEGAL_FUNCTION: "bad-function", ILLEGAL_ADDRESS: "bad-address", ILLEGAL_VALUE: "bad-value"}
 
-
-_CRC_TABLE = _crc_table()
-
-
-def crc16(data: bytes) -> bytes:
-    """CRC-16/MODBUS of ``data``, low byte first (as it goes on the wire)."""
-    crc = 0xFFFF
-    table = _CRC_TABLE
-    for byte in data:
-        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
-    return bytes((crc & 0xFF, crc >> 8))
-
-
-def _pack_registers(fc: int, values: list[int]) -> bytes:
-    n = len(values)
-    packer = _REGISTERS.get(n)
-    if packer is None:
-        packer = _REGISTERS[n] = struct.Struct(f">BB{n}H")
-    return packer.pack(fc, 2 * n, *values)
-
-
-def _pack_bits(fc: int, bits: list[int]) -> bytes:
-    out = bytearray((fc, (len(bits) + 7) // 8))
-    for start in range(0, len(bits), 8):
-        byte = 0
-        for i, bit in enumerate(bits[start : start + 8]):
-            if bit:
-                byte |= 1 << i
-        out.append(byte)
-    return bytes(out)
-
-
-def _exception(fc: int, code: int) -> bytes:
-    return bytes((fc | 0x80, code))
 
 
 class ModbusServer:
@@ -92,6 +56,7 @@ class ModbusServer:
             of this baud rate, plus 3.5 character times (a pty transfers bytes instantly).
         on_write: called after every applied write (e.g. a benchmark timing relay commands on the wire).
         trace: called with every request (unit id, PDU) as it arrives.
+        relay_log: where relay writes are recorded (default: a new log).
     """
 
     def __init__(
@@ -104,8 +69,10 @@ class ModbusServer:
         bits_per_char: int = 11,
         on_write: WriteListener | None = None,
         trace: RequestTrace | None = None,
+        relay_log: RelayLog | None = None,
     ) -> None:
         self.units = units
+        self.relay_log = relay_log if relay_log is not None else RelayLog()
         self.trace = trace
         self.framer = framer
         self.faults = faults if faults is not None else FaultPlan()
@@ -153,70 +120,76 @@ class ModbusServer:
             self.trace(unit_id, pdu)
         unit = self.units.get(unit_id)
         if unit is None:
-            if unit_id == 0:  # broadcast: writes go to every unit, nobody answers
+            if unit_id == 0:  # broadcast: writes go to every unit that hears, nobody answers
                 for each in self.units.values():
-                    self._handle(each, pdu, NO_FAULT)
+                    if self.faults and self.faults.reply(each.index).silent:
+                        self._log_unexecuted(each, pdu, "no-answer", ReplyFault(silent=True))
+                    else:
+                        self._handle(each, pdu, _BROADCAST)
                 return None, NO_FAULT
             if self.framer == "socket":
-                return _exception(pdu[0] if pdu else 0, GATEWAY_TARGET_FAILED), NO_FAULT
+                return exception_pdu(pdu[0] if pdu else 0, GATEWAY_TARGET_FAILED), NO_FAULT
             return None, NO_FAULT
         fault = self.faults.reply(unit.index) if self.faults else NO_FAULT
-        if fault.silent:
+        if fault.silent:  # no-answer: the meter does not hear the request
+            self._log_unexecuted(unit, pdu, "no-answer", fault)
             return None, fault
         if fault.exception is not None:
-            return _exception(pdu[0] if pdu else 0, fault.exception), fault
-        return self._handle(unit, pdu, fault), fault
+            self._log_unexecuted(unit, pdu, "exception", fault)
+            return exception_pdu(pdu[0] if pdu else 0, fault.exception), fault
+        answer = self._handle(unit, pdu, fault)
+        return (None if fault.mute else answer), fault
+
+    def _log_unexecuted(self, unit: MeterUnit, pdu: bytes, reason: str, fault: ReplyFault) -> None:
+        """Record a relay write the meter did not execute because of a fault."""
+        if not pdu or pdu[0] not in (5, 6, 15, 16):
+            return
+        write = parse_write(pdu)
+        if not isinstance(write, int):
+            self._log(unit, *write, executed=False, reason=reason, fault=fault)
+
+    def _log(self, unit: MeterUnit, fc: int, address: int, values: list[int], *, executed: bool,
+             reason: str | None, fault: ReplyFault) -> None:
+        asked = unit.relay_asked(fc, address, values)
+        if asked is None:
+            return
+        detail = {"function": fc, "address": address, "value": values[0] if len(values) == 1 else values}
+        self.relay_log.add(meter=unit.index, id=unit.name, protocol="modbus", asked=asked, executed=executed,
+                           reason=reason, reply=fault.reply_state, detail=detail)
 
     def _handle(self, unit: MeterUnit, pdu: bytes, fault: ReplyFault) -> bytes:
         if len(pdu) < 1:
-            return _exception(0, ILLEGAL_FUNCTION)
+            return exception_pdu(0, ILLEGAL_FUNCTION)
         fc = pdu[0]
         faults = self.faults
         if fc in _READ_TABLES:
             if len(pdu) != 5:
-                return _exception(fc, ILLEGAL_VALUE)
-            address, count = _ADDR_COUNT.unpack_from(pdu, 1)
+                return exception_pdu(fc, ILLEGAL_VALUE)
+            address, count = ADDR_COUNT.unpack_from(pdu, 1)
             if not 1 <= count <= _READ_LIMIT[fc]:
-                return _exception(fc, ILLEGAL_VALUE)
+                return exception_pdu(fc, ILLEGAL_VALUE)
             if faults and faults.counter_reset_due(unit.index):
                 unit.meter.set_energy_wh(0)
             values = unit.read(_READ_TABLES[fc], address, count)  # type: ignore[arg-type]
             if isinstance(values, int):
-                return _exception(fc, values)
-            return _pack_bits(fc, values) if fc <= 2 else _pack_registers(fc, values)
-        if fc in (5, 6):
-            if len(pdu) != 5:
-                return _exception(fc, ILLEGAL_VALUE)
-            address, raw = _ADDR_COUNT.unpack_from(pdu, 1)
-            if fc == 5:
-                if raw not in (0x0000, 0xFF00):
-                    return _exception(fc, ILLEGAL_VALUE)
-                raw = int(raw == 0xFF00)
-            return self._write(unit, fc, address, [raw], pdu)
-        if fc in (15, 16):
-            if len(pdu) < 6:
-                return _exception(fc, ILLEGAL_VALUE)
-            address, count = _ADDR_COUNT.unpack_from(pdu, 1)
-            byte_count = pdu[5]
-            data = pdu[6:]
-            if len(data) != byte_count or count < 1:
-                return _exception(fc, ILLEGAL_VALUE)
-            if fc == 15:
-                if byte_count != (count + 7) // 8:
-                    return _exception(fc, ILLEGAL_VALUE)
-                values = [(data[i // 8] >> (i % 8)) & 1 for i in range(count)]
-            else:
-                if byte_count != 2 * count:
-                    return _exception(fc, ILLEGAL_VALUE)
-                values = list(struct.unpack(f">{count}H", data))
-            return self._write(unit, fc, address, values, pdu[:5])
-        return _exception(fc, ILLEGAL_FUNCTION)
+                return exception_pdu(fc, values)
+            return pack_bits(fc, values) if fc <= 2 else pack_registers(fc, values)
+        if fc in (5, 6, 15, 16):
+            write = parse_write(pdu)
+            if isinstance(write, int):
+                return exception_pdu(fc, write)
+            return self._write(unit, *write, pdu if fc in (5, 6) else pdu[:5], fault)
+        return exception_pdu(fc, ILLEGAL_FUNCTION)
 
-    def _write(self, unit: MeterUnit, fc: int, address: int, values: list[int], echo: bytes) -> bytes:
+    def _write(
+        self, unit: MeterUnit, fc: int, address: int, values: list[int], echo: bytes, fault: ReplyFault
+    ) -> bytes:
         stuck = bool(self.faults) and self.faults.relay_stuck(unit.index)
         code = unit.write(fc, address, values, stuck=stuck)
+        reason = _REFUSAL_REASONS.get(code, f"exception {code}") if code is not None else "stuck" if stuck else None
+        self._log(unit, fc, address, values, executed=reason is None, reason=reason, fault=fault)
         if code is not None:
-            return _exception(fc, code)
+            return exception_pdu(fc, code)
         if self.on_write is not None:
             self.on_write(unit.unit_id, fc, address, values)
         return bytes(echo)

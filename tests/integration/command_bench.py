@@ -17,7 +17,14 @@ from tests.support import async_wait_until
 class CommandBench:
     gateway: Gateway
 
-    async def command(self, action: str, *, meter_id: str = "M-1", reason: str = "test") -> CommandRecord:
+    async def command(self, action: str, *, meter_id: str = "M-1", reason: str = "test",
+                      answered: bool = True) -> CommandRecord:
+        """An operator's command, once the meter has answered a poll (a trip goes only to a meter whose last
+        poll succeeded; ``answered=False``: at once)."""
+        scheduler = self.gateway.scheduler
+        if answered and scheduler is not None and scheduler.meter_health(meter_id) is not None:
+            await async_wait_until(lambda: scheduler.meter_health(meter_id)["polls"] >= 1,  # type: ignore[index]
+                                   timeout=10, what=f"a first answer of {meter_id}")
         outcome = await manual_command(self.gateway.service, meter_id, action, role="operator", actor="tester",
                                        operator="tester", reason=reason)
         assert outcome.command is not None

@@ -178,7 +178,9 @@ async def test_manual_disconnect_is_not_undone_by_a_payment(client: httpx.AsyncC
     pay = {**PAYMENT, "account_id": "A-3", "payment_id": "P-M3"}
     assert (await client.post("/v1/payments", json=pay, headers=auth("billing"))).status_code == 201
     account = (await client.get("/v1/accounts/A-3", headers=auth("viewer"))).json()
-    assert (account["state"], account["manual_disconnect"]) == ("disconnected", True)
+    # no bus runs here: the trip is queued, not confirmed; the engine still wants the supply off
+    assert (account["supply"], account["state"], account["manual_disconnect"]) == ("disconnected", "disconnecting",
+                                                                                  True)
     commands = (await client.get("/v1/commands?meter_id=M-3", headers=auth("viewer"))).json()["data"]
     assert [c["action"] for c in commands] == ["open"]
 

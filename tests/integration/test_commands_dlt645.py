@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from gateway.settings import Settings
 from simulators.dlt645 import Dlt645Simulator, SimulatedDlt645Meter
 from simulators.faults import Fault, FaultKind
 from tests.integration.command_bench import CommandBench
-from tests.support import free_port
+from tests.support import async_wait_until, free_port
 
 ADDRESS = "000000000001"
 
@@ -77,18 +78,34 @@ async def test_a_command_that_reaches_the_meter_too_late_is_refused_by_the_meter
     assert not bench.meter.relay_open
 
 
-async def test_a_silent_meter_fails_the_command_and_never_reports_it_done(bench: Bench) -> None:
-    # The meter acts on the trip but its replies are lost: the gateway can't confirm anything, so the command
-    # must end `failed` (not confirmed, alarm raised), never `expired` as if it had not reached the meter.
+def _health(bench: Bench) -> Any:
+    assert bench.gateway.scheduler is not None
+    return bench.gateway.scheduler.buses[0].poller.meters["M-1"]
+
+
+async def test_replies_lost_after_the_trip_left_fail_the_command_and_never_report_it_done(bench: Bench) -> None:
+    # The meter answered its last poll, then acts on the trip but its replies are lost: the gateway can't
+    # confirm anything, so the command must end `failed` (not confirmed, alarm raised), never `expired` as if it
+    # had not reached the meter.
+    await async_wait_until(lambda: _health(bench).polls >= 1 and not _health(bench).failures, timeout=5,
+                           what="an answered poll")
     bench.meter.inject("silence")
     record = await bench.settled((await bench.command("open")).id)
     assert record.state == "failed" and record.attempts >= 1
     assert any(a.get("command_id") == record.id for a in await bench.alarms())
 
 
+async def test_a_trip_never_goes_to_a_meter_whose_last_poll_failed(bench: Bench) -> None:
+    bench.meter.inject("silence")
+    await async_wait_until(lambda: _health(bench).failures >= 1, timeout=5, what="a failed poll")
+    record = await bench.settled((await bench.command("open", answered=False)).id)
+    assert record.state == "expired" and record.attempts == 0
+    assert not bench.meter.relay_open and not bench.meter.commands
+
+
 async def test_a_command_queued_while_the_bus_is_down_expires_unsent(bench: Bench) -> None:
     await bench.simulator.stop()  # the converter is gone: nothing reaches the meter
-    record = await bench.settled((await bench.command("open")).id)
+    record = await bench.settled((await bench.command("open", answered=False)).id)
     assert record.state == "expired"
     assert not bench.meter.relay_open
 
@@ -103,6 +120,8 @@ async def test_a_newer_command_supersedes_and_wins(bench: Bench) -> None:
 
 
 async def test_a_garbled_answer_is_followed_by_a_read_back_not_a_second_trip(bench: Bench) -> None:
+    await async_wait_until(lambda: _health(bench).polls >= 1 and not _health(bench).failures, timeout=5,
+                           what="an answered poll")  # a trip goes only to a meter whose last poll succeeded
     bench.meter.inject("bad_checksum", count=1)  # the meter trips, but its acknowledgement arrives corrupted
     record = await bench.settled((await bench.command("open")).id)
     assert record.state == "confirmed"

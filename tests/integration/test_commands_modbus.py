@@ -16,7 +16,6 @@ from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway, default_models_dir
 from gateway.service.commands import CommandRecord, create_command
 from gateway.service.operator import cancel_command
-from gateway.service.scheduler import _Active
 from gateway.settings import Settings
 from simulators.faults import Fault, FaultKind, FaultPlan
 from simulators.meter import SimulatedMeter
@@ -79,12 +78,24 @@ async def test_stuck_relay_fails_with_an_alarm(bench: Bench) -> None:
     assert any(a.get("type") == "CommandFailed" and a.get("command_id") == record.id for a in await bench.alarms())
 
 
-async def test_an_exception_reply_fails_fast_with_the_meters_reason(bench: Bench) -> None:
-    bench.faults.add(Fault(FaultKind.EXCEPTION, code=4), meters=[0])
-    record = await bench.settled((await bench.command("open")).id, timeout=3)
-    assert (record.state, record.attempts) == ("failed", 1)
-    assert "meter refused" in (record.last_error or "")
-    assert bench.meter.relay_closed
+async def test_an_exception_reply_fails_fast_with_the_meters_reason(tmp_path: Path) -> None:
+    """The meter answers its polls but refuses the relay write (here: the gateway's model names a relay coil the
+    meter does not have, and the meter answers exception 2)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    text = (default_models_dir() / "generic-prepaid.yaml").read_text()
+    (models / "generic-prepaid.yaml").write_text(text.replace("command: {table: coil, address: 0x0000",
+                                                              "command: {table: coil, address: 0x0007"))
+    port = free_port()
+    settings = site(tmp_path, port, command_expiry_s=10).model_copy(update={"models_dir": str(models)})
+    model = load_model(default_models_dir() / "generic-prepaid.yaml")
+    async with ModbusFleet(model, meters=1, port=port) as fleet:
+        async with Gateway(settings, base_dir=tmp_path) as gateway:
+            bench = CommandBench(gateway)
+            record = await bench.settled((await bench.command("open")).id, timeout=8)
+            assert (record.state, record.attempts) == ("failed", 1)
+            assert "meter refused" in (record.last_error or "") and "2" in (record.last_error or "")
+            assert fleet.meters[1].relay_closed
 
 
 @pytest.mark.parametrize("relay_already_open", [True, False])
@@ -124,10 +135,11 @@ async def test_a_command_cancelled_after_its_bus_picked_it_up_is_not_sent(tmp_pa
         async with Gateway(settings, base_dir=tmp_path) as gateway:
             record = await queued_without_waking_the_bus(gateway, "test")  # the runner is handed it below
             await cancel_command(gateway.service, record.id, actor="tester")
-            runner = gateway.scheduler.runners[0]
-            job = _Active(record, "send")  # what the runner held when the cancel came
-            runner._active[record.id] = job
-            await runner._command_step(job)
-            assert record.id not in runner._active
+            assert gateway.scheduler is not None
+            runner = gateway.scheduler.buses[0].runner
+            command = record.model()  # what the runner held when the cancel came
+            runner.active[record.id] = command
+            await runner._send(command, gateway.service.clock())
+            assert record.id not in runner.active
             assert writes == [] and fleet.meters[1].relay_closed
             assert (await CommandBench(gateway).record(record.id)).state == "cancelled"

@@ -51,12 +51,16 @@ async def test_tcp_refusals_and_faults() -> None:
     ):
         m0, m1 = meters_of(sim)
         await driver.protect(m0)
-        with pytest.raises(CommandRefused):
+        with pytest.raises(CommandRefused) as info:
             await driver.set_relay(m0, RelayAction.OPEN)
+        # ERR 01 "other error" on the wire; status word 3 (bit 12) says why
+        assert (info.value.code, info.value.reasons) == (0x01, ("meter in protect state (保电)",))
+        assert info.value.reason == "meter in protect state (保电)"
         sim.meters[1].passwords = {2: "111111"}
         with pytest.raises(CommandRefused) as info:
             await driver.set_relay(m1, RelayAction.OPEN)
         assert info.value.reason == "wrong password / not authorised"
+        assert (info.value.code, info.value.reasons) == (0x04, ("wrong password / not authorised",))
 
         sim.meters[0].inject(Fault.SILENCE)
         with pytest.raises(MeterTimeout):

@@ -1,15 +1,22 @@
-"""The Modbus drivers against the fleet simulator over real sockets (TCP, RTU over TCP, a serial pty)."""
+"""The Modbus drivers against the fleet simulator over real sockets (TCP, RTU over TCP, a serial pty), and
+against pymodbus's own server for every Modbus exception code."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
+from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.base import RelayAction, RelayState
 from drivers.errors import CommandRefused, ConnectError, ExceptionReply, MeterTimeout, UnsupportedOperation
 from drivers.modbus import ModbusMeter, ModbusRtuDriver, ModbusTcpDriver, load_model
 from drivers.modbus.models import parse_model
+from drivers.modbus.registers import EXCEPTION_NAMES
 from simulators.meter import ManualClock
 from simulators.modbus import ModbusFleet, ModbusSerialFleet
 from tests.conftest import REPO_ROOT
@@ -124,7 +131,9 @@ async def test_refused_relay_write_raises_command_refused():
         with pytest.raises(CommandRefused) as info:
             await driver.set_relay(ModbusMeter("h1", 1, fc06), RelayAction.OPEN)  # the meter wants FC16
         assert info.value.code == 1
-        assert info.value.reason == "Modbus exception 1 (illegal function)"
+        assert info.value.reasons == ("exception 1: illegal function (function not supported by this meter)",)
+        assert info.value.reason == info.value.reasons[0]
+        assert str(info.value).count("[h1]") == 1
         assert fleet.meters[1].relay_closed
         await driver.set_relay(ModbusMeter("h1", 1, HIKING), RelayAction.OPEN)
         assert not fleet.meters[1].relay_closed
@@ -234,3 +243,109 @@ async def test_an_urgent_command_goes_between_the_requests_of_a_read():
     assert wire[:2] == [(2, 4), (1, 5)]  # the command right after the transaction in flight
     assert sorted(wire[2:]) == [(1, 2), (1, 4), (2, 2)]  # then the polls
     assert not fleet.meters[1].relay_closed
+
+
+# --- every exception code from pymodbus's own server ---------------------------------------------------------
+
+# code -> the named reason every driver gives for it (drivers.modbus.registers.exception_reason)
+EXCEPTION_REASONS = {
+    1: "exception 1: illegal function (function not supported by this meter)",
+    2: "exception 2: illegal data address (register not on this meter)",
+    3: "exception 3: illegal data value (value not accepted by this meter)",
+    4: "exception 4: server device failure (the meter failed while doing it)",
+    5: "exception 5: acknowledge (accepted, still being processed: the command may yet take effect)",
+    6: "exception 6: server device busy (the meter is busy, try again later)",
+    8: "exception 8: memory parity error (the meter's memory check failed)",
+    10: "exception 10 (0x0A): gateway path unavailable (the gateway has no path to this unit id)",
+    11: "exception 11 (0x0B): gateway target device failed to respond (no answer from the unit behind the gateway)",
+}
+
+
+def test_the_expected_reasons_cover_every_exception_code() -> None:
+    assert set(EXCEPTION_REASONS) == set(EXCEPTION_NAMES) == {int(c) for c in ExcCodes} - {7}  # 7: NAK, obsolete
+
+
+AnyDriver = ModbusTcpDriver | ModbusRtuDriver
+
+
+class RefusingServer:
+    """pymodbus's TCP server (an independent Modbus implementation) with a generic-prepaid-shaped unit 1 that
+    answers reads (``read_code``) and writes (``write_code``) with an exception code while it is set."""
+
+    def __init__(self) -> None:
+        self.read_code: ExcCodes | None = None
+        self.write_code: ExcCodes | None = None
+        self.writes = 0  # writes that got through
+
+    async def action(
+        self, function_code: int, start: int, address: int, count: int, registers: list[int], values: object
+    ) -> ExcCodes | None:
+        if values is None:
+            return self.read_code
+        if self.write_code is None:
+            self.writes += 1
+        return self.write_code
+
+    def device(self) -> SimDevice:
+        return SimDevice(
+            1,
+            action=self.action,
+            simdata=(
+                [SimData(0, values=[True] * 16, datatype=DataType.BITS)],  # coil 0: relay command
+                [SimData(0, values=[True] * 16, datatype=DataType.BITS)],  # discrete 0: relay state
+                [SimData(0, values=[0] * 16, datatype=DataType.REGISTERS)],
+                [SimData(0, values=[0, 1000] + [0] * 14, datatype=DataType.REGISTERS)],  # input 0..15
+            ),
+        )
+
+
+@pytest.fixture(params=["tcp", "rtu-over-tcp"])
+async def refusing(request: pytest.FixtureRequest) -> AsyncIterator[tuple[RefusingServer, AnyDriver]]:
+    """A ``RefusingServer`` on a real socket, and the driver for it: the TCP driver (the project's MBAP client) or
+    the RTU driver (pymodbus's client, RTU framing over TCP)."""
+    refusing = RefusingServer()
+    port = free_port()
+    framer = FramerType.SOCKET if request.param == "tcp" else FramerType.RTU
+    server = ModbusTcpServer([refusing.device()], address=("127.0.0.1", port), framer=framer)
+    await server.serve_forever(background=True)
+    driver: AnyDriver = (
+        ModbusTcpDriver("127.0.0.1", port, timeout=1.0)
+        if request.param == "tcp"
+        else ModbusRtuDriver(f"socket://127.0.0.1:{port}", timeout=1.0)
+    )
+    try:
+        yield refusing, driver
+    finally:
+        await driver.aclose()
+        await server.shutdown()
+
+
+@pytest.mark.parametrize("code", sorted(EXCEPTION_REASONS))
+async def test_every_exception_code_is_named_on_reads_and_relay_writes(
+    refusing: tuple[RefusingServer, AnyDriver], code: int
+) -> None:
+    server, driver = refusing
+    meter = ModbusMeter("x1", 1, GENERIC)
+    assert (await driver.read(meter)).energy_wh == 1000  # the server works: exceptions only when told
+
+    server.read_code = ExcCodes(code)
+    with pytest.raises(ExceptionReply) as read:
+        await driver.read(meter)
+    assert (read.value.code, read.value.reasons) == (code, (EXCEPTION_REASONS[code],))
+    assert read.value.reason == EXCEPTION_REASONS[code] and read.value.meter_id == "x1"
+    assert f"Modbus {EXCEPTION_REASONS[code]}" in str(read.value)
+    server.read_code = None
+
+    server.write_code = ExcCodes(code)
+    with pytest.raises(CommandRefused) as write:
+        await driver.set_relay(meter, RelayAction.OPEN)
+    refused = write.value
+    assert (refused.code, refused.reasons) == (code, (EXCEPTION_REASONS[code],))
+    assert refused.reason == EXCEPTION_REASONS[code]
+    assert refused.meter_id == "x1" and str(refused).startswith("[x1] ") and str(refused).count("[x1]") == 1
+    assert isinstance(refused.__cause__, ExceptionReply) and refused.__cause__.code == code
+    assert server.writes == 0
+
+    server.write_code = None  # the bus goes on after each refusal
+    await driver.set_relay(meter, RelayAction.OPEN)
+    assert server.writes == 1

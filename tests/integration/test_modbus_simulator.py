@@ -12,6 +12,7 @@ import pytest
 from drivers.base import RelayState
 from drivers.errors import ConnectError, ExceptionReply, MeterTimeout
 from drivers.modbus import ModbusMeter, ModbusTcpDriver, load_model
+from simulators.faults import NO_FAULT, parse_faults
 from simulators.modbus import DEFAULT_MODEL_PATH, MAX_UNITS, ModbusFleet, ModbusSerialFleet, serve_modbus
 from tests.conftest import REPO_ROOT
 from tests.support import async_wait_until, free_port, require_tool
@@ -171,3 +172,26 @@ async def test_the_cli_refuses_a_bad_fault_rule():
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2 and b"fault rule 'sometimes@1'" in out
+
+
+def test_the_server_applies_no_answer_before_and_mute_after_executing():
+    """``ModbusServer.respond`` without sockets: what each fault does to a relay write, and the relay log."""
+    fleet = ModbusFleet(GENERIC, meters=3, port=free_port(), faults=parse_faults("no-answer@0; mute@1"))
+    server = fleet._new_server()
+    trip = bytes.fromhex("0500000000")  # FC05 coil 0 := OFF, the generic model's trip
+    assert server.respond(1, trip)[0] is None and fleet.meters[1].relay_closed  # not heard
+    answer, fault = server.respond(2, trip)
+    assert answer is None and fault.mute and not fleet.meters[2].relay_closed  # executed, answer dropped
+    assert server.respond(3, trip)[0] == trip and not fleet.meters[3].relay_closed
+    assert server.respond(0, bytes.fromhex("050000FF00")) == (None, NO_FAULT)  # broadcast close
+    assert fleet.meters[2].relay_closed and fleet.meters[3].relay_closed
+    assert server.respond(3, bytes.fromhex("0600000001"))[0] == bytes.fromhex("8602")  # a register: not the relay
+    assert server.respond(3, bytes.fromhex("0F000000010101"))[0] == bytes.fromhex("8F01")  # FC15: the model wants FC05
+    log = [(e.id, e.asked, e.executed, e.reason, e.reply) for e in fleet.relay_log.since()]
+    port = fleet.port
+    assert log == [
+        (f"{port}/1", "trip", False, "no-answer", "none"), (f"{port}/2", "trip", True, None, "lost"),
+        (f"{port}/3", "trip", True, None, "sent"), (f"{port}/1", "close", False, "no-answer", "none"),
+        (f"{port}/2", "close", True, None, "lost"), (f"{port}/3", "close", True, None, "lost"),
+        (f"{port}/3", "close", False, "bad-function", "sent"),
+    ]

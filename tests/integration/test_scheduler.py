@@ -21,7 +21,7 @@ from drivers.modbus import load_model
 from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway
 from gateway.service import commands as cmds
-from gateway.service.scheduler import BusRunner
+from gateway.service.polling.poller import BusPoller
 from gateway.service.verify import verify_ledger
 from gateway.settings import Settings, hash_key
 from simulators.faults import Fault, FaultKind
@@ -36,7 +36,7 @@ def site(tmp_path: Path, bus: dict[str, Any], meters: int, *, interval: float, e
     return Settings.model_validate({
         **extra,
         "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
-        "engine": {"command_expiry_s": expiry_s, "confirm_interval_s": 0.1},
+        "engine": {"command_expiry_s": expiry_s, "confirm_interval_s": 0.1, "retry_backoff_s": 0.2},
         "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
         "accounts": [{"id": f"A-{i}", "tariff": "flat", "opening_balance": "1000.00"} for i in range(1, meters + 1)],
         "buses": [{"id": "bus", **bus}],
@@ -46,10 +46,10 @@ def site(tmp_path: Path, bus: dict[str, Any], meters: int, *, interval: float, e
 
 
 @contextlib.asynccontextmanager
-async def gateway(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Gateway, BusRunner]]:
+async def gateway(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[Gateway, BusPoller]]:
     async with Gateway(settings, base_dir=tmp_path) as gw:
         assert gw.scheduler is not None
-        yield gw, gw.scheduler.runners[0]
+        yield gw, gw.scheduler.buses[0].poller
 
 
 async def db_health(gw: Gateway, meter_id: str) -> str:
@@ -70,7 +70,7 @@ async def test_a_dead_meter_costs_its_bus_no_more_than_its_backoff_budget(tmp_pa
         fleet.faults.add(Fault(FaultKind.NO_ANSWER), meters=[fleet.index_of(5)])
         bus = {"protocol": "modbus-tcp", "host": "127.0.0.1", "port": fleet.port, "timeout_s": timeout}
         async with gateway(site(tmp_path, bus, 5, interval=interval), tmp_path) as (gw, runner):
-            runner.backoff_base_s = 0.0  # back off from the interval (before M-5's first try ends at 0.18 s)
+            runner.breaker.backoff_base_s = 0.0  # back off from the interval (before M-5's first try ends)
             start = time.monotonic()
             await async_wait_until(lambda: time.monotonic() - start >= window, timeout=10, what="the window")
             health = runner.meter_health()
@@ -83,7 +83,7 @@ async def test_a_dead_meter_costs_its_bus_no_more_than_its_backoff_budget(tmp_pa
     allowed, at, k = 0, interval * 4 / 5, 0  # M-5's first poll is staggered to 4/5 of the interval
     while at <= elapsed:
         allowed, k = allowed + 1, k + 1
-        at += timeout + min(interval * 2 ** (k - 1), runner.backoff_cap_s)
+        at += timeout + min(interval * 2 ** (k - 1), runner.breaker.backoff_cap_s)
     assert 1 <= dead["tries"] <= allowed, (dead, allowed)
     assert dead["busy_s"] <= dead["tries"] * (timeout + 0.05)  # each try costs the bus one timeout
     assert dead["state"] == "offline" and dead["polls"] == 0
@@ -214,25 +214,26 @@ async def test_a_command_left_sending_is_checked_by_reading_the_relay_first(tmp_
     assert not fleet.meters[2].relay_closed
 
 
-async def test_a_refused_command_fails_fast_and_an_unanswered_one_is_never_sent_blindly_again(
-        tmp_path: Path) -> None:
-    fleet = ModbusFleet(GENERIC, meters=2, port=free_port())
+async def test_no_trip_goes_to_a_meter_whose_polls_fail(tmp_path: Path) -> None:
+    """A meter that answers every request with an exception, and one that does not answer: neither is sent a trip
+    (their last poll failed), both commands expire unsent; a reconnect is sent anyway (a customer who paid must
+    get power: sending it is harmless) and, unanswered, read back rather than sent again."""
+    writes: list[tuple[int, int]] = []
+    fleet = ModbusFleet(GENERIC, meters=3, port=free_port(), on_write=lambda u, fc, a, v: writes.append((u, v[0])))
     fleet.faults.add(Fault(FaultKind.EXCEPTION, code=4), meters=[fleet.index_of(1)])
-    fleet.faults.add(Fault(FaultKind.NO_ANSWER), meters=[fleet.index_of(2)])
+    fleet.faults.add(Fault(FaultKind.NO_ANSWER), meters=[fleet.index_of(2), fleet.index_of(3)])
     bus = {"protocol": "modbus-tcp", "host": "127.0.0.1", "port": fleet.port, "timeout_s": 0.1}
-    async with fleet, gateway(site(tmp_path, bus, 2, interval=60, expiry_s=2.5), tmp_path) as (gw, _):
-        refused = await gw.service.request_command(meter_id="M-1", action="open", origin="operator",
-                                                   operator="test", reason="refused", actor="test")
-        silent = await gw.service.request_command(meter_id="M-2", action="open", origin="operator",
-                                                  operator="test", reason="silent", actor="test")
-        await async_wait_until(lambda: _is(_state(gw, refused.id), "failed"), timeout=2, what="a fast failure")
-        first = await command(gw, refused.id)
-        assert first.attempts == 1 and first.last_error == "meter refused: Modbus exception 4 (server device failure)"
-        await async_wait_until(lambda: _is(_state(gw, silent.id), "failed"), timeout=10, what="the expiry")
-        second = await command(gw, silent.id)
-    # the write may have reached the meter: it is read back (which times out too), never written again
-    assert second.attempts == 1 and second.last_error == "relay not confirmed before expiry"
-    assert fleet.meters[2].relay_closed
+    async with fleet, gateway(site(tmp_path, bus, 3, interval=3, expiry_s=2.5), tmp_path) as (gw, poller):
+        await async_wait_until(lambda: all(m.failures for m in poller.meters.values()), timeout=5,
+                               what="every meter's first poll to fail")
+        ids = [(await gw.service.request_command(meter_id=m, action=a, origin="operator", operator="test",
+                                                 reason="test", actor="test")).id
+               for m, a in (("M-1", "open"), ("M-2", "open"), ("M-3", "close"))]
+        await async_wait_until(lambda: _all_final(gw, ids), timeout=10, what="the expiries")
+        trip1, trip2, close = [await command(gw, i) for i in ids]
+    assert (trip1.state, trip1.attempts, trip2.state, trip2.attempts) == ("expired", 0, "expired", 0)
+    assert close.state == "failed" and close.attempts == 1  # sent once, then only read back until expiry
+    assert [w for w in writes if w[0] in (1, 2)] == []
 
 
 async def _state(gw: Gateway, command_id: str) -> str:
@@ -241,6 +242,10 @@ async def _state(gw: Gateway, command_id: str) -> str:
 
 async def _all_confirmed(gw: Gateway, ids: list[str]) -> bool:
     return all([await _state(gw, i) == "confirmed" for i in ids])
+
+
+async def _all_final(gw: Gateway, ids: list[str]) -> bool:
+    return all([await _state(gw, i) not in cmds.ACTIVE_STATES for i in ids])
 
 
 async def _is(value: Any, expected: str) -> bool:

@@ -308,7 +308,7 @@ async def test_a_command_transition_writes_its_state_event_and_audit(db_url: str
     assert state_events[-1] == expected
     assert [payload for topic, payload in events if topic == "alarms"] == [{
         "type": "CommandFailed", "command_id": record.id, "meter_id": "M-1", "action": "open",
-        "error": "x" * 500, "at": expected["at"]}]
+        "fault": "disconnect_failed", "error": "x" * 500, "at": expected["at"]}]
     assert [(a.action, a.detail) for a in audits] == [
         ("command.sending", {"from": "queued", "error": None}), ("command.failed", {"from": "sending", "error": "x" * 600})]
 

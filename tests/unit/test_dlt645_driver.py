@@ -10,7 +10,17 @@ from collections.abc import Callable
 import pytest
 
 from drivers.base import RelayAction, RelayState
-from drivers.dlt645 import DI, Dlt645Driver, Dlt645Meter, ErrorBits, Frame, RemoteCommand, decode_frame
+from drivers.dlt645 import (
+    DI,
+    PROTECT_STATE,
+    Dlt645Driver,
+    Dlt645Meter,
+    ErrorBits,
+    Frame,
+    RemoteCommand,
+    StatusWord3,
+    decode_frame,
+)
 from drivers.dlt645.bcd import CURRENT, ENERGY, MONEY, POWER, VOLTAGE
 from drivers.dlt645.messages import parse_read_request, parse_remote_control_request
 from drivers.errors import CommandRefused, ExceptionReply, FrameError, MeterTimeout
@@ -206,8 +216,10 @@ async def test_read_relay_uses_bit_4_not_bit_6() -> None:
     assert (
         await make_driver(ScriptedTransport(meter_responder(values))).read_relay(METER) is RelayState.CLOSED
     )
-    values[DI.STATUS_WORD_3] = (0x0010).to_bytes(2, "little")
+    values[DI.STATUS_WORD_3] = (0x0050).to_bytes(2, "little")  # tripped: commanded and open
     assert await make_driver(ScriptedTransport(meter_responder(values))).read_relay(METER) is RelayState.OPEN
+    values[DI.STATUS_WORD_3] = (0x0010).to_bytes(2, "little")  # open with a close commanded: close allowed (1BH)
+    assert await make_driver(ScriptedTransport(meter_responder(values))).read_relay(METER) is RelayState.ARMED
 
 
 async def test_trip_frame_is_the_golden_frame(caplog: pytest.LogCaptureFixture) -> None:
@@ -273,7 +285,131 @@ async def test_refusal_names_the_error_bits() -> None:
     with pytest.raises(CommandRefused) as info:
         await make_driver(transport).set_relay(METER, RelayAction.OPEN)
     assert info.value.code == 0x05 and info.value.meter_id == "m1"
-    assert info.value.reason == "other error, wrong password / not authorised"
+    assert info.value.reasons == ("other error", "wrong password / not authorised")
+    assert info.value.reason == "other error; wrong password / not authorised"
+
+
+def refusing_meter(err: int, status_word_3: bytes | None) -> Responder:
+    """A meter that refuses every 1CH with ``err`` and answers 04000503 with ``status_word_3`` (None: ERR 02)."""
+    values = {} if status_word_3 is None else {DI.STATUS_WORD_3: status_word_3}
+    reads = meter_responder(values)
+
+    def respond(request: Frame) -> list[bytes]:
+        if request.function == 0x1C:
+            return [request.error_reply(err).encode()]
+        return reads(request)
+
+    return respond
+
+
+def asked(transport: ScriptedTransport) -> list[str]:
+    """The requests on the wire: "1C" or the DI read."""
+    frames = [decode_frame(r) for r in transport.requests]
+    return ["1C" if f.function == 0x1C else f"{parse_read_request(f):08X}" for f in frames]
+
+
+def word(*bits: StatusWord3) -> bytes:
+    value = 0
+    for bit in bits:
+        value |= bit
+    return value.to_bytes(2, "little")
+
+
+async def test_a_trip_refused_in_protect_state_is_named() -> None:
+    transport = ScriptedTransport(refusing_meter(ErrorBits.OTHER, word(StatusWord3.PROTECTED)))
+    with pytest.raises(CommandRefused) as info:
+        await make_driver(transport).set_relay(METER, RelayAction.OPEN)
+    refused = info.value
+    assert (refused.code, refused.reasons) == (0x01, (PROTECT_STATE,))
+    assert refused.reason == "meter in protect state (保电)" and refused.meter_id == "m1"
+    assert str(refused) == (
+        "[m1] meter refused TRIP: meter in protect state (保电) (ERR 01H: other error; status word 3 = 1000H)"
+    )
+    assert asked(transport) == ["1C", "04000503"]  # one read of status word 3, right after the refusal
+
+
+@pytest.mark.parametrize(
+    ("status", "reasons"),
+    [
+        # not in 保电: the meter's "other error" is all there is (e.g. a command the meter found expired)
+        (word(), ("other error",)),
+        # the relay already open (bits 4 and 6) explains nothing: meters accept a trip of an open relay
+        (word(StatusWord3.RELAY_OPEN, StatusWord3.RELAY_COMMAND_TRIP), ("other error",)),
+        (word(StatusWord3.PROTECTED, StatusWord3.RELAY_OPEN), (PROTECT_STATE,)),
+        ((0xFFFF).to_bytes(2, "little"), (PROTECT_STATE,)),
+    ],
+)
+async def test_only_protect_state_explains_an_other_error(status: bytes, reasons: tuple[str, ...]) -> None:
+    transport = ScriptedTransport(refusing_meter(ErrorBits.OTHER, status))
+    with pytest.raises(CommandRefused) as info:
+        await make_driver(transport).trip(METER)
+    assert info.value.reasons == reasons and info.value.code == 0x01
+    assert asked(transport) == ["1C", "04000503"]
+
+
+async def test_protect_state_replaces_only_the_other_error_bit() -> None:
+    transport = ScriptedTransport(refusing_meter(ErrorBits.OTHER | ErrorBits.PASSWORD, word(StatusWord3.PROTECTED)))
+    with pytest.raises(CommandRefused) as info:
+        await make_driver(transport).trip(METER)
+    assert info.value.code == 0x05
+    assert info.value.reasons == (PROTECT_STATE, "wrong password / not authorised")
+    assert info.value.reason == "meter in protect state (保电); wrong password / not authorised"
+
+
+@pytest.mark.parametrize(
+    ("command", "err"),
+    [
+        (RemoteCommand.TRIP, ErrorBits.PASSWORD),  # no "other error" to explain
+        (RemoteCommand.TRIP, 0x00),  # no reason given
+        (RemoteCommand.DIRECT_CLOSE, ErrorBits.OTHER),  # 保电 refuses trips only
+        (RemoteCommand.CLOSE_ALLOWED, ErrorBits.OTHER),
+        (RemoteCommand.PROTECT_RELEASE, ErrorBits.OTHER),
+        (RemoteCommand.ALARM, ErrorBits.OTHER),
+    ],
+)
+async def test_status_word_is_not_read_when_it_cannot_explain(command: RemoteCommand, err: int) -> None:
+    transport = ScriptedTransport(refusing_meter(err, word(StatusWord3.PROTECTED)))
+    with pytest.raises(CommandRefused) as info:
+        await make_driver(transport).remote_control(METER, command)
+    assert info.value.code == err and PROTECT_STATE not in info.value.reasons
+    assert info.value.reason == ("no reason given" if err == 0 else info.value.reasons[0])
+    assert asked(transport) == ["1C"]
+
+
+def _status_read_times_out(request: Frame) -> list[bytes]:
+    return [] if request.function == 0x11 else [request.error_reply(ErrorBits.OTHER).encode()]
+
+
+def _status_read_is_garbage(request: Frame) -> list[bytes]:
+    return [b"\x12\x34garbage"] if request.function == 0x11 else [request.error_reply(ErrorBits.OTHER).encode()]
+
+
+def _status_read_crashes(request: Frame) -> list[bytes]:
+    if request.function == 0x11:
+        raise RuntimeError("adapter unplugged mid-read")
+    return [request.error_reply(ErrorBits.OTHER).encode()]
+
+
+@pytest.mark.parametrize(
+    ("responder", "why"),
+    [
+        (_status_read_times_out, "scripted: nothing"),  # MeterTimeout (the scripted transport says so)
+        (refusing_meter(ErrorBits.OTHER, None), "ERR 02H: no requested data"),  # ExceptionReply
+        (refusing_meter(ErrorBits.OTHER, b"\x00\x10\x00"), "status word 3 of 3 bytes"),  # FrameError
+        (_status_read_is_garbage, "garbled reply"),  # FrameError
+        (_status_read_crashes, "RuntimeError: adapter unplugged mid-read"),  # not even a DriverError
+    ],
+    ids=["timeout", "exception-reply", "wrong-length", "garbage", "crash"],
+)
+async def test_a_failed_status_read_keeps_the_meters_reason(responder: Responder, why: str) -> None:
+    transport = ScriptedTransport(responder)
+    with pytest.raises(CommandRefused) as info:
+        await make_driver(transport, retries=2).set_relay(METER, RelayAction.OPEN)
+    refused = info.value
+    assert (refused.code, refused.reasons, refused.reason) == (0x01, ("other error",), "other error")
+    assert refused.meter_id == "m1" and str(refused).count("[m1]") == 1
+    assert "status word 3 unreadable" in str(refused) and why in str(refused)
+    assert asked(transport) == ["1C", "04000503"]  # once: no retry of the explanation, whatever the driver's retries
 
 
 async def test_expired_command_is_not_sent() -> None:

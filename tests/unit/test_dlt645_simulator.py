@@ -19,9 +19,10 @@ from drivers.dlt645.messages import (
     read_request,
     remote_control_request,
 )
+from drivers.dlt645.refusals import PROTECT_STATE
 from drivers.errors import CommandRefused, ExceptionReply, FrameError, MeterTimeout
 from drivers.transports import ByteTransport
-from simulators.dlt645 import Fault, RelayKind, SimulatedBus, make_meters
+from simulators.dlt645 import Fault, RelayKind, SimulatedBus, SimulatedDlt645Meter, make_meters
 from simulators.faults import Fault as SharedFault
 from simulators.faults import FaultKind, FaultPlan
 from simulators.meter import ManualClock
@@ -175,7 +176,8 @@ async def test_protect_refuses_trip(clock: Clock) -> None:
     assert (await driver.read(meter)).extra["protected"] is True
     with pytest.raises(CommandRefused) as info:
         await driver.set_relay(meter, RelayAction.OPEN)
-    assert info.value.code == ErrorBits.OTHER and info.value.reason == "other error"
+    # ERR bit 0 "other error"; the driver reads status word 3 (bit 12) and names the reason
+    assert info.value.code == ErrorBits.OTHER and info.value.reason == PROTECT_STATE
     await driver.protect_release(meter)
     await driver.trip(meter)
     assert bus.meters[0].relay_open
@@ -286,3 +288,69 @@ async def test_shared_fault_plan_relay_stuck_and_counter_reset(clock: Clock) -> 
     await driver.set_relay(stuck, RelayAction.OPEN)  # acknowledged ...
     assert await driver.read_relay(stuck) is RelayState.CLOSED  # ... but the contact did not move
     assert (await driver.read(reset)).energy_wh == 0
+
+
+def trip_frame(sim: SimulatedDlt645Meter, command: int = RemoteCommand.TRIP) -> Frame:
+    return remote_control_request(sim.wire_address, RemoteControlRequest(2, command=command))
+
+
+def test_no_answer_hears_nothing_mute_executes_and_exception_refuses(clock: Clock) -> None:
+    plan = FaultPlan.parse("no-answer@0; mute@1; exception:4@2")
+    bus = SimulatedBus(make_meters(4, clock=clock), faults=plan)
+    deaf, mute, refusing, ok = bus.meters
+    assert bus.handle(trip_frame(deaf)) is None and not deaf.commanded_trip and not deaf.relay_open
+    reply = bus.handle(trip_frame(mute))
+    assert reply is not None and reply.fault.mute and mute.relay_open  # executed; the server drops the answer
+    reply = bus.handle(trip_frame(refusing))
+    assert reply is not None and reply.frame.is_abnormal and reply.frame.error_code == 4
+    assert not refusing.commanded_trip
+    bus.handle(broadcast_time_request(dt.datetime(2030, 1, 1)))  # a broadcast does not reach a deaf meter
+    assert ok.local_now().year == 2030 and deaf.local_now().year == 2026
+    log = [(e.meter, e.asked, e.executed, e.reason, e.reply) for e in bus.relay_log.since()]
+    assert log == [(0, "trip", False, "no-answer", "none"), (1, "trip", True, None, "lost"),
+                   (2, "trip", False, "exception", "sent")]
+
+
+def test_relay_log_names_every_refusal(clock: Clock) -> None:
+    bus = SimulatedBus(make_meters(1, clock=clock, passwords={2: "123456"}))
+    sim = bus.meters[0]
+    bus.handle(trip_frame(sim))  # password 000000: refused
+    sim.passwords = {2: "000000"}
+    sim.set_protect(True)
+    bus.handle(trip_frame(sim))
+    sim.set_protect(False)
+    expired = RemoteControlRequest(2, command=RemoteCommand.TRIP, valid_until=dt.datetime(2020, 1, 1))
+    bus.handle(remote_control_request(sim.wire_address, expired))
+    bus.handle(trip_frame(sim, 0x77))
+    bus.handle(trip_frame(sim, RemoteCommand.CLOSE_ALLOWED))
+    entries = bus.relay_log.since()
+    assert [(e.asked, e.reason) for e in entries] == [
+        ("trip", "password"), ("trip", "protect"), ("trip", "expired"), ("invalid", "unknown-command"),
+        ("close-allowed", None)]
+    assert [e.index for e in entries] == [1, 2, 3, 4, 5] and bus.relay_log.since(4) == entries[4:]
+    assert entries[0].id == sim.address and entries[0].detail["n1"] == "1AH"
+
+
+def test_protect_from_the_bench_and_the_button(clock: Clock) -> None:
+    bus = SimulatedBus(make_meters(1, clock=clock))
+    sim = bus.meters[0]
+    sim.set_protect(True)
+    assert sim.protected and sim.status_word_3 & 0x1000
+    reply = bus.handle(trip_frame(sim))
+    assert reply is not None and reply.frame.error_code == ErrorBits.OTHER and not sim.relay_open
+    sim.set_protect(False)
+    assert not sim.status_word_3 & 0x1000
+    assert not sim.awaiting_button and not sim.press_button()  # closed: nothing to press
+    bus.handle(trip_frame(sim))
+    assert sim.relay_open and not sim.press_button()  # tripped: the button does not close it
+    bus.handle(trip_frame(sim, RemoteCommand.CLOSE_ALLOWED))
+    assert sim.awaiting_button and sim.relay_open
+    assert sim.press_button() and not sim.relay_open and not sim.awaiting_button
+
+
+def test_export_power_does_not_run_the_import_counter_backwards(clock: Clock) -> None:
+    sim = make_meters(1, clock=clock)[0]
+    sim.meter.set_power_w(-250)
+    before = sim.energy_wh
+    clock.tick(hours=1)
+    assert sim.power_w == -250 and sim.energy_wh == before

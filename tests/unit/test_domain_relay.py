@@ -235,3 +235,23 @@ def test_random_sequences_keep_every_rule(events, action, origin, close_allowed,
         for t in sends:  # never more than `limit` trips in any window
             assert sum(1 for u in sends if t - 60 * S < u <= t) <= limit
     assert cmd.state in ACTIVE or cmd.state in FINAL
+
+
+@pytest.mark.parametrize(("wanted", "meters", "state"), [
+    ("disconnected", [("open", "")], "disconnected"),
+    ("disconnected", [("closed", "")], "disconnecting"),
+    ("disconnected", [("unknown", "")], "disconnecting"),
+    ("disconnected", [("open", ""), ("closed", "")], "disconnecting"),
+    ("disconnected", [("closed", "disconnect_failed")], "disconnect_failed"),  # never "disconnected" over it
+    ("connected", [("closed", "")], "connected"),
+    ("connected", [("unknown", "")], "connected"),
+    ("connected", [("open", "")], "reconnecting"),
+    ("connected", [("armed", "")], "armed"),
+    ("connected", [("open", "reconnect_failed")], "reconnect_failed"),
+    ("connected", [("closed", "disconnect_failed")], "connected"),  # a paid account: the old fault is moot
+])
+def test_the_accounts_supply_is_what_its_meters_confirmed(wanted: str, meters: list[tuple[str, str]],
+                                                          state: str) -> None:
+    from gateway.domain.relay import supply_state
+
+    assert supply_state(wanted, meters) == state

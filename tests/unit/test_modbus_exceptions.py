@@ -10,6 +10,8 @@ from pymodbus.pdu.register_message import ReadInputRegistersResponse
 
 from drivers.errors import ConnectError, DriverError, ExceptionReply, FrameError, MeterTimeout
 from drivers.modbus.exceptions import check_reply, map_modbus_exceptions
+from drivers.modbus.mbap import Reply
+from drivers.modbus.registers import EXCEPTION_NAMES, exception_reason
 
 
 @pytest.mark.parametrize(
@@ -57,3 +59,15 @@ def test_normal_replies_pass():
     assert check_reply(reply) is reply
     with pytest.raises(MeterTimeout):
         check_reply(None)
+
+
+@pytest.mark.parametrize("code", [*sorted(EXCEPTION_NAMES), 7, 0x63])
+@pytest.mark.parametrize("client", ["pymodbus", "mbap"])
+def test_every_exception_code_becomes_a_named_reason(code: int, client: str) -> None:
+    """Both reply types the driver sees (pymodbus's on RTU, the MBAP client's on TCP) give the same error."""
+    reply = ExceptionResponse(5, exception_code=code) if client == "pymodbus" else Reply(0x85, 1, 7, 0, 1, [], [], code)
+    with pytest.raises(ExceptionReply) as info:
+        check_reply(reply, meter_id="m1", what="unit 1 relay open")
+    assert info.value.code == code
+    assert info.value.reasons == (exception_reason(code),) and info.value.reason == exception_reason(code)
+    assert str(info.value) == f"[m1] unit 1 relay open: Modbus {exception_reason(code)}"

@@ -55,6 +55,21 @@ def test_the_example_config_is_valid() -> None:
     (GOOD.replace("account: A-1}", "account: A-1, groups: [\"a/b\"]}"), "meters[0].groups[0]"),
     (GOOD + "api: {tls_certfile: cert.pem}\n", "api: tls_certfile and tls_keyfile go together"),
     (GOOD + "api: {max_body_bytes: 10}\n", "api.max_body_bytes"),
+    # one physical meter for two accounts
+    (GOOD.replace("accounts: [{id: A-1, tariff: flat, opening_balance: \"10.00\"}]",
+                  "accounts: [{id: A-1, tariff: flat}, {id: A-2, tariff: flat}]").replace(
+        "meters: [{id: M-1, bus: bus1, unit_id: 1, account: A-1}]",
+        "meters: [{id: M-1, bus: bus1, unit_id: 1, account: A-1}, {id: M-2, bus: bus1, unit_id: 1, account: A-2}]"),
+     "meters[1].unit_id: 1 is already meters[0]'s on bus 'bus1'"),
+    (GOOD.replace("buses: [{id: bus1, protocol: modbus-tcp, host: 127.0.0.1, port: 5020}]",
+                  "buses: [{id: bus1, protocol: dlt645-tcp, host: 127.0.0.1, port: 5020}]").replace(
+        "meters: [{id: M-1, bus: bus1, unit_id: 1, account: A-1}]",
+        "meters: [{id: M-1, bus: bus1, address: '1', account: A-1}, {id: M-2, bus: bus1, address: '000000000001', "
+        "account: A-1}]"), "meters[1].address: 000000000001 is already meters[0]'s on bus 'bus1'"),
+    (GOOD + "relay_modules: [{id: R-1, bus: bus1, unit_id: 9, meter: M-9}]\n",
+     "relay_modules[0].meter: unknown meter 'M-9'"),
+    (GOOD + "relay_modules: [{id: R-1, bus: bus1, unit_id: 1, meter: M-1}]\n",
+     "relay_modules[0].unit_id: 1 is already meters[0]'s on bus 'bus1'"),
 ])
 def test_errors_name_the_file_the_key_path_and_the_problem(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, text)
@@ -94,3 +109,20 @@ def test_a_numeric_looking_secret_from_the_environment_stays_a_string(tmp_path: 
     assert settings.buses[1].password == "000123"
     assert settings.api.port == 9090
     assert "000123" not in repr(settings)
+
+
+def test_check_config_refuses_a_prepaid_account_that_no_relay_can_switch(tmp_path: Path) -> None:
+    """A meter model without a relay and no relay module: the account could never be disconnected."""
+    import subprocess
+    import sys
+
+    text = GOOD.replace("account: A-1}", "account: A-1, model: eastron-sdm120}")
+    path = write(tmp_path, text)
+    run = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(path)], capture_output=True,
+                         text=True, cwd=ROOT, check=False)
+    assert run.returncode == 2
+    assert f"{path}: accounts[0]: no meter of the prepaid account 'A-1' has a relay" in run.stderr
+    module = text + "relay_modules: [{id: R-1, bus: bus1, unit_id: 9, meter: M-1}]\n"
+    ok = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(write(tmp_path, module))],
+                        capture_output=True, text=True, cwd=ROOT, check=False)
+    assert ok.returncode == 0, ok.stderr

@@ -22,6 +22,7 @@ from gateway.api.schemas import (
 )
 from gateway.domain.account import PrepaidAccount
 from gateway.domain.money import format_fen, parse_yuan
+from gateway.domain.relay import supply_state
 from gateway.service.accounts import domain_account
 from gateway.service.errors import UnknownAccount
 from gateway.service.handlers import Service
@@ -36,12 +37,16 @@ async def _public(service: Service, account_id: str) -> AccountPublic:
     spec = service.catalog.accounts.get(account_id)
     async with service.uow(readonly=True) as uow:
         row = (await uow.execute(sa.select(t.accounts).where(t.accounts.c.id == account_id))).one_or_none()
+        meters = {m.id: (m.relay, m.relay_fault) for m in await uow.execute(
+            sa.select(t.meters.c.id, t.meters.c.relay, t.meters.c.relay_fault).where(
+                t.meters.c.account_id == account_id))}
     if row is None or spec is None:
         raise UnknownAccount(f"no account {account_id!r}")
     account = domain_account(service.catalog, row.id, row.state)
     assert account is not None
     return AccountPublic(
-        id=row.id, balance=format_fen(row.balance_fen), state=row.supply, credit=account.credit_state(),
+        id=row.id, balance=format_fen(row.balance_fen), state=supply_state(row.supply, meters.values()),
+        supply=row.supply, relays={m: relay for m, (relay, _) in meters.items()}, credit=account.credit_state(),
         meters=list(spec.meter_ids), protected=account.is_protected,
         disconnect_deferred_because=row.deferred_reason or None, updated_at=row.updated_at,
         deferred_detail=account.deferred_detail or None, deferred_until=account.deferred_until,

@@ -70,7 +70,7 @@ async def get_meter(meter_id: MeterId, service: ServiceDep, caller: AnyCaller) -
         if last_success_at is None or absorbed.taken_at > last_success_at:
             last_success_at = absorbed.taken_at
     return MeterPublic(id=row.id, account_id=row.account_id, bus=spec.bus_id, groups=list(spec.groups),
-                       relay=row.relay, health=row.health, consecutive_failures=row.consecutive_failures,
+                       relay=row.relay, relay_fault=row.relay_fault, health=row.health, consecutive_failures=row.consecutive_failures,
                        last_error=row.last_error, last_success_at=last_success_at,
                        last_reading=latest,
                        quarantine=None if pending is None else {"kind": pending.get("kind"),

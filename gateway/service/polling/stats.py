@@ -1,0 +1,77 @@
+"""What a bus reports for metrics and the health endpoint: counters since it started, and figures over the last
+few seconds (polls per second, the largest lag, whether polls are being skipped)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass
+
+__all__ = ["WINDOW_S", "BusStats", "Rates"]
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 10  # seconds over which rates, the largest lag and overload are reported
+
+
+@dataclass(slots=True)
+class BusStats:
+    """Counters of one bus since it started."""
+
+    polls: int = 0  # successful polls
+    failures: int = 0  # failed polls (with or without a transaction on the bus)
+    skipped: int = 0  # polls not made because the previous one had not finished in time (overrun)
+    commands: int = 0  # relay commands written to the bus
+    record_errors: int = 0  # readings the writer could not record
+    deferred_retries: int = 0  # retries of failing meters put off to keep within the failure budget
+
+
+class Rates:
+    """Per-second buckets of polls, the lag of polls behind their due time, and overload (skipped polls)."""
+
+    def __init__(self, bus_id: str, started: float) -> None:
+        self.bus_id, self.started = bus_id, started
+        self._polls: collections.deque[tuple[int, int]] = collections.deque(maxlen=WINDOW_S + 1)
+        self._lag_max: collections.deque[tuple[int, float]] = collections.deque(maxlen=WINDOW_S + 1)
+        self.lag_ewma = 0.0
+        self._last_skip = -1e9
+        self._overload_logged = False
+
+    def poll(self, now: float) -> None:
+        second = int(now)
+        if self._polls and self._polls[-1][0] == second:
+            self._polls[-1] = (second, self._polls[-1][1] + 1)
+        else:
+            self._polls.append((second, 1))
+
+    def per_second(self, now: float) -> float:
+        second = int(now)
+        if now - self.started >= WINDOW_S:
+            return sum(n for s, n in self._polls if second - WINDOW_S <= s < second) / WINDOW_S
+        return sum(n for _, n in self._polls) / max(now - self.started, 1e-3)
+
+    def lag(self, lag: float, now: float) -> None:
+        lag = max(lag, 0.0)
+        self.lag_ewma += 0.05 * (lag - self.lag_ewma)
+        second = int(now)
+        if self._lag_max and self._lag_max[-1][0] == second:
+            if lag > self._lag_max[-1][1]:
+                self._lag_max[-1] = (second, lag)
+        else:
+            self._lag_max.append((second, lag))
+        if self._overload_logged and now - self._last_skip >= WINDOW_S:
+            log.info("bus %s keeps up again", self.bus_id)
+            self._overload_logged = False
+
+    def max_lag(self, now: float) -> float:
+        return max((lag for s, lag in self._lag_max if s >= int(now) - WINDOW_S), default=0.0)
+
+    def skip(self, now: float) -> None:
+        if now - self._last_skip >= WINDOW_S and not self._overload_logged:
+            log.warning("bus %s is overloaded: polls are due faster than the bus answers; skipping, not queueing",
+                        self.bus_id)
+            self._overload_logged = True
+        self._last_skip = now
+
+    def overloaded(self, now: float) -> bool:
+        return now - self._last_skip < WINDOW_S
