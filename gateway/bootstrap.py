@@ -137,7 +137,8 @@ class Gateway:
             driver, targets = build_bus(bus, meters, models, timezone=self.settings.site.timezone,
                                         relay_modules=[r for r in self.settings.relay_modules if r.bus == bus.id])
             buses.append(BusSetup(bus.id, driver, targets, gap_s=bus.gap_ms / 1000,
-                                  close_allowed=bus.protocol.startswith("dlt645") and bus.close_command == "allowed"))
+                                  close_allowed=bus.protocol.startswith("dlt645") and bus.close_command == "allowed",
+                                  breaker={"backoff_base_s": bus.backoff_s, "backoff_cap_s": bus.backoff_cap_s}))
         scheduler = Scheduler(self.service, buses, clock=self.clock, publish=self.messages.publish,
                               limits=self.catalog.relay_limits, evaluate_every_s=self.catalog.evaluate_every_s)
         # The gateway's reactions, as data: who handles each message.

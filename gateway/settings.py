@@ -180,6 +180,9 @@ class BusSettings(_Strict):
     timeout_s: float = Field(1.0, gt=0)
     retries: int = Field(0, ge=0, le=5)
     gap_ms: float = Field(0, ge=0, description="inter-frame gap between transactions")
+    backoff_s: float = Field(10, ge=0, description="a meter that stops answering is tried again after this (never "
+                                                   "sooner than its poll interval), doubling up to backoff_cap_s")
+    backoff_cap_s: float = Field(300, gt=0, description="the longest wait between two tries of a failing meter")
     # DL/T 645 remote control (1CH): the password and operator code never appear in logs; set the password
     # from the environment (GATEWAY_BUSES__<n>__PASSWORD) rather than in the file.
     password_level: int = Field(2, ge=0, le=0xFF, description="DL/T 645 password level (02H/04H plaintext)")

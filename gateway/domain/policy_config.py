@@ -4,6 +4,7 @@
     notice_period: 24h                       # after the final warning; "0" disables
     stale_after: 5m                          # a meter not heard from for longer blocks automatic disconnects
     max_auto_disconnects_per_minute: 10      # per site; null: no limit; 0: no automatic disconnects
+    rate_window: 1m                          # ... counted in a sliding window this long (trips on the wire)
     friendly_windows:
       - {name: night, hours: "20:00-08:00"}                 # every night
       - {name: weekend, days: [weekend]}                    # Sat/Sun, except make-up workdays
@@ -26,8 +27,8 @@ from gateway.domain.timeutil import parse_duration
 
 __all__ = ["friendly_window_from_dict", "site_policy_from_dict"]
 
-_KEYS = {"timezone", "notice_period", "stale_after", "max_auto_disconnects_per_minute", "friendly_windows",
-         "holidays", "credit_classes", "emergency_credit"}
+_KEYS = {"timezone", "notice_period", "stale_after", "max_auto_disconnects_per_minute", "rate_window",
+         "friendly_windows", "holidays", "credit_classes", "emergency_credit"}
 
 
 def site_policy_from_dict(data: Mapping[str, Any] | None, *, holidays_text: str | None = None,
@@ -55,6 +56,11 @@ def site_policy_from_dict(data: Mapping[str, Any] | None, *, holidays_text: str 
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ValueError(f"{where}.max_auto_disconnects_per_minute: a non-negative integer or null")
         kwargs["max_auto_disconnects_per_minute"] = limit
+    if "rate_window" in data:
+        window = parse_duration(data["rate_window"], f"{where}.rate_window")
+        if not window:
+            raise ValueError(f"{where}.rate_window: must be longer than zero")
+        kwargs["rate_window"] = window
     windows = data.get("friendly_windows") or []
     if not isinstance(windows, list):
         raise ValueError(f"{where}.friendly_windows: must be a list")

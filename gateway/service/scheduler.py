@@ -42,6 +42,7 @@ class BusSetup:
     targets: dict[str, Any]
     gap_s: float = 0.0
     close_allowed: bool = False  # DL/T 645 1BH: a reconnect ends armed
+    breaker: dict[str, Any] | None = None  # this bus's Breaker keywords (backoff), over the scheduler's
 
 
 @dataclass(slots=True)
@@ -83,7 +84,8 @@ class Scheduler:
             poller = BusPoller(setup.bus_id, setup.driver, setup.targets, service, clock=self.clock,
                                publish=publish, gap_s=setup.gap_s, offline_after=offline_after,
                                max_pending=per_bus,
-                               breaker=Breaker(setup.bus_id, meters=len(setup.targets), **(breaker or {})))
+                               breaker=Breaker(setup.bus_id, meters=len(setup.targets),
+                                               **(breaker or {}) | (setup.breaker or {})))
             runner = RelayRunner(poller, service, clock=self.clock, limits=limits, trips=self.trips,
                                  close_allowed=setup.close_allowed, publish=publish)
             bus = Bus(poller, runner)
