@@ -56,9 +56,9 @@ def main() -> None:
         latencies: list[float] = []
         creation: list[float] = []  # of which the command's own commit (request_command)
 
-        def configure(runner: object) -> None:
+        def configure(poller: object) -> None:
             if args.max_pending is not None:
-                runner.max_pending = args.max_pending  # type: ignore[attr-defined]
+                poller.max_pending = args.max_pending  # type: ignore[attr-defined]
 
         try:
             async with gateway_run(sim, port=port, endpoints=args.endpoints, per_port=args.per_port,
@@ -83,9 +83,9 @@ def main() -> None:
                     else:
                         print(f"  M-{n}: no write within 10 s")
                     await asyncio.sleep(rng.uniform(0.5, 1.5) * args.spacing)
-                requests = len(gw.runners[0].targets["M-0"].model.read_plan.requests)  # per poll
+                requests = len(gw.pollers[0].targets["M-0"].model.read_plan.requests)  # per poll
                 per_request = median([h.busy_s / h.tries / requests
-                                      for r in gw.runners for h in r._meters.values() if h.tries])
+                                      for p in gw.pollers for h in p.meters.values() if h.tries])
                 totals = gw.gateway.scheduler.stats()["totals"]
         finally:
             sim.stop()

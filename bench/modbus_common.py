@@ -202,13 +202,13 @@ class GatewayRun:
         self.sim = sim
 
     @property
-    def runners(self) -> list[Any]:
-        return list(self.gateway.scheduler.runners)
+    def pollers(self) -> list[Any]:
+        return [bus.poller for bus in self.gateway.scheduler.buses]
 
     def polls(self, meters: set[str] | None = None) -> int:
         if meters is None:
-            return sum(r.counters.polls for r in self.runners)
-        return sum(h.polls for r in self.runners for m, h in r._meters.items() if m in meters)
+            return sum(p.counters.polls for p in self.pollers)
+        return sum(h.polls for p in self.pollers for m, h in p.meters.items() if m in meters)
 
     async def window(self, seconds: float, meters: set[str] | None = None) -> Window:
         polls0, cpu0, sim0, start = self.polls(meters), time.process_time(), self.sim.cpu(), time.monotonic()
@@ -242,8 +242,8 @@ async def gateway_run(sim: Simulator, *, port: int, endpoints: int, per_port: in
             gateway.service.writer.submit = sink  # type: ignore[method-assign]
         async with gateway:
             if configure is not None:
-                for runner in gateway.scheduler.runners:
-                    configure(runner)
+                for bus in gateway.scheduler.buses:
+                    configure(bus.poller)
             yield GatewayRun(gateway, sim)
 
 

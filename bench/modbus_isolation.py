@@ -48,7 +48,7 @@ def main() -> None:
                 await gw.window(args.warmup)
                 window = await gw.window(args.seconds, healthy)
                 totals = gw.gateway.scheduler.stats()["totals"]
-                deferred = sum(r.counters.deferred_retries for r in gw.runners)
+                deferred = sum(p.counters.deferred_retries for p in gw.pollers)
         finally:
             sim.stop()
         print(f"    {'with ' + spec if spec else 'all healthy'}: healthy meters {window.rate:,.0f} polls/s "
