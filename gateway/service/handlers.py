@@ -1,7 +1,8 @@
 """The use cases: payments and reversals, readings, operator actions on accounts, relay commands.
 
 Everything that changes an account goes through the group-commit ``Writer``; each call returns after the
-commit. The relay commands a change creates are handed to ``on_command`` (the bus scheduler's wake-up).
+commit. The relay commands a change creates are announced on the message bus after their commit
+(``CommandQueued``: the handlers ``bootstrap`` registers wake the command's bus).
 """
 
 from __future__ import annotations
