@@ -81,6 +81,7 @@ class FakeDriver(MeterDriver[str]):
         self.dead: set[str] = set()
         self.refusing: set[str] = set()
         self.stuck: set[str] = set()
+        self.arm: set[str] = set()  # close allowed: a close arms the relay (the customer presses the button)
         self.down = False
         self.energy: dict[str, int] = {}
         self.relays: dict[str, RelayState] = {}
@@ -105,8 +106,12 @@ class FakeDriver(MeterDriver[str]):
 
     async def set_relay(self, meter: str, action: RelayAction, *, valid_until: dt.datetime | None = None) -> None:
         await self._exchange("set_relay", meter)
-        if meter not in self.stuck:
-            self.relays[meter] = RelayState.OPEN if action is RelayAction.OPEN else RelayState.CLOSED
+        if meter in self.stuck:
+            return
+        if action is RelayAction.OPEN:
+            self.relays[meter] = RelayState.OPEN
+        else:
+            self.relays[meter] = RelayState.ARMED if meter in self.arm else RelayState.CLOSED
 
     async def read_relay(self, meter: str) -> RelayState:
         await self._exchange("read_relay", meter)

@@ -76,6 +76,7 @@ class RelayRunner:
         self._wake = asyncio.Event()
         self._relays: dict[str, str] = {}  # the relay last written to each meter's row by this runner
         self._recovering: set[str] = set()  # found queued at a start: read back before anything else
+        self.busy = False  # a step is running
         urgent = getattr(self.driver, "urgent", None)
         self._urgent: Callable[[], contextlib.AbstractContextManager[Any]] = (
             urgent if callable(urgent) else contextlib.nullcontext)
@@ -114,6 +115,7 @@ class RelayRunner:
                     wake_at = plan.wait_until
             if due is not None:
                 command, plan = due
+                self.busy = True
                 try:
                     with self._urgent():
                         await self._do(command, plan, now)
@@ -122,6 +124,8 @@ class RelayRunner:
                     if command.id in self.active:
                         self.active[command.id] = dataclasses.replace(
                             self.active[command.id], not_before=self.clock.now() + dt.timedelta(seconds=1))
+                finally:
+                    self.busy = False
                 if self.poller.gap_s:
                     await self.clock.sleep(self.poller.gap_s)
                 continue
