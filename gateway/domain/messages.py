@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from gateway.domain.relay import Command
 
-__all__ = ["CommandQueued", "DisconnectWithdrawn", "MeterAnswered", "Message"]
+__all__ = ["CommandQueued", "DisconnectWithdrawn", "Message", "MeterAnswered"]
 
 
 class Message:

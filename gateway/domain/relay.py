@@ -35,9 +35,9 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-__all__ = ["ACTIVE", "FINAL", "TRANSITIONS", "Action", "Command", "Plan", "Limits", "MeterLink", "Outcome",
-           "RelayReading", "State", "Step", "TripWindow", "after_read", "after_read_failed", "after_send", "expire",
-           "next_step", "supersede", "supply_state"]
+__all__ = ["ACTIVE", "Action", "Command", "FINAL", "Limits", "MeterLink", "Outcome", "Plan", "RelayReading",
+           "State", "Step", "TRANSITIONS", "TripWindow", "after_read", "after_read_failed", "after_send",
+           "expire", "next_step", "supersede", "supply_state"]
 
 
 class Action(str, enum.Enum):

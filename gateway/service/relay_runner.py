@@ -23,7 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from drivers.base import MeterDriver, RelayAction
+from drivers.base import RelayAction
 from drivers.errors import CommandRefused, ConnectError, DriverError
 from gateway.adapters import bulk
 from gateway.adapters import tables as t
@@ -134,6 +134,8 @@ class RelayRunner:
 
     def _plan(self, command: Command, now: dt.datetime) -> Plan:
         if command.id in self._recovering and now < command.expires_at:
+            if command.not_before is not None and now < command.not_before:
+                return Plan(Step.WAIT, command.not_before)  # its read-back failed: the next one later
             return Plan(Step.READ_BACK)
         link = self.poller.meters[command.meter_id].link(close_allowed=self.close_allowed)
         return next_step(command, link, now, limits=self.limits, trips=self.trips)

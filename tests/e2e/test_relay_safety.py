@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import json
 import signal
 import sqlite3
@@ -216,7 +217,7 @@ async def test_never_more_automatic_trips_in_a_window_than_the_limit(tmp_path: P
         await async_wait_until(all_open, timeout=30, what="the three relays to open, one window apart")
         trips = sorted([dt.datetime.fromisoformat(t["time"]) for i in range(3) for t in await s.trips(i)])
         assert len(trips) == 3
-        gaps = [(b - a).total_seconds() for a, b in zip(trips, trips[1:], strict=False)]
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(trips)]
         assert all(gap >= 3.9 for gap in gaps), gaps  # one trip per 4-second window, on the wire
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,7 @@ async def test_the_rate_limit_counts_automatic_trips_on_the_wire(tmp_path: Path)
         for command in commands:
             await r.state_is(command, "confirmed")
         sends = sorted(t for i in (1, 2, 3) for t in r.driver.calls_of(f"M-{i}", "set_relay"))
-        assert [b - a for a, b in zip(sends, sends[1:], strict=False)] == pytest.approx([60, 60], abs=1.0)
+        assert [b - a for a, b in itertools.pairwise(sends)] == pytest.approx([60, 60], abs=1.0)
 
 
 async def test_a_close_allowed_reconnect_ends_armed(tmp_path: Path) -> None:
