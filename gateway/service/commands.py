@@ -103,12 +103,8 @@ async def save(uow: UnitOfWork, old: Command, new: Command, now: dt.datetime) ->
     """Write ``new`` (the model's next version of ``old``) if the row is still in ``old``'s state; False (and
     nothing written) if it is not. With it: the audit row and the command's event, and on a final state the
     meter's relay or relay fault and, for a failure, an alarm."""
-    values = {"state": new.state.value, "updated_at": now, "attempts": new.attempts,
-              "last_error": (new.last_error or "")[:500] or None, "sent_at": new.sent_at,
-              "not_before": new.not_before}
-    result = await uow.execute(sa.update(t.commands).where(
-        t.commands.c.id == old.id, t.commands.c.state == old.state.value).values(**values))
-    if result.rowcount != 1:
+    error = (new.last_error or "")[:500] or None
+    if not await _update(uow, old, new, now, error):
         return False
     statements = _transition_rows(old.id, old.state.value, new.state.value, now, new.last_error, new.meter_id,
                                   new.action.value, new.attempts, new.last_error, dialect=uow.conn.dialect.name)
@@ -117,6 +113,25 @@ async def save(uow: UnitOfWork, old: Command, new: Command, now: dt.datetime) ->
         statements += bulk.update_statements(uow.conn.dialect.name, t.meters, "id", [meter | {"id": new.meter_id}])
     await uow.run(statements)
     return True
+
+
+async def _update(uow: UnitOfWork, old: Command, new: Command, now: dt.datetime, error: str | None) -> bool:
+    """The conditional UPDATE of ``save``; on SQLite in one hand-over to the database thread (this runs with the
+    write lock held, and on a busy event loop each of SQLAlchemy's cursor steps waits for a turn)."""
+    if uow.conn.dialect.name == "sqlite":
+        stamp = bulk.sqlite_datetime
+        row = await bulk.transition_row(
+            uow.conn, "UPDATE commands SET state = ?, updated_at = ?, attempts = ?, last_error = ?, sent_at = ?, "
+                      "not_before = ? WHERE id = ? AND state = ?",
+            (new.state.value, stamp(now), new.attempts, error, stamp(new.sent_at), stamp(new.not_before), old.id,
+             old.state.value), "SELECT id FROM commands WHERE id = ?", (old.id,))
+        if row is not bulk.NOT_RUN:
+            return row is not None
+    result = await uow.execute(sa.update(t.commands).where(
+        t.commands.c.id == old.id, t.commands.c.state == old.state.value).values(
+        state=new.state.value, updated_at=now, attempts=new.attempts, last_error=error, sent_at=new.sent_at,
+        not_before=new.not_before))
+    return bool(result.rowcount == 1)
 
 
 def _meter_after(command: Command) -> dict[str, Any] | None:
