@@ -54,6 +54,18 @@ def _checked(path: Path) -> Settings:
     return settings
 
 
+def _check_control(control: str | None) -> None:
+    """``--control HOST:PORT`` of the simulators (exit 2 if it is not one)."""
+    from simulators.control import parse_host_port
+
+    try:
+        if control is not None:
+            parse_host_port(control)
+    except ValueError as exc:
+        typer.echo(f"--control: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _load(path: Path) -> Settings:
     try:
         return load_settings(path)
@@ -116,7 +128,6 @@ def simulate_modbus(meters: Annotated[int, typer.Option(min=1, help="simulated m
                     ) -> None:
     """Serve N simulated meters (unit ids 1..per-port on each port) over Modbus TCP, RTU over TCP, or RTU."""
     _setup_logging()
-    from simulators.control import parse_host_port
     from simulators.faults import parse_faults
     from simulators.modbus import serve_modbus
 
@@ -125,12 +136,7 @@ def simulate_modbus(meters: Annotated[int, typer.Option(min=1, help="simulated m
     except ValueError as exc:
         typer.echo(f"--faults: {exc}", err=True)
         raise typer.Exit(2) from None
-    try:
-        if control is not None:
-            parse_host_port(control)
-    except ValueError as exc:
-        typer.echo(f"--control: {exc}", err=True)
-        raise typer.Exit(2) from None
+    _check_control(control)
     if serial is not None:
         if meters > 247:
             typer.echo("one RTU line has at most 247 unit ids", err=True)
@@ -181,7 +187,6 @@ def simulate_dlt645(meters: Annotated[int, typer.Option(min=1, help="meters on t
     if (serial is None) == (tcp is None):
         typer.echo("give exactly one of --serial PATH or --tcp HOST:PORT", err=True)
         raise typer.Exit(2)
-    from simulators.control import parse_host_port
     from simulators.dlt645 import serve_dlt645
     from simulators.faults import parse_faults, parse_indices
 
@@ -197,12 +202,7 @@ def simulate_dlt645(meters: Annotated[int, typer.Option(min=1, help="meters on t
     except ValueError as exc:
         typer.echo(f"--protect: {exc}", err=True)
         raise typer.Exit(2) from None
-    try:
-        if control is not None:
-            parse_host_port(control)
-    except ValueError as exc:
-        typer.echo(f"--control: {exc}", err=True)
-        raise typer.Exit(2) from None
+    _check_control(control)
     _setup_logging()
     typer.echo(f"serving {meters} simulated DL/T 645 meters on {serial or tcp} "
                f"({'close-allowed waits for the button' if close_allowed else 'external relays'}, "

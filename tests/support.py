@@ -92,3 +92,13 @@ def socat_pty_pair(directory: Path) -> Iterator[tuple[str, str]]:
             proc.wait(timeout=5)
         if proc.poll() is None:
             proc.kill()
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 20) -> None:
+    """SIGTERM a process started by a test (if it still runs), and SIGKILL it if it does not stop in time."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()

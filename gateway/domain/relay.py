@@ -25,7 +25,8 @@ happened with ``after_send`` or ``after_read``; each returns the command's next 
   ``reconnect_failed``). A meter's refusal fails at once, with the meter's reason.
 - **"Armed" is a confirmed end of a reconnect** on a meter whose close is "close allowed" (1BH): the contact
   stays open until the customer presses the button.
-- **The rate limit counts trips put on the wire** (automatic ones, in a sliding window): ``TripWindow``.
+- **The rate limit counts trips put on the wire** (automatic ones, in a sliding window): the site's
+  ``RateLimiter``, given the trips as they go out.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+
+from gateway.domain.policy import RateLimiter
 
 __all__ = ["ACTIVE", "Action", "Command", "FINAL", "Limits", "MeterLink", "Outcome", "Plan", "RelayReading",
-           "State", "Step", "TRANSITIONS", "TripWindow", "after_read", "after_read_failed", "after_send",
+           "State", "Step", "TRANSITIONS", "after_read", "after_read_failed", "after_send",
            "expire", "next_step", "supersede", "supply_state"]
 
 
@@ -185,7 +188,7 @@ class Plan:
 
 
 def next_step(command: Command, meter: MeterLink, now: dt.datetime, *, limits: Limits,
-              trips: TripWindow | None = None) -> Plan:
+              trips: RateLimiter | None = None) -> Plan:
     """What to do with ``command`` at ``now``."""
     if command.state in FINAL:
         return Plan(Step.DONE)
@@ -272,35 +275,6 @@ def _retry(command: Command, now: dt.datetime, limits: Limits, why: str) -> Comm
 
 def _join(*parts: str | None) -> str:
     return "; ".join(p for p in parts if p)
-
-
-@dataclass(slots=True)
-class TripWindow:
-    """Automatic trips put on the wire in a sliding window: at most ``limit`` per ``window`` (None: no limit)."""
-
-    limit: int | None
-    window: dt.timedelta = dt.timedelta(minutes=1)
-    sent: list[dt.datetime] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, limit: int | None, window: dt.timedelta, sent: Iterable[dt.datetime] = ()) -> TripWindow:
-        return cls(limit, window, sorted(sent))
-
-    def _prune(self, now: dt.datetime) -> None:
-        self.sent = [t for t in self.sent if now - self.window < t <= now]
-
-    def allows(self, now: dt.datetime) -> bool:
-        self._prune(now)
-        return self.limit is None or len(self.sent) < self.limit
-
-    def record(self, now: dt.datetime) -> None:
-        self.sent.append(now)
-
-    def free_at(self, now: dt.datetime) -> dt.datetime | None:
-        """When the next trip may go out (None: now; or never, when the limit is 0)."""
-        if self.allows(now) or not self.limit:
-            return None
-        return self.sent[len(self.sent) - self.limit] + self.window
 
 
 def supply_state(wanted: str, meters: Iterable[tuple[str, str]]) -> str:

@@ -28,6 +28,7 @@ from drivers.errors import CommandRefused, ConnectError, DriverError
 from gateway.adapters import bulk
 from gateway.adapters import tables as t
 from gateway.domain.messages import DisconnectWithdrawn, Message
+from gateway.domain.policy import RateLimiter
 from gateway.domain.relay import (
     FINAL,
     Action,
@@ -38,7 +39,6 @@ from gateway.domain.relay import (
     RelayReading,
     State,
     Step,
-    TripWindow,
     after_read,
     after_read_failed,
     after_send,
@@ -67,7 +67,7 @@ class RelayRunner:
         publish: where the runner's messages go (``DisconnectWithdrawn``).
     """
 
-    def __init__(self, poller: BusPoller, service: Any, *, clock: Clock, limits: Limits, trips: TripWindow,
+    def __init__(self, poller: BusPoller, service: Any, *, clock: Clock, limits: Limits, trips: RateLimiter,
                  close_allowed: bool = False, publish: Callable[[Message], None] = lambda message: None) -> None:
         self.poller, self.service, self.clock, self.limits, self.trips = poller, service, clock, limits, trips
         self.bus_id, self.driver, self.targets = poller.bus_id, poller.driver, poller.targets

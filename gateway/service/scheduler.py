@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from drivers.base import MeterDriver
 from gateway.adapters import tables as t
 from gateway.domain.messages import CommandQueued, MeterAnswered
-from gateway.domain.relay import Limits, TripWindow
+from gateway.domain.relay import Limits
 from gateway.service import commands as cmds
 from gateway.service.clock import Clock, SystemClock
 from gateway.service.polling.breaker import Breaker
@@ -75,7 +75,7 @@ class Scheduler:
         self.service, self.clock = service, clock or SystemClock()
         self.evaluate_every_s = evaluate_every_s
         site = service.catalog.site
-        self.trips = TripWindow(site.max_auto_disconnects_per_minute, site.rate_window)
+        self.trips = site.limiter()  # the automatic trips on the wire (not the decisions' limiter, in the writer)
         limits = limits or Limits()
         self.buses: list[Bus] = []
         self._by_meter: dict[str, Bus] = {}
@@ -145,7 +145,7 @@ class Scheduler:
         async with self.service.uow(readonly=True) as uow:
             rows = (await uow.execute(sa.select(t.commands).where(
                 t.commands.c.state.in_(cmds.ACTIVE_STATES)).order_by(t.commands.c.created_at))).all()
-            self.trips.sent = sorted(await cmds.recent_trips(uow, now - self.trips.window))
+            self.trips.recent = sorted(await cmds.recent_trips(uow, now - self.trips.window))
         for row in rows:
             bus = self._by_meter.get(row.meter_id)
             if bus is not None:  # other meters belong to other instances

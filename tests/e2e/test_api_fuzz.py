@@ -9,7 +9,6 @@ so requests meet a ledger and relays that are moving.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import yaml
 
 from gateway.settings import hash_key
-from tests.support import free_port, wait_for_port
+from tests.support import free_port, stop_process, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "fuzz-admin-key"
@@ -50,15 +49,6 @@ def _config(tmp_path: Path, api_port: int, sim_port: int) -> Path:
     return path
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     api_port, sim_port = free_port(), free_port()
     config = _config(tmp_path, api_port, sim_port)
@@ -81,8 +71,8 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
         assert run.returncode == 0, f"schemathesis found problems:\n{report}"
         assert gateway.poll() is None, "the gateway died under fuzzing"
     finally:
-        _stop(gateway)
-        _stop(sim)
+        stop_process(gateway)
+        stop_process(sim)
     log = (tmp_path / "gateway.log").read_text()
     assert "unexpected error" not in log, log[-5_000:]
     verify = subprocess.run([*cli, "ledger", "verify", "--config", str(config)], cwd=ROOT, capture_output=True,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from drivers.modbus import load_model
 from gateway.bootstrap import default_models_dir
 from gateway.settings import Settings, hash_key

@@ -17,7 +17,6 @@ import contextlib
 import datetime as dt
 import itertools
 import json
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import yaml
 
 from gateway.settings import hash_key
 from simulators.control_client import AsyncSimulatorControl
-from tests.support import async_wait_until, free_port, wait_for_port
+from tests.support import async_wait_until, free_port, stop_process, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "relay-safety-admin"
@@ -111,12 +110,7 @@ def _process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc)
 
 
 @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.domain.policy import RateLimiter
 from gateway.domain.relay import (
     ACTIVE,
     FINAL,
@@ -22,7 +23,6 @@ from gateway.domain.relay import (
     RelayReading,
     State,
     Step,
-    TripWindow,
     after_read,
     after_read_failed,
     after_send,
@@ -137,7 +137,7 @@ def test_expiry() -> None:
 
 
 def test_the_rate_limit_counts_trips_on_the_wire() -> None:
-    trips = TripWindow.of(2, 60 * S, [T0, T0 + 10 * S])
+    trips = RateLimiter(2, 60 * S, [T0, T0 + 10 * S])
     assert next_step(command(basis=T0 + 20 * S), ANSWERING, T0 + 20 * S, limits=LIMITS, trips=trips) == \
         next_step(command(basis=T0 + 20 * S), ANSWERING, T0 + 20 * S, limits=LIMITS, trips=trips)
     decision = next_step(command(basis=T0 + 20 * S), MeterLink(T0 + 20 * S), T0 + 20 * S, limits=LIMITS,
@@ -175,7 +175,7 @@ def test_random_sequences_keep_every_rule(events, action, origin, close_allowed,
     now = T0
     link = MeterLink(last_success_at=start[0], last_failure_at=start[1], close_allowed=close_allowed)
     cmd = Command("c1", "M-1", action, origin, State.QUEUED, T0, T0 + 300 * S, basis_at=T0)
-    trips = TripWindow(limit, 60 * S)
+    trips = RateLimiter(limit, 60 * S)
     wire: list[tuple[dt.datetime, str]] = []  # what went on the wire, in order
     unread_unknown = False  # an UNKNOWN outcome not yet followed by a read-back
     for kind, outcome, relay, read_fails, seconds in events:

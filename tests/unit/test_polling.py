@@ -15,6 +15,7 @@ import pytest
 
 from drivers.base import Reading
 from gateway.domain.messages import Message, MeterAnswered
+from gateway.domain.policy import SitePolicy
 from gateway.service.catalog import MeterSpec
 from gateway.service.polling.breaker import Breaker
 from gateway.service.polling.poller import BusPoller
@@ -257,8 +258,7 @@ async def test_a_meter_answering_again_is_announced() -> None:
 async def test_stale_meters_and_scheduler_totals() -> None:
     clock = FakeClock()
     service = FakeService({"m0": 0.05, "m1": 0.05}, stale_after_s=0.3)
-    service.catalog.site = type("Site", (), {"max_auto_disconnects_per_minute": 10,
-                                             "rate_window": __import__("datetime").timedelta(minutes=1)})()
+    service.catalog.site = SitePolicy()
     driver = FakeDriver(clock)
     driver.dead.add("m1")
     scheduler = Scheduler(service, [BusSetup("b1", driver, {"m0": "m0", "m1": "m1"})], clock=clock,
