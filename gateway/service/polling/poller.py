@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -83,6 +84,8 @@ class BusPoller:
             await self._loop()
         finally:
             writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
             for future in list(self._in_writer):  # the writer still commits what it has; stop waiting for it
                 future.cancel()
 
