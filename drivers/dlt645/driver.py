@@ -25,7 +25,6 @@ from drivers.dlt645.constants import (
     DI,
     ErrorBits,
     RemoteCommand,
-    StatusWord3,
     describe_error,
     energy_rate_di,
     error_reasons,
@@ -42,6 +41,7 @@ from drivers.dlt645.messages import (
 )
 from drivers.dlt645.meter import Dlt645Meter
 from drivers.dlt645.refusals import explain_refusal, status_word_may_explain
+from drivers.dlt645.status import relay_state, status_fields
 from drivers.errors import (
     CommandRefused,
     ConnectError,
@@ -278,7 +278,7 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
             status = int.from_bytes(raw, "little") if raw is not None and len(raw) == 2 else None
         extra: dict[str, object] = {}
         if status is not None:
-            extra |= _status_extra(status)
+            extra |= status_fields(status)
         if overdraft is not None:
             extra["overdraft_fen"] = overdraft
         return Reading(
@@ -292,14 +292,14 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
             else int(Decimal(power).scaleb(-1).quantize(Decimal(1), ROUND_HALF_UP)),
             voltage_v=None if voltage is None else float(Decimal(voltage).scaleb(-VOLTAGE.decimals)),
             current_a=None if current is None else float(Decimal(current).scaleb(-CURRENT.decimals)),
-            relay=None if status is None else _relay_state(status),
+            relay=None if status is None else relay_state(status),
             meter_balance_fen=balance,  # XXXXXX.XX yuan: the scaled value is fen
             extra=extra,
         )
 
     async def read_relay(self, meter: Dlt645Meter) -> RelayState:
         """The actual contact from status word 3 bit 4 (bit 6 is only what was commanded)."""
-        return _relay_state(await self.read_status_word_3(meter))
+        return relay_state(await self.read_status_word_3(meter))
 
     # --- remote control (1CH) -------------------------------------------------------------------------
 
@@ -418,20 +418,3 @@ def _bare(exc: Exception) -> str:
     if isinstance(exc, DriverError) and exc.args:
         return str(exc.args[0])
     return f"{type(exc).__name__}: {exc}"
-
-
-def _relay_state(status_word_3: int) -> RelayState:
-    """Bit 4 is the contact; open with bit 6 clear (a close commanded) is a close-allowed relay waiting for the
-    customer's button (合闸允许)."""
-    if not status_word_3 & StatusWord3.RELAY_OPEN:
-        return RelayState.CLOSED
-    return RelayState.OPEN if status_word_3 & StatusWord3.RELAY_COMMAND_TRIP else RelayState.ARMED
-
-
-def _status_extra(word: int) -> dict[str, object]:
-    return {
-        "status_word_3": word,
-        "relay_commanded": "open" if word & StatusWord3.RELAY_COMMAND_TRIP else "closed",
-        "pre_trip_alarm": bool(word & StatusWord3.PRE_TRIP_ALARM),
-        "protected": bool(word & StatusWord3.PROTECTED),
-    }
