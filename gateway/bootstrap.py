@@ -21,11 +21,11 @@ from drivers.base import MeterDriver
 from gateway.adapters.database import create_engine, migrate
 from gateway.api.main import create_app
 from gateway.api.security import Caller
+from gateway.domain.messages import CommandQueued, DisconnectWithdrawn, Message, MeterAnswered
 from gateway.service.accounts import ensure_catalog_rows
 from gateway.service.catalog import Catalog
-from gateway.service.handlers import Service
-from gateway.domain.messages import CommandQueued, DisconnectWithdrawn, Message, MeterAnswered
 from gateway.service.clock import SystemClock
+from gateway.service.handlers import Service
 from gateway.service.messagebus import MessageBus
 from gateway.service.scheduler import BusSetup, Scheduler
 from gateway.service.uow import UnitOfWorkFactory
