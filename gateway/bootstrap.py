@@ -21,9 +21,12 @@ from drivers.base import MeterDriver
 from gateway.adapters.database import create_engine, migrate
 from gateway.api.main import create_app
 from gateway.api.security import Caller
+from gateway.domain.account import Thresholds
 from gateway.domain.messages import CommandQueued, DisconnectWithdrawn, Message, MeterAnswered
+from gateway.domain.relay import Limits
+from gateway.domain.tariff_config import tariff_from_dict
 from gateway.service.accounts import ensure_catalog_rows
-from gateway.service.catalog import Catalog
+from gateway.service.catalog import AccountSpec, Catalog, MeterSpec
 from gateway.service.clock import SystemClock
 from gateway.service.handlers import Service
 from gateway.service.messagebus import MessageBus
@@ -37,6 +40,40 @@ log = logging.getLogger(__name__)
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
 
+
+
+def catalog_from_settings(settings: Settings, *, base_dir: Path | None = None) -> Catalog:
+    """The service's view of the site (accounts, meters, tariffs, policy, engine limits) from the settings."""
+    tariffs = {name: tariff_from_dict(t, where=f"tariffs.{name}") for name, t in settings.tariffs.items()}
+    meter_ids: dict[str, list[str]] = {}
+    for m in settings.meters:
+        meter_ids.setdefault(m.account, []).append(m.id)
+    accounts = {
+        a.id: AccountSpec(
+            id=a.id,
+            tariff=tariffs[a.tariff],
+            thresholds=Thresholds(a.warning1, a.warning2, a.overdraft, a.reconnect_min_topup),
+            opening_balance_fen=a.opening_balance,
+            protected=a.protected,
+            credit_class=a.credit_class,
+            meter_ids=tuple(meter_ids.get(a.id, ())),
+        )
+        for a in settings.accounts
+    }
+    meters = {
+        m.id: MeterSpec(m.id, m.account, m.bus, m.poll_interval_s, m.max_power_w, m.unit_id, m.address, m.model,
+                        tuple(m.groups))
+        for m in settings.meters
+    }
+    engine = settings.engine
+    return Catalog(accounts, meters, settings.site_policy(base_dir=base_dir), settings.api.max_payment,
+                   engine.command_expiry_s, engine.confirm_interval_s, engine.manual_hold_s, engine.evaluate_every_s,
+                   engine.reading_history_s, settings.api.max_operator_hold_s,
+                   Limits(confirm_interval=dt.timedelta(seconds=engine.confirm_interval_s),
+                          confirm_timeout=dt.timedelta(seconds=engine.confirm_timeout_s),
+                          max_attempts=engine.command_attempts,
+                          backoff_base=dt.timedelta(seconds=engine.retry_backoff_s),
+                          backoff_cap=dt.timedelta(seconds=engine.retry_backoff_cap_s)))
 
 def default_models_dir() -> Path:
     return REPO_CONFIG / "meters"
@@ -91,7 +128,7 @@ class Gateway:
         self.settings = settings
         self.base_dir = base_dir or Path.cwd()
         self.run_buses = run_buses  # False: an API-only instance (or a test) that polls no bus
-        self.catalog = Catalog.from_settings(settings, base_dir=self.base_dir)
+        self.catalog = catalog_from_settings(settings, base_dir=self.base_dir)
         self.engine = create_engine(self._db_url())
         self.uow = UnitOfWorkFactory(self.engine)
         self.clock = SystemClock()

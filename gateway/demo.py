@@ -52,7 +52,7 @@ def write_demo_files(data_dir: Path, *, port: int, meters: int) -> None:
         "api": {"host": "127.0.0.1", "port": port,
                 "keys": [{"name": f"demo-{role}", "role": role, "sha256": hash_key(key)}
                          for role, key in keys.items()]},
-        "engine": {"command_expiry_s": 120, "confirm_interval_s": 0.5},
+        "engine": {"command_expiry_s": 120, "confirm_interval_s": 0.5, "reading_history_s": 10},
         # The demo disconnects as soon as credit runs out: no notice period, no friendly hours.
         "policy": {"notice_period": 0, "stale_after": "30s", "friendly_windows": []},
         "models_dir": str(default_models_dir()),

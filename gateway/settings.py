@@ -9,6 +9,7 @@ Environment overrides: ``GATEWAY_<KEY>__<KEY>...`` sets a nested key before vali
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 from pathlib import Path
@@ -252,6 +253,12 @@ class Settings(_Strict):
         for name, tariff in self.tariffs.items():
             tariff_from_dict(tariff, where=f"tariffs.{name}")
         policy = self.site_policy(check_only=True)
+        history = dt.timedelta(seconds=self.engine.reading_history_s)
+        if policy.stale_after is not None and history >= policy.stale_after:
+            # a meter polled on time would look stale to the engine whenever its account is read from storage
+            raise ValueError(f"engine.reading_history_s: {self.engine.reading_history_s:g} s is not shorter than "
+                             f"policy.stale_after ({policy.stale_after.total_seconds():g} s): a meter polled on "
+                             "time could count as stale and block disconnects")
         _unique("accounts", [a.id for a in self.accounts])
         _unique("buses", [b.id for b in self.buses])
         _unique("meters", [m.id for m in self.meters])

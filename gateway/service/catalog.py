@@ -5,15 +5,12 @@ Dynamic state (balances, engine state, commands) lives in the database; this cat
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from gateway.domain.account import PrepaidAccount, Thresholds
 from gateway.domain.policy import SitePolicy
 from gateway.domain.relay import Limits
-from gateway.domain.tariff_config import tariff_from_dict
 from gateway.domain.tariffs import Tariff
 
 __all__ = ["AccountSpec", "Catalog", "MeterSpec"]
@@ -85,39 +82,3 @@ class Catalog:
         for meter_id in spec.meter_ids:
             account.add_meter(meter_id, max_power_w=self.meters[meter_id].max_power_w)
         return account
-
-    @classmethod
-    def from_settings(cls, settings: object, *, base_dir: Path | None = None) -> Catalog:
-        from gateway.settings import Settings
-
-        assert isinstance(settings, Settings)
-        tariffs = {name: tariff_from_dict(t, where=f"tariffs.{name}") for name, t in settings.tariffs.items()}
-        meter_ids: dict[str, list[str]] = {}
-        for m in settings.meters:
-            meter_ids.setdefault(m.account, []).append(m.id)
-        accounts = {
-            a.id: AccountSpec(
-                id=a.id,
-                tariff=tariffs[a.tariff],
-                thresholds=Thresholds(a.warning1, a.warning2, a.overdraft, a.reconnect_min_topup),
-                opening_balance_fen=a.opening_balance,
-                protected=a.protected,
-                credit_class=a.credit_class,
-                meter_ids=tuple(meter_ids.get(a.id, ())),
-            )
-            for a in settings.accounts
-        }
-        meters = {
-            m.id: MeterSpec(m.id, m.account, m.bus, m.poll_interval_s, m.max_power_w, m.unit_id, m.address, m.model,
-                            tuple(m.groups))
-            for m in settings.meters
-        }
-        engine = settings.engine
-        return cls(accounts, meters, settings.site_policy(base_dir=base_dir), settings.api.max_payment,
-                   engine.command_expiry_s, engine.confirm_interval_s, engine.manual_hold_s, engine.evaluate_every_s,
-                   engine.reading_history_s, settings.api.max_operator_hold_s,
-                   Limits(confirm_interval=dt.timedelta(seconds=engine.confirm_interval_s),
-                          confirm_timeout=dt.timedelta(seconds=engine.confirm_timeout_s),
-                          max_attempts=engine.command_attempts,
-                          backoff_base=dt.timedelta(seconds=engine.retry_backoff_s),
-                          backoff_cap=dt.timedelta(seconds=engine.retry_backoff_cap_s)))

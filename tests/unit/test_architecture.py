@@ -1,5 +1,5 @@
-"""Dependencies point inward: the domain imports only the standard library and itself; drivers and
-simulators never import the gateway."""
+"""Dependencies point inward: the domain imports only the standard library and itself; the service layer is
+handed what it needs and never reads the settings; drivers and simulators never import the gateway."""
 
 from __future__ import annotations
 
@@ -38,6 +38,13 @@ def test_domain_imports_only_stdlib_and_itself(path: Path) -> None:
         top = name.split(".")[0]
         allowed = name.startswith("gateway.domain") or top in sys.stdlib_module_names or top == "__future__"
         assert allowed, f"{path.relative_to(ROOT)} imports {name}"
+
+
+@pytest.mark.parametrize("path", _files("gateway/service"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_service_does_not_read_the_settings(path: Path) -> None:
+    for name in _imports(path):
+        assert name != "gateway.settings" and not name.startswith("gateway.settings."), \
+            f"{path.relative_to(ROOT)} imports {name}: bootstrap hands the service what it needs"
 
 
 @pytest.mark.parametrize("path", _files("drivers") + _files("simulators"), ids=lambda p: str(p.relative_to(ROOT)))

@@ -70,6 +70,10 @@ def test_the_example_config_is_valid() -> None:
      "relay_modules[0].meter: unknown meter 'M-9'"),
     (GOOD + "relay_modules: [{id: R-1, bus: bus1, unit_id: 1, meter: M-1}]\n",
      "relay_modules[0].unit_id: 1 is already meters[0]'s on bus 'bus1'"),
+    # readings kept in memory for longer than a reading stays fresh
+    (GOOD + "policy: {stale_after: 60s}\n", "engine.reading_history_s: 60 s is not shorter than policy.stale_after"),
+    (GOOD + "policy: {stale_after: 5m}\nengine: {reading_history_s: 300}\n",
+     "engine.reading_history_s: 300 s is not shorter than policy.stale_after (300 s)"),
 ])
 def test_errors_name_the_file_the_key_path_and_the_problem(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, text)
@@ -78,6 +82,12 @@ def test_errors_name_the_file_the_key_path_and_the_problem(tmp_path: Path, text:
     message = str(info.value)
     assert str(path) in message
     assert expected in message
+
+
+def test_reading_history_shorter_than_stale_after_or_no_staleness_is_accepted(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, GOOD + "policy: {stale_after: 61s}\n"), environ={}).engine.reading_history_s == 60
+    text = GOOD + "policy: {stale_after: null}\nengine: {reading_history_s: 3600}\n"
+    assert load_settings(write(tmp_path, text), environ={}).engine.reading_history_s == 3600
 
 
 def test_environment_overrides_secrets(tmp_path: Path) -> None:
