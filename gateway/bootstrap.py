@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from drivers.base import MeterDriver
 from gateway.adapters.database import create_engine, migrate
+from gateway.adapters.read_store import SqlReadStore
 from gateway.api.main import create_app
 from gateway.api.security import Caller
 from gateway.domain.account import Thresholds
@@ -133,7 +134,8 @@ class Gateway:
         self.uow = UnitOfWorkFactory(self.engine)
         self.clock = SystemClock()
         self.messages = MessageBus()
-        self.service = Service(self.uow, self.catalog, clock or self.clock.now, bus=self.messages)
+        self.service = Service(self.uow, self.catalog, clock or self.clock.now, reads=SqlReadStore(self.uow),
+                               bus=self.messages)
         self.scheduler: Scheduler | None = None
         self._stack = contextlib.AsyncExitStack()
 

@@ -1,5 +1,5 @@
-"""Fakes of the service's ports for unit tests: a clock that moves only when the test says so, and a meter
-driver whose meters answer, fail or take time as the test says (on that clock)."""
+"""Fakes of the service's ports for unit tests: a clock that moves only when the test says so, a meter driver
+whose meters answer, fail or take time as the test says (on that clock), and stored rows for the read models."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import asyncio
 import datetime as dt
 import heapq
 import itertools
+from types import SimpleNamespace
 
 from drivers.base import MeterDriver, Reading, RelayAction, RelayState
 from drivers.errors import ConnectError, ExceptionReply, MeterTimeout
 from gateway.service.clock import Clock
+from gateway.service.commands import CommandRecord
+from gateway.service.views import AccountRows, MeterRows, ReadStore
 
 T0 = dt.datetime(2026, 11, 23, 8, tzinfo=dt.UTC)
 
@@ -119,3 +122,49 @@ class FakeDriver(MeterDriver[str]):
 
     def calls_of(self, meter: str, what: str = "read") -> list[float]:
         return [t for t, w, m in self.calls if m == meter and w == what]
+
+
+class FakeReadStore(ReadStore):
+    """Stored rows in lists, as the read models see them (rows are namespaces with the table's columns)."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, SimpleNamespace] = {}
+        self.meters: dict[str, SimpleNamespace] = {}
+        self.reading_rows: list[SimpleNamespace] = []
+        self.ledger_rows: list[SimpleNamespace] = []
+        self.command_records: list[CommandRecord] = []
+
+    async def account(self, account_id: str) -> AccountRows:
+        meters = sorted((m for m in self.meters.values() if m.account_id == account_id), key=lambda m: m.id)
+        return AccountRows(self.accounts.get(account_id), meters)
+
+    async def meter(self, meter_id: str, account_id: str) -> MeterRows:
+        mine = [r for r in self.reading_rows if r.meter_id == meter_id]
+        account = self.accounts.get(account_id)
+        return MeterRows(self.meters.get(meter_id), max(mine, key=lambda r: r.id, default=None),
+                         None if account is None else account.state)
+
+    @staticmethod
+    def _page(rows: list[SimpleNamespace], limit: int, before_id: int | None) -> list[SimpleNamespace]:
+        rows = sorted((r for r in rows if before_id is None or r.id < before_id), key=lambda r: -r.id)
+        return rows[:limit]
+
+    async def ledger(self, account_id: str, *, limit: int, before_id: int | None) -> list[SimpleNamespace]:
+        return self._page([r for r in self.ledger_rows if r.account_id == account_id], limit, before_id)
+
+    async def readings(self, meter_id: str, *, limit: int, before_id: int | None) -> list[SimpleNamespace]:
+        return self._page([r for r in self.reading_rows if r.meter_id == meter_id], limit, before_id)
+
+    async def commands(self, *, meter_id: str | None, state: str | None, before: dt.datetime | None,
+                       limit: int) -> list[CommandRecord]:
+        rows = [c for c in self.command_records if (meter_id is None or c.meter_id == meter_id)
+                and (state is None or c.state == state) and (before is None or c.created_at < before)]
+        rows.sort(key=lambda c: c.id)
+        rows.sort(key=lambda c: c.created_at, reverse=True)
+        return rows[:limit]
+
+    async def command(self, command_id: str) -> CommandRecord | None:
+        return next((c for c in self.command_records if c.id == command_id), None)
+
+    async def ping(self) -> None:
+        return None

@@ -25,6 +25,7 @@ from gateway.service.commands import CommandRecord, new_command, store_command
 from gateway.service.errors import UnknownAccount, UnknownMeter
 from gateway.service.messagebus import MessageBus
 from gateway.service.uow import UnitOfWorkFactory
+from gateway.service.views import ReadStore, Views
 from gateway.service.writer import (
     AccountJob,
     PaymentConflict,
@@ -45,12 +46,14 @@ class Service:
     """The gateway's use cases over one database."""
 
     def __init__(self, uow_factory: UnitOfWorkFactory, catalog: Catalog,
-                 clock: Callable[[], dt.datetime] | None = None, *, bus: MessageBus | None = None) -> None:
+                 clock: Callable[[], dt.datetime] | None = None, *, reads: ReadStore,
+                 bus: MessageBus | None = None) -> None:
         self.uow = uow_factory
         self.catalog = catalog
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.bus = bus or MessageBus()  # the reactions to what the service does (handlers: see bootstrap)
         self.writer = Writer(uow_factory, catalog, self.clock, on_commands=self._announce)
+        self.views = Views(reads, catalog, self.writer)  # what the API shows
 
     # --- payments -----------------------------------------------------------------------------------------
     async def record_payment(self, *, source: str, payment_id: str, account_id: str, amount_fen: int,

@@ -26,7 +26,7 @@ def settings(tmp_path: Path, bus: dict[str, object], api_port: int) -> Settings:
         "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
         "api": {"port": api_port, "keys": [{"name": "billing", "role": "billing", "sha256": hash_key(BILLING)},
                                            {"name": "viewer", "role": "viewer", "sha256": hash_key(VIEWER)}]},
-        "engine": {"command_expiry_s": 60, "confirm_interval_s": 0.2},
+        "engine": {"command_expiry_s": 60, "confirm_interval_s": 0.2, "reading_history_s": 5},
         "policy": {"notice_period": 0, "stale_after": "10s"},
         "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
         "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "0.50", "reconnect_min_topup": "1.00"}],

@@ -30,7 +30,7 @@ async def loop_setup(tmp_path: Path):
         "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
         "api": {"port": api_port, "keys": [{"name": "billing", "role": "billing", "sha256": hash_key(BILLING)},
                                            {"name": "viewer", "role": "viewer", "sha256": hash_key(VIEWER)}]},
-        "engine": {"command_expiry_s": 30, "confirm_interval_s": 0.2},
+        "engine": {"command_expiry_s": 30, "confirm_interval_s": 0.2, "reading_history_s": 5},
         "policy": {"notice_period": 0, "stale_after": "10s"},
         "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
         "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "0.50", "warning1": "0.40",

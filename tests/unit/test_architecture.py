@@ -1,5 +1,6 @@
 """Dependencies point inward: the domain imports only the standard library and itself; the service layer is
-handed what it needs and never reads the settings; drivers and simulators never import the gateway."""
+handed what it needs and never reads the settings; the API reads through the service's read models and never
+touches storage; drivers and simulators never import the gateway."""
 
 from __future__ import annotations
 
@@ -45,6 +46,16 @@ def test_service_does_not_read_the_settings(path: Path) -> None:
     for name in _imports(path):
         assert name != "gateway.settings" and not name.startswith("gateway.settings."), \
             f"{path.relative_to(ROOT)} imports {name}: bootstrap hands the service what it needs"
+
+
+@pytest.mark.parametrize("path", _files("gateway/api"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_api_does_not_touch_storage(path: Path) -> None:
+    for name in _imports(path):
+        top = name.split(".")[0]
+        assert top != "sqlalchemy" and not name.startswith("gateway.adapters"), \
+            f"{path.relative_to(ROOT)} imports {name}: routes read through service.views"
+    text = path.read_text(encoding="utf-8")
+    assert ".writer" not in text and ".uow(" not in text, f"{path.relative_to(ROOT)} reaches into the service"
 
 
 @pytest.mark.parametrize("path", _files("drivers") + _files("simulators"), ids=lambda p: str(p.relative_to(ROOT)))

@@ -3,10 +3,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Path, Query
 
-from gateway.adapters import tables as t
 from gateway.api.deps import AdminCaller, AnyCaller, Caller, OperatorCaller, ServiceDep
 from gateway.api.fields import Name, RowId
 from gateway.api.jsonbody import StrictJsonRoute
@@ -16,15 +14,11 @@ from gateway.api.schemas import (
     AdjustmentCreate,
     EmergencyCreditCreate,
     HoldUpdate,
-    LedgerEntryPublic,
     LedgerList,
     ProtectionUpdate,
 )
 from gateway.domain.account import PrepaidAccount
 from gateway.domain.money import format_fen, parse_yuan
-from gateway.domain.relay import supply_state
-from gateway.service.accounts import domain_account
-from gateway.service.errors import UnknownAccount
 from gateway.service.handlers import Service
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"], route_class=StrictJsonRoute)
@@ -34,26 +28,7 @@ _CHANGE = responses(*AUTHENTICATED, "not-found", "account-state-unreadable", "co
 
 
 async def _public(service: Service, account_id: str) -> AccountPublic:
-    spec = service.catalog.accounts.get(account_id)
-    async with service.uow(readonly=True) as uow:
-        row = (await uow.execute(sa.select(t.accounts).where(t.accounts.c.id == account_id))).one_or_none()
-        meters = {m.id: (m.relay, m.relay_fault) for m in await uow.execute(
-            sa.select(t.meters.c.id, t.meters.c.relay, t.meters.c.relay_fault).where(
-                t.meters.c.account_id == account_id))}
-    if row is None or spec is None:
-        raise UnknownAccount(f"no account {account_id!r}")
-    account = domain_account(service.catalog, row.id, row.state)
-    assert account is not None
-    return AccountPublic(
-        id=row.id, balance=format_fen(row.balance_fen), state=supply_state(row.supply, meters.values()),
-        supply=row.supply, relays={m: relay for m, (relay, _) in meters.items()}, credit=account.credit_state(),
-        meters=list(spec.meter_ids), protected=account.is_protected,
-        disconnect_deferred_because=row.deferred_reason or None, updated_at=row.updated_at,
-        deferred_detail=account.deferred_detail or None, deferred_until=account.deferred_until,
-        hold_until=account.hold_until, manual_disconnect=account.manual_disconnect,
-        credit_class=account.credit_class or None, disconnect_point=format_fen(account.disconnect_point_fen),
-        reconnect_at=format_fen(account.reconnect_at_fen),
-        emergency_credit_outstanding=format_fen(account.emergency.outstanding_fen))
+    return AccountPublic.model_validate(await service.views.account(account_id))
 
 
 @router.get("/{account_id}", response_model=AccountPublic, responses=_READ)
@@ -68,19 +43,7 @@ async def ledger(account_id: AccountId, service: ServiceDep, caller: AnyCaller,
                  before_id: Annotated[RowId | None, Query(description="page: entries older than this id")] = None
                  ) -> LedgerList:
     """The account's ledger, newest first (append-only; the balance is the sum of all entries)."""
-    if account_id not in service.catalog.accounts:
-        raise UnknownAccount(f"no account {account_id!r}")
-    query = sa.select(t.ledger).where(t.ledger.c.account_id == account_id)
-    if before_id is not None:
-        query = query.where(t.ledger.c.id < before_id)
-    async with service.uow(readonly=True) as uow:
-        rows = (await uow.execute(query.order_by(t.ledger.c.id.desc()).limit(limit))).all()
-    data = [LedgerEntryPublic(id=r.id, kind=r.kind, amount=format_fen(r.amount_fen),
-                              balance_after=format_fen(r.balance_after_fen), created_at=r.created_at,
-                              reference=r.reference, payment_source=r.payment_source, payment_id=r.payment_id,
-                              meter_id=r.meter_id, energy_wh=r.energy_wh, period=r.period, detail=r.detail)
-            for r in rows]
-    return LedgerList(data=data, next_before_id=data[-1].id if len(data) == limit else None)
+    return LedgerList.model_validate(await service.views.ledger(account_id, limit=limit, before_id=before_id))
 
 
 async def _change(service: Service, account_id: str, apply: Any, caller: Caller, action: str,

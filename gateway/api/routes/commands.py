@@ -3,10 +3,8 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Literal
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Path, Query
 
-from gateway.adapters import tables as t
 from gateway.api.deps import AnyCaller, OperatorCaller, ServiceDep
 from gateway.api.fields import Name, Timestamp
 from gateway.api.jsonbody import StrictJsonRoute
@@ -19,9 +17,10 @@ from gateway.api.schemas import (
     ManualCommandResult,
 )
 from gateway.domain.errors import DomainError
-from gateway.service.commands import ACTIVE_STATES, FINAL_STATES, CommandRecord, get_command
-from gateway.service.errors import AccountUnreadable, UnknownCommand, UnknownMeter
+from gateway.service.commands import ACTIVE_STATES, FINAL_STATES, CommandRecord
+from gateway.service.errors import AccountUnreadable, UnknownMeter
 from gateway.service.operator import cancel_command, manual_command
+from gateway.service.views import command_shape
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/commands", tags=["commands"], route_class=StrictJsonRoute)
@@ -30,10 +29,7 @@ CommandState = Literal[ACTIVE_STATES + FINAL_STATES]  # type: ignore[valid-type]
 
 
 def to_public(record: CommandRecord) -> CommandPublic:
-    return CommandPublic(id=record.id, meter_id=record.meter_id, action=record.action, origin=record.origin,
-                         operator=record.operator, reason=record.reason, state=record.state,
-                         attempts=record.attempts, last_error=record.last_error, created_at=record.created_at,
-                         updated_at=record.updated_at, expires_at=record.expires_at)
+    return CommandPublic.model_validate(command_shape(record))
 
 
 @router.get("", response_model=CommandList, responses=responses(*AUTHENTICATED))
@@ -44,17 +40,8 @@ async def list_commands(service: ServiceDep, caller: AnyCaller,
                         before: Annotated[Timestamp | None, Query(description="page: commands created before this")]
                         = None) -> CommandList:
     """Relay commands, newest first, optionally of one meter or in one state."""
-    query = sa.select(t.commands)
-    if meter_id is not None:
-        query = query.where(t.commands.c.meter_id == meter_id)
-    if state is not None:
-        query = query.where(t.commands.c.state == state)
-    if before is not None:
-        query = query.where(t.commands.c.created_at < before)
-    async with service.uow(readonly=True) as uow:
-        rows = (await uow.execute(query.order_by(t.commands.c.created_at.desc(), t.commands.c.id).limit(limit))).all()
-    data = [to_public(CommandRecord.from_row(r)) for r in rows]
-    return CommandList(data=data, next_before=data[-1].created_at.isoformat() if len(data) == limit else None)
+    return CommandList.model_validate(await service.views.commands(meter_id=meter_id, state=state, before=before,
+                                                                   limit=limit))
 
 
 @router.post("/bulk", response_model=BulkCommandResult,
@@ -95,11 +82,7 @@ async def bulk(body: BulkCommandCreate, service: ServiceDep, caller: OperatorCal
             operation_id="getCommand")
 async def read_command(command_id: CommandId, service: ServiceDep, caller: AnyCaller) -> CommandPublic:
     """One relay command and where it stands."""
-    async with service.uow(readonly=True) as uow:
-        record = await get_command(uow, command_id)
-    if record is None:
-        raise UnknownCommand(f"no command {command_id!r}")
-    return to_public(record)
+    return CommandPublic.model_validate(await service.views.command(command_id))
 
 
 @router.post("/{command_id}/cancel", response_model=CommandPublic,

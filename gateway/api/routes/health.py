@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
@@ -29,8 +28,7 @@ async def healthz() -> Health:
 async def readyz(service: ServiceDep) -> Health | JSONResponse:
     """The database answers (no key needed)."""
     try:
-        async with service.uow(readonly=True) as uow:
-            await uow.execute(sa.text("SELECT 1"))
+        await service.views.ready()
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         return problem("unavailable", f"database: {type(exc).__name__}", headers={"Retry-After": "5"})
     return Health(status="ready")

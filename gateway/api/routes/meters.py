@@ -3,10 +3,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Path, Query, Response
 
-from gateway.adapters import tables as t
 from gateway.api.deps import AnyCaller, OperatorCaller, ServiceDep
 from gateway.api.fields import Name, RowId
 from gateway.api.jsonbody import StrictJsonRoute
@@ -19,7 +17,6 @@ from gateway.api.schemas import (
     QuarantineAction,
     QuarantineResult,
     ReadingList,
-    ReadingPublic,
     RelayCommandCreate,
 )
 from gateway.domain.account import PrepaidAccount
@@ -38,44 +35,10 @@ _COMMAND = {
                 "unavailable")}
 
 
-def _reading(row: sa.Row) -> ReadingPublic:  # type: ignore[type-arg]
-    return ReadingPublic(taken_at=row.taken_at, energy_wh=row.energy_wh, power_w=row.power_w,
-                         voltage_v=row.voltage_v, current_a=row.current_a, relay=row.relay, billed=row.billed)
-
-
 @router.get("/{meter_id}", response_model=MeterPublic, responses=responses(*AUTHENTICATED, "not-found"))
 async def get_meter(meter_id: MeterId, service: ServiceDep, caller: AnyCaller) -> MeterPublic:
     """One meter: relay, communication health, latest reading, quarantine."""
-    spec = service.catalog.meters.get(meter_id)
-    async with service.uow(readonly=True) as uow:
-        row = (await uow.execute(sa.select(t.meters).where(t.meters.c.id == meter_id))).one_or_none()
-        last = (await uow.execute(sa.select(t.readings).where(t.readings.c.meter_id == meter_id)
-                                  .order_by(t.readings.c.id.desc()).limit(1))).one_or_none()
-        state = None if spec is None else (await uow.execute(sa.select(t.accounts.c.state).where(
-            t.accounts.c.id == spec.account_id))).scalar_one_or_none()
-    if row is None or spec is None:
-        raise UnknownMeter(f"no meter {meter_id!r}")
-    cursor = (state or {}).get("meters", {}).get(meter_id) or {}
-    pending = cursor.get("pending")
-    latest = None if last is None else _reading(last)
-    last_success_at = row.last_success_at  # written when the health or relay changed; else the newest reading's
-    if latest is not None and (last_success_at is None or latest.taken_at > last_success_at):
-        last_success_at = latest.taken_at
-    absorbed = service.writer.absorbed.get(meter_id)  # newer than the stored one when it changed nothing
-    if absorbed is not None and (latest is None or absorbed.taken_at > latest.taken_at):
-        latest = ReadingPublic(taken_at=absorbed.taken_at, energy_wh=absorbed.energy_wh, power_w=absorbed.power_w,
-                               voltage_v=absorbed.voltage_v, current_a=absorbed.current_a,
-                               relay=None if absorbed.relay is None else absorbed.relay.value,
-                               billed=service.writer.unbilled(meter_id) is not absorbed)
-        if last_success_at is None or absorbed.taken_at > last_success_at:
-            last_success_at = absorbed.taken_at
-    return MeterPublic(id=row.id, account_id=row.account_id, bus=spec.bus_id, groups=list(spec.groups),
-                       relay=row.relay, relay_fault=row.relay_fault, health=row.health, consecutive_failures=row.consecutive_failures,
-                       last_error=row.last_error, last_success_at=last_success_at,
-                       last_reading=latest,
-                       quarantine=None if pending is None else {"kind": pending.get("kind"),
-                                                                "reason": pending.get("reason"),
-                                                                "reading": pending.get("reading")})
+    return MeterPublic.model_validate(await service.views.meter(meter_id))
 
 
 @router.get("/{meter_id}/readings", response_model=ReadingList, responses=responses(*AUTHENTICATED, "not-found"))
@@ -84,15 +47,7 @@ async def list_readings(meter_id: MeterId, service: ServiceDep, caller: AnyCalle
                         before_id: Annotated[RowId | None, Query(description="page: readings older than this id")]
                         = None) -> ReadingList:
     """A meter's reading history, newest first."""
-    if meter_id not in service.catalog.meters:
-        raise UnknownMeter(f"no meter {meter_id!r}")
-    query = sa.select(t.readings).where(t.readings.c.meter_id == meter_id)
-    if before_id is not None:
-        query = query.where(t.readings.c.id < before_id)
-    async with service.uow(readonly=True) as uow:
-        rows = (await uow.execute(query.order_by(t.readings.c.id.desc()).limit(limit))).all()
-    next_id = rows[-1].id if len(rows) == limit else None
-    return ReadingList(data=[_reading(r) for r in rows], next_before_id=next_id)
+    return ReadingList.model_validate(await service.views.readings(meter_id, limit=limit, before_id=before_id))
 
 
 def _result(outcome: ManualOutcome, *, dry_run: bool) -> ManualCommandResult:

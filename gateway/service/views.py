@@ -1,0 +1,199 @@
+"""Read models: what the API shows of accounts, meters, readings, the ledger and relay commands.
+
+The routes call ``Views`` and turn its dicts (keyed as the API's response schemas) into responses; they never
+touch storage or the writer. ``Views`` puts together the stored rows (read through the ``ReadStore`` port, whose
+SQL lives in ``gateway.adapters.read_store``), the catalog and what the writer holds in memory (a reading that
+changed nothing is not stored, yet it is the meter's latest).
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from drivers.base import Reading
+from gateway.domain.money import format_fen
+from gateway.domain.relay import supply_state
+from gateway.service.accounts import domain_account
+from gateway.service.catalog import Catalog
+from gateway.service.commands import CommandRecord
+from gateway.service.errors import UnknownAccount, UnknownCommand, UnknownMeter
+
+__all__ = ["AccountRows", "HeldReadings", "MeterRows", "ReadStore", "Views", "command_shape"]
+
+Row = Any  # a stored row: its columns as attributes
+
+
+class AccountRows:
+    """An account's row and its meters' relay columns, read in one transaction."""
+
+    __slots__ = ("account", "meters")
+
+    def __init__(self, account: Row | None, meters: list[Row]) -> None:
+        self.account = account
+        self.meters = meters  # id, relay, relay_fault
+
+
+class MeterRows:
+    """A meter's row, its newest stored reading and its account's stored state, read in one transaction."""
+
+    __slots__ = ("account_state", "meter", "newest")
+
+    def __init__(self, meter: Row | None, newest: Row | None, account_state: Mapping[str, Any] | None) -> None:
+        self.meter = meter
+        self.newest = newest
+        self.account_state = account_state
+
+
+class HeldReadings(Protocol):
+    """What the writer holds in memory: the newest reading of each meter that changed nothing durable."""
+
+    absorbed: Mapping[str, Reading]
+
+    def unbilled(self, meter_id: str) -> Reading | None: ...
+
+
+class ReadStore(abc.ABC):
+    """The port the read models read storage through."""
+
+    @abc.abstractmethod
+    async def account(self, account_id: str) -> AccountRows: ...
+
+    @abc.abstractmethod
+    async def meter(self, meter_id: str, account_id: str) -> MeterRows: ...
+
+    @abc.abstractmethod
+    async def ledger(self, account_id: str, *, limit: int, before_id: int | None) -> list[Row]:
+        """Ledger rows of the account, newest (highest id) first."""
+
+    @abc.abstractmethod
+    async def readings(self, meter_id: str, *, limit: int, before_id: int | None) -> list[Row]:
+        """Stored readings of the meter, newest (highest id) first."""
+
+    @abc.abstractmethod
+    async def commands(self, *, meter_id: str | None, state: str | None, before: dt.datetime | None,
+                       limit: int) -> list[CommandRecord]:
+        """Relay commands, newest first (ties by id)."""
+
+    @abc.abstractmethod
+    async def command(self, command_id: str) -> CommandRecord | None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise unless storage answers."""
+
+
+def command_shape(record: CommandRecord) -> dict[str, Any]:
+    """A relay command as the API shows it."""
+    return {"id": record.id, "meter_id": record.meter_id, "action": record.action, "origin": record.origin,
+            "operator": record.operator, "reason": record.reason, "state": record.state,
+            "attempts": record.attempts, "last_error": record.last_error, "created_at": record.created_at,
+            "updated_at": record.updated_at, "expires_at": record.expires_at}
+
+
+def _reading_shape(row: Row, *, billed: bool) -> dict[str, Any]:
+    relay = row.relay
+    return {"taken_at": row.taken_at, "energy_wh": row.energy_wh, "power_w": row.power_w,
+            "voltage_v": row.voltage_v, "current_a": row.current_a,
+            "relay": relay if relay is None or isinstance(relay, str) else relay.value, "billed": billed}
+
+
+def _page(data: list[dict[str, Any]], limit: int, key: str) -> Any:
+    return data[-1][key] if len(data) == limit else None
+
+
+class Views:
+    def __init__(self, store: ReadStore, catalog: Catalog, writer: HeldReadings) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.writer = writer
+
+    async def account(self, account_id: str) -> dict[str, Any]:
+        """Balance, supply (wished and confirmed), credit level, meters and the guardrails in force.
+        ``AccountUnreadable`` when the stored state can't be converted."""
+        spec = self.catalog.accounts.get(account_id)
+        rows = await self.store.account(account_id) if spec is not None else None
+        if rows is None or spec is None or rows.account is None:
+            raise UnknownAccount(f"no account {account_id!r}")
+        row = rows.account
+        account = domain_account(self.catalog, row.id, row.state)
+        assert account is not None
+        return {
+            "id": row.id, "balance": format_fen(row.balance_fen),
+            "state": supply_state(row.supply, [(m.relay, m.relay_fault) for m in rows.meters]),
+            "supply": row.supply, "relays": {m.id: m.relay for m in rows.meters}, "credit": account.credit_state(),
+            "meters": list(spec.meter_ids), "protected": account.is_protected,
+            "disconnect_deferred_because": row.deferred_reason or None, "updated_at": row.updated_at,
+            "deferred_detail": account.deferred_detail or None, "deferred_until": account.deferred_until,
+            "hold_until": account.hold_until, "manual_disconnect": account.manual_disconnect,
+            "credit_class": account.credit_class or None,
+            "disconnect_point": format_fen(account.disconnect_point_fen),
+            "reconnect_at": format_fen(account.reconnect_at_fen),
+            "emergency_credit_outstanding": format_fen(account.emergency.outstanding_fen)}
+
+    async def ledger(self, account_id: str, *, limit: int, before_id: int | None) -> dict[str, Any]:
+        """A page of the account's ledger, newest first."""
+        if account_id not in self.catalog.accounts:
+            raise UnknownAccount(f"no account {account_id!r}")
+        data = [{"id": r.id, "kind": r.kind, "amount": format_fen(r.amount_fen),
+                 "balance_after": format_fen(r.balance_after_fen), "created_at": r.created_at,
+                 "reference": r.reference, "payment_source": r.payment_source, "payment_id": r.payment_id,
+                 "meter_id": r.meter_id, "energy_wh": r.energy_wh, "period": r.period, "detail": r.detail}
+                for r in await self.store.ledger(account_id, limit=limit, before_id=before_id)]
+        return {"data": data, "next_before_id": _page(data, limit, "id")}
+
+    async def meter(self, meter_id: str) -> dict[str, Any]:
+        """Relay, communication health, the latest reading (stored or only in memory) and quarantine."""
+        spec = self.catalog.meters.get(meter_id)
+        if spec is None:
+            raise UnknownMeter(f"no meter {meter_id!r}")
+        rows = await self.store.meter(meter_id, spec.account_id)
+        row = rows.meter
+        if row is None:
+            raise UnknownMeter(f"no meter {meter_id!r}")
+        cursor = (rows.account_state or {}).get("meters", {}).get(meter_id) or {}
+        pending = cursor.get("pending")
+        latest = None if rows.newest is None else _reading_shape(rows.newest, billed=rows.newest.billed)
+        last_success_at = row.last_success_at  # written when the health or relay changed; else the newest reading's
+        if latest is not None and (last_success_at is None or latest["taken_at"] > last_success_at):
+            last_success_at = latest["taken_at"]
+        absorbed = self.writer.absorbed.get(meter_id)  # newer than the stored one when it changed nothing
+        if absorbed is not None and (latest is None or absorbed.taken_at > latest["taken_at"]):
+            latest = _reading_shape(absorbed, billed=self.writer.unbilled(meter_id) is not absorbed)
+            if last_success_at is None or absorbed.taken_at > last_success_at:
+                last_success_at = absorbed.taken_at
+        return {"id": row.id, "account_id": row.account_id, "bus": spec.bus_id, "groups": list(spec.groups),
+                "relay": row.relay, "relay_fault": row.relay_fault, "health": row.health,
+                "consecutive_failures": row.consecutive_failures, "last_error": row.last_error,
+                "last_success_at": last_success_at, "last_reading": latest,
+                "quarantine": None if pending is None else {"kind": pending.get("kind"),
+                                                            "reason": pending.get("reason"),
+                                                            "reading": pending.get("reading")}}
+
+    async def readings(self, meter_id: str, *, limit: int, before_id: int | None) -> dict[str, Any]:
+        """A page of the meter's stored readings, newest first."""
+        if meter_id not in self.catalog.meters:
+            raise UnknownMeter(f"no meter {meter_id!r}")
+        rows = await self.store.readings(meter_id, limit=limit, before_id=before_id)
+        return {"data": [_reading_shape(r, billed=r.billed) for r in rows],
+                "next_before_id": rows[-1].id if len(rows) == limit else None}
+
+    async def commands(self, *, meter_id: str | None = None, state: str | None = None,
+                       before: dt.datetime | None = None, limit: int = 100) -> dict[str, Any]:
+        """A page of relay commands, newest first."""
+        data = [command_shape(r) for r in await self.store.commands(meter_id=meter_id, state=state, before=before,
+                                                                     limit=limit)]
+        last = _page(data, limit, "created_at")
+        return {"data": data, "next_before": None if last is None else last.isoformat()}
+
+    async def command(self, command_id: str) -> dict[str, Any]:
+        record = await self.store.command(command_id)
+        if record is None:
+            raise UnknownCommand(f"no command {command_id!r}")
+        return command_shape(record)
+
+    async def ready(self) -> None:
+        """Raise unless storage answers."""
+        await self.store.ping()
