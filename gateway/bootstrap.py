@@ -29,7 +29,7 @@ from gateway.domain.tariff_config import tariff_from_dict
 from gateway.service.accounts import ensure_catalog_rows
 from gateway.service.catalog import AccountSpec, Catalog, MeterSpec
 from gateway.service.clock import SystemClock
-from gateway.service.handlers import Service
+from gateway.service.facade import Service
 from gateway.service.messagebus import MessageBus
 from gateway.service.scheduler import BusSetup, Scheduler
 from gateway.service.uow import UnitOfWorkFactory

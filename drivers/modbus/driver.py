@@ -21,7 +21,6 @@ from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
 from drivers.base import MeterDriver, Reading, RelayAction, RelayState
-from drivers.buslock import PriorityBusLock, urgent
 from drivers.errors import (
     CommandRefused,
     ConnectError,
@@ -37,6 +36,7 @@ from drivers.modbus.mbap import MbapClient
 from drivers.modbus.models import MeterModel, RelaySpec
 from drivers.modbus.registers import BIT_TABLES, ReadRequest
 from drivers.modbus.values import reading_from_replies, relay_state
+from drivers.priority_lock import PriorityLock, urgent
 
 __all__ = ["ModbusMeter", "ModbusRtuDriver", "ModbusTcpDriver"]
 
@@ -73,7 +73,7 @@ class ModbusMeter:
 class _ModbusDriver(MeterDriver[ModbusMeter]):
     """Shared code of the TCP and RTU drivers: one pymodbus client, one transaction at a time.
 
-    The bus is taken once per transaction (not per ``read``) with a ``PriorityBusLock``: a caller inside
+    The bus is taken once per transaction (not per ``read``) with a ``PriorityLock``: a caller inside
     ``driver.urgent()`` (the scheduler's relay commands) goes ahead of polls waiting for the bus, so it waits at
     most for the transaction in flight. ``frame_gap`` seconds of silence are kept between two transactions.
     After ``reopen_after`` transport failures in a row (no answer from anybody on the bus), the connection is
@@ -97,7 +97,7 @@ class _ModbusDriver(MeterDriver[ModbusMeter]):
         self._deadline = timeout * (retries + 2)
         self._last_end = 0.0
         self._client: ModbusBaseClient | None = None
-        self._lock = PriorityBusLock()
+        self._lock = PriorityLock()
 
     def _new_client(self) -> ModbusBaseClient:
         raise NotImplementedError

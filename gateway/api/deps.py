@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.problems import Problem
 from gateway.api.security import Caller, FailedAuthLimiter, KeyRing
-from gateway.service.handlers import Service
+from gateway.service.facade import Service
 from gateway.settings import hash_key
 
 __all__ = ["AdminCaller", "AnyCaller", "BillingCaller", "Caller", "OperatorCaller", "ServiceDep", "require"]

@@ -11,7 +11,7 @@ from gateway.api import problems
 from gateway.api.openapi import install_openapi
 from gateway.api.routes import accounts, commands, health, meters, payments
 from gateway.api.security import Caller, FailedAuthLimiter, KeyRing
-from gateway.service.handlers import Service
+from gateway.service.facade import Service
 
 __all__ = ["create_app"]
 

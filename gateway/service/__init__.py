@@ -1,6 +1,6 @@
 """Use cases, and the ports they work through.
 
-    handlers       the ``Service`` facade: payments and reversals, readings, operator changes, relay commands
+    facade         the ``Service`` facade: payments and reversals, readings, operator changes, relay commands
     writer         group commit of everything that changes an account (queue, futures, retry)
     views          read models for the API, over the ``ReadStore`` port
     operator       manual relay commands and their cancellation

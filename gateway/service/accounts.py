@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.adapters import bulk
 from gateway.adapters import tables as t
@@ -24,8 +26,10 @@ from gateway.service.catalog import Catalog
 from gateway.service.errors import AccountUnreadable, UnknownAccount, UnknownMeter
 from gateway.service.uow import UnitOfWork
 
-__all__ = ["UnknownAccount", "UnknownMeter", "account_statements", "domain_account", "drain", "ensure_catalog_rows",
-           "load_account", "load_accounts", "state_json"]
+__all__ = ["LIMITER", "UnknownAccount", "UnknownMeter", "account_statements", "domain_account", "drain",
+           "ensure_catalog_rows", "load_account", "load_accounts", "state_json"]
+
+LIMITER = "rate_limiter"  # the site_state row of the automatic-disconnect rate limiter
 
 
 async def ensure_catalog_rows(uow: UnitOfWork, catalog: Catalog, now: dt.datetime) -> None:
@@ -47,6 +51,11 @@ async def ensure_catalog_rows(uow: UnitOfWork, catalog: Catalog, now: dt.datetim
     for meter in catalog.meters.values():
         if meter.id in known and known[meter.id] != meter.account_id:
             await uow.execute(sa.update(t.meters).where(t.meters.c.id == meter.id).values(account_id=meter.account_id))
+    # The rate limiter's row exists from the start: a batch that counts a trip updates it under a row lock, and
+    # two instances never race to insert it.
+    dialect = uow.conn.dialect.name
+    insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(t.site_state)
+    await uow.execute(insert.values(name=LIMITER, state={"recent": []}).on_conflict_do_nothing())
 
 
 async def load_account(uow: UnitOfWork, catalog: Catalog, account_id: str) -> PrepaidAccount:

@@ -21,7 +21,7 @@ from gateway.service import commands as cmds
 from gateway.service.accounts import load_account
 from gateway.service.commands import CommandRecord
 from gateway.service.errors import CommandNotAllowed, CommandNotCancellable, UnknownCommand, UnknownMeter
-from gateway.service.handlers import Service
+from gateway.service.facade import Service
 from gateway.service.writer import AccountJob
 
 __all__ = ["CommandNotAllowed", "CommandNotCancellable", "ManualOutcome", "UnknownCommand", "cancel_command", "manual_command"]

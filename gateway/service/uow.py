@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from drivers.buslock import PriorityBusLock
+from drivers.priority_lock import PriorityLock
 from gateway.adapters import bulk
 from gateway.adapters import tables as t
 
@@ -21,7 +21,7 @@ __all__ = ["UnitOfWork", "UnitOfWorkFactory"]
 
 
 class UnitOfWork:
-    def __init__(self, engine: AsyncEngine, write_lock: PriorityBusLock | None, *, urgent: bool = True) -> None:
+    def __init__(self, engine: AsyncEngine, write_lock: PriorityLock | None, *, urgent: bool = True) -> None:
         # write_lock is None for read-only work (and on PostgreSQL, where row locks do the job).
         self._engine = engine
         self._write_lock = write_lock
@@ -100,7 +100,7 @@ class UnitOfWorkFactory:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         # SQLite has one writer: short transactions (command transitions, health) go before the writer's batches
-        self._write_lock = PriorityBusLock() if engine.dialect.name == "sqlite" else None
+        self._write_lock = PriorityLock() if engine.dialect.name == "sqlite" else None
         self._own: AsyncConnection | None = None  # SQLite: the connection of commit_statements, kept open
 
     async def commit_statements(self, statements: list[bulk.Statement], *, background: bool = False) -> bool:

@@ -47,7 +47,7 @@ __all__ = ["AccountJob", "PaymentConflict", "PaymentJob", "PaymentResult", "Read
 
 log = logging.getLogger(__name__)
 
-LIMITER = "rate_limiter"
+LIMITER = repo.LIMITER
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +154,7 @@ class _Batch:
         self.statements: list[bulk.Statement] = []
         self.limiter: RateLimiter | None = None
         self._limiter_state: dict[str, Any] | None = None
+        self.limiter_changed = False  # this batch counted an automatic disconnect
         self.unreadable: dict[str, AccountUnreadable] = {}  # accounts whose stored state can't be read
         self.alarms: list[str] = []  # of those, the ones this batch raises an alarm for
         self.changed: set[str] = set()  # accounts a job changed: only these are written
@@ -208,9 +209,10 @@ class _Batch:
         if known is not None and known.limiter is not _UNKNOWN:
             self._limiter_state = known.limiter
         else:
+            # Read without a lock: only a batch that counts a trip locks the row, when it writes (``write``).
             uow = await reader()
-            row = (await uow.execute(sa.select(t.site_state.c.state).where(t.site_state.c.name == LIMITER)
-                                     .with_for_update())).one_or_none()
+            row = (await uow.execute(sa.select(t.site_state.c.state).where(t.site_state.c.name == LIMITER))
+                   ).one_or_none()
             self._limiter_state = None if row is None else row.state
         self.limiter = self.catalog.site.limiter(self._limiter_state)
 
@@ -387,9 +389,11 @@ class _Batch:
                                                                for meter_id, meter in self.meters.items()
                                                                if meter.changed])
         out += repo.account_statements(dialect, changed, self.now, self.versions if self.cache is not None else None)
+        self.limiter_changed = False
         if self.limiter is not None:
             state = self.limiter.state_dict()
             if state != self._limiter_state:
+                self.limiter_changed = True
                 if self._limiter_state is None:
                     out.append(bulk.Statement(sa.insert(t.site_state).values(name=LIMITER, state=state), []))
                 else:
@@ -400,6 +404,14 @@ class _Batch:
 
     async def write(self, uow: UnitOfWork) -> None:
         """Write the prepared statements (and the new relay commands) in the unit of work's transaction."""
+        if self.limiter_changed and uow.conn.dialect.name != "sqlite":
+            # Another instance may have counted a trip since this batch read the limiter: lock the row now
+            # (until the commit) and do the batch again from fresh rows if it changed. Batches that count no trip
+            # never lock it, so payments and readings of several instances go on side by side.
+            row = (await uow.execute(sa.select(t.site_state.c.state).where(t.site_state.c.name == LIMITER)
+                                     .with_for_update())).one_or_none()
+            if (None if row is None else row.state) != self._limiter_state:
+                raise bulk.StaleWrite("the rate limiter changed since it was read")
         for record in self.commands:
             await store_command(uow, record)
         await uow.run(self.statements)

@@ -15,7 +15,7 @@ from drivers.base import Reading
 from gateway.adapters import bulk
 from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway
-from gateway.service.handlers import PaymentConflict
+from gateway.service.facade import PaymentConflict
 from gateway.service.verify import verify_ledger
 from gateway.settings import Settings
 

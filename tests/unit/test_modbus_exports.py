@@ -10,7 +10,7 @@ import pytest
 
 MODULES = [
     "drivers.modbus",
-    "drivers.buslock",
+    "drivers.priority_lock",
     "drivers.modbus.driver",
     "drivers.modbus.exceptions",
     "drivers.modbus.models",

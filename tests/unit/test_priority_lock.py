@@ -1,15 +1,15 @@
-"""SQLite's write slot (a ``PriorityBusLock`` taken with an explicit ``urgent`` flag): urgent transactions go
+"""SQLite's write slot (a ``PriorityLock`` taken with an explicit ``urgent`` flag): urgent transactions go
 before the writer's next batch, whatever the task's ``urgent()`` context."""
 
 from __future__ import annotations
 
 import asyncio
 
-from drivers.buslock import PriorityBusLock, urgent
+from drivers.priority_lock import PriorityLock, urgent
 
 
 async def test_an_explicit_flag_orders_waiters_and_overrides_the_context() -> None:
-    lock = PriorityBusLock()
+    lock = PriorityLock()
     await lock.acquire(urgent=False)  # a batch is being written
     order: list[str] = []
 

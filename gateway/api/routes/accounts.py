@@ -19,7 +19,7 @@ from gateway.api.schemas import (
 )
 from gateway.domain.account import PrepaidAccount
 from gateway.domain.money import format_fen, parse_yuan
-from gateway.service.handlers import Service
+from gateway.service.facade import Service
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"], route_class=StrictJsonRoute)
 AccountId = Annotated[Name, Path(examples=["A-1"])]

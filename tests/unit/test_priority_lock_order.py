@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from drivers.buslock import PriorityBusLock, is_urgent, urgent
+from drivers.priority_lock import PriorityLock, is_urgent, urgent
 
 
 async def test_urgent_waiters_go_first_then_normal_ones_in_order() -> None:
-    lock = PriorityBusLock()
+    lock = PriorityLock()
     order: list[str] = []
 
     async def take(name: str, *, hurry: bool = False) -> None:
@@ -36,7 +36,7 @@ async def test_urgent_waiters_go_first_then_normal_ones_in_order() -> None:
 
 
 async def test_an_uncontended_lock_is_taken_at_once() -> None:
-    lock = PriorityBusLock()
+    lock = PriorityLock()
     async with lock:
         assert lock.locked
     assert not lock.locked
@@ -45,7 +45,7 @@ async def test_an_uncontended_lock_is_taken_at_once() -> None:
 
 
 async def test_a_cancelled_waiter_does_not_keep_the_lock() -> None:
-    lock = PriorityBusLock()
+    lock = PriorityLock()
     await lock.acquire()
     waiter = asyncio.create_task(lock.acquire())
     await asyncio.sleep(0)
@@ -57,7 +57,7 @@ async def test_a_cancelled_waiter_does_not_keep_the_lock() -> None:
 
 
 async def test_a_waiter_cancelled_as_it_is_handed_the_lock_passes_it_on() -> None:
-    lock = PriorityBusLock()
+    lock = PriorityLock()
     await lock.acquire()
     first = asyncio.create_task(lock.acquire())
     second = asyncio.create_task(lock.acquire())

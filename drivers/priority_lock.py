@@ -1,4 +1,6 @@
-"""A bus lock with two classes of waiters: urgent ones (relay commands) go before normal ones (polls).
+"""A lock with two classes of waiters: urgent ones go before normal ones.
+
+On a bus, relay commands are urgent and polls normal.
 
 A driver takes the lock once per transaction, so an urgent caller waits at most for the transaction in flight,
 even when a normal caller is in the middle of a multi-request ``read``. Whether the current task is urgent is a
@@ -15,7 +17,7 @@ import contextvars
 from collections import deque
 from collections.abc import Iterator
 
-__all__ = ["PriorityBusLock", "is_urgent", "urgent"]
+__all__ = ["PriorityLock", "is_urgent", "urgent"]
 
 _URGENT: contextvars.ContextVar[bool] = contextvars.ContextVar("drivers.urgent", default=False)
 
@@ -35,7 +37,7 @@ def is_urgent() -> bool:
     return _URGENT.get()
 
 
-class PriorityBusLock:
+class PriorityLock:
     """An asyncio lock where urgent waiters are served first, then normal ones, each in arrival order."""
 
     def __init__(self) -> None:
@@ -78,7 +80,7 @@ class PriorityBusLock:
 
     def release(self) -> None:
         if not self._held:
-            raise RuntimeError("release of an unlocked PriorityBusLock")
+            raise RuntimeError("release of an unlocked PriorityLock")
         for queue in (self._urgent, self._normal):
             while queue:
                 waiter = queue.popleft()
