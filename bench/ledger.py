@@ -1,5 +1,5 @@
-"""Payments/s and readings/s through the service layer on SQLite (WAL, synchronous=FULL), each next to a
-baseline measured in the same run:
+"""Payments/s and readings/s through the service layer on SQLite (WAL, synchronous=FULL), on both write paths
+(the portable default and ``database.sqlite_pipeline``), each next to a baseline measured in the same run:
 
 - payments: the gateway's durable payments/s (concurrent clients, group commit) against the same number of bare
   sqlite3 ``INSERT`` + ``COMMIT`` with the same durability settings;
@@ -47,9 +47,12 @@ def bare_sqlite(path: Path, n: int) -> float:
     return n / elapsed
 
 
-def site(db: Path, accounts: int) -> Settings:
+PATHS = {"portable": False, "pipeline": True}  # the write paths: database.sqlite_pipeline
+
+
+def site(db: Path, accounts: int, pipeline: bool) -> Settings:
     return Settings.model_validate({
-        "database": {"url": f"sqlite:///{db}"},
+        "database": {"url": f"sqlite:///{db}", "sqlite_pipeline": pipeline},
         "tariffs": {"flat": {"kind": "flat", "price": "0.5600"}},
         "accounts": [{"id": f"A-{i}", "tariff": "flat", "opening_balance": "100000.00"} for i in range(accounts)],
         "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 9}],
@@ -58,8 +61,8 @@ def site(db: Path, accounts: int) -> Settings:
     })
 
 
-async def gateway_payments(db: Path, n: int, clients: int, accounts: int) -> tuple[float, int]:
-    async with Gateway(site(db, accounts), base_dir=db.parent, run_buses=False) as gw:
+async def gateway_payments(db: Path, n: int, clients: int, accounts: int, pipeline: bool) -> tuple[float, int]:
+    async with Gateway(site(db, accounts, pipeline), base_dir=db.parent, run_buses=False) as gw:
         queue = iter(range(n))
 
         async def client() -> None:
@@ -73,9 +76,9 @@ async def gateway_payments(db: Path, n: int, clients: int, accounts: int) -> tup
         return n / elapsed, gw.service.writer.batches
 
 
-async def gateway_readings(db: Path, n: int, clients: int, meters: int) -> tuple[float, int]:
+async def gateway_readings(db: Path, n: int, clients: int, meters: int, pipeline: bool) -> tuple[float, int]:
     t0 = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
-    async with Gateway(site(db, meters), base_dir=db.parent, run_buses=False) as gw:
+    async with Gateway(site(db, meters, pipeline), base_dir=db.parent, run_buses=False) as gw:
         writer = gw.service.writer
         batches_before = writer.batches
         queue = iter(range(n))
@@ -108,16 +111,18 @@ def main() -> None:
         root = Path(tmp)
         bare = bare_sqlite(root / "bare.db", args.baseline)
         print(f"baseline: bare sqlite3 INSERT+COMMIT (WAL, synchronous=FULL): {bare:,.0f}/s")
-        pay, batches = asyncio.run(gateway_payments(root / "pay.db", args.payments, args.clients, args.meters))
-        print(f"gateway: durable payments through the service layer: {pay:,.0f}/s "
-              f"({args.payments} payments, {args.clients} concurrent clients, {batches} commits)")
-        print(f"ratio payments / bare commits: {pay / bare:.2f}")
         clients = args.reading_clients or args.meters
-        rd, batches = asyncio.run(gateway_readings(root / "read.db", args.readings, clients, args.meters))
-        print(f"gateway: readings through the engine with ledger commits: {rd:,.0f}/s "
-              f"({args.readings} readings of {args.meters} meters, {clients} concurrent clients, {batches} commits)")
-        print(f"ratio readings / bare commits: {rd / bare:.2f}")
-
+        for path, pipeline in PATHS.items():
+            pay, batches = asyncio.run(gateway_payments(root / f"pay-{path}.db", args.payments, args.clients,
+                                                        args.meters, pipeline))
+            print(f"{path}: durable payments through the service layer: {pay:,.0f}/s "
+                  f"({args.payments} payments, {args.clients} concurrent clients, {batches} commits); "
+                  f"ratio to bare commits: {pay / bare:.2f}")
+            rd, batches = asyncio.run(gateway_readings(root / f"read-{path}.db", args.readings, clients, args.meters,
+                                                       pipeline))
+            print(f"{path}: readings through the engine with ledger commits: {rd:,.0f}/s "
+                  f"({args.readings} readings of {args.meters} meters, {clients} concurrent clients, "
+                  f"{batches} commits); ratio to bare commits: {rd / bare:.2f}")
 
 if __name__ == "__main__":
     main()

@@ -20,19 +20,19 @@ from fastapi import FastAPI
 from drivers.base import MeterDriver
 from gateway.adapters.database import create_engine, migrate
 from gateway.adapters.read_store import SqlReadStore
+from gateway.adapters.sql import SqlStorage
+from gateway.adapters.sqlite_pipeline import SqlitePipelineStorage
 from gateway.api.main import create_app
 from gateway.api.security import Caller
 from gateway.domain.account import Thresholds
 from gateway.domain.messages import CommandQueued, DisconnectWithdrawn, Message, MeterAnswered
 from gateway.domain.relay import Limits
 from gateway.domain.tariff_config import tariff_from_dict
-from gateway.service.accounts import ensure_catalog_rows
 from gateway.service.catalog import AccountSpec, Catalog, MeterSpec
 from gateway.service.clock import SystemClock
 from gateway.service.facade import Service
 from gateway.service.messagebus import MessageBus
 from gateway.service.scheduler import BusSetup, Scheduler
-from gateway.service.uow import UnitOfWorkFactory
 from gateway.settings import BusSettings, Settings
 
 __all__ = ["Gateway", "build_bus", "check_models", "default_models_dir", "site_models"]
@@ -131,13 +131,19 @@ class Gateway:
         self.run_buses = run_buses  # False: an API-only instance (or a test) that polls no bus
         self.catalog = catalog_from_settings(settings, base_dir=self.base_dir)
         self.engine = create_engine(self._db_url())
-        self.uow = UnitOfWorkFactory(self.engine)
+        self.uow = self._storage()
         self.clock = SystemClock()
         self.messages = MessageBus()
         self.service = Service(self.uow, self.catalog, clock or self.clock.now, reads=SqlReadStore(self.uow),
                                bus=self.messages)
         self.scheduler: Scheduler | None = None
         self._stack = contextlib.AsyncExitStack()
+
+    def _storage(self) -> SqlStorage:
+        """The portable storage, or on SQLite with ``database.sqlite_pipeline`` the faster write of batches."""
+        if self.settings.database.sqlite_pipeline and self.engine.dialect.name == "sqlite":
+            return SqlitePipelineStorage(self.engine)
+        return SqlStorage(self.engine)
 
     def _db_url(self) -> str:
         url = self.settings.database.url
@@ -158,17 +164,17 @@ class Gateway:
                           key_cache_s=api.key_cache_s)
 
     async def __aenter__(self) -> Gateway:
-        # The database threads need the GIL back after every SQLite step; with CPython's default switch interval
-        # (5 ms) each of those waits up to 5 ms for a busy event loop, while SQLite's write lock is held.
-        previous = sys.getswitchinterval()
-        sys.setswitchinterval(min(previous, SWITCH_INTERVAL_S))
-        self._stack.callback(sys.setswitchinterval, previous)
+        if isinstance(self.uow, SqlitePipelineStorage) and self.settings.database.switch_interval_ms:
+            # The pipeline's database thread needs the GIL back after every SQLite step; with CPython's default
+            # switch interval (5 ms) each of those waits up to 5 ms for a busy event loop, while SQLite's write
+            # lock is held. Process-wide: only with the pipeline, and only if the setting asks.
+            previous = sys.getswitchinterval()
+            sys.setswitchinterval(min(previous, self.settings.database.switch_interval_ms / 1000))
+            self._stack.callback(sys.setswitchinterval, previous)
         await migrate(self.engine)
         self.service.writer.start()
         self._stack.push_async_callback(self.service.writer.aclose)
-        async with self.uow() as uow:
-            await ensure_catalog_rows(uow, self.catalog, self.service.clock())
-            await uow.commit()
+        await self.service.sync_catalog()
         buses = []
         models = site_models(self.settings, base_dir=self.base_dir)
         for bus in self.settings.buses if self.run_buses else []:
@@ -214,8 +220,6 @@ class Gateway:
         finally:
             await self.engine.dispose()
 
-
-SWITCH_INTERVAL_S = 0.0005  # see Gateway.__aenter__
 
 
 def site_models(settings: Settings, *, base_dir: Path) -> dict[str, Any]:

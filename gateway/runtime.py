@@ -11,10 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 import uvicorn
 
-from gateway.adapters import tables as t
 from gateway.api.server import plaintext_warning, server_config
 from gateway.bootstrap import Gateway
 from gateway.settings import Settings
@@ -85,9 +83,7 @@ async def store_key(settings: Settings, *, base_dir: Path, name: str, role: str,
     try:
         await migrate(gateway.engine)
         async with gateway.uow() as uow:
-            await uow.execute(sa.delete(t.api_keys).where(t.api_keys.c.name == name))
-            await uow.execute(sa.insert(t.api_keys).values(name=name, sha256=digest, role=role, sources=sources,
-                                                           created_at=dt.datetime.now(dt.UTC)))
+            await uow.put_api_key(name, digest, role, sources, dt.datetime.now(dt.UTC))
             await uow.commit()
     finally:
         await gateway.engine.dispose()
@@ -95,14 +91,11 @@ async def store_key(settings: Settings, *, base_dir: Path, name: str, role: str,
 
 async def verify(settings: Settings, *, base_dir: Path) -> tuple[list[str], int, int]:
     """Run the ledger check on a gateway's database: (problems, accounts, entries)."""
-    from gateway.service.verify import verify_ledger
+    from gateway.service.verify import check_ledger
 
     gateway = Gateway(settings, base_dir=base_dir)
     try:
         async with gateway.uow(readonly=True) as uow:
-            problems = await verify_ledger(uow)
-            accounts = (await uow.execute(sa.select(sa.func.count()).select_from(t.accounts))).scalar_one()
-            entries = (await uow.execute(sa.select(sa.func.count()).select_from(t.ledger))).scalar_one()
-        return problems, accounts, entries
+            return await check_ledger(uow)
     finally:
         await gateway.engine.dispose()

@@ -65,6 +65,12 @@ class SiteSettings(_Strict):
 
 class DatabaseSettings(_Strict):
     url: str = "sqlite:///var/gateway.db"
+    sqlite_pipeline: bool = Field(False, description=(
+        "SQLite only: write the writer's batches through a connection and thread of their own, statements and "
+        "commit in one hand-over (faster under load; see docs/benchmarks.md). Off: the portable path."))
+    switch_interval_ms: float = Field(0.5, ge=0, le=5, description=(
+        "With sqlite_pipeline only: the Python switch interval the gateway sets for its process (ms; 0 leaves "
+        "it alone). Shorter lets the database thread take the GIL back sooner from a busy event loop."))
 
     @field_validator("url")
     @classmethod

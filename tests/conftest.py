@@ -28,6 +28,15 @@ def pg_cluster():
         yield cluster
 
 
+@pytest.fixture(params=["sqlite", "sqlite-pipeline", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, object]:
+    """The ``database`` settings of a storage test: on SQLite (a file) the portable path and the pipeline
+    (``database.sqlite_pipeline``), and on PostgreSQL (a fresh database in the throwaway cluster)."""
+    if request.param == "postgresql":
+        return {"url": str(request.getfixturevalue("pg_cluster").create_database())}
+    return {"url": f"sqlite:///{tmp_path / 'gw.db'}", "sqlite_pipeline": request.param == "sqlite-pipeline"}
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The same storage test on SQLite (a file) and on PostgreSQL (a fresh database in the throwaway cluster)."""

@@ -1,5 +1,6 @@
 """Fakes of the service's ports for unit tests: a clock that moves only when the test says so, a meter driver
-whose meters answer, fail or take time as the test says (on that clock), and stored rows for the read models."""
+whose meters answer, fail or take time as the test says (on that clock), stored rows for the read models, and a
+storage kept in memory whose commits can be held back."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from types import SimpleNamespace
 from drivers.base import MeterDriver, Reading, RelayAction, RelayState
 from drivers.errors import ConnectError, ExceptionReply, MeterTimeout
 from gateway.service.clock import Clock
+from gateway.domain.account import PrepaidAccount
+from gateway.service import ports
 from gateway.service.commands import CommandRecord
+from gateway.service.ports import BatchChanges, MeterState, PaymentKey, StaleWrite
 from gateway.service.views import AccountRows, MeterRows, ReadStore
 
 T0 = dt.datetime(2026, 11, 23, 8, tzinfo=dt.UTC)
@@ -168,3 +172,134 @@ class FakeReadStore(ReadStore):
 
     async def ping(self) -> None:
         return None
+
+
+class FakeStorage(ports.Storage):
+    """Storage in memory: accounts (version, state dict), meters, payments, the ledger, the outbox and the rate
+    limiter; ``commits`` keeps every batch written. ``hold`` (an event, set by default) holds each batch's commit
+    until it is set; ``entered`` is set while a commit waits on it. Only what the writer uses is implemented."""
+
+    def __init__(self, *, exclusive: bool = True) -> None:
+        self.exclusive = exclusive
+        self.accounts: dict[str, tuple[int, dict[str, object]]] = {}
+        self.meters: dict[str, MeterState] = {}
+        self.payments: dict[PaymentKey, dict[str, object]] = {}
+        self.ledger: list[dict[str, object]] = []
+        self.outbox: list[dict[str, object]] = []
+        self.limiter: dict[str, object] | None = {"recent": []}
+        self.commits: list[BatchChanges] = []
+        self.hold = asyncio.Event()
+        self.hold.set()
+        self.entered = asyncio.Event()
+
+    def add(self, account: PrepaidAccount) -> None:
+        self.accounts[account.id] = (0, account.state_dict())
+        for meter_id in account.cursors:
+            self.meters[meter_id] = MeterState("online", "closed", 0)
+
+    def account_row(self, account: PrepaidAccount, now: dt.datetime) -> dict[str, object]:
+        return {"balance_fen": account.balance_fen, "state": account.state_dict()}
+
+    def __call__(self, *, readonly: bool = False, background: bool = False) -> FakeUnitOfWork:
+        return FakeUnitOfWork(self)
+
+    async def commit_batch(self, changes: BatchChanges, *, background: bool = False) -> None:
+        self.entered.set()
+        await self.hold.wait()
+        self.entered.clear()
+        if any(self.accounts[account_id][0] != version for account_id, version, _ in changes.accounts):
+            raise StaleWrite("fake: an account changed")
+        for account_id, version, row in changes.accounts:
+            self.accounts[account_id] = (version + 1, row["state"])  # type: ignore[assignment]
+        self.payments.update({(p["source"], p["payment_id"]): p for p in changes.payments})  # type: ignore[misc]
+        self.ledger += changes.ledger
+        self.outbox += changes.outbox
+        if changes.limiter is not None:
+            self.limiter = changes.limiter[1]
+        self.commits.append(changes)
+
+
+class _FakeRepository:
+    def __init__(self, storage: FakeStorage) -> None:
+        self.storage = storage
+
+
+class _FakeAccounts(_FakeRepository, ports.AccountRepository):
+    async def ids(self) -> set[str]:
+        return set(self.storage.accounts)
+
+    async def states(self, ids: list[str]) -> dict[str, tuple[int, object]]:
+        return {i: self.storage.accounts[i] for i in ids if i in self.storage.accounts}
+
+    async def versions(self, ids: list[str]) -> dict[str, int]:
+        return {i: self.storage.accounts[i][0] for i in ids if i in self.storage.accounts}
+
+    async def add(self, accounts: list[PrepaidAccount], now: dt.datetime) -> None:
+        for account in accounts:
+            self.storage.add(account)
+
+    async def deferral_ended(self, now: dt.datetime) -> list[str]:
+        return []
+
+
+class _FakeMeters(_FakeRepository, ports.MeterRepository):
+    async def owners(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    async def assign(self, meters: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    async def states(self, ids: list[str]) -> dict[str, MeterState]:
+        return {i: MeterState(m.health, m.relay, m.failures) for i in ids if (m := self.storage.meters.get(i))}
+
+    async def failed(self, meter_id: str, error: str, *, offline_after: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+    async def update(self, meter_id: str, values: dict[str, object]) -> None:
+        raise NotImplementedError
+
+
+class _FakePayments(_FakeRepository, ports.PaymentRepository):
+    async def get(self, keys: set[PaymentKey]) -> dict[PaymentKey, dict[str, object]]:
+        return {k: dict(self.storage.payments[k]) for k in keys if k in self.storage.payments}
+
+
+class FakeUnitOfWork(ports.UnitOfWork):
+    def __init__(self, storage: FakeStorage) -> None:
+        self.storage = storage
+        self.accounts = _FakeAccounts(storage)
+        self.meters = _FakeMeters(storage)
+        self.payments = _FakePayments(storage)
+
+    async def __aenter__(self) -> FakeUnitOfWork:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def commit(self) -> None:
+        return None
+
+    async def limiter(self) -> dict[str, object] | None:
+        return self.storage.limiter
+
+    async def ensure_limiter(self) -> None:
+        return None
+
+    async def add_outbox(self, topic: str, payload: dict[str, object], now: dt.datetime) -> None:
+        self.storage.outbox.append({"topic": topic, "payload": payload, "created_at": now})
+
+    async def audit(self, actor: str, action: str, target: str | None, detail: dict[str, object] | None,
+                    now: dt.datetime) -> None:
+        return None
+
+    async def api_keys(self) -> list[tuple[str, str, str, list[str] | None]]:
+        return []
+
+    async def put_api_key(self, name: str, sha256: str, role: str, sources: list[str] | None,
+                          now: dt.datetime) -> None:
+        raise NotImplementedError
+
+    async def write_batch(self, changes: BatchChanges) -> None:
+        raise NotImplementedError  # the fake commits whole batches (FakeStorage.commit_batch)
+

@@ -1,16 +1,15 @@
-"""Bulk INSERT and UPDATE for the writer's hot path.
+"""SQLite driver statements for the pipeline (``gateway.adapters.sqlite_pipeline``), and the JSON encoding of
+JSON columns.
 
-SQLAlchemy's ``executemany`` runs every bound value of every row through the column type's processors in
-Python; for the readings path that was most of the writer's CPU. On SQLite these helpers convert values
-once, with plain functions that give exactly what the column types store (``UtcDateTime`` as naive UTC text in
-SQLAlchemy's format, ``JSON`` as compact text), and give them to the driver as multi-row statements (an
-UPDATE whose keys repeat falls back to ``executemany``). On other databases they use SQLAlchemy's own statements
-unchanged. Both give the same rows (tested against each other).
+SQLAlchemy runs every bound value of every row through the column type's processors in Python; for the readings
+path that was most of the writer's CPU. These helpers convert values once, with plain functions that give exactly
+what the column types store (``UtcDateTime`` as naive UTC text in SQLAlchemy's format, ``JSON`` as compact text),
+and give them to the driver as multi-row statements (an UPDATE whose keys repeat falls back to ``executemany``).
+They give the same rows as the portable path (tested against each other).
 """
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import itertools
 import operator
@@ -21,12 +20,12 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters.tables import UtcDateTime
+from gateway.service.ports import StaleWrite
 
-__all__ = ["RawJson", "StaleWrite", "Statement", "commit_statements", "dumps_json", "fetch", "insert_statements",
-           "run_statements", "scalar", "select_in", "sqlite_datetime", "update_statements"]
+__all__ = ["RawJson", "Statement", "dumps_json", "insert_statements", "run_all", "sqlite_datetime",
+           "update_statements"]
 
 Row = Mapping[str, Any]
 _keys = dict.keys
@@ -191,25 +190,22 @@ def _groups(rows: Sequence[Row]) -> dict[tuple[str, ...], list[Row]]:
 
 @dataclass(frozen=True, slots=True)
 class Statement:
-    """One prepared statement: driver SQL on SQLite, a SQLAlchemy statement with dicts (executemany) elsewhere.
+    """One prepared driver statement.
 
     ``guard``: the number of rows it must change (a guarded UPDATE), else ``StaleWrite``. ``many``: ``params``
-    is a list of parameter sets (executemany); else one set (a multi-row statement on SQLite).
+    is a list of parameter sets (executemany); else one set (a multi-row statement).
     """
 
-    statement: str | sa.Executable
+    statement: str
     params: list[Any]
     guard: int | None = None
     many: bool = True
 
 
-def insert_statements(dialect: str, table: sa.Table, rows: Sequence[Row]) -> list[Statement]:
-    """INSERT ``rows`` (dicts of column values) into ``table``: on SQLite multi-row statements, one set per set of
-    keys; elsewhere one executemany."""
+def insert_statements(table: sa.Table, rows: Sequence[Row]) -> list[Statement]:
+    """INSERT ``rows`` (dicts of column values) into ``table``: multi-row statements, one set per set of keys."""
     if not rows:
         return []
-    if dialect != "sqlite":
-        return [Statement(sa.insert(table), list(rows))]
     out = []
     for columns, group in _groups(rows).items():
         converters = _converters_of(table, columns)
@@ -219,30 +215,18 @@ def insert_statements(dialect: str, table: sa.Table, rows: Sequence[Row]) -> lis
     return out
 
 
-class StaleWrite(RuntimeError):
-    """A guarded UPDATE found a row changed by somebody else since it was read."""
-
-
-def update_statements(dialect: str, table: sa.Table, key: str, rows: Sequence[Row], *,
+def update_statements(table: sa.Table, key: str, rows: Sequence[Row], *,
                       increment: str | None = None) -> list[Statement]:
     """UPDATE ``table`` row by row (matched on column ``key``) with each dict's other values.
 
     ``increment`` names an integer column (a version counter) to add one to in every updated row. When the
-    rows carry that column too, its value is the one expected in the database: on SQLite a row whose counter
-    differs (changed by another writer since it was read) raises ``StaleWrite`` and the transaction must be
-    rolled back. (On PostgreSQL the writer holds the rows locked since it read them.)
+    rows carry that column too, its value is the one expected in the database: a row whose counter differs
+    (changed by another writer since it was read) raises ``StaleWrite`` and the transaction must be rolled back.
     """
     out = []
     for names, group in _groups(rows).items():
         guarded = increment is not None and increment in names
         columns = tuple(n for n in names if n not in (key, increment))
-        if dialect != "sqlite":
-            values: dict[str, Any] = {c: sa.bindparam(c) for c in columns}
-            if increment is not None:
-                values[increment] = table.c[increment] + 1
-            statement = sa.update(table).where(table.c[key] == sa.bindparam("_key")).values(values)
-            out.append(Statement(statement, [{**{c: row[c] for c in columns}, "_key": row[key]} for row in group]))
-            continue
         order = (*columns, key, *((increment,) if guarded else ()))
         if _UPDATE_FROM and len({row[key] for row in group}) == len(group):  # one statement for many rows
             converters = _converters_of(table, order)
@@ -268,66 +252,8 @@ def update_statements(dialect: str, table: sa.Table, key: str, rows: Sequence[Ro
     return out
 
 
-async def run_statements(conn: AsyncConnection, statements: Sequence[Statement]) -> None:
-    """Execute prepared statements in order (in the caller's transaction).
-
-    On SQLite, driver statements go to the database thread together, in one hand-over instead of one each: a
-    transaction holds SQLite's write lock for as long as it runs, and on a busy event loop every hand-over
-    waits for a turn of the loop.
-    """
-    if not statements:
-        return
-    if (all(isinstance(item.statement, str) for item in statements)
-            and await _in_sqlite_thread(conn, _run_all, statements) is not _NOT_RUN):
-        return
-    for item in statements:
-        if isinstance(item.statement, str):
-            result = await conn.exec_driver_sql(item.statement, item.params if item.many else tuple(item.params))
-        else:
-            result = await conn.execute(item.statement, item.params or None)
-        _check(item, result.rowcount)
-
-
-_NOT_RUN = object()
-NOT_RUN = _NOT_RUN  # what the one-hand-over helpers return when they cannot run
-
-
-async def _in_sqlite_thread(conn: AsyncConnection, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(sqlite3_connection, *args)`` run in aiosqlite's connection thread, in one hand-over; ``_NOT_RUN``
-    when that is not available (another database, or an aiosqlite without its ``_execute``)."""
-    if conn.dialect.name != "sqlite":
-        return _NOT_RUN
-    driver = (await conn.get_raw_connection()).driver_connection
-    in_thread = getattr(driver, "_execute", None)  # aiosqlite: run a function in its connection's thread
-    if in_thread is None:
-        return _NOT_RUN
-    return await in_thread(lambda: fn(driver._conn, *args))  # the sqlite3 connection, in its own thread
-
-
-async def commit_statements(conn: AsyncConnection, statements: Sequence[Statement]) -> object:
-    """SQLite: run prepared driver statements in a transaction of their own and commit it, all in one hand-over
-    to the database thread (``NOT_RUN`` when that is not available). ``conn`` must not be in a SQLAlchemy
-    transaction: the transaction is the driver's own (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any
-    error). On a busy event loop every hand-over waits for a turn of the loop, and a unit of work takes five
-    (statements, commit, rollback and reset of the connection)."""
-    if not all(isinstance(item.statement, str) for item in statements):
-        return _NOT_RUN
-    return await _in_sqlite_thread(conn, _commit_all, statements)
-
-
-def _commit_all(sqlite: Any, statements: Sequence[Statement]) -> None:
-    if sqlite.in_transaction:  # left over by a failure between statements: never commit it
-        sqlite.rollback()
-    sqlite.execute("BEGIN IMMEDIATE")
-    try:
-        _run_all(sqlite, statements)
-        sqlite.commit()
-    except BaseException:
-        sqlite.rollback()
-        raise
-
-
-def _run_all(sqlite: Any, statements: Sequence[Statement]) -> None:
+def run_all(sqlite: Any, statements: Sequence[Statement]) -> None:
+    """Execute the statements on a ``sqlite3`` connection (in the caller's transaction)."""
     for item in statements:
         run = sqlite.executemany if item.many else sqlite.execute
         _check(item, run(item.statement, item.params).rowcount)
@@ -336,78 +262,3 @@ def _run_all(sqlite: Any, statements: Sequence[Statement]) -> None:
 def _check(item: Statement, rowcount: int) -> None:
     if item.guard is not None and rowcount != item.guard:
         raise StaleWrite(f"{item.guard - rowcount} of {item.guard} rows were changed by another writer")
-
-
-async def select_in(conn: AsyncConnection, table: sa.Table, columns: Sequence[str], key: str,
-                    values: Sequence[Any], *, for_update: bool = False) -> list[Any]:
-    """Rows (named tuples) of ``columns`` whose ``key`` is one of ``values``, in key order.
-
-    For columns of plain types (strings, numbers) only; on PostgreSQL ``for_update`` locks the rows (in key
-    order, so that writers never deadlock).
-    """
-    if not values:
-        return []
-    if conn.dialect.name != "sqlite":
-        statement = sa.select(*(table.c[c] for c in columns)).where(table.c[key].in_(values)).order_by(table.c[key])
-        return list(await conn.execute(statement.with_for_update() if for_update else statement))
-    sql = (f"SELECT {', '.join(columns)} FROM {table.name} WHERE {key} IN ({', '.join('?' * len(values))}) "
-           f"ORDER BY {key}")
-    rows = await _in_sqlite_thread(conn, _all_rows, sql, tuple(values))  # one hand-over
-    if rows is _NOT_RUN:
-        return list(await conn.exec_driver_sql(sql, tuple(values)))
-    shape = _shapes.get(tuple(columns))
-    if shape is None:
-        shape = _shapes[tuple(columns)] = collections.namedtuple("Row", columns)  # type: ignore[misc]
-    return [shape._make(row) for row in rows]  # type: ignore[union-attr]
-
-
-_shapes: dict[tuple[str, ...], Any] = {}  # row types of select_in, by columns
-
-
-async def scalar(conn: AsyncConnection, statement: sa.Select[Any]) -> Any:
-    """The first column of the first row of ``statement`` (or None); on SQLite in one hand-over to the database
-    thread. For plain-typed parameters and results (strings, numbers)."""
-    if conn.dialect.name == "sqlite":
-        value = await _in_sqlite_thread(conn, _first_value, *_driver_sql(conn, statement))
-        if value is not _NOT_RUN:
-            return value
-    return (await conn.execute(statement)).scalar()
-
-
-async def fetch(conn: AsyncConnection, statement: sa.Select[Any]) -> list[tuple[Any, ...]]:
-    """All rows of ``statement`` as tuples; on SQLite in one hand-over to the database thread (SQLAlchemy's
-    cursor takes several, each waiting for a turn of a busy event loop). For plain-typed parameters and
-    results (strings, numbers)."""
-    if conn.dialect.name == "sqlite":
-        rows = await _in_sqlite_thread(conn, _all_rows, *_driver_sql(conn, statement))
-        if rows is not _NOT_RUN:
-            return rows  # type: ignore[no-any-return]
-    return [tuple(row) for row in await conn.execute(statement)]
-
-
-def _driver_sql(conn: AsyncConnection, statement: sa.Select[Any]) -> tuple[str, tuple[Any, ...]]:
-    compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    return str(compiled), tuple(compiled.params[name] for name in compiled.positiontup or ())
-
-
-def _first_value(sqlite: Any, sql: str, params: tuple[Any, ...]) -> Any:
-    row = sqlite.execute(sql, params).fetchone()
-    return None if row is None else row[0]
-
-
-def _all_rows(sqlite: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    return sqlite.execute(sql, params).fetchall()  # type: ignore[no-any-return]
-
-
-async def transition_row(conn: AsyncConnection, update: str, params: tuple[Any, ...], select: str,
-                         key: tuple[Any, ...]) -> tuple[Any, ...] | None | object:
-    """SQLite: run ``update``; if it changed exactly one row, return the row ``select`` finds for ``key`` (else
-    None); both in one hand-over. ``NOT_RUN`` when that is not available."""
-    return await _in_sqlite_thread(conn, _update_then_row, update, params, select, key)
-
-
-def _update_then_row(sqlite: Any, update: str, params: tuple[Any, ...], select: str,
-                     key: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    if sqlite.execute(update, params).rowcount != 1:
-        return None
-    return sqlite.execute(select, key).fetchone()  # type: ignore[no-any-return]

@@ -20,6 +20,7 @@ __all__ = ["async_url", "create_engine", "migrate", "private_files"]
 JSON_CODEC: dict[str, Any] = {"json_serializer": dumps_json, "json_deserializer": orjson.loads}
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATION_LOCK = 0x6D6574657267  # PostgreSQL advisory lock held while one instance migrates
 
 
 def async_url(url: str) -> str:
@@ -48,6 +49,14 @@ def create_engine(url: str) -> AsyncEngine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+            # The driver's own transaction handling begins a transaction only before a statement it recognises
+            # as INSERT, UPDATE or DELETE by its first word: a ``WITH ... UPDATE`` (the portable path's UPDATE
+            # FROM VALUES) or a SELECT would run outside it, committed at once. SQLAlchemy begins them instead.
+            dbapi_conn.isolation_level = None
+
+        @sa.event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN")
 
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, **JSON_CODEC)
@@ -75,4 +84,6 @@ async def migrate(engine: AsyncEngine) -> None:
         command.upgrade(cfg, "head")
 
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # two instances starting together: one migrates, then the other
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         await conn.run_sync(upgrade)

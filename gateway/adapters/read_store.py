@@ -7,20 +7,20 @@ import datetime as dt
 import sqlalchemy as sa
 
 from gateway.adapters import tables as t
+from gateway.adapters.sql import SqlStorage, command_record
 from gateway.service.commands import CommandRecord
-from gateway.service.uow import UnitOfWorkFactory
 from gateway.service.views import AccountRows, MeterRows, ReadStore, Row
 
 __all__ = ["SqlReadStore"]
 
 
 class SqlReadStore(ReadStore):
-    def __init__(self, uow: UnitOfWorkFactory) -> None:
-        self.uow = uow
+    def __init__(self, storage: SqlStorage) -> None:
+        self.storage = storage
 
     async def account(self, account_id: str) -> AccountRows:
         m = t.meters.c
-        async with self.uow(readonly=True) as uow:
+        async with self.storage.reading() as uow:
             row = (await uow.execute(sa.select(t.accounts).where(t.accounts.c.id == account_id))).one_or_none()
             meters = (await uow.execute(sa.select(m.id, m.relay, m.relay_fault).where(m.account_id == account_id)
                                         .order_by(m.id))).all()
@@ -28,7 +28,7 @@ class SqlReadStore(ReadStore):
 
     async def meter(self, meter_id: str, account_id: str) -> MeterRows:
         r = t.readings.c
-        async with self.uow(readonly=True) as uow:
+        async with self.storage.reading() as uow:
             row = (await uow.execute(sa.select(t.meters).where(t.meters.c.id == meter_id))).one_or_none()
             newest = (await uow.execute(sa.select(t.readings).where(r.meter_id == meter_id)
                                         .order_by(r.id.desc()).limit(1))).one_or_none()
@@ -41,7 +41,7 @@ class SqlReadStore(ReadStore):
         query = sa.select(t.ledger).where(c.account_id == account_id)
         if before_id is not None:
             query = query.where(c.id < before_id)
-        async with self.uow(readonly=True) as uow:
+        async with self.storage.reading() as uow:
             return list((await uow.execute(query.order_by(c.id.desc()).limit(limit))).all())
 
     async def readings(self, meter_id: str, *, limit: int, before_id: int | None) -> list[Row]:
@@ -49,7 +49,7 @@ class SqlReadStore(ReadStore):
         query = sa.select(t.readings).where(c.meter_id == meter_id)
         if before_id is not None:
             query = query.where(c.id < before_id)
-        async with self.uow(readonly=True) as uow:
+        async with self.storage.reading() as uow:
             return list((await uow.execute(query.order_by(c.id.desc()).limit(limit))).all())
 
     async def commands(self, *, meter_id: str | None, state: str | None, before: dt.datetime | None,
@@ -62,15 +62,15 @@ class SqlReadStore(ReadStore):
             query = query.where(c.state == state)
         if before is not None:
             query = query.where(c.created_at < before)
-        async with self.uow(readonly=True) as uow:
+        async with self.storage.reading() as uow:
             rows = (await uow.execute(query.order_by(c.created_at.desc(), c.id).limit(limit))).all()
-        return [CommandRecord.from_row(row) for row in rows]
+        return [command_record(row) for row in rows]
 
     async def command(self, command_id: str) -> CommandRecord | None:
-        async with self.uow(readonly=True) as uow:
+        async with self.storage.reading() as uow:
             row = (await uow.execute(sa.select(t.commands).where(t.commands.c.id == command_id))).one_or_none()
-        return None if row is None else CommandRecord.from_row(row)
+        return None if row is None else command_record(row)
 
     async def ping(self) -> None:
-        async with self.uow(readonly=True) as uow:
+        async with self.storage.reading() as uow:
             await uow.execute(sa.text("SELECT 1"))

@@ -152,7 +152,7 @@ api_keys = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False, unique=True),
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
-    sa.Column("sources", sa.JSON, nullable=True),  # billing keys: the payment sources it may post; null: any
+    sa.Column("sources", sa.JSON(none_as_null=True), nullable=True),  # billing keys: the payment sources it may post; null: any
 )
 
 audit_log = sa.Table(
@@ -162,5 +162,5 @@ audit_log = sa.Table(
     sa.Column("actor", sa.String(100), nullable=False),
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("target", sa.String(200), nullable=True),
-    sa.Column("detail", sa.JSON, nullable=True),
+    sa.Column("detail", sa.JSON(none_as_null=True), nullable=True),  # None is SQL NULL, not JSON null
 )

@@ -150,9 +150,8 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
     def credit_state(self) -> str:
         return CREDIT_STATES[self.credit_level()]
 
-    def settled(self, less_fen: int = 0) -> bool:
-        """Whether ``evaluate`` would decide nothing and record nothing now, whatever the time (and still would
-        with ``less_fen`` taken off the balance).
+    def settled(self) -> bool:
+        """Whether ``evaluate`` would decide nothing and record nothing now, whatever the time.
 
         True when the warnings match the balance and the supply is where the balance wants it: connected above
         the disconnect point with no deferred disconnect, or disconnected below the reconnect threshold (or by an
@@ -162,14 +161,6 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
         level = self.credit_level()
         if level != self.warned_level or (self.final_warning_at is None) == (level >= WARNING_2):
             return False
-        if less_fen:
-            self.balance_fen -= less_fen
-            try:
-                if self.credit_level() != level:
-                    return False
-                return self.settled()
-            finally:
-                self.balance_fen += less_fen
         if self.supply is Supply.DISCONNECTED:
             return self.manual_disconnect or self.balance_fen < self.reconnect_at_fen
         return self.balance_fen > self.disconnect_point_fen and not self.deferred_reason

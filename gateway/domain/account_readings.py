@@ -51,7 +51,7 @@ class ReadingsMixin:
         balance_fen: int
 
         def _announce_credit(self) -> None: ...
-        def settled(self, less_fen: int = 0) -> bool: ...
+        def settled(self) -> bool: ...
         def _post(self, kind: EntryKind, amount_fen: int, reference: str = "", **extra: Any) -> None: ...
 
     def add_meter(self, meter_id: str, *, max_power_w: int | None = None, margin: float | None = None,
@@ -96,49 +96,21 @@ class ReadingsMixin:
             cursor.seen_at = taken_at
         return self._take(cursor, reading)
 
-    def absorb_reading(self, meter_id: str, energy_wh: int, taken_at: dt.datetime,
-                       rates_wh: Sequence[int] | None = None, *, defer: bool = False) -> bool:
-        """Take a reading that changes nothing but the meter's freshness; False (and nothing done) otherwise.
-
-        The reading must be newer than the one the meter was last billed at, fall in the current billing period,
-        and the account must be ``settled()`` with no quarantined reading on the meter.
-
-        - If it shows the same energy (and per-rate registers), ``apply_reading`` followed by ``evaluate`` would
-          only move the cursor to the reading's time: that is all this does, with no event and no ledger entry.
-        - With ``defer``, a reading with more energy is taken too when the tariff has no time-of-use rates, the
-          jump is plausible, and charging it would cross no threshold (the account would still be ``settled()``
-          at the same credit level): its energy is left to be billed by a later reading (the register is
-          cumulative), and only the meter's freshness moves. The caller bills such readings later.
-
-        A caller that stores accounts may leave such a change unsaved; losing it loses no money (the next reading
-        bills the same energy).
-        """
+    def reading_changes_nothing(self, meter_id: str, energy_wh: int, taken_at: dt.datetime,
+                                rates_wh: Sequence[int] | None = None) -> bool:
+        """Whether ``apply_reading`` of this reading followed by ``evaluate`` would change nothing but the
+        meter's time, whatever the time: the same energy (and per-rate registers) as the meter was last billed
+        at, newer, in the current billing period, with no quarantined reading on the meter, and an account that
+        is ``settled()``. (A query: nothing changes.)"""
         cursor = self.cursors.get(meter_id)
-        if (cursor is None or cursor.energy_wh is None or cursor.pending is not None or cursor.taken_at is None
-                or taken_at <= cursor.taken_at):
+        if (cursor is None or cursor.energy_wh != energy_wh or cursor.pending is not None or cursor.taken_at is None
+                or taken_at <= cursor.taken_at
+                or (tuple(rates_wh) if rates_wh is not None else None) != cursor.rates_wh):
             return False
         start = self.billing.period_start
-        if start is None:
+        if start is None or not _within(start, self.tariff.period, self.site.tz, taken_at, taken_at):
             return False
-        if not _within(start, self.tariff.period, self.site.tz, taken_at, taken_at):  # the current billing period
-            return False
-        delta = energy_wh - cursor.energy_wh
-        if delta == 0 and (tuple(rates_wh) if rates_wh is not None else None) == cursor.rates_wh:
-            if not self.settled():
-                return False
-            cursor.taken_at = require_aware(taken_at, "taken_at")
-        elif defer and delta > 0 and self.tariff.schedule is None:
-            if check_plausible(cursor, Snapshot(energy_wh, taken_at)) is not None:
-                return False
-            billing = self.billing
-            charge = self.tariff.period_cost_fen(billing.energy_wh + delta) - billing.charged_fen
-            if not self.settled(charge):
-                return False
-        else:
-            return False
-        if cursor.seen_at is None or taken_at > cursor.seen_at:
-            cursor.seen_at = taken_at
-        return True
+        return self.settled()
 
     def _take(self, cursor: MeterCursor, reading: Snapshot) -> int:
         if cursor.energy_wh is None or cursor.taken_at is None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from gateway.domain.errors import DomainError
 
-__all__ = ["AccountUnreadable", "AuthorityExceeded", "CommandNotAllowed", "CommandNotCancellable", "GatewayStopping",
-           "PaymentConflict", "UnknownAccount", "UnknownCommand", "UnknownMeter", "UnknownPayment"]
+__all__ = ["AccountUnreadable", "AuthorityExceeded", "CommandNotAllowed", "CommandNotCancellable", "DuplicateRow",
+           "GatewayStopping", "PaymentConflict", "UnknownAccount", "UnknownCommand", "UnknownMeter", "UnknownPayment"]
 
 
 class UnknownAccount(LookupError):
@@ -61,3 +61,8 @@ class AccountUnreadable(Exception):
 
 class GatewayStopping(RuntimeError):
     """The gateway stopped before the job could be done; nothing of it was written."""
+
+
+class DuplicateRow(Exception):
+    """A row another writer made first (the same payment recorded through two instances at once): nothing was
+    written; looking again finds it."""

@@ -13,29 +13,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
-
 from drivers.base import Reading
-from gateway.adapters import tables as t
 from gateway.domain.account import PrepaidAccount
 from gateway.domain.messages import CommandQueued, DisconnectWithdrawn
 from gateway.service.catalog import Catalog
-from gateway.service.commands import CommandRecord, new_command, store_command
-from gateway.service.errors import UnknownAccount, UnknownMeter
+from gateway.service.commands import CommandRecord, new_command
+from gateway.service.errors import DuplicateRow, PaymentConflict, UnknownAccount, UnknownMeter, UnknownPayment
+from gateway.service.jobs import AccountJob, PaymentJob, PaymentResult, ReadingJob, ReversalJob
 from gateway.service.messagebus import MessageBus
-from gateway.service.uow import UnitOfWorkFactory
+from gateway.service.ports import Storage
 from gateway.service.views import ReadStore, Views
-from gateway.service.writer import (
-    AccountJob,
-    PaymentConflict,
-    PaymentJob,
-    PaymentResult,
-    ReadingJob,
-    ReversalJob,
-    UnknownPayment,
-    Writer,
-)
+from gateway.service.writer import Writer
 
 __all__ = ["PaymentConflict", "PaymentResult", "Service", "UnknownPayment"]
 
@@ -45,15 +33,27 @@ log = logging.getLogger(__name__)
 class Service:
     """The gateway's use cases over one database."""
 
-    def __init__(self, uow_factory: UnitOfWorkFactory, catalog: Catalog,
-                 clock: Callable[[], dt.datetime] | None = None, *, reads: ReadStore,
-                 bus: MessageBus | None = None) -> None:
-        self.uow = uow_factory
+    def __init__(self, storage: Storage, catalog: Catalog, clock: Callable[[], dt.datetime] | None = None, *,
+                 reads: ReadStore, bus: MessageBus | None = None) -> None:
+        self.uow = storage
         self.catalog = catalog
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.bus = bus or MessageBus()  # the reactions to what the service does (handlers: see bootstrap)
-        self.writer = Writer(uow_factory, catalog, self.clock, on_commands=self._announce)
-        self.views = Views(reads, catalog, self.writer)  # what the API shows
+        self.writer = Writer(storage, catalog, self.clock, on_commands=self._announce)
+        self.views = Views(reads, catalog, self.writer.freshness.latest)  # what the API shows
+
+    async def sync_catalog(self) -> None:
+        """Create the rows of accounts and meters the settings name and the database does not have yet (a new
+        account starts with its opening balance as its first ledger entry), move meters to the account the
+        settings give them, and make sure the rate limiter's row exists."""
+        now = self.clock()
+        async with self.uow() as uow:
+            existing = await uow.accounts.ids()
+            await uow.accounts.add([self.catalog.new_account(spec.id) for spec in self.catalog.accounts.values()
+                                    if spec.id not in existing], now)
+            await uow.meters.assign({m.id: m.account_id for m in self.catalog.meters.values()})
+            await uow.ensure_limiter()
+            await uow.commit()
 
     # --- payments -----------------------------------------------------------------------------------------
     async def record_payment(self, *, source: str, payment_id: str, account_id: str, amount_fen: int,
@@ -73,16 +73,14 @@ class Service:
         for _ in range(3):
             try:
                 return await self.writer.submit(job)
-            except IntegrityError:
+            except DuplicateRow:
                 continue  # another instance recorded the same payment id first: look again
         raise RuntimeError("could not record after 3 attempts (concurrent writers)")
 
     async def stored_keys(self) -> list[tuple[str, str, str, list[str] | None]]:
         """The API keys kept in the database: (sha256, name, role, sources)."""
-        k = t.api_keys.c
         async with self.uow(readonly=True) as uow:
-            rows = await uow.execute(sa.select(k.sha256, k.name, k.role, k.sources))
-            return [(row.sha256, row.name, row.role, row.sources) for row in rows]
+            return await uow.api_keys()
 
     # --- readings -----------------------------------------------------------------------------------------
     async def record_reading(self, reading: Reading) -> list[CommandRecord]:
@@ -110,13 +108,8 @@ class Service:
     async def record_failure(self, meter_id: str, error: str, *, offline_after: int = 3) -> None:
         """Note a failed poll: consecutive failures, health degraded, then offline."""
         async with self.uow() as uow:
-            row = (await uow.execute(sa.select(t.meters.c.consecutive_failures, t.meters.c.health)
-                                     .where(t.meters.c.id == meter_id))).one()
-            failures = row.consecutive_failures + 1
-            health = "offline" if failures >= offline_after else "degraded"
-            await uow.execute(sa.update(t.meters).where(t.meters.c.id == meter_id).values(
-                consecutive_failures=failures, health=health, last_error=error[:500]))
-            if health != row.health:
+            before, health = await uow.meters.failed(meter_id, error, offline_after=offline_after)
+            if health != before:
                 now = self.clock()
                 await uow.add_outbox(f"meters/{meter_id}/state", {"type": "MeterHealth", "meter_id": meter_id,
                                                                   "health": health, "error": error,
@@ -140,9 +133,7 @@ class Service:
         reading, an operator's change).
         """
         async with self.uow(readonly=True) as uow:
-            ids = list((await uow.execute(sa.select(t.accounts.c.id).where(
-                t.accounts.c.supply == "connected", t.accounts.c.deferred_reason != "",
-                t.accounts.c.deferred_until <= self.clock()))).scalars())
+            ids = await uow.accounts.deferral_ended(self.clock())
         ids = [i for i in ids if i in self.catalog.accounts]
         jobs = [self.writer.submit(AccountJob(i, lambda account, now: None, origin="automatic", reason="balance"))
                 for i in ids]
@@ -161,7 +152,7 @@ class Service:
                              expires_at=now + dt.timedelta(seconds=self.catalog.command_expiry_s),
                              operator=operator, reason=reason)
         async with self.uow() as uow:
-            await store_command(uow, record, audit=dict(at=now, actor=actor, action=f"command.{action}",
+            await uow.commands.add(record, audit=dict(at=now, actor=actor, action=f"command.{action}",
                                                         target=meter_id,
                                                         detail={"command_id": record.id, "reason": reason}))
             await uow.commit()

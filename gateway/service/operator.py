@@ -13,16 +13,12 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-
-from gateway.adapters import tables as t
 from gateway.domain.account import PrepaidAccount
-from gateway.service import commands as cmds
-from gateway.service.accounts import load_account
+from gateway.service.account_cache import load_account
 from gateway.service.commands import CommandRecord
 from gateway.service.errors import CommandNotAllowed, CommandNotCancellable, UnknownCommand, UnknownMeter
 from gateway.service.facade import Service
-from gateway.service.writer import AccountJob
+from gateway.service.jobs import AccountJob
 
 __all__ = ["CommandNotAllowed", "CommandNotCancellable", "ManualOutcome", "UnknownCommand", "cancel_command", "manual_command"]
 
@@ -63,8 +59,7 @@ async def manual_command(service: Service, meter_id: str, action: str, *, role: 
     now = service.clock()
     async with service.uow(readonly=True) as uow:
         account = await load_account(uow, service.catalog, spec.account_id)
-        active = tuple((await uow.execute(sa.select(t.commands.c.id).where(
-            t.commands.c.meter_id == meter_id, t.commands.c.state.in_(cmds.ACTIVE_STATES)))).scalars())
+        active = tuple(record.id for record in await uow.commands.active(meter_id))
     allowed, why, hold_until = _verdict(account, action, role=role, force=force,
                                         hold_s=service.catalog.manual_hold_s, now=now)
     if dry_run or not allowed:
@@ -89,15 +84,15 @@ async def cancel_command(service: Service, command_id: str, *, actor: str) -> Co
     """Cancel a queued command (one already sent can't be taken back: send the opposite command instead)."""
     now = service.clock()
     async with service.uow() as uow:
-        record = await cmds.get_command(uow, command_id)
+        record = await uow.commands.get(command_id)
         if record is None:
             raise UnknownCommand(f"no command {command_id!r}")
-        if record.state != "queued" or not await cmds.transition(uow, command_id, "queued", "cancelled", now,
-                                                                error=f"cancelled by {actor}"):
+        if record.state != "queued" or not await uow.commands.transition(command_id, "queued", "cancelled", now,
+                                                                         error=f"cancelled by {actor}"):
             raise CommandNotCancellable(f"command {command_id} is {record.state}; only a queued command can be "
                                         "cancelled")
         await uow.audit(actor, "command.cancel", command_id, None, now)
         await uow.commit()
-        cancelled = await cmds.get_command(uow, command_id)
+        cancelled = await uow.commands.get(command_id)
     assert cancelled is not None
     return cancelled

@@ -21,12 +21,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import sqlalchemy as sa
 
 from drivers.base import RelayAction
 from drivers.errors import CommandRefused, ConnectError, DriverError
-from gateway.adapters import bulk
-from gateway.adapters import tables as t
 from gateway.domain.messages import DisconnectWithdrawn, Message
 from gateway.domain.policy import RateLimiter
 from gateway.domain.relay import (
@@ -45,7 +42,6 @@ from gateway.domain.relay import (
     expire,
     next_step,
 )
-from gateway.service import commands as cmds
 from gateway.service.clock import Clock
 from gateway.service.polling.poller import BusPoller
 
@@ -222,7 +218,7 @@ class RelayRunner:
     async def _save(self, old: Command, new: Command) -> bool:
         """Write the command's next version; it leaves the runner when it is final or was changed elsewhere."""
         async with self.service.uow() as uow:
-            saved = await cmds.save(uow, old, new, self.clock.now())
+            saved = await uow.commands.save(old, new, self.clock.now())
             await uow.commit()
         if saved and new.state in FINAL:
             self._forget_meter(new.meter_id)  # its row's relay or relay fault changed
@@ -235,15 +231,14 @@ class RelayRunner:
     async def _still_queued(self, command: Command) -> bool:
         """A read (no write lock): is the command still `queued`, not superseded or cancelled?"""
         async with self.service.uow(readonly=True) as uow:
-            state = await bulk.scalar(uow.conn, sa.select(t.commands.c.state).where(t.commands.c.id == command.id))
+            state = await uow.commands.state(command.id)
         return state == State.QUEUED.value
 
     async def _note_relay(self, meter_id: str, relay: RelayReading) -> None:
         if self._relays.get(meter_id) == relay.value:
             return
         async with self.service.uow() as uow:
-            await uow.run(bulk.update_statements(uow.conn.dialect.name, t.meters, "id",
-                                                 [{"id": meter_id, "relay": relay.value}]))
+            await uow.meters.update(meter_id, {"relay": relay.value})
             await uow.commit()
         self._relays[meter_id] = relay.value
         self._forget_meter(meter_id)

@@ -16,13 +16,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 
 from drivers.base import MeterDriver
-from gateway.adapters import tables as t
 from gateway.domain.messages import CommandQueued, MeterAnswered
 from gateway.domain.relay import Limits
-from gateway.service import commands as cmds
 from gateway.service.clock import Clock, SystemClock
 from gateway.service.polling.breaker import Breaker
 from gateway.service.polling.poller import BusPoller
@@ -143,13 +140,12 @@ class Scheduler:
             return
         now = self.clock.now()
         async with self.service.uow(readonly=True) as uow:
-            rows = (await uow.execute(sa.select(t.commands).where(
-                t.commands.c.state.in_(cmds.ACTIVE_STATES)).order_by(t.commands.c.created_at))).all()
-            self.trips.recent = sorted(await cmds.recent_trips(uow, now - self.trips.window))
-        for row in rows:
-            bus = self._by_meter.get(row.meter_id)
+            records = await uow.commands.active()
+            self.trips.recent = sorted(await uow.commands.recent_trips(now - self.trips.window))
+        for record in records:
+            bus = self._by_meter.get(record.meter_id)
             if bus is not None:  # other meters belong to other instances
-                bus.runner.offer(cmds.CommandRecord.from_row(row).model(), recovered=True)
+                bus.runner.offer(record.model(), recovered=True)
 
     async def __aexit__(self, *exc_info: object) -> None:
         await cancel_and_wait(self._tasks)

@@ -11,17 +11,17 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from drivers.base import Reading
 from gateway.domain.money import format_fen
 from gateway.domain.relay import supply_state
-from gateway.service.accounts import domain_account
+from gateway.service.account_cache import domain_account
 from gateway.service.catalog import Catalog
 from gateway.service.commands import CommandRecord
 from gateway.service.errors import UnknownAccount, UnknownCommand, UnknownMeter
 
-__all__ = ["AccountRows", "HeldReadings", "MeterRows", "ReadStore", "Views", "command_shape"]
+__all__ = ["AccountRows", "MeterRows", "ReadStore", "Views", "command_shape"]
 
 Row = Any  # a stored row: its columns as attributes
 
@@ -45,14 +45,6 @@ class MeterRows:
         self.meter = meter
         self.newest = newest
         self.account_state = account_state
-
-
-class HeldReadings(Protocol):
-    """What the writer holds in memory: the newest reading of each meter that changed nothing durable."""
-
-    absorbed: Mapping[str, Reading]
-
-    def unbilled(self, meter_id: str) -> Reading | None: ...
 
 
 class ReadStore(abc.ABC):
@@ -105,10 +97,10 @@ def _page(data: list[dict[str, Any]], limit: int, key: str) -> Any:
 
 
 class Views:
-    def __init__(self, store: ReadStore, catalog: Catalog, writer: HeldReadings) -> None:
+    def __init__(self, store: ReadStore, catalog: Catalog, unstored: Mapping[str, Reading]) -> None:
         self.store = store
         self.catalog = catalog
-        self.writer = writer
+        self.unstored = unstored  # per meter, the newest reading that changed nothing and was not stored
 
     async def account(self, account_id: str) -> dict[str, Any]:
         """Balance, supply (wished and confirmed), credit level, meters and the guardrails in force.
@@ -159,11 +151,11 @@ class Views:
         last_success_at = row.last_success_at  # written when the health or relay changed; else the newest reading's
         if latest is not None and (last_success_at is None or latest["taken_at"] > last_success_at):
             last_success_at = latest["taken_at"]
-        absorbed = self.writer.absorbed.get(meter_id)  # newer than the stored one when it changed nothing
-        if absorbed is not None and (latest is None or absorbed.taken_at > latest["taken_at"]):
-            latest = _reading_shape(absorbed, billed=self.writer.unbilled(meter_id) is not absorbed)
-            if last_success_at is None or absorbed.taken_at > last_success_at:
-                last_success_at = absorbed.taken_at
+        unstored = self.unstored.get(meter_id)  # newer than the stored one when it changed nothing
+        if unstored is not None and (latest is None or unstored.taken_at > latest["taken_at"]):
+            latest = _reading_shape(unstored, billed=True)  # the same energy as the stored one: nothing to bill
+            if last_success_at is None or unstored.taken_at > last_success_at:
+                last_success_at = unstored.taken_at
         return {"id": row.id, "account_id": row.account_id, "bus": spec.bus_id, "groups": list(spec.groups),
                 "relay": row.relay, "relay_fault": row.relay_fault, "health": row.health,
                 "consecutive_failures": row.consecutive_failures, "last_error": row.last_error,

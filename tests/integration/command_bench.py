@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway
-from gateway.service.commands import ACTIVE_STATES, CommandRecord, get_command
+from gateway.service.commands import ACTIVE_STATES, CommandRecord
 from gateway.service.operator import manual_command
 from tests.support import async_wait_until
 
@@ -32,7 +32,7 @@ class CommandBench:
 
     async def record(self, command_id: str) -> CommandRecord:
         async with self.gateway.uow(readonly=True) as uow:
-            record = await get_command(uow, command_id)
+            record = await uow.commands.get(command_id)
         assert record is not None
         return record
 

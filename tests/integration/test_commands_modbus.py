@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from drivers.modbus import load_model
 from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway, default_models_dir
-from gateway.service.commands import CommandRecord, create_command
+from gateway.service.commands import CommandRecord, new_command
 from gateway.service.operator import cancel_command
 from gateway.settings import Settings
 from simulators.faults import Fault, FaultKind, FaultPlan
@@ -40,8 +40,9 @@ async def queued_without_waking_the_bus(gateway: Gateway, reason: str) -> Comman
     """An "open" for M-1 stored as `queued` without being handed to its bus runner."""
     now = gateway.service.clock()
     async with gateway.uow() as uow:
-        record = await create_command(uow, meter_id="M-1", action="open", origin="operator", now=now,
-                                      expires_at=now + dt.timedelta(seconds=30), reason=reason)
+        record = new_command(meter_id="M-1", action="open", origin="operator", now=now,
+                             expires_at=now + dt.timedelta(seconds=30), reason=reason)
+        await uow.commands.add(record)
         await uow.commit()
     return record
 

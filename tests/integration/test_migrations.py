@@ -35,7 +35,7 @@ async def test_0002_names_old_payment_entries_by_their_pair(db_url: str) -> None
     from alembic.config import Config
 
     from gateway.adapters.database import MIGRATIONS
-    from gateway.service.uow import UnitOfWork
+    from gateway.adapters.sql import SqlStorage
     from gateway.service.verify import verify_ledger
 
     engine = create_engine(db_url)
@@ -72,7 +72,7 @@ async def test_0002_names_old_payment_entries_by_their_pair(db_url: str) -> None
                 "SELECT kind, payment_source, payment_id FROM ledger_entries ORDER BY id"))).all()
         assert [tuple(r) for r in rows] == [("payment", "bank", "2026/11/7"), ("repayment", "bank", "2026/11/7"),
                                             ("charge", None, None)]
-        async with UnitOfWork(engine, None) as uow:
+        async with SqlStorage(engine)(readonly=True) as uow:
             assert await verify_ledger(uow) == []
     finally:
         await engine.dispose()

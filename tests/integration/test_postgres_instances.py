@@ -16,7 +16,7 @@ from drivers.base import Reading
 from gateway.adapters import tables as t
 from gateway.adapters.database import create_engine
 from gateway.bootstrap import Gateway
-from gateway.service.accounts import LIMITER
+from gateway.adapters.sql import LIMITER
 from gateway.service.verify import verify_ledger
 from gateway.settings import Settings
 
@@ -109,3 +109,29 @@ async def test_two_instances_trip_no_more_than_the_site_limit(pg_url: str, tmp_p
             f"A-{i}": "" if f"A-{i}" == tripped else "rate_limit" for i in range(accounts)}
         assert stored == 1
         assert len(limiter["recent"]) == 1
+
+
+async def test_instances_starting_together_on_one_database_both_start(pg_cluster: Any, tmp_path: Path) -> None:
+    """Two instances starting at the same moment, on an empty database and then on one where the settings
+    named new accounts: both start (one migrates while the other waits; an account one of them added is left
+    alone by the other), and every account has exactly one opening entry."""
+    for attempt in range(3):
+        url = str(pg_cluster.create_database())
+        for accounts in (2, 5):  # an empty database, then three new accounts on both
+            stack = [Gateway(site(url, accounts, limit=None), clock=Clock(), base_dir=tmp_path, run_buses=False)
+                     for _ in range(2)]
+            started = await asyncio.gather(*(gw.__aenter__() for gw in stack), return_exceptions=True)
+            for gw, outcome in zip(stack, started, strict=True):
+                if not isinstance(outcome, BaseException):
+                    await gw.__aexit__(None, None, None)
+            assert [o for o in started if isinstance(o, BaseException)] == [], (attempt, accounts)
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                openings = (await conn.execute(sa.select(t.ledger.c.account_id, sa.func.count())
+                                               .where(t.ledger.c.kind == "opening")
+                                               .group_by(t.ledger.c.account_id))).all()
+                meters = (await conn.execute(sa.select(sa.func.count()).select_from(t.meters))).scalar_one()
+        finally:
+            await engine.dispose()
+        assert sorted(openings) == [(f"A-{i}", 1) for i in range(5)] and meters == 5

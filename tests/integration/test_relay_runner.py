@@ -21,7 +21,7 @@ from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway
 from gateway.domain.messages import CommandQueued, DisconnectWithdrawn, MeterAnswered
 from gateway.domain.relay import Limits
-from gateway.service.commands import CommandRecord, get_command, new_command, store_command
+from gateway.service.commands import CommandRecord, new_command
 from gateway.service.scheduler import BusSetup, Scheduler
 from gateway.settings import Settings
 from tests.fakes import FakeClock, FakeDriver
@@ -40,7 +40,7 @@ class Rig:
 
     async def record(self, command_id: str) -> CommandRecord:
         async with self.gateway.uow(readonly=True) as uow:
-            record = await get_command(uow, command_id)
+            record = await uow.commands.get(command_id)
         assert record is not None
         return record
 
@@ -56,7 +56,7 @@ class Rig:
         record = new_command(meter_id=meter_id, action=action, origin=origin, now=now,
                              expires_at=now + dt.timedelta(minutes=10), basis_at=basis_at)
         async with self.gateway.uow() as uow:
-            await store_command(uow, record)
+            await uow.commands.add(record)
             await uow.commit()
         self.gateway.messages.publish(CommandQueued(record.model()))
         return record.id
@@ -68,8 +68,11 @@ class Rig:
             await self.quiet()
 
     async def quiet(self) -> None:
-        runner = self.scheduler.buses[0].runner
-        await async_wait_until(lambda: not runner.busy, timeout=5, what="the runner's step to finish")
+        """Wait for the real I/O of this instant: the runner's step, and the readings of the polls in the writer
+        (a poll that waits for its previous reading's commit would otherwise start later in fake time)."""
+        runner, writer = self.scheduler.buses[0].runner, self.gateway.service.writer
+        await async_wait_until(lambda: not runner.busy and not writer.backlog, timeout=5,
+                               what="the runner's step and the writer's batches to finish")
 
 
 @contextlib.asynccontextmanager

@@ -59,7 +59,7 @@ async def db_health(gw: Gateway, meter_id: str) -> str:
 
 async def command(gw: Gateway, command_id: str) -> cmds.CommandRecord:
     async with gw.uow(readonly=True) as uow:
-        record = await cmds.get_command(uow, command_id)
+        record = await uow.commands.get(command_id)
     assert record is not None
     return record
 
@@ -118,17 +118,18 @@ async def test_the_gateway_polls_and_switches_meters_over_rtu_on_a_pty(tmp_path:
     assert stats["skipped"] > 0 and stats["overloaded"]  # saturated: skipped, never queued
 
 
-async def test_polls_that_change_nothing_are_absorbed_and_still_shown_as_the_latest_reading(tmp_path: Path) -> None:
-    """Meters polled every 50 ms advance by a Wh every few seconds: most polls change nothing, are absorbed by the
-    writer without a transaction, and the API shows the newest one; every Wh is still billed."""
+async def test_polls_that_change_nothing_are_not_stored_and_still_shown_as_the_latest_reading(tmp_path: Path
+                                                                                             ) -> None:
+    """Meters polled every 50 ms advance by a Wh every few seconds: most polls change nothing, are not stored
+    (no transaction), and the API shows the newest one; every Wh is still billed."""
     fleet = ModbusFleet(GENERIC, meters=2, port=free_port())
     bus = {"protocol": "modbus-tcp", "host": "127.0.0.1", "port": fleet.port, "timeout_s": 0.5}
     settings = site(tmp_path, bus, 2, interval=0.05,
                     api={"keys": [{"name": "viewer", "role": "viewer", "sha256": hash_key("k")}]})
     async with fleet, gateway(settings, tmp_path) as (gw, runner):
         writer = gw.service.writer
-        await async_wait_until(lambda: writer.absorbed_count >= 20, timeout=20, what="unchanged polls absorbed")
-        absorbed_count, absorbed = writer.absorbed_count, writer.absorbed["M-1"]  # polls go on meanwhile
+        await async_wait_until(lambda: writer.freshness.skipped >= 20, timeout=20, what="unchanged polls skipped")
+        absorbed_count, absorbed = writer.freshness.skipped, writer.freshness.latest["M-1"]  # polls go on
         async with gw.uow(readonly=True) as uow:
             rows = (await uow.execute(sa.select(sa.func.count()).select_from(t.readings))).scalar_one()
             energy = (await uow.execute(sa.select(t.readings.c.meter_id, sa.func.min(t.readings.c.energy_wh),
@@ -144,7 +145,7 @@ async def test_polls_that_change_nothing_are_absorbed_and_still_shown_as_the_lat
     assert rows + absorbed_count <= polls and rows < polls / 2, (rows, absorbed_count, polls)
     assert shown["last_reading"]["taken_at"] >= absorbed.taken_at.isoformat().replace("+00:00", "Z")
     assert shown["last_reading"]["energy_wh"] >= absorbed.energy_wh
-    # every Wh counted since each meter's first reading is billed, absorbed polls or not
+    # every Wh counted since each meter's first reading is billed, stored polls or not
     tariff = gw.catalog.accounts["A-1"].tariff
     assert -charged == sum(tariff.period_cost_fen(last - first, {}) for _, first, last in energy)
 
@@ -200,9 +201,10 @@ async def test_a_command_left_sending_is_checked_by_reading_the_relay_first(tmp_
             async with gw.uow() as uow:  # a previous run crashed between `sending` and the write
                 now = dt.datetime.now(dt.UTC)
                 for meter_id in ("M-1", "M-2"):
-                    record = await cmds.create_command(uow, meter_id=meter_id, action="open", origin="operator",
-                                                       now=now, expires_at=now + dt.timedelta(seconds=30))
-                    assert await cmds.transition(uow, record.id, "queued", "sending", now, attempt=True)
+                    record = cmds.new_command(meter_id=meter_id, action="open", origin="operator", now=now,
+                                              expires_at=now + dt.timedelta(seconds=30))
+                    await uow.commands.add(record)
+                    assert await uow.commands.transition(record.id, "queued", "sending", now, attempt=True)
                     ids.append(record.id)
                 await uow.commit()
         fleet.meters[1].set_relay(False)  # M-1's command did reach the meter before the crash

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -30,9 +31,9 @@ class Clock:
         return self.now
 
 
-def site(db_url: str) -> Settings:
+def site(database: dict[str, Any]) -> Settings:
     return Settings.model_validate({
-        "database": {"url": db_url},
+        "database": database,
         "tariffs": {"flat": {"kind": "flat", "price": "0.5000"}},
         "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "1.00", "reconnect_min_topup": "1.00"}],
         "meters": [],
@@ -40,8 +41,8 @@ def site(db_url: str) -> Settings:
 
 
 @pytest.fixture
-async def gateway(db_url: str, tmp_path: Path):
-    async with Gateway(site(db_url), clock=Clock(), base_dir=tmp_path) as gw:
+async def gateway(database: dict[str, Any], tmp_path: Path):
+    async with Gateway(site(database), clock=Clock(), base_dir=tmp_path) as gw:
         yield gw
 
 
@@ -82,7 +83,7 @@ async def test_concurrent_duplicates_credit_once(gateway: Gateway) -> None:
 
 async def test_payment_survives_a_new_engine(tmp_path: Path) -> None:
     """A 2xx means committed: a fresh process (engine) sees it."""
-    url = f"sqlite:///{tmp_path / 'gw.db'}"
+    url = {"url": f"sqlite:///{tmp_path / 'gw.db'}"}
     async with Gateway(site(url), base_dir=tmp_path) as gw:
         await gw.service.record_payment(source="billing", payment_id="P-9", account_id="A-1", amount_fen=700)
     async with Gateway(site(url), base_dir=tmp_path) as gw:
@@ -98,9 +99,9 @@ async def test_the_verifier_finds_a_broken_balance(gateway: Gateway) -> None:
         assert any("balance 1" in p for p in await verify_ledger(uow))
 
 
-async def test_readings_charge_and_disconnect_then_payment_reconnects(db_url: str, tmp_path: Path) -> None:
+async def test_readings_charge_and_disconnect_then_payment_reconnects(database: dict[str, Any], tmp_path: Path) -> None:
     settings = Settings.model_validate({
-        "database": {"url": db_url},
+        "database": database,
         "policy": {"notice_period": 0},
         "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
         "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "1.00", "reconnect_min_topup": "1.00"}],
@@ -110,12 +111,9 @@ async def test_readings_charge_and_disconnect_then_payment_reconnects(db_url: st
     clock = Clock()
     gw = Gateway(settings, clock=clock, base_dir=tmp_path)
     from gateway.adapters.database import migrate
-    from gateway.service.accounts import ensure_catalog_rows
 
     await migrate(gw.engine)
-    async with gw.uow() as uow:
-        await ensure_catalog_rows(uow, gw.catalog, clock())
-        await uow.commit()
+    await gw.service.sync_catalog()
     service = gw.service
     try:
         def reading(wh: int, minutes: int) -> Reading:
@@ -147,11 +145,11 @@ async def test_readings_charge_and_disconnect_then_payment_reconnects(db_url: st
         await gw.engine.dispose()
 
 
-async def test_a_deferred_disconnect_goes_ahead_when_its_reason_ends(db_url: str, tmp_path: Path) -> None:
+async def test_a_deferred_disconnect_goes_ahead_when_its_reason_ends(database: dict[str, Any], tmp_path: Path) -> None:
     """The notice period after the final warning defers the disconnect; the periodic re-evaluation carries it
     out once the notice period is over (and not before)."""
     settings = Settings.model_validate({
-        "database": {"url": db_url},
+        "database": database,
         "policy": {"notice_period": "1h", "stale_after": None},
         "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
         "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "0.50", "warning1": "2.00",
@@ -182,16 +180,16 @@ async def test_a_deferred_disconnect_goes_ahead_when_its_reason_ends(db_url: str
         assert await open_commands() == 1
 
 
-async def test_a_reading_that_changes_nothing_is_absorbed_until_the_history_interval(db_url: str,
-                                                                                   tmp_path: Path) -> None:
+async def test_a_reading_that_changes_nothing_is_not_stored_until_the_history_interval(database: dict[str, Any],
+                                                                                      tmp_path: Path) -> None:
     """A reading with the energy and relay of the meter's last stored one, of an account with nothing to decide,
-    is taken in memory (no row, no transaction) for at most ``reading_history_s``; so is one whose small charge
-    crosses no threshold, billed just before the meter's next stored reading. A relay change, a charge that
-    crosses a threshold or an account past its disconnect point always go through the ledger."""
+    is not stored (no row, no transaction) for at most ``reading_history_s``; it shows as the meter's latest
+    reading. More energy, a relay change or an account past its disconnect point always go through the ledger,
+    and the account never sees the readings that were not stored."""
     from drivers.base import RelayState
 
     settings = Settings.model_validate({
-        "database": {"url": db_url},
+        "database": database,
         "engine": {"reading_history_s": 60},
         "policy": {"notice_period": "1h", "stale_after": None},
         "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
@@ -207,29 +205,28 @@ async def test_a_reading_that_changes_nothing_is_absorbed_until_the_history_inte
 
     async with Gateway(settings, clock=clock, base_dir=tmp_path, run_buses=False) as gw:
         service, writer = gw.service, gw.service.writer
-        assert not writer.absorb(at(0, 10_000))  # nothing stored yet
+        assert not writer.takes_unchanged(at(0, 10_000))  # nothing stored yet
         await service.record_reading(at(0, 10_000))  # the baseline
-        assert not writer.absorb(at(1, 10_000))  # the billing period starts with the first reading billed
+        assert not writer.takes_unchanged(at(1, 10_000))  # the billing period starts with the first reading billed
         await service.record_reading(at(1, 10_000))
-        assert writer.absorb(at(5, 10_000))
-        assert writer.absorb(at(10, 10_000))
-        assert not writer.absorb(at(8, 10_000))  # older than the last absorbed
-        assert not writer.absorb(at(15, 10_000, RelayState.OPEN))  # the relay moved
-        assert writer.absorb(at(12, 10_001))  # 0.1 fen to bill and no threshold near: billed later
-        assert writer.unbilled("M-1") is not None and writer.unbilled("M-1").energy_wh == 10_001
-        await service.record_reading(at(15, 10_050))  # the held reading is billed first, then this one: 0.05 yuan
-        assert writer.unbilled("M-1") is None
-        assert writer.absorb(at(20, 10_050))
-        assert writer.absorb(at(74, 10_050))
-        assert not writer.absorb(at(75, 10_050))  # 60 s after the last stored one: stored
-        await service.record_reading(at(75, 10_050))
-        assert writer.absorbed["M-1"].taken_at == NOW + dt.timedelta(seconds=74)
+        assert writer.takes_unchanged(at(5, 10_000))
+        assert writer.takes_unchanged(at(10, 10_000))
+        assert not writer.takes_unchanged(at(1, 10_000))  # not newer than the stored one
+        assert not writer.takes_unchanged(at(15, 10_000, RelayState.OPEN))  # the relay moved
+        assert not writer.takes_unchanged(at(12, 10_001))  # energy to bill: billed now
+        await service.record_reading(at(12, 10_001))
+        await service.record_reading(at(15, 10_050))
+        assert writer.takes_unchanged(at(20, 10_050))
+        assert writer.takes_unchanged(at(74, 10_050))
+        assert not writer.takes_unchanged(at(75, 10_050))  # 60 s after the last stored one: stored
+        assert (await service.views.meter("M-1"))["last_reading"]["taken_at"] == NOW + dt.timedelta(seconds=74)
         account = writer.cache.entries["A-1"][1]
+        assert account.cursors["M-1"].seen_at == NOW + dt.timedelta(seconds=15)  # the account saw none of them
+        await service.record_reading(at(75, 10_050))
         assert account.cursors["M-1"].seen_at == NOW + dt.timedelta(seconds=75)
 
-        assert not writer.absorb(at(78, 10_150))  # its charge would cross the disconnect point
         await service.record_reading(at(80, 10_150))  # -0.05 yuan: past the disconnect point, notice period
-        assert not writer.absorb(at(85, 10_150))  # an account with a deferred disconnect is always evaluated
+        assert not writer.takes_unchanged(at(85, 10_150))  # an account with a deferred disconnect is evaluated
         async with gw.uow(readonly=True) as uow:
             stored = (await uow.execute(sa.select(t.readings.c.taken_at).order_by(t.readings.c.id))).scalars().all()
             balance, reason = (await uow.execute(sa.select(t.accounts.c.balance_fen,
@@ -238,12 +235,12 @@ async def test_a_reading_that_changes_nothing_is_absorbed_until_the_history_inte
         assert [s.replace(tzinfo=dt.UTC) if s.tzinfo is None else s for s in stored] == [
             NOW + dt.timedelta(seconds=s) for s in (0, 1, 12, 15, 75, 80)]
         assert (balance, reason) == (10 - 5 - 10, "notice_period")
-        assert writer.absorbed_count == 5
+        assert writer.freshness.skipped == 4
 
 
-async def test_with_no_history_interval_every_reading_is_stored(db_url: str, tmp_path: Path) -> None:
+async def test_with_no_history_interval_every_reading_is_stored(database: dict[str, Any], tmp_path: Path) -> None:
     settings = Settings.model_validate({
-        "database": {"url": db_url},
+        "database": database,
         "engine": {"reading_history_s": 0},
         "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
         "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "10.00"}],
@@ -251,14 +248,15 @@ async def test_with_no_history_interval_every_reading_is_stored(db_url: str, tmp
         "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1"}],
     })
     async with Gateway(settings, clock=Clock(), base_dir=tmp_path, run_buses=False) as gw:
-        await gw.service.record_reading(Reading("M-1", NOW, 10_000))
-        assert not gw.service.writer.absorb(Reading("M-1", NOW + dt.timedelta(seconds=1), 10_000))
+        for seconds in (0, 1):
+            await gw.service.record_reading(Reading("M-1", NOW + dt.timedelta(seconds=seconds), 10_000))
+        assert not gw.service.writer.takes_unchanged(Reading("M-1", NOW + dt.timedelta(seconds=2), 10_000))
 
 
-async def test_two_gateways_on_one_database_lose_no_payment(db_url: str, tmp_path: Path) -> None:
+async def test_two_gateways_on_one_database_lose_no_payment(database: dict[str, Any], tmp_path: Path) -> None:
     """Each writer keeps the accounts it wrote in memory; a row changed by another instance meanwhile is caught
     by its version (the UPDATE is guarded), and the job is done again from the stored row."""
-    settings = site(db_url)
+    settings = site(database)
     async with Gateway(settings, clock=Clock(), base_dir=tmp_path) as one, \
             Gateway(settings, clock=Clock(), base_dir=tmp_path) as two:
         for n in range(6):
@@ -271,14 +269,14 @@ async def test_two_gateways_on_one_database_lose_no_payment(db_url: str, tmp_pat
     assert balance == 100 + sum(100 + n for n in range(6))
 
 
-async def test_a_command_transition_writes_its_state_event_and_audit(db_url: str, tmp_path: Path) -> None:
-    """A transition (one hand-over on SQLite, SQLAlchemy on PostgreSQL) moves the command only from the expected
+async def test_a_command_transition_writes_its_state_event_and_audit(database: dict[str, Any], tmp_path: Path) -> None:
+    """A transition moves the command only from the expected
     state, and writes the command's state event as ``command_payload`` of the stored row, an alarm when it
     failed, and an audit row."""
     from gateway.service import commands as cmds
 
     settings = Settings.model_validate({
-        "database": {"url": db_url},
+        "database": database,
         "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
         "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "10.00"}],
         "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
@@ -290,12 +288,12 @@ async def test_a_command_transition_writes_its_state_event_and_audit(db_url: str
                                                   operator="op", reason="test", actor="op")
         later = NOW + dt.timedelta(seconds=5)
         async with gw.uow() as uow:
-            assert not await cmds.transition(uow, record.id, "sending", "sent", later)  # not in that state
-            assert await cmds.transition(uow, record.id, "queued", "sending", later, attempt=True)
-            assert await cmds.transition(uow, record.id, "sending", "failed", later, error="x" * 600)
+            assert not await uow.commands.transition(record.id, "sending", "sent", later)  # not in that state
+            assert await uow.commands.transition(record.id, "queued", "sending", later, attempt=True)
+            assert await uow.commands.transition(record.id, "sending", "failed", later, error="x" * 600)
             await uow.commit()
         async with gw.uow(readonly=True) as uow:
-            stored = await cmds.get_command(uow, record.id)
+            stored = await uow.commands.get(record.id)
             events = (await uow.execute(sa.select(t.outbox.c.topic, t.outbox.c.payload)
                                         .order_by(t.outbox.c.id))).all()
             audits = (await uow.execute(sa.select(t.audit_log.c.action, t.audit_log.c.detail)
@@ -313,35 +311,15 @@ async def test_a_command_transition_writes_its_state_event_and_audit(db_url: str
         ("command.sending", {"from": "queued", "error": None}), ("command.failed", {"from": "sending", "error": "x" * 600})]
 
 
-async def test_a_reading_held_for_billing_is_billed_when_the_gateway_stops(tmp_path: Path) -> None:
-    settings = Settings.model_validate({
-        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
-        "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
-        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "100.00"}],
-        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
-        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1"}],
-    })
-    async with Gateway(settings, clock=Clock(), base_dir=tmp_path, run_buses=False) as gw:
-        for seconds, wh in ((0, 10_000), (1, 10_000)):
-            await gw.service.record_reading(Reading("M-1", NOW + dt.timedelta(seconds=seconds), wh))
-        assert gw.service.writer.absorb(Reading("M-1", NOW + dt.timedelta(seconds=5), 10_100))  # 0.10 yuan held
-    async with Gateway(settings, clock=Clock(), base_dir=tmp_path, run_buses=False) as gw:
-        async with gw.uow(readonly=True) as uow:
-            balance = (await uow.execute(sa.select(t.accounts.c.balance_fen))).scalar_one()
-            last = (await uow.execute(sa.select(sa.func.max(t.readings.c.energy_wh)))).scalar_one()
-            assert await verify_ledger(uow) == []
-    assert (balance, last) == (10_000 - 10, 10_100)
-
-
-async def test_a_failing_batch_among_pipelined_ones_sinks_only_its_bad_job(db_url: str, tmp_path: Path,
+async def test_a_failing_batch_among_pipelined_ones_sinks_only_its_bad_job(database: dict[str, Any], tmp_path: Path,
                                                                           caplog: pytest.LogCaptureFixture) -> None:
     """Small batches (on SQLite the next one is prepared while one commits, on top of its changes). One job
     fails in the database (an audit row without an actor): its batch is retried job by job, a batch prepared on
     top of it is done again, and every other payment is credited exactly once. A payment repeated while its first
     copy is still being committed is recognised without a failure."""
-    from gateway.service.writer import AccountJob, PaymentJob
+    from gateway.service.jobs import AccountJob, PaymentJob
 
-    async with Gateway(site(db_url), clock=Clock(), base_dir=tmp_path) as gw:
+    async with Gateway(site(database), clock=Clock(), base_dir=tmp_path) as gw:
         writer = gw.service.writer
         writer.max_batch = 8
         bad = AccountJob("A-1", lambda account, now: "applied", audit=(None, "test.bad", None))  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
 """Dependencies point inward: the domain imports only the standard library and itself; the service layer is
-handed what it needs and never reads the settings; the API reads through the service's read models and never
-touches storage; drivers and simulators never import the gateway."""
+handed what it needs, never reads the settings and reaches storage only through its ports (no SQL, no
+adapters); the API reads through the service's read models and never touches storage; drivers and simulators
+never import the gateway."""
 
 from __future__ import annotations
 
@@ -46,6 +47,14 @@ def test_service_does_not_read_the_settings(path: Path) -> None:
     for name in _imports(path):
         assert name != "gateway.settings" and not name.startswith("gateway.settings."), \
             f"{path.relative_to(ROOT)} imports {name}: bootstrap hands the service what it needs"
+
+
+@pytest.mark.parametrize("path", _files("gateway/service"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_service_reaches_storage_only_through_its_ports(path: Path) -> None:
+    for name in _imports(path):
+        top = name.split(".")[0]
+        assert top not in ("sqlalchemy", "aiosqlite", "asyncpg", "sqlite3") and not name.startswith("gateway.adapters"), \
+            f"{path.relative_to(ROOT)} imports {name}: SQL lives in gateway.adapters, behind service.ports"
 
 
 @pytest.mark.parametrize("path", _files("gateway/api"), ids=lambda p: str(p.relative_to(ROOT)))

@@ -4,7 +4,7 @@ kept (``MeterHealth``) and counted (``BusStats``, ``Rates``).
 
 A reading is handed to the group-commit writer without waiting for its commit; at most ``max_pending`` readings
 of a bus are in the writer at once, so a slow database slows the polls instead of piling readings up. A reading
-that changes nothing is taken in memory by the writer (``Writer.absorb``). Relay commands run beside the polls
+that changes nothing is not stored (``Writer.takes_unchanged``). Relay commands run beside the polls
 (``gateway.service.relay_runner``) on the same driver, ahead of any waiting poll.
 """
 
@@ -174,16 +174,16 @@ class BusPoller:
 
     def _succeeded(self, meter: MeterHealth, reading: Reading, now: float) -> None:
         # A reading that changes nothing (the meter answered last time too, none of its readings is in the
-        # writer) is taken in memory by the writer; any other goes through a transaction.
-        absorbed = (not meter.failures and not meter.pending and self._writer is not None
-                    and self._writer.absorb(reading))
+        # writer) is not stored (gateway.service.freshness); any other goes through a transaction.
+        unchanged = (not meter.failures and not meter.pending and self._writer is not None
+                     and self._writer.takes_unchanged(reading))
         self.counters.polls += 1
         meter.polls += 1
         self.rates.poll(now)
         meter.last_success = now
         self.breaker.answered()
         self._back(meter, reading.taken_at)
-        if not absorbed:
+        if not unchanged:
             self._hand_over(meter, reading)
 
     # --- handing readings to the writer ---------------------------------------------------------------------

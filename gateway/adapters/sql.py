@@ -1,0 +1,476 @@
+"""The storage ports (``gateway.service.ports``) on SQLAlchemy Core: SQLite and PostgreSQL, one code path.
+
+Writes of many rows are multi-row statements: ``INSERT ... VALUES (...), (...)`` and ``UPDATE ... FROM`` a
+``VALUES`` list (as a CTE, which both databases take), in chunks of a power-of-two number of rows so that
+SQLAlchemy's statement cache sees few shapes. A batch locks the rows it changes (in key order, so that two
+instances never deadlock; on SQLite the in-process write lock does it) and checks their versions before it writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, Self
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from drivers.priority_lock import PriorityLock
+from gateway.adapters import tables as t
+from gateway.adapters.account_rows import account_row
+from gateway.domain.account import PrepaidAccount
+from gateway.domain.relay import Action, Command, State
+from gateway.service import ports
+from gateway.service.errors import DuplicateRow
+from gateway.service.commands import ACTIVE_STATES, FAULTS, CommandRecord, command_payload, state_payload
+from gateway.service.ports import BatchChanges, MeterState, PaymentKey, StaleWrite
+
+__all__ = ["LIMITER", "SqlStorage", "SqlUnitOfWork", "chunks", "command_record", "groups", "is_duplicate"]
+
+LIMITER = "rate_limiter"  # the site_state row of the automatic-disconnect rate limiter
+_MAX_PARAMS = 30_000  # within SQLite's (32766) and asyncpg's (32767) limits on bound parameters
+_MAX_ROWS = 256
+
+
+def chunks(rows: int, width: int) -> Iterator[tuple[int, int]]:
+    """(first row, row count) of each multi-row statement for ``rows`` rows of ``width`` values: powers of two
+    (few distinct statements), within the databases' limit on bound parameters."""
+    cap = _MAX_ROWS
+    while cap > 1 and cap * width > _MAX_PARAMS:
+        cap //= 2
+    start = 0
+    while start < rows:
+        size = min(cap, 1 << ((rows - start).bit_length() - 1))
+        yield start, size
+        start += size
+
+
+def groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    """The rows grouped by their set of keys (one statement each)."""
+    out: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(tuple(row), []).append(row)
+    return out
+
+
+class SqlStorage(ports.Storage):
+    """Units of work on one engine; on SQLite also the in-process write lock (SQLite has one writer at a time:
+    our own writers queue for it instead of spinning on SQLITE_BUSY, short transactions first)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.exclusive = engine.dialect.name == "sqlite"
+        self.write_lock = PriorityLock() if self.exclusive else None
+
+    def account_row(self, account: PrepaidAccount, now: dt.datetime) -> dict[str, Any]:
+        return account_row(account, now)
+
+    def __call__(self, *, readonly: bool = False, background: bool = False) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine, None if readonly else self.write_lock, urgent=not background)
+
+    async def commit_batch(self, changes: BatchChanges, *, background: bool = False) -> None:
+        try:
+            await super().commit_batch(changes, background=background)
+        except sa.exc.IntegrityError as exc:
+            if is_duplicate(exc):
+                raise DuplicateRow(str(exc.orig)[:200]) from exc
+            raise
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for queries (the read models), in a transaction that is rolled back."""
+        async with self.engine.connect() as conn:
+            yield conn
+
+
+def is_duplicate(exc: sa.exc.IntegrityError) -> bool:
+    """Whether it is a unique key's violation (another writer made the row first: ``DuplicateRow``)."""
+    text = str(exc.orig).lower()
+    return "unique" in text or "duplicate key" in text
+
+
+class SqlUnitOfWork(ports.UnitOfWork):
+    def __init__(self, engine: AsyncEngine, write_lock: PriorityLock | None, *, urgent: bool = True) -> None:
+        self._engine = engine
+        self._write_lock = write_lock  # None for read-only work (and on PostgreSQL, where row locks do the job)
+        self._urgent = urgent
+        self._conn: AsyncConnection | None = None
+        self._locked = False
+        self._just_committed = False  # nothing done since the last commit
+        self.accounts = _Accounts(self)
+        self.meters = _Meters(self)
+        self.payments = _Payments(self)
+        self.commands = _Commands(self)
+        self.ledger = _Ledger(self)
+
+    @property
+    def conn(self) -> AsyncConnection:
+        if self._conn is None:
+            raise RuntimeError("unit of work used outside `async with`")
+        self._just_committed = False
+        return self._conn
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    async def __aenter__(self) -> Self:
+        if self._write_lock is not None:
+            await self._write_lock.acquire(urgent=self._urgent)
+            self._locked = True
+        try:
+            self._conn = await self._engine.connect()
+            await self._conn.begin()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._just_committed:
+            self._release()  # nothing written since the commit: let the next writer in before the cleanup
+        try:
+            if self._conn is not None:
+                if self._conn.in_transaction():
+                    await self._conn.rollback()
+                await self._conn.close()
+        finally:
+            self._conn = None
+            self._release()
+
+    def _release(self) -> None:
+        if self._locked and self._write_lock is not None:
+            self._write_lock.release()
+            self._locked = False
+
+    async def commit(self) -> None:
+        await self.conn.commit()
+        await self.conn.begin()
+        self._just_committed = True
+
+    async def execute(self, statement: Any, params: Any = None) -> sa.CursorResult[Any]:
+        return await self.conn.execute(statement, params)
+
+    # --- rows of any table ---------------------------------------------------------------------------------
+    async def insert(self, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+        """INSERT ``rows`` as multi-row statements (one per set of keys and chunk)."""
+        for names, group in groups(rows).items():
+            for start, size in chunks(len(group), len(names)):
+                await self.conn.execute(sa.insert(table).values(group[start:start + size]))
+
+    async def update(self, table: sa.Table, key: str, rows: Sequence[dict[str, Any]], *,
+                     increment: str | None = None) -> None:
+        """UPDATE ``table`` from ``rows`` (matched on column ``key``, each key once): ``UPDATE ... FROM`` a
+        ``VALUES`` list per set of keys and chunk; ``increment`` names a counter to add one to in each row."""
+        sqlite = self.dialect == "sqlite"
+        for names, group in groups(rows).items():
+            columns = [n for n in names if n != key]
+            for start, size in chunks(len(group), len(names)):
+                values = sa.values(*(sa.column(n, table.c[n].type) for n in names), name="v").data(
+                    [tuple(row[n] for n in names) for row in group[start:start + size]]).cte("v")
+                # PostgreSQL types a VALUES column by its first row, and a NULL there is text: cast to the column's
+                # type (SQLite needs no cast, and CAST there would change the stored text)
+                sets: dict[str, Any] = {c: values.c[c] if sqlite else sa.cast(values.c[c], table.c[c].type)
+                                        for c in columns}
+                if increment is not None:
+                    sets[increment] = table.c[increment] + 1
+                await self.conn.execute(sa.update(table).where(table.c[key] == values.c[key]).values(sets))
+
+    async def lock(self, table: sa.Table, key: str, ids: Sequence[Any], column: str) -> dict[Any, Any]:
+        """``column`` of the rows whose ``key`` is in ``ids``, locked until the commit on PostgreSQL (in key order,
+        so that writers never deadlock)."""
+        out: dict[Any, Any] = {}
+        ordered = sorted(ids)
+        for start, size in chunks(len(ordered), 1):
+            statement = (sa.select(table.c[key], table.c[column]).where(table.c[key].in_(ordered[start:start + size]))
+                         .order_by(table.c[key]).with_for_update())
+            out.update((row[0], row[1]) for row in await self.conn.execute(statement))
+        return out
+
+    # --- the port ------------------------------------------------------------------------------------------
+    async def limiter(self) -> dict[str, Any] | None:
+        row = (await self.execute(sa.select(t.site_state.c.state).where(t.site_state.c.name == LIMITER))
+               ).one_or_none()
+        return None if row is None else row.state  # type: ignore[no-any-return]
+
+    def insert_new(self, table: sa.Table) -> Any:
+        """An INSERT that leaves out the rows whose key is there already (another instance added them)."""
+        return (sqlite_insert if self.dialect == "sqlite" else postgresql_insert)(table).on_conflict_do_nothing()
+
+    async def ensure_limiter(self) -> None:
+        await self.execute(self.insert_new(t.site_state).values(name=LIMITER, state={"recent": []}))
+
+    async def add_outbox(self, topic: str, payload: dict[str, Any], now: dt.datetime) -> None:
+        await self.execute(sa.insert(t.outbox).values(topic=topic, payload=payload, created_at=now))
+
+    async def audit(self, actor: str, action: str, target: str | None, detail: dict[str, Any] | None,
+                    now: dt.datetime) -> None:
+        await self.execute(sa.insert(t.audit_log).values(at=now, actor=actor, action=action, target=target,
+                                                         detail=detail))
+
+    async def api_keys(self) -> list[tuple[str, str, str, list[str] | None]]:
+        k = t.api_keys.c
+        rows = await self.execute(sa.select(k.sha256, k.name, k.role, k.sources))
+        return [(row.sha256, row.name, row.role, row.sources) for row in rows]
+
+    async def put_api_key(self, name: str, sha256: str, role: str, sources: list[str] | None,
+                          now: dt.datetime) -> None:
+        await self.execute(sa.delete(t.api_keys).where(t.api_keys.c.name == name))
+        await self.execute(sa.insert(t.api_keys).values(name=name, sha256=sha256, role=role, sources=sources,
+                                                        created_at=now))
+
+    async def write_batch(self, changes: BatchChanges) -> None:
+        await self.check(changes)
+        for record in changes.commands:
+            await self.commands.add(record)
+        await self.insert(t.ledger, changes.ledger)
+        await self.insert(t.payments, changes.payments)
+        for record in changes.reversals:
+            await self.execute(sa.update(t.payments).where(
+                t.payments.c.source == record["source"], t.payments.c.payment_id == record["payment_id"]).values(
+                reversed_at=record["reversed_at"], reversal_reason=record["reversal_reason"],
+                reversed_by=record["reversed_by"]))
+        await self.insert(t.readings, changes.readings)
+        await self.update(t.meters, "id", [values | {"id": meter_id} for meter_id, values
+                                           in sorted(changes.meters.items())])
+        await self.update(t.accounts, "id", [row | {"id": account_id} for account_id, _, row in changes.accounts],
+                          increment="version")
+        if changes.limiter is not None:
+            await self.execute(sa.update(t.site_state).where(t.site_state.c.name == LIMITER)
+                               .values(state=changes.limiter[1]))
+        await self.insert(t.outbox, changes.outbox)
+        await self.insert(t.audit_log, changes.audits)
+
+    async def check(self, changes: BatchChanges) -> None:
+        """Lock the rows the batch changes and make sure they are as the batch read them (else ``StaleWrite``)."""
+        expected = {account_id: version for account_id, version, _ in changes.accounts}
+        if expected and await self.lock(t.accounts, "id", list(expected), "version") != expected:
+            raise StaleWrite("an account was changed by another writer since it was read")
+        if changes.meters and self.dialect != "sqlite":  # (SQLite locks the whole database when it writes)
+            await self.lock(t.meters, "id", list(changes.meters), "id")
+        if changes.limiter is not None:
+            # Another instance may have counted a trip since this batch read the limiter. Batches that count no
+            # trip never lock its row, so payments and readings of several instances go on side by side.
+            stored = await self.lock(t.site_state, "name", [LIMITER], "state")
+            if stored.get(LIMITER) != changes.limiter[0]:
+                raise StaleWrite("the rate limiter changed since it was read")
+
+
+class _Repository:
+    def __init__(self, uow: SqlUnitOfWork) -> None:
+        self.uow = uow
+
+
+class _Accounts(_Repository, ports.AccountRepository):
+    async def ids(self) -> set[str]:
+        return set((await self.uow.execute(sa.select(t.accounts.c.id))).scalars())
+
+    async def states(self, ids: list[str]) -> dict[str, tuple[int, Any]]:
+        c = t.accounts.c
+        out: dict[str, tuple[int, Any]] = {}
+        for start, size in chunks(len(ids), 1):
+            rows = await self.uow.execute(sa.select(c.id, c.version, c.state).where(c.id.in_(ids[start:start + size])))
+            out.update((row.id, (row.version, row.state)) for row in rows)
+        return out
+
+    async def versions(self, ids: list[str]) -> dict[str, int]:
+        c = t.accounts.c
+        out: dict[str, int] = {}
+        for start, size in chunks(len(ids), 1):
+            rows = await self.uow.execute(sa.select(c.id, c.version).where(c.id.in_(ids[start:start + size])))
+            out.update((row.id, row.version) for row in rows)
+        return out
+
+    async def add(self, accounts: list[PrepaidAccount], now: dt.datetime) -> None:
+        # Two instances starting together may both add an account: the one whose row goes in writes its opening.
+        added: set[str] = set()
+        for start, size in chunks(len(accounts), 8):
+            rows = [account_row(a, now) | {"id": a.id} for a in accounts[start:start + size]]
+            added.update((await self.uow.execute(self.uow.insert_new(t.accounts).values(rows)
+                                                 .returning(t.accounts.c.id))).scalars())
+        await self.uow.insert(t.ledger, [dict(
+            account_id=a.id, kind="opening", amount_fen=a.balance_fen, balance_after_fen=a.balance_fen,
+            created_at=now, reference="settings") for a in accounts if a.id in added])
+
+    async def deferral_ended(self, now: dt.datetime) -> list[str]:
+        c = t.accounts.c
+        return list((await self.uow.execute(sa.select(c.id).where(
+            c.supply == "connected", c.deferred_reason != "", c.deferred_until <= now))).scalars())
+
+
+class _Meters(_Repository, ports.MeterRepository):
+    async def owners(self) -> dict[str, str]:
+        return {row.id: row.account_id
+                for row in await self.uow.execute(sa.select(t.meters.c.id, t.meters.c.account_id))}
+
+    async def assign(self, meters: dict[str, str]) -> None:
+        known = await self.owners()
+        new = [dict(id=m, account_id=a) for m, a in meters.items() if m not in known]
+        for start, size in chunks(len(new), 2):
+            await self.uow.execute(self.uow.insert_new(t.meters).values(new[start:start + size]))
+        await self.uow.update(t.meters, "id", [dict(id=m, account_id=a) for m, a in meters.items()
+                                                if m in known and known[m] != a])
+
+    async def states(self, ids: list[str]) -> dict[str, MeterState]:
+        c = t.meters.c
+        out: dict[str, MeterState] = {}
+        for start, size in chunks(len(ids), 1):
+            rows = await self.uow.execute(sa.select(c.id, c.health, c.relay, c.consecutive_failures)
+                                          .where(c.id.in_(ids[start:start + size])))
+            out.update((row.id, MeterState(row.health, row.relay, row.consecutive_failures)) for row in rows)
+        return out
+
+    async def failed(self, meter_id: str, error: str, *, offline_after: int) -> tuple[str, str]:
+        c = t.meters.c
+        row = (await self.uow.execute(sa.select(c.consecutive_failures, c.health).where(c.id == meter_id)
+                                      .with_for_update())).one()
+        failures = row.consecutive_failures + 1
+        health = "offline" if failures >= offline_after else "degraded"
+        await self.uow.execute(sa.update(t.meters).where(c.id == meter_id).values(
+            consecutive_failures=failures, health=health, last_error=error[:500]))
+        return row.health, health
+
+    async def update(self, meter_id: str, values: dict[str, Any]) -> None:
+        await self.uow.execute(sa.update(t.meters).where(t.meters.c.id == meter_id).values(values))
+
+
+_PAYMENT_COLUMNS = ("source", "payment_id", "account_id", "amount_fen", "paid_at", "channel", "balance_after_fen",
+                    "received_at", "reversed_at", "reversal_reason", "recorded_by", "reversed_by")
+
+
+class _Payments(_Repository, ports.PaymentRepository):
+    async def get(self, keys: set[PaymentKey]) -> dict[PaymentKey, dict[str, Any]]:
+        p = t.payments.c
+        ordered = sorted(keys)
+        out: dict[PaymentKey, dict[str, Any]] = {}
+        for start, size in chunks(len(ordered), 2):
+            rows = await self.uow.execute(sa.select(t.payments).where(
+                sa.tuple_(p.source, p.payment_id).in_(ordered[start:start + size])))
+            out.update(((row.source, row.payment_id), {k: getattr(row, k) for k in _PAYMENT_COLUMNS})
+                       for row in rows)
+        return out
+
+
+class _Commands(_Repository, ports.CommandRepository):
+    async def get(self, command_id: str) -> CommandRecord | None:
+        row = (await self.uow.execute(sa.select(t.commands).where(t.commands.c.id == command_id))).one_or_none()
+        return None if row is None else command_record(row)
+
+    async def state(self, command_id: str) -> str | None:
+        return (await self.uow.execute(sa.select(t.commands.c.state).where(t.commands.c.id == command_id))  # type: ignore[no-any-return]
+                ).scalar_one_or_none()
+
+    async def active(self, meter_id: str | None = None) -> list[CommandRecord]:
+        c = t.commands.c
+        statement = sa.select(t.commands).where(c.state.in_(ACTIVE_STATES)).order_by(c.created_at, c.id)
+        if meter_id is not None:
+            statement = statement.where(c.meter_id == meter_id)
+        return [command_record(row) for row in await self.uow.execute(statement)]
+
+    async def add(self, record: CommandRecord, *, audit: dict[str, Any] | None = None) -> None:
+        now = record.created_at
+        c = t.commands.c
+        older = (await self.uow.execute(sa.select(c.id, c.state).where(
+            c.meter_id == record.meter_id, c.state.in_(ACTIVE_STATES)))).all()
+        for command_id, state in older:
+            await self.transition(command_id, state, "superseded", now, error=f"superseded by {record.id}")
+        await self.uow.execute(sa.insert(t.commands).values(
+            id=record.id, meter_id=record.meter_id, action=record.action, origin=record.origin,
+            operator=record.operator, reason=record.reason, state=record.state, attempts=record.attempts,
+            created_at=now, updated_at=now, expires_at=record.expires_at, basis_at=record.basis_at))
+        await self.uow.add_outbox(f"commands/{record.id}", command_payload(record), now)
+        if audit is not None:
+            await self.uow.insert(t.audit_log, [audit])
+
+    async def transition(self, command_id: str, expected: str, new: str, now: dt.datetime, *,
+                         error: str | None = None, attempt: bool = False) -> bool:
+        values: dict[str, Any] = {"state": new, "updated_at": now}
+        if error is not None:
+            values["last_error"] = error[:500]
+        if attempt:
+            values["attempts"] = t.commands.c.attempts + 1
+        c = t.commands.c
+        row = (await self.uow.execute(sa.update(t.commands).where(c.id == command_id, c.state == expected)
+                                      .values(values).returning(c.meter_id, c.action, c.attempts, c.last_error))
+               ).one_or_none()
+        if row is None:
+            return False
+        await self._rows(command_id, expected, new, now, error, *row)
+        return True
+
+    async def save(self, old: Command, new: Command, now: dt.datetime) -> bool:
+        c = t.commands.c
+        error = (new.last_error or "")[:500] or None
+        result = await self.uow.execute(sa.update(t.commands).where(c.id == old.id, c.state == old.state.value)
+                                        .values(state=new.state.value, updated_at=now, attempts=new.attempts,
+                                                last_error=error, sent_at=new.sent_at, not_before=new.not_before))
+        if result.rowcount != 1:
+            return False
+        await self._rows(old.id, old.state.value, new.state.value, now, new.last_error, new.meter_id,
+                         new.action.value, new.attempts, new.last_error)
+        meter = _meter_after(new)
+        if meter is not None:
+            await self.uow.meters.update(new.meter_id, meter)
+        return True
+
+    async def _rows(self, command_id: str, expected: str, new: str, now: dt.datetime, error: str | None,
+                    meter_id: str, action: str, attempts: int, last_error: str | None) -> None:
+        """The audit row and the events of a command's transition."""
+        audit = dict(at=now, actor="gateway", action="command." + new, target=command_id,
+                     detail={"from": expected, "error": error})
+        events = [dict(topic=f"commands/{command_id}", created_at=now,
+                       payload=state_payload(command_id, meter_id, action, new, attempts, last_error, now))]
+        if new == "failed":
+            events.append(dict(topic="alarms", created_at=now, payload={
+                "type": "CommandFailed", "command_id": command_id, "meter_id": meter_id, "action": action,
+                "fault": FAULTS[Action(action)], "error": last_error, "at": now}))
+        await self.uow.insert(t.audit_log, [audit])
+        await self.uow.insert(t.outbox, events)
+
+    async def recent_trips(self, since: dt.datetime) -> list[dt.datetime]:
+        c = t.commands.c
+        rows = await self.uow.execute(sa.select(c.sent_at).where(c.action == "open", c.origin != "operator",
+                                                                 c.sent_at.is_not(None), c.sent_at > since))
+        return [row.sent_at for row in rows]
+
+
+def command_record(row: Any) -> CommandRecord:
+    return CommandRecord(row.id, row.meter_id, row.action, row.origin, row.operator, row.reason, row.state,
+                         row.attempts, row.last_error, row.created_at, row.updated_at, row.expires_at, row.basis_at,
+                         row.sent_at, row.not_before)
+
+
+def _meter_after(command: Command) -> dict[str, Any] | None:
+    """What a command's final state says about its meter's relay."""
+    if command.state is State.CONFIRMED:
+        return {"relay": "open" if command.action is Action.OPEN else "closed", "relay_fault": ""}
+    if command.state is State.ARMED:
+        return {"relay": "armed", "relay_fault": ""}
+    if command.state is State.FAILED:
+        return {"relay_fault": FAULTS[command.action]}
+    return None
+
+
+class _Ledger(_Repository, ports.LedgerRepository):
+    async def balances(self) -> dict[str, int]:
+        rows = await self.uow.execute(sa.select(t.accounts.c.id, t.accounts.c.balance_fen))
+        return {row.id: row.balance_fen for row in rows}
+
+    async def entries(self) -> list[tuple[int, str, int, int]]:
+        c = t.ledger.c
+        rows = await self.uow.execute(sa.select(c.id, c.account_id, c.amount_fen, c.balance_after_fen).order_by(c.id))
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+    async def payment_credits(self) -> list[tuple[PaymentKey, int]]:
+        c = t.ledger.c
+        rows = await self.uow.execute(sa.select(c.payment_source, c.payment_id, c.amount_fen)
+                                      .where(c.kind == "payment"))
+        return [((row.payment_source, row.payment_id), row.amount_fen) for row in rows]
+
+    async def payments(self) -> list[tuple[PaymentKey, int]]:
+        c = t.payments.c
+        rows = await self.uow.execute(sa.select(c.source, c.payment_id, c.amount_fen))
+        return [((row.source, row.payment_id), row.amount_fen) for row in rows]

@@ -1,0 +1,243 @@
+"""What the service layer needs from storage, as abstract classes: repositories, the unit of work, and the
+``Storage`` that opens units of work and commits the writer's batches (cosmicpython's ports).
+
+``gateway.adapters.sql`` implements them on SQLAlchemy Core for SQLite and PostgreSQL (the default write path);
+``gateway.adapters.sqlite_pipeline`` is the optional faster SQLite write of the writer's batches; unit tests use
+the fakes in ``tests/fakes.py``, which subclass these. Every SQL statement lives in ``gateway.adapters``.
+
+Rows are handed over as plain values: dicts named by their columns for rows the service makes (ledger entries,
+readings, outbox events, audit rows), domain accounts and ``CommandRecord``s for the rest.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from gateway.domain.account import PrepaidAccount
+from gateway.domain.relay import Command
+from gateway.service.commands import CommandRecord
+
+__all__ = ["AccountRepository", "BatchChanges", "CommandRepository", "LedgerRepository", "MeterRepository",
+           "MeterState", "PaymentKey", "PaymentRepository", "StaleWrite", "Storage", "UnitOfWork"]
+
+PaymentKey = tuple[str, str]  # (source, payment_id)
+
+
+class StaleWrite(RuntimeError):
+    """A row the batch read was changed by somebody else before the batch wrote it (another instance sharing
+    the database): nothing was written; the batch is done again from fresh rows."""
+
+
+@dataclass(slots=True)
+class MeterState:
+    """A meter's health and relay as the writer needs them."""
+
+    health: str
+    relay: str | None
+    failures: int
+    changed: dict[str, Any] = field(default_factory=dict)  # the columns a batch changes
+
+
+@dataclass(slots=True)
+class BatchChanges:
+    """Everything one writer batch writes, in one transaction.
+
+    ``accounts``: each changed account's id, the version of its row as read, and its row as
+    ``Storage.account_row`` made it when the batch was prepared (a snapshot: the next batch may change the same
+    account in memory while this one commits); the write bumps the version, and a row whose version is no
+    longer the one read fails the batch with ``StaleWrite``. ``limiter``: the rate limiter's state as read and as
+    it is now, when the batch changed it (the same check).
+    """
+
+    now: dt.datetime
+    accounts: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
+    ledger: list[dict[str, Any]] = field(default_factory=list)
+    payments: list[dict[str, Any]] = field(default_factory=list)
+    reversals: list[dict[str, Any]] = field(default_factory=list)
+    readings: list[dict[str, Any]] = field(default_factory=list)
+    meters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    limiter: tuple[dict[str, Any] | None, dict[str, Any]] | None = None
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    audits: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[CommandRecord] = field(default_factory=list)
+
+
+class AccountRepository(abc.ABC):
+    @abc.abstractmethod
+    async def ids(self) -> set[str]:
+        """Every stored account's id."""
+
+    @abc.abstractmethod
+    async def states(self, ids: list[str]) -> dict[str, tuple[int, Any]]:
+        """(version, stored state) of the accounts among ``ids`` that exist."""
+
+    @abc.abstractmethod
+    async def versions(self, ids: list[str]) -> dict[str, int]:
+        """The versions of the accounts among ``ids`` that exist."""
+
+    @abc.abstractmethod
+    async def add(self, accounts: list[PrepaidAccount], now: dt.datetime) -> None:
+        """New accounts, each with its opening balance as its first ledger entry."""
+
+    @abc.abstractmethod
+    async def deferral_ended(self, now: dt.datetime) -> list[str]:
+        """Connected accounts whose deferred disconnect had an end that has passed by ``now``."""
+
+
+class MeterRepository(abc.ABC):
+    @abc.abstractmethod
+    async def owners(self) -> dict[str, str]:
+        """Every stored meter's account."""
+
+    @abc.abstractmethod
+    async def assign(self, meters: dict[str, str]) -> None:
+        """Create the meters that are missing and move the others to the given account."""
+
+    @abc.abstractmethod
+    async def states(self, ids: list[str]) -> dict[str, MeterState]:
+        """Health, relay and consecutive failures of the meters among ``ids`` that exist."""
+
+    @abc.abstractmethod
+    async def failed(self, meter_id: str, error: str, *, offline_after: int) -> tuple[str, str]:
+        """Count a failed poll: (health before, health after)."""
+
+    @abc.abstractmethod
+    async def update(self, meter_id: str, values: dict[str, Any]) -> None:
+        """Set some of a meter's columns."""
+
+
+class PaymentRepository(abc.ABC):
+    @abc.abstractmethod
+    async def get(self, keys: set[PaymentKey]) -> dict[PaymentKey, dict[str, Any]]:
+        """The recorded payments among ``keys``, as records (the columns of the payments table)."""
+
+
+class CommandRepository(abc.ABC):
+    @abc.abstractmethod
+    async def get(self, command_id: str) -> CommandRecord | None: ...
+
+    @abc.abstractmethod
+    async def state(self, command_id: str) -> str | None:
+        """Just the command's state (the relay runner checks it before each step)."""
+
+    @abc.abstractmethod
+    async def active(self, meter_id: str | None = None) -> list[CommandRecord]:
+        """Commands not in a final state (of one meter, or all), oldest first."""
+
+    @abc.abstractmethod
+    async def add(self, record: CommandRecord, *, audit: dict[str, Any] | None = None) -> None:
+        """Write a new command, its event and ``audit``; any other active command of its meter is superseded."""
+
+    @abc.abstractmethod
+    async def transition(self, command_id: str, expected: str, new: str, now: dt.datetime, *,
+                         error: str | None = None, attempt: bool = False) -> bool:
+        """Move a command from ``expected`` to ``new`` (a cancel, a supersession) with its audit row and event;
+        False (nothing written) if it is no longer ``expected``. ``attempt``: count one more attempt."""
+
+    @abc.abstractmethod
+    async def save(self, old: Command, new: Command, now: dt.datetime) -> bool:
+        """Write ``new`` (the relay model's next version of ``old``) if the row is still in ``old``'s state, with
+        its audit row, event and, on a final state, the meter's relay or fault; False if it is not."""
+
+    @abc.abstractmethod
+    async def recent_trips(self, since: dt.datetime) -> list[dt.datetime]:
+        """When the automatic trips put on the wire since ``since`` went out."""
+
+
+class LedgerRepository(abc.ABC):
+    @abc.abstractmethod
+    async def balances(self) -> dict[str, int]:
+        """Every account's balance column."""
+
+    @abc.abstractmethod
+    async def entries(self) -> list[tuple[int, str, int, int]]:
+        """(id, account, amount, balance after) of every ledger entry, in id order."""
+
+    @abc.abstractmethod
+    async def payment_credits(self) -> list[tuple[PaymentKey, int]]:
+        """(payment key, amount) of every ledger entry of a payment."""
+
+    @abc.abstractmethod
+    async def payments(self) -> list[tuple[PaymentKey, int]]:
+        """(payment key, amount) of every recorded payment."""
+
+
+class UnitOfWork(abc.ABC):
+    """One transaction: ``async with`` opens it, ``commit()`` makes it durable, leaving without a commit rolls
+    back. The repositories work inside it."""
+
+    accounts: AccountRepository
+    meters: MeterRepository
+    payments: PaymentRepository
+    commands: CommandRepository
+    ledger: LedgerRepository
+
+    @abc.abstractmethod
+    async def __aenter__(self) -> Self: ...
+
+    @abc.abstractmethod
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    @abc.abstractmethod
+    async def commit(self) -> None: ...
+
+    @abc.abstractmethod
+    async def limiter(self) -> dict[str, Any] | None:
+        """The site rate limiter's stored state (None: no row)."""
+
+    @abc.abstractmethod
+    async def ensure_limiter(self) -> None:
+        """Create the rate limiter's row if it is missing (two instances never race to insert it)."""
+
+    @abc.abstractmethod
+    async def add_outbox(self, topic: str, payload: dict[str, Any], now: dt.datetime) -> None: ...
+
+    @abc.abstractmethod
+    async def audit(self, actor: str, action: str, target: str | None, detail: dict[str, Any] | None,
+                    now: dt.datetime) -> None: ...
+
+    @abc.abstractmethod
+    async def api_keys(self) -> list[tuple[str, str, str, list[str] | None]]:
+        """The API keys kept in the database: (sha256, name, role, sources)."""
+
+    @abc.abstractmethod
+    async def put_api_key(self, name: str, sha256: str, role: str, sources: list[str] | None,
+                          now: dt.datetime) -> None:
+        """Keep an API key (its digest) under ``name``, replacing the one of that name."""
+
+    @abc.abstractmethod
+    async def write_batch(self, changes: BatchChanges) -> None:
+        """Write a writer batch in this transaction; ``StaleWrite`` (and nothing written) if a row it changes was
+        changed since it was read."""
+
+
+class Storage(abc.ABC):
+    """Opens units of work and commits the writer's batches.
+
+    ``exclusive``: this process is the database's only writer (SQLite): what the writer's last commit left (its
+    accounts, meters, rate limiter) can be trusted without reading it again, and the writer prepares its next
+    batch while one commits.
+    """
+
+    exclusive: bool = False
+
+    @abc.abstractmethod
+    def account_row(self, account: PrepaidAccount, now: dt.datetime) -> dict[str, Any]:
+        """What the account's row stores (its state and the columns kept for queries), for ``BatchChanges``."""
+
+    @abc.abstractmethod
+    def __call__(self, *, readonly: bool = False, background: bool = False) -> UnitOfWork:
+        """A unit of work; ``readonly`` ones never write; ``background`` ones (the writer's batches) let short
+        transactions (relay commands) go first where writers queue."""
+
+    async def commit_batch(self, changes: BatchChanges, *, background: bool = False) -> None:
+        """Write a writer batch in a transaction of its own and commit it."""
+        async with self(background=background) as uow:
+            await uow.write_batch(changes)
+            await uow.commit()
+
+    async def aclose(self) -> None:
+        """Release what the storage kept open (the writer calls it when it stops)."""
