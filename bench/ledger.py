@@ -1,5 +1,6 @@
-"""Payments/s and readings/s through the service layer on SQLite (WAL, synchronous=FULL), on both write paths
-(the portable default and ``database.sqlite_pipeline``), each next to a baseline measured in the same run:
+"""Payments/s and readings/s through the service layer on SQLite (WAL, synchronous=FULL), on each write path
+(the portable default on a loop of its own, the portable path on the gateway's loop, ``database.sqlite_pipeline``),
+each next to a baseline measured in the same run:
 
 - payments: the gateway's durable payments/s (concurrent clients, group commit) against the same number of bare
   sqlite3 ``INSERT`` + ``COMMIT`` with the same durability settings;
@@ -47,22 +48,27 @@ def bare_sqlite(path: Path, n: int) -> float:
     return n / elapsed
 
 
-PATHS = {"portable": False, "pipeline": True}  # the write paths: database.sqlite_pipeline
+# the write paths (database settings): the default (portable, on a loop of its own), the portable path on the
+# gateway's loop, and the SQLite pipeline
+PATHS: dict[str, dict[str, bool]] = {"portable": {}, "portable, gateway's loop": {"own_loop": False},
+                                     "pipeline": {"sqlite_pipeline": True}}
 
 
-def site(db: Path, accounts: int, pipeline: bool) -> Settings:
+def site(db: Path, accounts: int, path: dict[str, bool]) -> Settings:
     return Settings.model_validate({
-        "database": {"url": f"sqlite:///{db}", "sqlite_pipeline": pipeline},
+        "database": {"url": f"sqlite:///{db}", **path},
         "tariffs": {"flat": {"kind": "flat", "price": "0.5600"}},
         "accounts": [{"id": f"A-{i}", "tariff": "flat", "opening_balance": "100000.00"} for i in range(accounts)],
-        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 9}],
-        "meters": [{"id": f"M-{i}", "bus": "b", "unit_id": 1 + i % 247, "account": f"A-{i}",
+        "buses": [{"id": f"b{n}", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 9 + n}
+                  for n in range(accounts // 247 + 1)],  # 247 unit ids per bus
+        "meters": [{"id": f"M-{i}", "bus": f"b{i // 247}", "unit_id": 1 + i % 247, "account": f"A-{i}",
                     "poll_interval_s": 86400} for i in range(accounts)],
     })
 
 
-async def gateway_payments(db: Path, n: int, clients: int, accounts: int, pipeline: bool) -> tuple[float, int]:
-    async with Gateway(site(db, accounts, pipeline), base_dir=db.parent, run_buses=False) as gw:
+async def gateway_payments(db: Path, n: int, clients: int, accounts: int, path: dict[str, bool]
+                           ) -> tuple[float, int]:
+    async with Gateway(site(db, accounts, path), base_dir=db.parent, run_buses=False) as gw:
         queue = iter(range(n))
 
         async def client() -> None:
@@ -76,9 +82,10 @@ async def gateway_payments(db: Path, n: int, clients: int, accounts: int, pipeli
         return n / elapsed, gw.service.writer.batches
 
 
-async def gateway_readings(db: Path, n: int, clients: int, meters: int, pipeline: bool) -> tuple[float, int]:
+async def gateway_readings(db: Path, n: int, clients: int, meters: int, path: dict[str, bool]
+                           ) -> tuple[float, int]:
     t0 = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
-    async with Gateway(site(db, meters, pipeline), base_dir=db.parent, run_buses=False) as gw:
+    async with Gateway(site(db, meters, path), base_dir=db.parent, run_buses=False) as gw:
         writer = gw.service.writer
         batches_before = writer.batches
         queue = iter(range(n))
@@ -112,14 +119,14 @@ def main() -> None:
         bare = bare_sqlite(root / "bare.db", args.baseline)
         print(f"baseline: bare sqlite3 INSERT+COMMIT (WAL, synchronous=FULL): {bare:,.0f}/s")
         clients = args.reading_clients or args.meters
-        for path, pipeline in PATHS.items():
-            pay, batches = asyncio.run(gateway_payments(root / f"pay-{path}.db", args.payments, args.clients,
-                                                        args.meters, pipeline))
+        for n, (path, database) in enumerate(PATHS.items()):
+            pay, batches = asyncio.run(gateway_payments(root / f"pay-{n}.db", args.payments, args.clients,
+                                                        args.meters, database))
             print(f"{path}: durable payments through the service layer: {pay:,.0f}/s "
                   f"({args.payments} payments, {args.clients} concurrent clients, {batches} commits); "
                   f"ratio to bare commits: {pay / bare:.2f}")
-            rd, batches = asyncio.run(gateway_readings(root / f"read-{path}.db", args.readings, clients, args.meters,
-                                                       pipeline))
+            rd, batches = asyncio.run(gateway_readings(root / f"read-{n}.db", args.readings, clients, args.meters,
+                                                       database))
             print(f"{path}: readings through the engine with ledger commits: {rd:,.0f}/s "
                   f"({args.readings} readings of {args.meters} meters, {clients} concurrent clients, "
                   f"{batches} commits); ratio to bare commits: {rd / bare:.2f}")

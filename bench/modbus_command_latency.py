@@ -9,7 +9,7 @@ Latency = write on the wire - the moment before ``request_command`` was called: 
 database commit, waking the bus, recording `sending`, and waiting for the transaction in flight. The baseline is
 the time of one transaction on such a busy bus (the gateway's mean poll time per request); the target is p99 <=
 one transaction + 50 ms. Usage:
-    python bench/modbus_command_latency.py [--commands 200] [--no-pin]
+    python bench/modbus_command_latency.py [--commands 200] [--no-pin] [--pipeline | --gateway-loop]
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--pipeline", action="store_true", help="the SQLite pipeline (database.sqlite_pipeline)")
+    parser.add_argument("--gateway-loop", action="store_true",
+                        help="the storage on the gateway's event loop (database.own_loop: false)")
     parser.add_argument("--max-pending", type=int, default=None, help="readings in the writer per bus")
     args = parser.parse_args()
     meters = args.endpoints * args.per_port
@@ -62,6 +65,7 @@ def main() -> None:
 
         try:
             async with gateway_run(sim, port=port, endpoints=args.endpoints, per_port=args.per_port,
+                                   database={"sqlite_pipeline": args.pipeline, "own_loop": not args.gateway_loop},
                                    interval=args.interval, timeout=args.timeout, configure=configure) as gw:
                 service = gw.gateway.service
                 await gw.window(args.warmup)

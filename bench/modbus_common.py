@@ -178,13 +178,13 @@ async def bare_pymodbus(port: int, endpoints: int, per_port: int, seconds: float
 
 
 def site(db: Path, *, port: int, endpoints: int, per_port: int, interval: float, timeout: float,
-         history: float | None = None, pipeline: bool = False) -> Any:
+         history: float | None = None, database: dict[str, Any] | None = None) -> Any:
     from gateway.settings import Settings
 
     meters = endpoints * per_port
     return Settings.model_validate({
         "engine": {} if history is None else {"reading_history_s": history},
-        "database": {"url": f"sqlite:///{db}", "sqlite_pipeline": pipeline},
+        "database": {"url": f"sqlite:///{db}", **(database or {})},
         "tariffs": {"flat": {"kind": "flat", "price": "0.5600"}},
         "accounts": [{"id": f"A-{n}", "tariff": "flat", "opening_balance": "100000.00"} for n in range(meters)],
         "buses": [{"id": f"bus{i}", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": port + i,
@@ -220,14 +220,15 @@ class GatewayRun:
 @contextlib.asynccontextmanager
 async def gateway_run(sim: Simulator, *, port: int, endpoints: int, per_port: int, interval: float,
                       timeout: float, ledger: bool = True, configure: Callable[[Any], None] | None = None,
-                      history: float | None = None, pipeline: bool = False) -> AsyncIterator[GatewayRun]:
+                      history: float | None = None, database: dict[str, Any] | None = None
+                      ) -> AsyncIterator[GatewayRun]:
     from gateway.bootstrap import Gateway
 
     logging.getLogger("gateway").setLevel(logging.ERROR)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # "no response" of dead meters, late replies
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         settings = site(Path(tmp) / "gw.db", port=port, endpoints=endpoints, per_port=per_port, interval=interval,
-                        timeout=timeout, history=history, pipeline=pipeline)
+                        timeout=timeout, history=history, database=database)
         gateway = Gateway(settings, base_dir=Path(tmp))
         if not ledger:  # readings go nowhere: what is left is drivers and scheduler
             submit = gateway.service.writer.submit

@@ -6,11 +6,12 @@ input per poll) served by bench/modbus_sim.py in its own process on uvloop.
 1. baseline: one bare pymodbus client per endpoint reading every meter's registers in a loop;
 2. gateway, full path: poll -> decode -> bus scheduler -> group-commit writer -> balance engine -> SQLite ledger,
    with poll intervals short enough that the gateway runs flat out (it skips what it cannot do), on the portable
-   write path (the default) and on the SQLite pipeline (``database.sqlite_pipeline``);
+   write path (the default: on a loop of its own), the portable path on the gateway's loop
+   (``database.own_loop: false``) and the SQLite pipeline (``database.sqlite_pipeline``);
 3. gateway, poll path only: the same with the readings dropped instead of written (drivers + scheduler), to
    show where the time of the full path goes.
 
-The four are measured in turn, ``--rounds`` times, and the medians are compared (this machine's speed varies
+They are measured in turn, ``--rounds`` times, and the medians are compared (this machine's speed varies
 from one minute to the next). By default the simulator runs on CPU 1 and this process on CPU 0, so that
 neither slows the other down; each process's CPU is printed. Usage:
     python bench/modbus_throughput.py [--rounds 3] [--seconds 10] [--interval 0.1] [--no-pin]
@@ -53,17 +54,19 @@ def main() -> None:
               f"(demand {meters / args.interval:,.0f} polls/s)")
         pin(0 if pinned else None)
         sim = Simulator(meters=meters, per_port=args.per_port, port=port, cpu=1 if pinned else None)
-        figures: dict[str, list[float]] = {"bare": [], "portable": [], "pipeline": [], "poll": []}
+        paths: dict[str, dict[str, bool]] = {"portable": {}, "portable, gateway's loop": {"own_loop": False},
+                                             "pipeline": {"sqlite_pipeline": True}}
+        figures: dict[str, list[float]] = {"bare": [], "poll": [], **{path: [] for path in paths}}
         try:
             for n in range(1, args.rounds + 1):
                 base = await bare_pymodbus(port, args.endpoints, args.per_port, args.seconds, sim)
                 figures["bare"].append(base.rate)
                 print(f"[{n}] baseline, bare pymodbus loop: {base.rate:,.0f} polls/s ({base.cpu_text()})")
-                for path in ("portable", "pipeline"):
+                for path, database in paths.items():
                     started = time.monotonic()
                     async with gateway_run(sim, port=port, endpoints=args.endpoints, per_port=args.per_port,
                                            interval=args.interval, timeout=args.timeout, history=args.history,
-                                           pipeline=path == "pipeline") as gw:
+                                           database=database) as gw:
                         startup = time.monotonic() - started
                         await gw.window(args.warmup)
                         writer = gw.gateway.service.writer
@@ -86,14 +89,13 @@ def main() -> None:
                       f"({poll.cpu_text()})")
         finally:
             sim.stop()
-        bare, portable, pipeline, poll = (median(figures[k]) for k in ("bare", "portable", "pipeline", "poll"))
+        bare, poll = median(figures["bare"]), median(figures["poll"])
         print(f"baseline (median): bare pymodbus loop {bare:,.0f} polls/s")
-        print(f"gateway (median): full path {portable:,.0f} polls/s on the portable path (default), "
-              f"{pipeline:,.0f} polls/s on the SQLite pipeline; poll path only {poll:,.0f} polls/s")
-        print(f"ratio full path / baseline: portable {portable / bare:.2f} (target >= 0.6), "
-              f"pipeline {pipeline / bare:.2f}")
-        print(f"ratio poll path / baseline: {poll / bare:.2f}")
-        if max(portable, pipeline, poll) >= 0.95 * meters / args.interval:
+        for path in paths:
+            print(f"gateway (median), full path, {path}: {median(figures[path]):,.0f} polls/s, ratio to the baseline "
+                  f"{median(figures[path]) / bare:.2f}" + (" (the default; target >= 0.6)" if path == "portable" else ""))
+        print(f"gateway (median), poll path only: {poll:,.0f} polls/s, ratio {poll / bare:.2f}")
+        if max(median(figures[k]) for k in figures if k != "bare") >= 0.95 * meters / args.interval:
             print("warning: the gateway kept up with the demand, so this is not its ceiling: lower --interval")
         print(f"conditions after: {conditions()}")
 

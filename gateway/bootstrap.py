@@ -20,8 +20,10 @@ from fastapi import FastAPI
 from drivers.base import MeterDriver
 from gateway.adapters.database import create_engine, migrate
 from gateway.adapters.read_store import SqlReadStore
+from gateway.adapters.own_loop import OwnLoopStorage
 from gateway.adapters.sql import SqlStorage
 from gateway.adapters.sqlite_pipeline import SqlitePipelineStorage
+from gateway.service.ports import Storage
 from gateway.api.main import create_app
 from gateway.api.security import Caller
 from gateway.domain.account import Thresholds
@@ -131,18 +133,23 @@ class Gateway:
         self.run_buses = run_buses  # False: an API-only instance (or a test) that polls no bus
         self.catalog = catalog_from_settings(settings, base_dir=self.base_dir)
         self.engine = create_engine(self._db_url())
+        self.pipeline = settings.database.sqlite_pipeline and self.engine.dialect.name == "sqlite"
         self.uow = self._storage()
         self.clock = SystemClock()
         self.messages = MessageBus()
-        self.service = Service(self.uow, self.catalog, clock or self.clock.now, reads=SqlReadStore(self.uow),
+        self.service = Service(self.uow, self.catalog, clock or self.clock.now, reads=SqlReadStore(SqlStorage(self.engine)),
                                bus=self.messages)
         self.scheduler: Scheduler | None = None
         self._stack = contextlib.AsyncExitStack()
 
-    def _storage(self) -> SqlStorage:
-        """The portable storage, or on SQLite with ``database.sqlite_pipeline`` the faster write of batches."""
-        if self.settings.database.sqlite_pipeline and self.engine.dialect.name == "sqlite":
-            return SqlitePipelineStorage(self.engine)
+    def _storage(self) -> Storage:
+        """The portable storage, or on SQLite with ``database.sqlite_pipeline`` the pipeline: the faster write of
+        batches, on an event loop and thread of its own (with an engine of its own)."""
+        url = self._db_url()
+        if self.pipeline:
+            return OwnLoopStorage(lambda: SqlitePipelineStorage(create_engine(url)))
+        if self.settings.database.own_loop:
+            return OwnLoopStorage(lambda: SqlStorage(create_engine(url)))
         return SqlStorage(self.engine)
 
     def _db_url(self) -> str:
@@ -164,7 +171,7 @@ class Gateway:
                           key_cache_s=api.key_cache_s)
 
     async def __aenter__(self) -> Gateway:
-        if isinstance(self.uow, SqlitePipelineStorage) and self.settings.database.switch_interval_ms:
+        if self.pipeline and self.settings.database.switch_interval_ms:
             # The pipeline's database thread needs the GIL back after every SQLite step; with CPython's default
             # switch interval (5 ms) each of those waits up to 5 ms for a busy event loop, while SQLite's write
             # lock is held. Process-wide: only with the pipeline, and only if the setting asks.

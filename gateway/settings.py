@@ -65,6 +65,9 @@ class SiteSettings(_Strict):
 
 class DatabaseSettings(_Strict):
     url: str = "sqlite:///var/gateway.db"
+    own_loop: bool = Field(True, description=(
+        "Run the storage on an event loop and thread of its own: a unit of work's steps no longer wait for turns "
+        "of a busy event loop (busy buses), which keeps relay commands fast. Off: on the gateway's loop."))
     sqlite_pipeline: bool = Field(False, description=(
         "SQLite only: write the writer's batches through a connection and thread of their own, statements and "
         "commit in one hand-over (faster under load; see docs/benchmarks.md). Off: the portable path."))

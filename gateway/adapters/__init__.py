@@ -1,7 +1,10 @@
-"""Adapters: storage on SQLAlchemy Core (SQLite, PostgreSQL).
+"""Adapters: storage on SQLAlchemy Core (SQLite, PostgreSQL), behind the service's ports.
 
-    database     engines, pragmas, migrations
-    tables       the schema
-    bulk         multi-row statements
-    read_store   the read models' queries (``service.views.ReadStore``)
+    sql              the storage ports (``service.ports``): units of work, repositories, batch writes
+    sqlite_pipeline  the optional faster SQLite write of the writer's batches (``database.sqlite_pipeline``)
+    bulk             driver statements of the pipeline; the JSON encoding of JSON columns
+    account_rows     how an account is stored (its state document and query columns)
+    read_store       the read models' queries (``service.views.ReadStore``)
+    database         engines, pragmas, transactions, migrations
+    tables           the schema
 """

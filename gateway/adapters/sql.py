@@ -1,9 +1,10 @@
 """The storage ports (``gateway.service.ports``) on SQLAlchemy Core: SQLite and PostgreSQL, one code path.
 
-Writes of many rows are multi-row statements: ``INSERT ... VALUES (...), (...)`` and ``UPDATE ... FROM`` a
-``VALUES`` list (as a CTE, which both databases take), in chunks of a power-of-two number of rows so that
-SQLAlchemy's statement cache sees few shapes. A batch locks the rows it changes (in key order, so that two
-instances never deadlock; on SQLite the in-process write lock does it) and checks their versions before it writes.
+Writes of many rows are one ``executemany`` per table and set of columns, of a statement SQLAlchemy compiles
+once. (Multi-row ``INSERT ... VALUES (...), (...)`` and ``UPDATE ... FROM (VALUES ...)`` were measured too:
+SQLAlchemy compiles such a statement again at every execution, which made them ten times slower per row; see
+docs/benchmarks.md.) A batch locks the rows it changes (in key order, so that two instances never deadlock; on
+SQLite the in-process write lock does it) and checks their versions before it writes.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def chunks(rows: int, width: int) -> Iterator[tuple[int, int]]:
         size = min(cap, 1 << ((rows - start).bit_length() - 1))
         yield start, size
         start += size
+
+
+_updates: dict[tuple[Any, ...], Any] = {}  # the UPDATE statements of ``SqlUnitOfWork.update``, made once
 
 
 def groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
@@ -156,28 +160,26 @@ class SqlUnitOfWork(ports.UnitOfWork):
 
     # --- rows of any table ---------------------------------------------------------------------------------
     async def insert(self, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
-        """INSERT ``rows`` as multi-row statements (one per set of keys and chunk)."""
-        for names, group in groups(rows).items():
-            for start, size in chunks(len(group), len(names)):
-                await self.conn.execute(sa.insert(table).values(group[start:start + size]))
+        """INSERT ``rows``: one executemany per set of keys."""
+        for group in groups(rows).values():
+            await self.conn.execute(sa.insert(table), group)
 
     async def update(self, table: sa.Table, key: str, rows: Sequence[dict[str, Any]], *,
                      increment: str | None = None) -> None:
-        """UPDATE ``table`` from ``rows`` (matched on column ``key``, each key once): ``UPDATE ... FROM`` a
-        ``VALUES`` list per set of keys and chunk; ``increment`` names a counter to add one to in each row."""
-        sqlite = self.dialect == "sqlite"
+        """UPDATE ``table`` from ``rows`` (matched on column ``key``): one executemany per set of keys;
+        ``increment`` names a counter to add one to in each row."""
         for names, group in groups(rows).items():
-            columns = [n for n in names if n != key]
-            for start, size in chunks(len(group), len(names)):
-                values = sa.values(*(sa.column(n, table.c[n].type) for n in names), name="v").data(
-                    [tuple(row[n] for n in names) for row in group[start:start + size]]).cte("v")
-                # PostgreSQL types a VALUES column by its first row, and a NULL there is text: cast to the column's
-                # type (SQLite needs no cast, and CAST there would change the stored text)
-                sets: dict[str, Any] = {c: values.c[c] if sqlite else sa.cast(values.c[c], table.c[c].type)
-                                        for c in columns}
+            statement = _updates.get((table.name, names, key, increment))
+            if statement is None:
+                values: dict[str, Any] = {c: sa.bindparam(c, type_=table.c[c].type) for c in names if c != key}
                 if increment is not None:
-                    sets[increment] = table.c[increment] + 1
-                await self.conn.execute(sa.update(table).where(table.c[key] == values.c[key]).values(sets))
+                    values[increment] = table.c[increment] + 1
+                statement = _updates[(table.name, names, key, increment)] = sa.update(table).where(
+                    table.c[key] == sa.bindparam("_key", type_=table.c[key].type)).values(values)
+            # (the key goes in as "_key" only: a parameter named after a column is SET too, and setting an
+            # account's id, even to itself, makes SQLite check every row that refers to it)
+            await self.conn.execute(statement, [{**{n: row[n] for n in names if n != key}, "_key": row[key]}
+                                                for row in group])
 
     async def lock(self, table: sa.Table, key: str, ids: Sequence[Any], column: str) -> dict[Any, Any]:
         """``column`` of the rows whose ``key`` is in ``ids``, locked until the commit on PostgreSQL (in key order,
