@@ -1,5 +1,5 @@
 """Payments/s and readings/s through the service layer on SQLite (WAL, synchronous=FULL), on each write path
-(the portable default on a loop of its own, the portable path on the gateway's loop, ``database.sqlite_pipeline``),
+(the portable default, the portable path on a loop of its own: ``database.own_loop``, ``database.sqlite_pipeline``),
 each next to a baseline measured in the same run:
 
 - payments: the gateway's durable payments/s (concurrent clients, group commit) against the same number of bare
@@ -48,9 +48,9 @@ def bare_sqlite(path: Path, n: int) -> float:
     return n / elapsed
 
 
-# the write paths (database settings): the default (portable, on a loop of its own), the portable path on the
-# gateway's loop, and the SQLite pipeline
-PATHS: dict[str, dict[str, bool]] = {"portable": {}, "portable, gateway's loop": {"own_loop": False},
+# the write paths (database settings): the default (portable, on the gateway's loop), the portable path on a
+# loop of its own, and the SQLite pipeline (on a loop of its own)
+PATHS: dict[str, dict[str, bool]] = {"portable": {}, "portable, own loop": {"own_loop": True},
                                      "pipeline": {"sqlite_pipeline": True}}
 
 

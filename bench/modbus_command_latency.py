@@ -9,7 +9,7 @@ Latency = write on the wire - the moment before ``request_command`` was called: 
 database commit, waking the bus, recording `sending`, and waiting for the transaction in flight. The baseline is
 the time of one transaction on such a busy bus (the gateway's mean poll time per request); the target is p99 <=
 one transaction + 50 ms. Usage:
-    python bench/modbus_command_latency.py [--commands 200] [--no-pin] [--pipeline | --gateway-loop]
+    python bench/modbus_command_latency.py [--commands 200] [--no-pin] [--pipeline | --own-loop]
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def main() -> None:
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--pipeline", action="store_true", help="the SQLite pipeline (database.sqlite_pipeline)")
-    parser.add_argument("--gateway-loop", action="store_true",
-                        help="the storage on the gateway's event loop (database.own_loop: false)")
+    parser.add_argument("--own-loop", action="store_true",
+                        help="the storage on an event loop of its own (database.own_loop)")
     parser.add_argument("--max-pending", type=int, default=None, help="readings in the writer per bus")
     args = parser.parse_args()
     meters = args.endpoints * args.per_port
@@ -65,7 +65,7 @@ def main() -> None:
 
         try:
             async with gateway_run(sim, port=port, endpoints=args.endpoints, per_port=args.per_port,
-                                   database={"sqlite_pipeline": args.pipeline, "own_loop": not args.gateway_loop},
+                                   database={"sqlite_pipeline": args.pipeline, "own_loop": args.own_loop},
                                    interval=args.interval, timeout=args.timeout, configure=configure) as gw:
                 service = gw.gateway.service
                 await gw.window(args.warmup)

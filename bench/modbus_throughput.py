@@ -6,8 +6,8 @@ input per poll) served by bench/modbus_sim.py in its own process on uvloop.
 1. baseline: one bare pymodbus client per endpoint reading every meter's registers in a loop;
 2. gateway, full path: poll -> decode -> bus scheduler -> group-commit writer -> balance engine -> SQLite ledger,
    with poll intervals short enough that the gateway runs flat out (it skips what it cannot do), on the portable
-   write path (the default: on a loop of its own), the portable path on the gateway's loop
-   (``database.own_loop: false``) and the SQLite pipeline (``database.sqlite_pipeline``);
+   write path (the default), the portable path on a loop of its own (``database.own_loop``) and the SQLite
+   pipeline (``database.sqlite_pipeline``);
 3. gateway, poll path only: the same with the readings dropped instead of written (drivers + scheduler), to
    show where the time of the full path goes.
 
@@ -54,7 +54,7 @@ def main() -> None:
               f"(demand {meters / args.interval:,.0f} polls/s)")
         pin(0 if pinned else None)
         sim = Simulator(meters=meters, per_port=args.per_port, port=port, cpu=1 if pinned else None)
-        paths: dict[str, dict[str, bool]] = {"portable": {}, "portable, gateway's loop": {"own_loop": False},
+        paths: dict[str, dict[str, bool]] = {"portable": {}, "portable, own loop": {"own_loop": True},
                                              "pipeline": {"sqlite_pipeline": True}}
         figures: dict[str, list[float]] = {"bare": [], "poll": [], **{path: [] for path in paths}}
         try:

@@ -65,9 +65,10 @@ class SiteSettings(_Strict):
 
 class DatabaseSettings(_Strict):
     url: str = "sqlite:///var/gateway.db"
-    own_loop: bool = Field(True, description=(
+    own_loop: bool = Field(False, description=(
         "Run the storage on an event loop and thread of its own: a unit of work's steps no longer wait for turns "
-        "of a busy event loop (busy buses), which keeps relay commands fast. Off: on the gateway's loop."))
+        "of a busy event loop, which keeps relay commands fast while buses are polled flat out, at the cost of "
+        "poll throughput (see docs/benchmarks.md). The SQLite pipeline always runs so."))
     sqlite_pipeline: bool = Field(False, description=(
         "SQLite only: write the writer's batches through a connection and thread of their own, statements and "
         "commit in one hand-over (faster under load; see docs/benchmarks.md). Off: the portable path."))

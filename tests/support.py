@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import shutil
 import socket
@@ -102,3 +103,13 @@ def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 20) -> None:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+class SetClock:
+    """A gateway's clock (a callable returning aware UTC now) that stays at ``now`` until the test sets it."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from gateway.adapters.tables import UtcDateTime
 from gateway.service.ports import StaleWrite
 
-__all__ = ["RawJson", "Statement", "dumps_json", "insert_statements", "run_all", "sqlite_datetime",
+__all__ = ["RawJson", "Statement", "chunks", "dumps_json", "insert_statements", "run_all", "sqlite_datetime",
            "update_statements"]
 
 Row = Mapping[str, Any]
@@ -145,10 +145,11 @@ _MAX_ROWS = 256
 _UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)  # UPDATE ... FROM
 
 
-def _chunks(rows: int, width: int) -> Iterator[tuple[int, int]]:
-    """(first row, row count) of each multi-row statement for ``rows`` rows of ``width`` values."""
+def chunks(rows: int, width: int, *, max_params: int = _MAX_PARAMS) -> Iterator[tuple[int, int]]:
+    """(first row, row count) of each multi-row statement (or IN list) for ``rows`` rows of ``width`` values:
+    powers of two (few distinct statements), within ``max_params`` bound parameters."""
     cap = _MAX_ROWS
-    while cap > 1 and cap * width > _MAX_PARAMS:
+    while cap > 1 and cap * width > max_params:
         cap //= 2
     start = 0
     while start < rows:
@@ -162,7 +163,7 @@ def _multi_row(kind: str, table: sa.Table, order: tuple[str, ...], flat: list[An
     """One statement per chunk of ``rows``; ``sql(values)`` makes the text around the VALUES list."""
     width = len(order)
     out = []
-    for start, size in _chunks(rows, width):
+    for start, size in chunks(rows, width):
         key = (kind, table.name, order, size)
         text = _texts.get(key)
         if text is None:

@@ -37,20 +37,19 @@ class SqlReadStore(ReadStore):
         return MeterRows(row, newest, state)
 
     async def ledger(self, account_id: str, *, limit: int, before_id: int | None) -> list[Row]:
-        c = t.ledger.c
-        query = sa.select(t.ledger).where(c.account_id == account_id)
-        if before_id is not None:
-            query = query.where(c.id < before_id)
-        async with self.storage.reading() as uow:
-            return list((await uow.execute(query.order_by(c.id.desc()).limit(limit))).all())
+        return await self._page(t.ledger, t.ledger.c.account_id == account_id, limit, before_id)
 
     async def readings(self, meter_id: str, *, limit: int, before_id: int | None) -> list[Row]:
-        c = t.readings.c
-        query = sa.select(t.readings).where(c.meter_id == meter_id)
+        return await self._page(t.readings, t.readings.c.meter_id == meter_id, limit, before_id)
+
+    async def _page(self, table: sa.Table, which: sa.ColumnElement[bool], limit: int, before_id: int | None
+                    ) -> list[Row]:
+        """Rows of ``table`` (newest, highest id, first), before ``before_id`` when given."""
+        query = sa.select(table).where(which)
         if before_id is not None:
-            query = query.where(c.id < before_id)
-        async with self.storage.reading() as uow:
-            return list((await uow.execute(query.order_by(c.id.desc()).limit(limit))).all())
+            query = query.where(table.c.id < before_id)
+        async with self.storage.reading() as conn:
+            return list((await conn.execute(query.order_by(table.c.id.desc()).limit(limit))).all())
 
     async def commands(self, *, meter_id: str | None, state: str | None, before: dt.datetime | None,
                        limit: int) -> list[CommandRecord]:

@@ -20,6 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from drivers.priority_lock import PriorityLock
+from gateway.adapters import bulk
 from gateway.adapters import tables as t
 from gateway.adapters.account_rows import account_row
 from gateway.domain.account import PrepaidAccount
@@ -33,20 +34,12 @@ __all__ = ["LIMITER", "SqlStorage", "SqlUnitOfWork", "chunks", "command_record",
 
 LIMITER = "rate_limiter"  # the site_state row of the automatic-disconnect rate limiter
 _MAX_PARAMS = 30_000  # within SQLite's (32766) and asyncpg's (32767) limits on bound parameters
-_MAX_ROWS = 256
 
 
 def chunks(rows: int, width: int) -> Iterator[tuple[int, int]]:
-    """(first row, row count) of each multi-row statement for ``rows`` rows of ``width`` values: powers of two
-    (few distinct statements), within the databases' limit on bound parameters."""
-    cap = _MAX_ROWS
-    while cap > 1 and cap * width > _MAX_PARAMS:
-        cap //= 2
-    start = 0
-    while start < rows:
-        size = min(cap, 1 << ((rows - start).bit_length() - 1))
-        yield start, size
-        start += size
+    """(first row, row count) of each IN list or multi-row statement for ``rows`` rows of ``width`` values, within
+    both databases' limits on bound parameters."""
+    return bulk.chunks(rows, width, max_params=_MAX_PARAMS)
 
 
 _updates: dict[tuple[Any, ...], Any] = {}  # the UPDATE statements of ``SqlUnitOfWork.update``, made once

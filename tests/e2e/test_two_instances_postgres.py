@@ -10,7 +10,8 @@ once (the ids posted twice, once); every balance is opening + payments - charges
 were billed, each meter's energy exactly once (the shared meter's too).
 
 The gateways start at the same moment on the new database: one migrates while the other waits, and an
-account's row and opening entry are made once.
+account's row and opening entry are made once. Instance 2 runs its storage on an event loop of its own
+(``database.own_loop``).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def write_config(tmp_path: Path, n: int, *, db_url: str, api_port: int, sim_port
     meter both poll (on a simulator of its own)."""
     config = {
         "site": {"name": f"instance-{n}"},
-        "database": {"url": db_url},
+        "database": {"url": db_url, "own_loop": n == 2},  # instance 2's storage on a loop of its own
         "api": {"host": "127.0.0.1", "port": api_port, "keepalive_timeout_s": 60,
                 "keys": [{"name": "billing", "role": "billing", "sources": ["billing"],
                           "sha256": hash_key(KEY)}]},

@@ -19,16 +19,13 @@ from gateway.bootstrap import Gateway
 from gateway.service.facade import PaymentConflict
 from gateway.service.verify import verify_ledger
 from gateway.settings import Settings
+from tests.support import SetClock
 
 NOW = dt.datetime(2026, 11, 23, 8, 0, tzinfo=dt.UTC)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> dt.datetime:
-        return self.now
+def Clock() -> SetClock:  # noqa: N802 - a clock at NOW
+    return SetClock(NOW)
 
 
 def site(database: dict[str, Any]) -> Settings:

@@ -180,7 +180,7 @@ def test_state_json_reads_back_as_the_same_state() -> None:
         "meters": {"M-1": {"energy_wh": None, "taken_at": None, "seen_at": None}}}
 
 
-@pytest.mark.parametrize("split", [chunks, bulk._chunks], ids=["portable", "pipeline"])
+@pytest.mark.parametrize("split", [chunks, bulk.chunks], ids=["portable", "pipeline"])
 def test_multi_row_chunks_are_powers_of_two_within_the_parameter_limit(split: Any) -> None:
     limit = 30_000 if split is chunks else bulk._MAX_PARAMS
     for n in (1, 2, 3, 255, 256, 257, 300, 1000):
