@@ -234,6 +234,8 @@ class SqlUnitOfWork(ports.UnitOfWork):
         await self.update(t.accounts, "id", [row | {"id": account_id} for account_id, _, row in changes.accounts],
                           increment="version")
         if changes.limiter is not None:
+            if changes.limiter[0] is None:  # no row yet (a database the catalog was never synced to)
+                await self.ensure_limiter()
             await self.execute(sa.update(t.site_state).where(t.site_state.c.name == LIMITER)
                                .values(state=changes.limiter[1]))
         await self.insert(t.outbox, changes.outbox)

@@ -213,3 +213,18 @@ async def test_a_batch_never_sets_a_key_column(database: dict[str, Any]) -> None
     for statement in updates:
         sets = statement.split(" SET ", 1)[1].split(" WHERE ")[0].split(" FROM ")[0]
         assert not any(part.strip().split("=")[0].strip() in ("id", "name") for part in sets.split(",")), statement
+
+
+async def test_the_rate_limiter_is_stored_when_it_had_no_row(database: dict[str, Any]) -> None:
+    storage = await prepared(database["url"], pipeline=bool(database.get("sqlite_pipeline")))
+    try:
+        async with storage() as uow:
+            await uow.execute(sa.delete(t.site_state))
+            await uow.commit()
+        first = batch()
+        first.limiter = (None, {"recent": ["2026-11-23T08:00:00Z"]})
+        await storage.commit_batch(first)
+        assert (await rows(storage))["site_state"] == [{"name": LIMITER, "state": {"recent": ["2026-11-23T08:00:00Z"]}}]
+    finally:
+        await storage.aclose()
+        await storage.engine.dispose()
