@@ -23,7 +23,8 @@ __all__ = ["AccountCache", "domain_account", "drain", "event_payload", "event_to
 
 
 async def load_account(uow: UnitOfWork, catalog: Catalog, account_id: str) -> PrepaidAccount:
-    """Load one account for change (row-locked on PostgreSQL); ``AccountUnreadable`` if its state can't be read."""
+    """Load one account (to look at it: its write, if any, goes through the writer); ``AccountUnreadable`` if its
+    state can't be read."""
     unreadable: dict[str, AccountUnreadable] = {}
     accounts = await load_accounts(uow, catalog, [account_id], unreadable=unreadable)
     if account_id in unreadable:
