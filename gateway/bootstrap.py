@@ -140,6 +140,7 @@ class Gateway:
         self.service = Service(self.uow, self.catalog, clock or self.clock.now, reads=SqlReadStore(SqlStorage(self.engine)),
                                bus=self.messages)
         self.scheduler: Scheduler | None = None
+        self.relay: Any = None  # the outbox relay, when events go out over MQTT
         self._stack = contextlib.AsyncExitStack()
 
     def _storage(self) -> Storage:
@@ -182,6 +183,8 @@ class Gateway:
         self.service.writer.start()
         self._stack.push_async_callback(self.service.writer.aclose)
         await self.service.sync_catalog()
+        if self.settings.mqtt is not None:
+            await self._publish(self.settings.mqtt)
         buses = []
         models = site_models(self.settings, base_dir=self.base_dir)
         for bus in self.settings.buses if self.run_buses else []:
@@ -208,6 +211,29 @@ class Gateway:
             if bus.time_sync_s and bus.protocol.startswith("dlt645"):
                 self._time_sync(bus.id, setup.driver, bus.time_sync_s)
         return self
+
+    async def _publish(self, mqtt: Any) -> None:
+        """Events out: the MQTT connection, and the outbox relay that feeds it (stopped before the writer)."""
+        from gateway.adapters.mqtt import MqttPublisher
+        from gateway.service.outbox_relay import OutboxRelay
+
+        publisher = MqttPublisher(host=mqtt.host, port=mqtt.port, prefix=mqtt.prefix, username=mqtt.username,
+                                  password=mqtt.password, tls_ca=self._path(mqtt.tls_ca), identifier=mqtt.client_id)
+        self.relay = OutboxRelay(self.uow, publisher, self.service.clock, retention_s=mqtt.retention_s)
+        connection = asyncio.create_task(publisher.run(), name="gateway.mqtt")
+        relay = asyncio.create_task(self.relay.run(), name="gateway.outbox")
+
+        async def stop() -> None:
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+            publisher.stop()
+            await connection
+
+        self._stack.push_async_callback(stop)
+
+    def _path(self, name: str | None) -> str | None:
+        return None if name is None else str((self.base_dir / name).resolve())
 
     def _time_sync(self, bus_id: str, driver: Any, interval: float) -> None:
         from drivers.dlt645 import run_time_sync

@@ -129,12 +129,16 @@ class ApiSettings(_Strict):
 
 
 class MqttSettings(_Strict):
+    """Events out over MQTT (docs/events.md); absent: nothing is published, events stay in the outbox."""
+
     host: str = "127.0.0.1"
-    port: int = 1883
-    prefix: str = "meter-gateway"
+    port: int = Field(1883, ge=1, le=65535)
+    prefix: str = Field("meter-gateway", min_length=1, max_length=100, pattern=r"^[^#+\x00]+$")
     username: str | None = None
     password: str | None = Field(None, repr=False)
-    tls_ca: str | None = None
+    tls_ca: str | None = Field(None, description="CA file: connect with TLS and check the broker against it")
+    client_id: str | None = Field(None, max_length=100, description="default: one the client library makes up")
+    retention_s: float = Field(86_400, gt=0, description="how long published events stay in the outbox")
 
 
 class EngineSettings(_Strict):

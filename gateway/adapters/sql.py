@@ -28,7 +28,7 @@ from gateway.domain.relay import Action, Command, State
 from gateway.service import ports
 from gateway.service.errors import DuplicateRow
 from gateway.service.commands import ACTIVE_STATES, FAULTS, CommandRecord, command_payload, state_payload
-from gateway.service.ports import BatchChanges, MeterState, PaymentKey, StaleWrite
+from gateway.service.ports import BatchChanges, MeterState, OutboxEvent, PaymentKey, StaleWrite
 
 __all__ = ["LIMITER", "SqlStorage", "SqlUnitOfWork", "chunks", "command_record", "groups", "is_duplicate"]
 
@@ -102,6 +102,7 @@ class SqlUnitOfWork(ports.UnitOfWork):
         self.payments = _Payments(self)
         self.commands = _Commands(self)
         self.ledger = _Ledger(self)
+        self.outbox = _Outbox(self)
 
     @property
     def conn(self) -> AsyncConnection:
@@ -471,3 +472,21 @@ class _Ledger(_Repository, ports.LedgerRepository):
         c = t.payments.c
         rows = await self.uow.execute(sa.select(c.source, c.payment_id, c.amount_fen))
         return [((row.source, row.payment_id), row.amount_fen) for row in rows]
+
+
+class _Outbox(_Repository, ports.OutboxRepository):
+    async def pending(self, after_id: int, limit: int) -> list[OutboxEvent]:
+        c = t.outbox.c
+        rows = await self.uow.execute(sa.select(c.id, c.topic, c.payload, c.created_at).where(
+            c.id > after_id, c.published_at.is_(None)).order_by(c.id).limit(limit))
+        return [OutboxEvent(row.id, row.topic, row.payload, row.created_at) for row in rows]
+
+    async def published(self, ids: list[int], at: dt.datetime) -> None:
+        c = t.outbox.c
+        for start, size in chunks(len(ids), 1):
+            await self.uow.execute(sa.update(t.outbox).where(c.id.in_(ids[start:start + size])).values(published_at=at))
+
+    async def prune(self, before: dt.datetime) -> int:
+        c = t.outbox.c
+        result = await self.uow.execute(sa.delete(t.outbox).where(c.published_at.is_not(None), c.published_at < before))
+        return int(result.rowcount or 0)

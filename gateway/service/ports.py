@@ -21,7 +21,8 @@ from gateway.domain.relay import Command
 from gateway.service.commands import CommandRecord
 
 __all__ = ["AccountRepository", "BatchChanges", "CommandRepository", "LedgerRepository", "MeterRepository",
-           "MeterState", "PaymentKey", "PaymentRepository", "StaleWrite", "Storage", "UnitOfWork"]
+           "MeterState", "OutboxEvent", "OutboxRepository", "PaymentKey", "PaymentRepository", "Publisher",
+           "PublisherUnavailable", "StaleWrite", "Storage", "UnitOfWork"]
 
 PaymentKey = tuple[str, str]  # (source, payment_id)
 
@@ -147,6 +148,42 @@ class CommandRepository(abc.ABC):
         """When the automatic trips put on the wire since ``since`` went out."""
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """An event written with the change it reports (the outbox table), in commit order of its id."""
+
+    id: int
+    topic: str
+    payload: dict[str, Any]
+    created_at: dt.datetime
+
+
+class OutboxRepository(abc.ABC):
+    @abc.abstractmethod
+    async def pending(self, after_id: int, limit: int) -> list[OutboxEvent]:
+        """Events not published yet with an id above ``after_id``, in id order."""
+
+    @abc.abstractmethod
+    async def published(self, ids: list[int], at: dt.datetime) -> None:
+        """Mark events as published."""
+
+    @abc.abstractmethod
+    async def prune(self, before: dt.datetime) -> int:
+        """Delete the events published before ``before``; returns how many."""
+
+
+class PublisherUnavailable(RuntimeError):
+    """The destination cannot take events now (a broker down): they stay in the outbox and go out later."""
+
+
+class Publisher(abc.ABC):
+    """Where events go out (an MQTT broker)."""
+
+    @abc.abstractmethod
+    async def publish(self, topic: str, payload: dict[str, Any], *, retain: bool = False) -> None:
+        """Deliver one event (at least once); ``PublisherUnavailable`` when the destination is down."""
+
+
 class LedgerRepository(abc.ABC):
     @abc.abstractmethod
     async def balances(self) -> dict[str, int]:
@@ -174,6 +211,7 @@ class UnitOfWork(abc.ABC):
     payments: PaymentRepository
     commands: CommandRepository
     ledger: LedgerRepository
+    outbox: OutboxRepository
 
     @abc.abstractmethod
     async def __aenter__(self) -> Self: ...

@@ -1,0 +1,95 @@
+"""The outbox relay: events leave the outbox after their commit, in commit order, to a ``Publisher``.
+
+Every change writes its events to the outbox table in its own transaction (``gateway.service.batch``,
+``gateway.adapters.sql``); this loop reads the ones not published yet in id order (the commit order: per meter,
+per account and per command too), hands each to the publisher, and marks them published. While the publisher is
+down they wait in the outbox and go out, in order and marked as replayed, once it is back; a crash between a
+publish and its mark publishes that event again (at least once: the event id tells duplicates apart). Published
+events are deleted after ``retention_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway.service.ports import Publisher, PublisherUnavailable, Storage
+
+__all__ = ["OutboxRelay"]
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    """Publishes the outbox's events until cancelled.
+
+    Args:
+        storage: the storage port.
+        publisher: where events go.
+        clock: aware UTC now.
+        batch: events read per query.
+        idle_s: how often an idle relay looks for new events.
+        retry_s: how long it waits after the publisher was unavailable.
+        retention_s: how long published events are kept.
+    """
+
+    def __init__(self, storage: Storage, publisher: Publisher, clock: Callable[[], dt.datetime], *,
+                 batch: int = 256, idle_s: float = 0.05, retry_s: float = 1.0, retention_s: float = 86_400) -> None:
+        self.storage, self.publisher, self.clock = storage, publisher, clock
+        self.batch, self.idle_s, self.retry_s = batch, idle_s, retry_s
+        self.retention = dt.timedelta(seconds=retention_s)
+        self.after_id = 0  # the newest event published by this relay
+        self.published = 0
+        self._wake = asyncio.Event()
+        self._pruned_at: dt.datetime | None = None
+
+    def wake(self) -> None:
+        """New events were committed."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        replaying = False  # events that waited for the publisher are flagged as replayed
+        while True:
+            async with self.storage(readonly=True) as uow:
+                events = await uow.outbox.pending(self.after_id, self.batch)
+            if not events:
+                replaying = False
+                await self._prune()
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.idle_s)
+                except TimeoutError:
+                    pass
+                continue
+            done: list[int] = []
+            try:
+                for event in events:
+                    payload: dict[str, Any] = {**event.payload, "event_id": event.id}
+                    if replaying:
+                        payload["replayed"] = True
+                    await self.publisher.publish(event.topic, payload)
+                    done.append(event.id)
+            except PublisherUnavailable:
+                replaying = True
+                await asyncio.sleep(self.retry_s)
+            finally:
+                if done:
+                    async with self.storage(background=True) as uow:
+                        await uow.outbox.published(done, self.clock())
+                        await uow.commit()
+                    self.after_id = done[-1]
+                    self.published += len(done)
+
+    async def _prune(self) -> None:
+        now = self.clock()
+        if self._pruned_at is not None and now - self._pruned_at < dt.timedelta(minutes=1):
+            return
+        self._pruned_at = now
+        async with self.storage(background=True) as uow:
+            deleted = await uow.outbox.prune(now - self.retention)
+            await uow.commit()
+        if deleted:
+            log.info("outbox: %d published events older than %s deleted", deleted, self.retention)

@@ -1,0 +1,123 @@
+"""Events out over MQTT, on a real mosquitto: the outbox's events published after their commit, in order, with
+their event id; the gateway's status retained (online, then offline when it stops); a broker outage holds the
+events in the outbox and they all arrive afterwards, in order, flagged as replayed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+import sqlalchemy as sa
+
+from gateway.adapters import tables as t
+from gateway.bootstrap import Gateway
+from gateway.settings import Settings
+from tests.mosquitto import Broker, mosquitto_broker
+from tests.support import async_wait_until
+
+pytestmark = pytest.mark.tool("mosquitto")
+
+
+def site(tmp_path: Path, port: int) -> Settings:
+    return Settings.model_validate({
+        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
+        "mqtt": {"host": "127.0.0.1", "port": port, "prefix": "gw-test"},
+        "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
+        "accounts": [{"id": f"A-{i}", "tariff": "flat", "opening_balance": "10.00"} for i in (1, 2)],
+        "meters": [],
+    })
+
+
+class Subscriber:
+    """Everything published under the prefix, in arrival order."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.messages: list[tuple[str, Any, bool]] = []  # topic, payload, retained
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def _run(self) -> None:
+        async with aiomqtt.Client("127.0.0.1", self.port) as client:
+            await client.subscribe("gw-test/#", qos=1)
+            self._ready.set()
+            async for message in client.messages:
+                body = bytes(message.payload).decode()  # type: ignore[arg-type]
+                payload = json.loads(body) if body.startswith("{") else body
+                self.messages.append((str(message.topic), payload, bool(message.retain)))
+
+    async def __aenter__(self) -> Subscriber:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    def payments(self) -> list[dict[str, Any]]:
+        return [p for topic, p, _ in self.messages if isinstance(p, dict) and p.get("type") == "PaymentReceived"]
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    with mosquitto_broker(tmp_path) as running:
+        yield running
+
+
+async def test_committed_events_go_out_in_order_with_the_status_retained(broker: Broker, tmp_path: Path) -> None:
+    async with Gateway(site(tmp_path, broker.port), run_buses=False, base_dir=tmp_path) as gw, \
+            Subscriber(broker.port) as sub:
+        await async_wait_until(lambda: ("gw-test/status", "online", True) in sub.messages
+                               or ("gw-test/status", "online", False) in sub.messages, timeout=10,
+                               what="the gateway's status")
+        for n in range(20):
+            await gw.service.record_payment(source="billing", payment_id=f"P-{n}", account_id=f"A-{1 + n % 2}",
+                                            amount_fen=100 + n)
+        await async_wait_until(lambda: len(sub.payments()) == 20, timeout=10, what="20 payment events")
+        events = sub.payments()
+        assert [e["payment_id"] for e in events] == [f"P-{n}" for n in range(20)]  # commit order
+        ids = [e["event_id"] for e in events]
+        assert ids == sorted(ids) and len(set(ids)) == 20
+        assert {topic for topic, p, _ in sub.messages if p in events} == {"gw-test/accounts/A-1/balance",
+                                                                         "gw-test/accounts/A-2/balance"}
+        assert not any(e.get("replayed") for e in events)
+        async with gw.uow(readonly=True) as uow:  # marked as published
+            pending = await uow.outbox.pending(0, 1000)
+        assert not [e for e in pending if e.payload.get("type") == "PaymentReceived"]
+    async with Subscriber(broker.port) as later:  # a new subscriber gets the retained status: offline
+        await async_wait_until(lambda: ("gw-test/status", "offline", True) in later.messages, timeout=10,
+                               what="the retained offline status")
+
+
+async def test_events_of_a_broker_outage_arrive_afterwards_in_order(broker: Broker, tmp_path: Path) -> None:
+    async with Gateway(site(tmp_path, broker.port), run_buses=False, base_dir=tmp_path) as gw:
+        async with Subscriber(broker.port) as sub:
+            await gw.service.record_payment(source="billing", payment_id="P-0", account_id="A-1", amount_fen=100)
+            await async_wait_until(lambda: len(sub.payments()) == 1, timeout=10, what="the first event")
+        broker.stop()
+        for n in range(1, 11):  # committed while the broker is down
+            await gw.service.record_payment(source="billing", payment_id=f"P-{n}", account_id="A-1",
+                                            amount_fen=100 + n)
+        async with gw.uow(readonly=True) as uow:
+            waiting = [e for e in await uow.outbox.pending(0, 1000) if e.payload.get("type") == "PaymentReceived"]
+        assert len(waiting) == 10  # nothing dropped, nothing published
+        broker.start()  # the same port
+        async with Subscriber(broker.port) as sub:
+            await async_wait_until(lambda: len(sub.payments()) == 10, timeout=30, what="the 10 held events")
+            events = sub.payments()
+        assert [e["payment_id"] for e in events] == [f"P-{n}" for n in range(1, 11)]
+        assert all(e.get("replayed") is True for e in events)
+
+        async def all_marked() -> bool:
+            async with gw.uow(readonly=True) as uow:
+                return (await uow.execute(sa.select(sa.func.count()).select_from(t.outbox)
+                                          .where(t.outbox.c.published_at.is_(None)))).scalar_one() == 0
+
+        await async_wait_until(all_marked, timeout=10, what="every event marked as published")
