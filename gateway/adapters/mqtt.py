@@ -1,7 +1,7 @@
 """Events out over MQTT (aiomqtt; every aiomqtt call of the project is in this module).
 
 ``MqttPublisher`` keeps one connection to the broker: QoS 1, JSON payloads under ``<prefix>/``, the gateway's
-status retained at ``<prefix>/status`` (``online`` once connected; ``offline`` when it stops, or from the broker
+status retained at ``<prefix>/gateway/status`` (``online`` once connected; ``offline`` when it stops, or from the broker
 by the Last Will when the gateway dies). It reconnects with a capped backoff and logs one line per outage.
 """
 
@@ -35,7 +35,7 @@ class MqttPublisher(Publisher):
         self._client: aiomqtt.Client | None = None
         self._stopping = asyncio.Event()
         self._changed = asyncio.Event()  # stopping, or the connection was lost (a publish failed)
-        self.status = f"{self.prefix}/status"
+        self.status = f"{self.prefix}/gateway/status"
 
     def _make(self) -> aiomqtt.Client:
         return aiomqtt.Client(self.host, self.port, username=self._username, password=self._password,
@@ -79,7 +79,8 @@ class MqttPublisher(Publisher):
         if client is None:
             raise PublisherUnavailable(f"not connected to the MQTT broker {self.host}:{self.port}")
         try:
-            await client.publish(f"{self.prefix}/{topic}", orjson.dumps(payload), qos=1, retain=retain)
+            await client.publish(f"{self.prefix}/{topic}", orjson.dumps(payload, option=orjson.OPT_UTC_Z), qos=1,
+                                 retain=retain)
         except aiomqtt.MqttError as exc:
             self._client = None
             self._changed.set()  # run() connects again

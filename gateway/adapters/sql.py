@@ -481,10 +481,24 @@ class _Outbox(_Repository, ports.OutboxRepository):
             c.id > after_id, c.published_at.is_(None)).order_by(c.id).limit(limit))
         return [OutboxEvent(row.id, row.topic, row.payload, row.created_at) for row in rows]
 
-    async def published(self, ids: list[int], at: dt.datetime) -> None:
+    async def sequences(self, topics: set[str]) -> dict[str, int]:
+        c = t.event_sequences.c
+        ordered = sorted(topics)
+        out: dict[str, int] = {}
+        for start, size in chunks(len(ordered), 1):
+            rows = await self.uow.execute(sa.select(c.topic, c.seq).where(c.topic.in_(ordered[start:start + size])))
+            out.update((row.topic, row.seq) for row in rows)
+        return out
+
+    async def published(self, ids: list[int], at: dt.datetime, sequences: dict[str, int]) -> None:
         c = t.outbox.c
         for start, size in chunks(len(ids), 1):
             await self.uow.execute(sa.update(t.outbox).where(c.id.in_(ids[start:start + size])).values(published_at=at))
+        known = await self.sequences(set(sequences))
+        await self.uow.insert(t.event_sequences, [{"topic": k, "seq": v} for k, v in sequences.items()
+                                                  if k not in known])
+        await self.uow.update(t.event_sequences, "topic", [{"topic": k, "seq": v} for k, v in sequences.items()
+                                                           if k in known])
 
     async def prune(self, before: dt.datetime) -> int:
         c = t.outbox.c

@@ -140,6 +140,12 @@ outbox = sa.Table(
     sa.Column("published_at", UtcDateTime, nullable=True),
 )
 
+event_sequences = sa.Table(
+    "event_sequences", metadata,
+    sa.Column("topic", sa.String(200), primary_key=True),  # an outbox topic: one entity's stream of events
+    sa.Column("seq", sa.BigInteger, nullable=False),  # the sequence number of its last published event
+)
+
 site_state = sa.Table(
     "site_state", metadata,
     sa.Column("name", sa.String(64), primary_key=True),  # "rate_limiter": the recent automatic disconnects

@@ -4,8 +4,10 @@ Every change writes its events to the outbox table in its own transaction (``gat
 ``gateway.adapters.sql``); this loop reads the ones not published yet in id order (the commit order: per meter,
 per account and per command too), hands each to the publisher, and marks them published. While the publisher is
 down they wait in the outbox and go out, in order and marked as replayed, once it is back; a crash between a
-publish and its mark publishes that event again (at least once: the event id tells duplicates apart). Published
-events are deleted after ``retention_s``.
+publish and its mark publishes that event again (at least once: the event id, and the same sequence number,
+tell duplicates apart). Each payload carries ``event_id``, ``seq`` (the event's number on its topic: one entity's
+stream, counted without gaps across restarts) and ``at`` (the time of the change). Balance and meter state topics
+are retained: a new subscriber gets the latest at once. Published events are deleted after ``retention_s``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from gateway.service.ports import Publisher, PublisherUnavailable, Storage
 __all__ = ["OutboxRelay"]
 
 log = logging.getLogger(__name__)
+
+RETAINED = ("/balance", "/state")  # topics whose last event a new subscriber gets at once
 
 
 class OutboxRelay:
@@ -64,21 +68,27 @@ class OutboxRelay:
                 except TimeoutError:
                     pass
                 continue
+            async with self.storage(readonly=True) as uow:
+                sequences = await uow.outbox.sequences({event.topic for event in events})
             done: list[int] = []
+            numbered: dict[str, int] = {}
             try:
                 for event in events:
-                    payload: dict[str, Any] = {**event.payload, "event_id": event.id}
+                    seq = numbered.get(event.topic, sequences.get(event.topic, 0)) + 1
+                    payload: dict[str, Any] = {"at": event.created_at, **event.payload, "event_id": event.id,
+                                               "seq": seq}
                     if replaying:
                         payload["replayed"] = True
-                    await self.publisher.publish(event.topic, payload)
+                    await self.publisher.publish(event.topic, payload, retain=event.topic.endswith(RETAINED))
                     done.append(event.id)
+                    numbered[event.topic] = seq
             except PublisherUnavailable:
                 replaying = True
                 await asyncio.sleep(self.retry_s)
             finally:
                 if done:
                     async with self.storage(background=True) as uow:
-                        await uow.outbox.published(done, self.clock())
+                        await uow.outbox.published(done, self.clock(), numbered)
                         await uow.commit()
                     self.after_id = done[-1]
                     self.published += len(done)

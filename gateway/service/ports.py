@@ -164,8 +164,12 @@ class OutboxRepository(abc.ABC):
         """Events not published yet with an id above ``after_id``, in id order."""
 
     @abc.abstractmethod
-    async def published(self, ids: list[int], at: dt.datetime) -> None:
-        """Mark events as published."""
+    async def sequences(self, topics: set[str]) -> dict[str, int]:
+        """The sequence number of the last event published on each of ``topics`` that had one."""
+
+    @abc.abstractmethod
+    async def published(self, ids: list[int], at: dt.datetime, sequences: dict[str, int]) -> None:
+        """Mark events as published, and keep each topic's sequence number as of them."""
 
     @abc.abstractmethod
     async def prune(self, before: dt.datetime) -> int:

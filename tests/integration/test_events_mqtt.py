@@ -71,11 +71,12 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
         yield running
 
 
-async def test_committed_events_go_out_in_order_with_the_status_retained(broker: Broker, tmp_path: Path) -> None:
+async def test_committed_events_go_out_in_order_numbered_with_the_status_retained(broker: Broker,
+                                                                                  tmp_path: Path) -> None:
     async with Gateway(site(tmp_path, broker.port), run_buses=False, base_dir=tmp_path) as gw, \
             Subscriber(broker.port) as sub:
-        await async_wait_until(lambda: ("gw-test/status", "online", True) in sub.messages
-                               or ("gw-test/status", "online", False) in sub.messages, timeout=10,
+        await async_wait_until(lambda: ("gw-test/gateway/status", "online", True) in sub.messages
+                               or ("gw-test/gateway/status", "online", False) in sub.messages, timeout=10,
                                what="the gateway's status")
         for n in range(20):
             await gw.service.record_payment(source="billing", payment_id=f"P-{n}", account_id=f"A-{1 + n % 2}",
@@ -91,9 +92,19 @@ async def test_committed_events_go_out_in_order_with_the_status_retained(broker:
         async with gw.uow(readonly=True) as uow:  # marked as published
             pending = await uow.outbox.pending(0, 1000)
         assert not [e for e in pending if e.payload.get("type") == "PaymentReceived"]
-    async with Subscriber(broker.port) as later:  # a new subscriber gets the retained status: offline
-        await async_wait_until(lambda: ("gw-test/status", "offline", True) in later.messages, timeout=10,
+        seqs = [e["seq"] for e in events if e["account_id"] == "A-1"]
+        assert seqs == list(range(1, 11))  # numbered per topic (one account's balance), without gaps
+    async with Subscriber(broker.port) as later:  # a new subscriber: the retained status (offline), balances
+        await async_wait_until(lambda: ("gw-test/gateway/status", "offline", True) in later.messages, timeout=10,
                                what="the retained offline status")
+        await async_wait_until(lambda: len(later.payments()) == 2, timeout=10, what="the retained balances")
+        assert {(p["payment_id"], p["seq"]) for p in later.payments()} == {("P-18", 10), ("P-19", 10)}
+    async with Gateway(site(tmp_path, broker.port), run_buses=False, base_dir=tmp_path) as gw, \
+            Subscriber(broker.port) as sub:  # after a restart the numbers go on
+        await gw.service.record_payment(source="billing", payment_id="P-20", account_id="A-1", amount_fen=1)
+        await async_wait_until(lambda: any(p["payment_id"] == "P-20" for p in sub.payments()), timeout=10,
+                               what="the event after the restart")
+        assert [p["seq"] for p in sub.payments() if p["payment_id"] == "P-20"] == [11]
 
 
 async def test_events_of_a_broker_outage_arrive_afterwards_in_order(broker: Broker, tmp_path: Path) -> None:
@@ -121,3 +132,33 @@ async def test_events_of_a_broker_outage_arrive_afterwards_in_order(broker: Brok
                                           .where(t.outbox.c.published_at.is_(None)))).scalar_one() == 0
 
         await async_wait_until(all_marked, timeout=10, what="every event marked as published")
+
+
+async def test_a_killed_gateway_is_reported_offline_by_its_last_will(broker: Broker, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({**site(tmp_path, broker.port).model_dump(mode="json", exclude_unset=True),
+                                      "database": {"url": "sqlite:///gw.db"}}))
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "gw.log").open("ab"))
+    try:
+        async with Subscriber(broker.port) as sub:
+            await async_wait_until(lambda: sub.messages and sub.messages[-1][:2] == ("gw-test/gateway/status",
+                                                                                      "online"),
+                                   timeout=30, what="the gateway online")
+            proc.send_signal(signal.SIGKILL)
+            await async_wait_until(lambda: sub.messages[-1][:2] == ("gw-test/gateway/status", "offline"),
+                                   timeout=30, what="the Last Will")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+    async with Subscriber(broker.port) as later:  # and it stays: retained
+        await async_wait_until(lambda: ("gw-test/gateway/status", "offline", True) in later.messages, timeout=10,
+                               what="the retained offline status")
