@@ -220,10 +220,12 @@ class Gateway:
         publisher = MqttPublisher(host=mqtt.host, port=mqtt.port, prefix=mqtt.prefix, username=mqtt.username,
                                   password=mqtt.password, tls_ca=self._path(mqtt.tls_ca), identifier=mqtt.client_id)
         self.relay = OutboxRelay(self.uow, publisher, self.service.clock, retention_s=mqtt.retention_s)
+        self.service.writer.on_commit = self.relay.wake
         connection = asyncio.create_task(publisher.run(), name="gateway.mqtt")
         relay = asyncio.create_task(self.relay.run(), name="gateway.outbox")
 
         async def stop() -> None:
+            self.service.writer.on_commit = lambda: None
             relay.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay

@@ -92,6 +92,7 @@ class Writer:
         self._known = Known()
         self._flying = 0  # jobs of the batch in flight (pipelined)
         self.alarmed: set[str] = set()  # accounts whose unreadable state has had its alarm
+        self.on_commit: Callable[[], None] = _nothing  # called after each commit (the outbox relay's wake)
 
     # --- the callers' side ---------------------------------------------------------------------------------
     def takes_unchanged(self, reading: Reading) -> bool:
@@ -292,6 +293,7 @@ class Writer:
                     future.set_exception(value)
         if batch.commands:
             self.on_commands(batch.commands)
+        self.on_commit()
 
     @staticmethod
     async def _apply(batch: Batch, items: list[Item], *, pause_every: int = 0) -> Results:
@@ -306,6 +308,10 @@ class Writer:
             except REFUSALS as exc:
                 results.append((future, False, exc))
         return results
+
+
+def _nothing() -> None:
+    return None
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
