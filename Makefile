@@ -4,8 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 # Debian packages the integration tests drive (real broker, serial ptys, an independent Modbus master,
-# a browser for the dashboard, PostgreSQL for the shared ledger).
-DEB_PACKAGES := mosquitto mosquitto-clients socat mbpoll chromium postgresql
+# a browser for the dashboard, PostgreSQL for the shared ledger, openssl for the broker's test certificate).
+DEB_PACKAGES := mosquitto mosquitto-clients socat mbpoll chromium postgresql openssl
 
 .PHONY: run test venv test-deps debs unit integration e2e bench clean
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import IN_CI, free_port, wait_for_port
+from tests.support import IN_CI, free_port, require_tool, wait_for_port
 
 
 def _mosquitto() -> str:
@@ -24,13 +25,36 @@ def _mosquitto() -> str:
 
 
 class Broker:
-    def __init__(self, root: Path, port: int) -> None:
-        self.root, self.port = root, port
+    """``secure``: TLS with a self-signed certificate for 127.0.0.1 (``ca``: the file clients trust) and a
+    password (user ``gateway``, password ``s3cret``), no anonymous clients."""
+
+    def __init__(self, root: Path, port: int, *, secure: bool = False) -> None:
+        self.root, self.port, self.secure = root, port, secure
         self.proc: subprocess.Popen[bytes] | None = None
+        # Started as root, mosquitto reads its files as the mosquitto user: they go where that user can reach.
+        self.files = Path(tempfile.mkdtemp(prefix="mosquitto-")) if secure else root
+        if secure:
+            self.files.chmod(0o755)
+        self.ca = self.files / "broker-cert.pem"
+
+    def _secure(self) -> str:
+        key = self.files / "broker-key.pem"
+        if not self.ca.exists():
+            subprocess.run([require_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                            "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout",
+                            str(key), "-out", str(self.ca)], check=True, capture_output=True, timeout=60)
+            key.chmod(0o644)  # mosquitto started as root reads it as the mosquitto user
+            passwords = self.files / "passwords"
+            subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-c", "-b",
+                            str(passwords), "gateway", "s3cret"], check=True, capture_output=True, timeout=30)
+            passwords.chmod(0o644)
+        return (f"certfile {self.ca}\nkeyfile {key}\nallow_anonymous false\n"
+                f"password_file {self.files / 'passwords'}\n")
 
     def start(self) -> None:
         config = self.root / "mosquitto.conf"
-        config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        security = self._secure() if self.secure else "allow_anonymous true\n"
+        config.write_text(f"listener {self.port} 127.0.0.1\n{security}persistence false\n")
         self.proc = subprocess.Popen([_mosquitto(), "-c", str(config)], stdout=subprocess.DEVNULL,
                                      stderr=(self.root / "mosquitto.log").open("ab"))
         wait_for_port(self.port)
@@ -41,13 +65,18 @@ class Broker:
             self.proc.wait(timeout=10)
         self.proc = None
 
+    def remove(self) -> None:
+        if self.files != self.root:
+            shutil.rmtree(self.files, ignore_errors=True)
+
 
 @contextlib.contextmanager
-def mosquitto_broker(root: Path) -> Iterator[Broker]:
-    """A broker on a free port of 127.0.0.1, anonymous, without persistence; stopped afterwards."""
-    broker = Broker(root, free_port())
-    broker.start()
+def mosquitto_broker(root: Path, *, secure: bool = False) -> Iterator[Broker]:
+    """A broker on a free port of 127.0.0.1 without persistence (anonymous, or ``secure``); stopped afterwards."""
+    broker = Broker(root, free_port(), secure=secure)
     try:
+        broker.start()
         yield broker
     finally:
         broker.stop()
+        broker.remove()

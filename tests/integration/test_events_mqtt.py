@@ -162,3 +162,45 @@ async def test_a_killed_gateway_is_reported_offline_by_its_last_will(broker: Bro
     async with Subscriber(broker.port) as later:  # and it stays: retained
         await async_wait_until(lambda: ("gw-test/gateway/status", "offline", True) in later.messages, timeout=10,
                                what="the retained offline status")
+
+
+async def test_events_go_out_over_tls_with_a_password_and_wait_when_it_is_wrong(tmp_path: Path) -> None:
+    import ssl
+
+    with mosquitto_broker(tmp_path, secure=True) as secure:
+        def settings(password: str) -> Settings:
+            return Settings.model_validate({
+                **site(tmp_path, secure.port).model_dump(mode="json", exclude_unset=True),
+                "mqtt": {"host": "127.0.0.1", "port": secure.port, "prefix": "gw-test", "username": "gateway",
+                         "password": password, "tls_ca": str(secure.ca)}})
+
+        received: list[dict[str, Any]] = []
+        ready = asyncio.Event()
+
+        async def subscriber() -> None:
+            context = ssl.create_default_context(cafile=str(secure.ca))
+            async with aiomqtt.Client("127.0.0.1", secure.port, username="gateway", password="s3cret",
+                                      tls_context=context) as client:
+                await client.subscribe("gw-test/accounts/#", qos=1)
+                ready.set()
+                async for message in client.messages:
+                    received.append(json.loads(bytes(message.payload)))  # type: ignore[arg-type]
+
+        task = asyncio.create_task(subscriber())
+        try:
+            await asyncio.wait_for(ready.wait(), 10)
+            async with Gateway(settings("wrong"), run_buses=False, base_dir=tmp_path) as gw:
+                await gw.service.record_payment(source="billing", payment_id="P-1", account_id="A-1",
+                                                amount_fen=100)
+                async with gw.uow(readonly=True) as uow:  # refused by the broker: the event waits
+                    assert [e.payload["payment_id"] for e in await uow.outbox.pending(0, 100)
+                            if e.payload.get("type") == "PaymentReceived"] == ["P-1"]
+            assert received == []
+            async with Gateway(settings("s3cret"), run_buses=False, base_dir=tmp_path) as gw:
+                await gw.service.record_payment(source="billing", payment_id="P-2", account_id="A-1",
+                                                amount_fen=100)
+                await async_wait_until(lambda: [e["payment_id"] for e in received] == ["P-1", "P-2"], timeout=15,
+                                       what="both events over TLS")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
