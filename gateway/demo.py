@@ -1,4 +1,5 @@
-"""`meter-gateway demo`: a simulated Modbus fleet, the gateway and its API in one process on 127.0.0.1.
+"""`meter-gateway demo`: a simulated Modbus fleet, the gateway and its API in one process on 127.0.0.1, and an
+MQTT broker for its events (mosquitto, started by the demo where it is installed).
 
 The first start writes a config (``gateway.yaml``), API keys (``keys.txt``, mode 0600) and the simulator's
 settings (``demo.json``) into the data dir; later starts reuse them and the same SQLite database, and the
@@ -12,7 +13,10 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import socket
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,7 @@ import yaml
 
 from gateway.bootstrap import default_models_dir
 from gateway.runtime import serve
-from gateway.settings import hash_key, load_settings
+from gateway.settings import MqttSettings, hash_key, load_settings
 
 ROLES = ("viewer", "billing", "operator", "admin")
 
@@ -73,8 +77,10 @@ def write_demo_files(data_dir: Path, *, port: int, meters: int) -> None:
     (data_dir / "gateway.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 
-def banner(data_dir: Path, port: int, keys: dict[str, str]) -> str:
+def banner(data_dir: Path, port: int, keys: dict[str, str], mqtt_port: int | None = None) -> str:
     base = f"http://127.0.0.1:{port}"
+    events = (f"mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'meter-gateway/#' -v" if mqtt_port is not None
+              else "not published (mosquitto is not installed: apt-get install mosquitto mosquitto-clients)")
     lines = [
         "",
         "meter-gateway demo is running",
@@ -82,6 +88,7 @@ def banner(data_dir: Path, port: int, keys: dict[str, str]) -> str:
         f"  health:     {base}/healthz",
         f"  config:     {data_dir / 'gateway.yaml'}",
         f"  database:   {data_dir / 'gateway.db'}",
+        f"  events:     {events}",
         "  demo API keys (also in keys.txt):",
         *[f"    {role:<9} {key}" for role, key in keys.items()],
         "  try:",
@@ -107,13 +114,43 @@ async def run_demo(*, port: int, data_dir: Path, meters: int) -> None:
     sim = json.loads((data_dir / "demo.json").read_text())
     state_path = data_dir / "simulator-state.json"
     model = load_model(default_models_dir() / "generic-prepaid.yaml")
-    async with ModbusFleet(model, meters=sim["meters"], host="127.0.0.1", port=sim["port"], seed=sim["seed"],
-                           speed=sim["speed"]) as fleet:
-        _restore(fleet, state_path)
+    with _broker(data_dir) as mqtt_port:
+        if mqtt_port is not None:
+            settings = settings.model_copy(update={"mqtt": MqttSettings(port=mqtt_port, prefix="meter-gateway")})
+        async with ModbusFleet(model, meters=sim["meters"], host="127.0.0.1", port=sim["port"], seed=sim["seed"],
+                               speed=sim["speed"]) as fleet:
+            _restore(fleet, state_path)
+            try:
+                await serve(settings, base_dir=data_dir, banner=banner(data_dir, port, keys, mqtt_port))
+            finally:
+                _save(fleet, state_path)
+
+
+@contextlib.contextmanager
+def _broker(data_dir: Path) -> Any:
+    """A mosquitto of the demo's own on 127.0.0.1 (1883 when free), where mosquitto is installed; its port or None."""
+    binary = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if Path(p).exists()), None)
+    if binary is None:
+        yield None
+        return
+    port = _free_port(1883)
+    config = data_dir / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    with (data_dir / "mosquitto.log").open("ab") as log:
+        proc = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        for _ in range(100):  # up to 5 s for it to listen (the gateway would connect later anyway)
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
         try:
-            await serve(settings, base_dir=data_dir, banner=banner(data_dir, port, keys))
-        finally:
-            _save(fleet, state_path)
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _restore(fleet: Any, path: Path) -> None:

@@ -33,6 +33,7 @@ from gateway.service.ports import BatchChanges, MeterState, OutboxEvent, Payment
 __all__ = ["LIMITER", "SqlStorage", "SqlUnitOfWork", "chunks", "command_record", "groups", "is_duplicate"]
 
 LIMITER = "rate_limiter"  # the site_state row of the automatic-disconnect rate limiter
+READINGS_CURSOR = "(readings)"  # the event_sequences row of the last reading published (not a topic)
 _MAX_PARAMS = 30_000  # within SQLite's (32766) and asyncpg's (32767) limits on bound parameters
 
 
@@ -490,7 +491,25 @@ class _Outbox(_Repository, ports.OutboxRepository):
             out.update((row.topic, row.seq) for row in rows)
         return out
 
-    async def published(self, ids: list[int], at: dt.datetime, sequences: dict[str, int]) -> None:
+    async def readings(self, after_id: int, limit: int) -> list[OutboxEvent]:
+        c = t.readings.c
+        rows = await self.uow.execute(sa.select(t.readings).where(c.id > after_id).order_by(c.id).limit(limit))
+        return [OutboxEvent(row.id, f"meters/{row.meter_id}/reading", {
+            "type": "Reading", "reading_id": row.id, "meter_id": row.meter_id, "at": row.taken_at,
+            "energy_wh": row.energy_wh, "power_w": row.power_w, "voltage_v": row.voltage_v,
+            "current_a": row.current_a, "relay": row.relay, "billed": row.billed}, row.taken_at) for row in rows]
+
+    async def readings_published(self) -> int:
+        c = t.event_sequences.c
+        cursor = (await self.uow.execute(sa.select(c.seq).where(c.topic == READINGS_CURSOR))).scalar()
+        if cursor is None:  # never published: from now on, not the whole history
+            cursor = (await self.uow.execute(sa.select(sa.func.max(t.readings.c.id)))).scalar()
+        return int(cursor or 0)
+
+    async def published(self, ids: list[int], at: dt.datetime, sequences: dict[str, int], *,
+                        readings_to: int | None = None) -> None:
+        if readings_to is not None:
+            sequences = {**sequences, READINGS_CURSOR: readings_to}
         c = t.outbox.c
         for start, size in chunks(len(ids), 1):
             await self.uow.execute(sa.update(t.outbox).where(c.id.in_(ids[start:start + size])).values(published_at=at))

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from gateway.service.ports import Publisher, PublisherUnavailable, Storage
+from gateway.service.ports import OutboxEvent, Publisher, PublisherUnavailable, Storage
 
 __all__ = ["OutboxRelay"]
 
@@ -46,6 +46,7 @@ class OutboxRelay:
         self.batch, self.idle_s, self.retry_s = batch, idle_s, retry_s
         self.retention = dt.timedelta(seconds=retention_s)
         self.after_id = 0  # the newest event published by this relay
+        self.readings_after: int | None = None  # the newest reading published (read from storage at the start)
         self.published = 0
         self._wake = asyncio.Event()
         self._pruned_at: dt.datetime | None = None
@@ -58,8 +59,13 @@ class OutboxRelay:
         replaying = False  # events that waited for the publisher are flagged as replayed
         while True:
             async with self.storage(readonly=True) as uow:
+                if self.readings_after is None:
+                    self.readings_after = await uow.outbox.readings_published()
                 events = await uow.outbox.pending(self.after_id, self.batch)
-            if not events:
+                readings = await uow.outbox.readings(self.readings_after, self.batch)
+            if readings:
+                replaying = await self._publish(readings, replaying, readings=True)
+            if not events and not readings:
                 replaying = False
                 await self._prune()
                 self._wake.clear()
@@ -68,30 +74,44 @@ class OutboxRelay:
                 except TimeoutError:
                     pass
                 continue
-            async with self.storage(readonly=True) as uow:
-                sequences = await uow.outbox.sequences({event.topic for event in events})
-            done: list[int] = []
-            numbered: dict[str, int] = {}
-            try:
-                for event in events:
-                    seq = numbered.get(event.topic, sequences.get(event.topic, 0)) + 1
-                    payload: dict[str, Any] = {"at": event.created_at, **event.payload, "event_id": event.id,
-                                               "seq": seq}
-                    if replaying:
-                        payload["replayed"] = True
-                    await self.publisher.publish(event.topic, payload, retain=event.topic.endswith(RETAINED))
-                    done.append(event.id)
-                    numbered[event.topic] = seq
-            except PublisherUnavailable:
-                replaying = True
-                await asyncio.sleep(self.retry_s)
-            finally:
-                if done:
-                    async with self.storage(background=True) as uow:
+            if events:
+                replaying = await self._publish(events, replaying)
+
+    async def _publish(self, events: list[OutboxEvent], replaying: bool, *, readings: bool = False) -> bool:
+        """Publish in order until the publisher fails; mark what went out. Returns whether events now wait (to
+        be flagged as replayed)."""
+        async with self.storage(readonly=True) as uow:
+            sequences = await uow.outbox.sequences({event.topic for event in events})
+        done: list[int] = []
+        numbered: dict[str, int] = {}
+        try:
+            for event in events:
+                seq = numbered.get(event.topic, sequences.get(event.topic, 0)) + 1
+                payload: dict[str, Any] = {"at": event.created_at, **event.payload, "seq": seq}
+                if not readings:
+                    payload["event_id"] = event.id
+                if replaying:
+                    payload["replayed"] = True
+                await self.publisher.publish(event.topic, payload, retain=event.topic.endswith(RETAINED))
+                done.append(event.id)
+                numbered[event.topic] = seq
+        except PublisherUnavailable:
+            replaying = True
+            await asyncio.sleep(self.retry_s)
+        finally:
+            if done:
+                async with self.storage(background=True) as uow:
+                    if readings:
+                        await uow.outbox.published([], self.clock(), numbered, readings_to=done[-1])
+                    else:
                         await uow.outbox.published(done, self.clock(), numbered)
-                        await uow.commit()
+                    await uow.commit()
+                if readings:
+                    self.readings_after = done[-1]
+                else:
                     self.after_id = done[-1]
-                    self.published += len(done)
+                self.published += len(done)
+        return replaying
 
     async def _prune(self) -> None:
         now = self.clock()

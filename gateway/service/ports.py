@@ -164,12 +164,24 @@ class OutboxRepository(abc.ABC):
         """Events not published yet with an id above ``after_id``, in id order."""
 
     @abc.abstractmethod
+    async def readings(self, after_id: int, limit: int) -> list[OutboxEvent]:
+        """Stored readings above ``after_id`` in id order, as events (``meters/{meter}/reading``): readings are
+        published from their table, not written to the outbox twice."""
+
+    @abc.abstractmethod
+    async def readings_published(self) -> int:
+        """The id of the last reading published; where none ever was, the newest stored (readings go out from
+        the moment events are first published, not the whole history)."""
+
+    @abc.abstractmethod
     async def sequences(self, topics: set[str]) -> dict[str, int]:
         """The sequence number of the last event published on each of ``topics`` that had one."""
 
     @abc.abstractmethod
-    async def published(self, ids: list[int], at: dt.datetime, sequences: dict[str, int]) -> None:
-        """Mark events as published, and keep each topic's sequence number as of them."""
+    async def published(self, ids: list[int], at: dt.datetime, sequences: dict[str, int], *,
+                        readings_to: int | None = None) -> None:
+        """Mark events as published, and keep each topic's sequence number as of them (and with
+        ``readings_to``, the id of the last reading published)."""
 
     @abc.abstractmethod
     async def prune(self, before: dt.datetime) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port, wait_for_port, wait_until
+from tests.support import free_port, require_tool, wait_for_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,6 +52,12 @@ def test_demo_starts_takes_a_payment_stops_and_resumes(tmp_path: Path) -> None:
         assert response.status_code == 201, response.text
         meter = lambda: httpx.get(f"{base}/v1/meters/M-3", headers={"Authorization": f"Bearer {k['viewer']}"}).json()
         wait_until(lambda: meter()["last_reading"] is not None, timeout=20, what="a first reading")
+        # its events go out to the demo's broker: the line the banner prints, for the payment's balance
+        require_tool("mosquitto")
+        command = next(line for line in banner.splitlines() if "mosquitto_sub" in line).split("events:")[1].split()
+        received = subprocess.run([require_tool("mosquitto_sub"), *command[1:5], "-t", "meter-gateway/accounts/A-3/balance", "-C", "1", "-W", "20"],
+                                  capture_output=True, text=True, timeout=30)
+        assert '"payment_id":"P-1"' in received.stdout, (received.stdout, received.stderr)
     finally:
         code = stop(proc)
     assert code == 0

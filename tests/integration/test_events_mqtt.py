@@ -204,3 +204,25 @@ async def test_events_go_out_over_tls_with_a_password_and_wait_when_it_is_wrong(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_stored_readings_go_out_per_meter_in_order(broker: Broker, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from drivers.base import Reading
+
+    settings = Settings.model_validate({**site(tmp_path, broker.port).model_dump(mode="json", exclude_unset=True),
+                                        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1",
+                                                   "port": 1}],
+                                        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1"}]})
+    t0 = dt.datetime(2026, 12, 3, 8, tzinfo=dt.UTC)
+    async with Gateway(settings, run_buses=False, base_dir=tmp_path) as gw, Subscriber(broker.port) as sub:
+        for n in range(5):
+            await gw.service.record_reading(Reading("M-1", t0 + dt.timedelta(minutes=n), 1_000 + 10 * n))
+
+        def readings() -> list[dict[str, Any]]:
+            return [p for topic, p, _ in sub.messages if topic == "gw-test/meters/M-1/reading"]
+
+        await async_wait_until(lambda: len(readings()) == 5, timeout=10, what="5 readings")
+        assert [(r["energy_wh"], r["seq"]) for r in readings()] == [(1_000 + 10 * n, n + 1) for n in range(5)]
+        assert readings()[0]["at"] == "2026-12-03T08:00:00Z" and readings()[0]["type"] == "Reading"
