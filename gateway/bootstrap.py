@@ -219,13 +219,16 @@ class Gateway:
 
         publisher = MqttPublisher(host=mqtt.host, port=mqtt.port, prefix=mqtt.prefix, username=mqtt.username,
                                   password=mqtt.password, tls_ca=self._path(mqtt.tls_ca), identifier=mqtt.client_id)
-        self.relay = OutboxRelay(self.uow, publisher, self.service.clock, retention_s=mqtt.retention_s)
+        self.relay = OutboxRelay(self.uow, publisher, self.service.clock, retention_s=mqtt.retention_s,
+                                 max_waiting=mqtt.max_waiting)
         self.service.writer.on_commit = self.relay.wake
+        self.service.writer.outbox_full = self.relay
         connection = asyncio.create_task(publisher.run(), name="gateway.mqtt")
         relay = asyncio.create_task(self.relay.run(), name="gateway.outbox")
 
         async def stop() -> None:
             self.service.writer.on_commit = lambda: None
+            self.service.writer.outbox_full = None
             relay.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay

@@ -139,6 +139,9 @@ class MqttSettings(_Strict):
     tls_ca: str | None = Field(None, description="CA file: connect with TLS and check the broker against it")
     client_id: str | None = Field(None, max_length=100, description="default: one the client library makes up")
     retention_s: float = Field(86_400, gt=0, description="how long published events stay in the outbox")
+    max_waiting: int = Field(1_000_000, ge=10, description=(
+        "the most events kept in the outbox while the broker is down; beyond, new events are left out (counted, "
+        "with an alarm), the oldest kept"))
 
 
 class EngineSettings(_Strict):

@@ -482,6 +482,11 @@ class _Outbox(_Repository, ports.OutboxRepository):
             c.id > after_id, c.published_at.is_(None)).order_by(c.id).limit(limit))
         return [OutboxEvent(row.id, row.topic, row.payload, row.created_at) for row in rows]
 
+    async def waiting(self) -> int:
+        c = t.outbox.c
+        return int((await self.uow.execute(sa.select(sa.func.count()).select_from(t.outbox)
+                                           .where(c.published_at.is_(None)))).scalar_one())
+
     async def sequences(self, topics: set[str]) -> dict[str, int]:
         c = t.event_sequences.c
         ordered = sorted(topics)

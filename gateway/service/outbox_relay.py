@@ -8,6 +8,11 @@ publish and its mark publishes that event again (at least once: the event id, an
 tell duplicates apart). Each payload carries ``event_id``, ``seq`` (the event's number on its topic: one entity's
 stream, counted without gaps across restarts) and ``at`` (the time of the change). Balance and meter state topics
 are retained: a new subscriber gets the latest at once. Published events are deleted after ``retention_s``.
+
+The outbox does not grow without bound while the publisher is down: at ``max_waiting`` events the relay raises
+the alarm (a log line) and the writer stops adding events (``full``), keeping the oldest; the number left out is
+counted, and an ``OutboxOverflow`` alarm with that count is published once the outbox has room again. The
+changes themselves (payments, readings, commands) are all committed: only their events are missing.
 """
 
 from __future__ import annotations
@@ -38,16 +43,21 @@ class OutboxRelay:
         idle_s: how often an idle relay looks for new events.
         retry_s: how long it waits after the publisher was unavailable.
         retention_s: how long published events are kept.
+        max_waiting: the most events kept waiting for the publisher.
     """
 
     def __init__(self, storage: Storage, publisher: Publisher, clock: Callable[[], dt.datetime], *,
-                 batch: int = 256, idle_s: float = 0.05, retry_s: float = 1.0, retention_s: float = 86_400) -> None:
+                 batch: int = 256, idle_s: float = 0.05, retry_s: float = 1.0, retention_s: float = 86_400,
+                 max_waiting: int = 1_000_000) -> None:
         self.storage, self.publisher, self.clock = storage, publisher, clock
         self.batch, self.idle_s, self.retry_s = batch, idle_s, retry_s
         self.retention = dt.timedelta(seconds=retention_s)
         self.after_id = 0  # the newest event published by this relay
         self.readings_after: int | None = None  # the newest reading published (read from storage at the start)
         self.published = 0
+        self.max_waiting = max_waiting
+        self.full = False  # the outbox holds max_waiting events: the writer adds no more (see ``left_out``)
+        self.left_out = 0  # events the writer left out while full, not reported yet
         self._wake = asyncio.Event()
         self._pruned_at: dt.datetime | None = None
 
@@ -67,6 +77,8 @@ class OutboxRelay:
                 replaying = await self._publish(readings, replaying, readings=True)
             if not events and not readings:
                 replaying = False
+                if self.full:
+                    await self._room_again()
                 await self._prune()
                 self._wake.clear()
                 try:
@@ -97,6 +109,7 @@ class OutboxRelay:
                 numbered[event.topic] = seq
         except PublisherUnavailable:
             replaying = True
+            await self._check_room()
             await asyncio.sleep(self.retry_s)
         finally:
             if done:
@@ -112,6 +125,29 @@ class OutboxRelay:
                     self.after_id = done[-1]
                 self.published += len(done)
         return replaying
+
+    def leave_out(self, events: int) -> None:
+        """The writer left out ``events`` events because the outbox was full."""
+        self.left_out += events
+
+    async def _check_room(self) -> None:
+        async with self.storage(readonly=True) as uow:
+            waiting = await uow.outbox.waiting()
+        if waiting >= self.max_waiting and not self.full:
+            self.full = True
+            log.error("outbox: %d events wait for the publisher, the most kept: new events are left out (counted) "
+                      "until it is back", waiting)
+        elif self.full and waiting < self.max_waiting:
+            await self._room_again()
+
+    async def _room_again(self) -> None:
+        self.full = False
+        left_out, self.left_out = self.left_out, 0
+        async with self.storage(background=True) as uow:
+            await uow.add_outbox("alarms", {"type": "OutboxOverflow", "left_out": left_out, "at": self.clock()},
+                                 self.clock())
+            await uow.commit()
+        log.warning("outbox: room again; %d events were left out while it was full", left_out)
 
     async def _prune(self) -> None:
         now = self.clock()

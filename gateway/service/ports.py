@@ -164,6 +164,10 @@ class OutboxRepository(abc.ABC):
         """Events not published yet with an id above ``after_id``, in id order."""
 
     @abc.abstractmethod
+    async def waiting(self) -> int:
+        """How many events are not published yet."""
+
+    @abc.abstractmethod
     async def readings(self, after_id: int, limit: int) -> list[OutboxEvent]:
         """Stored readings above ``after_id`` in id order, as events (``meters/{meter}/reading``): readings are
         published from their table, not written to the outbox twice."""

@@ -93,6 +93,7 @@ class Writer:
         self._flying = 0  # jobs of the batch in flight (pipelined)
         self.alarmed: set[str] = set()  # accounts whose unreadable state has had its alarm
         self.on_commit: Callable[[], None] = _nothing  # called after each commit (the outbox relay's wake)
+        self.outbox_full: Any = None  # the outbox relay, when events go out: while it is full, no events are added
 
     # --- the callers' side ---------------------------------------------------------------------------------
     def takes_unchanged(self, reading: Reading) -> bool:
@@ -263,6 +264,9 @@ class Writer:
         batch.alarm_unreadable(self.alarmed)
         results = await self._apply(batch, items, pause_every=32)
         changes = batch.changes(self.storage.account_row)
+        if self.outbox_full is not None and self.outbox_full.full and changes.outbox:
+            self.outbox_full.leave_out(len(changes.outbox))  # counted, reported when there is room again
+            changes.outbox = []
         if exclusive:
             batch.remember(self._known)  # what the next batch builds on (forgotten if this one fails)
         return _Prepared(batch, changes, results, items)

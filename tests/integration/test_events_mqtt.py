@@ -226,3 +226,36 @@ async def test_stored_readings_go_out_per_meter_in_order(broker: Broker, tmp_pat
         await async_wait_until(lambda: len(readings()) == 5, timeout=10, what="5 readings")
         assert [(r["energy_wh"], r["seq"]) for r in readings()] == [(1_000 + 10 * n, n + 1) for n in range(5)]
         assert readings()[0]["at"] == "2026-12-03T08:00:00Z" and readings()[0]["type"] == "Reading"
+
+
+async def test_a_full_outbox_keeps_the_oldest_and_reports_what_it_left_out(broker: Broker, tmp_path: Path) -> None:
+    settings = Settings.model_validate({**site(tmp_path, broker.port).model_dump(mode="json", exclude_unset=True),
+                                        "mqtt": {"host": "127.0.0.1", "port": broker.port, "prefix": "gw-test",
+                                                 "max_waiting": 10}})
+    async with Gateway(settings, run_buses=False, base_dir=tmp_path) as gw:
+        async with Subscriber(broker.port) as sub:  # connected first
+            await gw.service.record_payment(source="billing", payment_id="P-0", account_id="A-1", amount_fen=1)
+            await async_wait_until(lambda: len(sub.payments()) == 1, timeout=10, what="the first event")
+        broker.stop()
+        async with gw.uow(readonly=True) as uow:
+            before = (await uow.ledger.balances())["A-1"]
+        n = 1
+        while not gw.relay.full:  # until the relay finds the outbox full
+            await gw.service.record_payment(source="billing", payment_id=f"P-{n}", account_id="A-1", amount_fen=1)
+            n += 1
+            assert n < 20_000, "the outbox never filled"
+        for m in range(n, n + 5):  # left out: counted, not written
+            await gw.service.record_payment(source="billing", payment_id=f"P-{m}", account_id="A-1", amount_fen=1)
+        paid = n + 4  # P-1 .. P-(n+4)
+        async with gw.uow(readonly=True) as uow:
+            waiting = await uow.outbox.waiting()
+            assert (await uow.ledger.balances())["A-1"] == before + paid  # every payment is committed
+        left_out = gw.relay.left_out
+        assert left_out >= 5 and waiting + left_out == paid  # each event kept or counted, none lost silently
+        broker.start()
+        async with Subscriber(broker.port) as sub:
+            await async_wait_until(lambda: any(p.get("type") == "OutboxOverflow" for _, p, _ in sub.messages
+                                               if isinstance(p, dict)), timeout=30, what="the overflow alarm")
+            assert [p["payment_id"] for p in sub.payments()] == [f"P-{i}" for i in range(1, waiting + 1)]  # oldest
+            [alarm] = [p for topic, p, _ in sub.messages if isinstance(p, dict) and p.get("type") == "OutboxOverflow"]
+            assert alarm["left_out"] == left_out
