@@ -30,8 +30,8 @@ class SqlReadStore(ReadStore):
         r = t.readings.c
         async with self.storage.reading() as uow:
             row = (await uow.execute(sa.select(t.meters).where(t.meters.c.id == meter_id))).one_or_none()
-            newest = (await uow.execute(sa.select(t.readings).where(r.meter_id == meter_id)
-                                        .order_by(r.id.desc()).limit(1))).one_or_none()
+            newest = (await uow.execute(sa.select(t.readings).where(r.meter_id == meter_id)  # the newest taken
+                                        .order_by(r.taken_at.desc(), r.id.desc()).limit(1))).one_or_none()
             state = (await uow.execute(sa.select(t.accounts.c.state).where(t.accounts.c.id == account_id))
                      ).scalar_one_or_none()
         return MeterRows(row, newest, state)

@@ -213,6 +213,9 @@ class Batch:
         if spec is None or reading.meter_id not in self.meters:
             raise UnknownMeter(f"no meter {reading.meter_id!r}")
         account = self._account(spec.account_id)
+        cursor = account.cursors.get(reading.meter_id)
+        # a reading that arrives after a newer one: stored as it was taken, billing nothing, changing no relay
+        late = cursor is not None and cursor.taken_at is not None and reading.taken_at <= cursor.taken_at
         account.apply_reading(reading.meter_id, reading.energy_wh, reading.taken_at,
                               rates_wh=reading.energy_wh_by_rate)
         quarantined = account.cursors[reading.meter_id].pending is not None
@@ -220,7 +223,7 @@ class Batch:
         self.stored.append(reading)
         self.readings.append(dict(meter_id=reading.meter_id, taken_at=reading.taken_at, energy_wh=reading.energy_wh,
                                   power_w=reading.power_w, voltage_v=reading.voltage_v,
-                                  current_a=reading.current_a, relay=relay, billed=not quarantined))
+                                  current_a=reading.current_a, relay=relay, billed=not quarantined and not late))
         # The meter's row changes only when its health or relay does: the time of its last success is that of
         # its newest reading (the readings table is also what publishes readings: no outbox event per reading).
         meter = self.meters[reading.meter_id]
@@ -232,7 +235,7 @@ class Batch:
             self.offline.discard(reading.meter_id)
             meter.changed.update(last_success_at=reading.taken_at, consecutive_failures=0, health="online",
                                  last_error=None)
-        if relay is not None and relay != meter.relay:
+        if relay is not None and relay != meter.relay and not late:
             meter.relay = relay
             meter.changed.update(relay=relay, last_success_at=reading.taken_at)
         return self._decide(account, origin="automatic", reason="balance")

@@ -335,3 +335,32 @@ async def test_a_failing_batch_among_pipelined_ones_sinks_only_its_bad_job(datab
     assert [results[9].created, results[-1].created] == [False, False]  # type: ignore[union-attr]
     assert (balance, payments) == (100 + sum(100 + n for n in range(40)), 40)
     assert len([r for r in caplog.records if "retrying its jobs one by one" in r.getMessage()]) == 1
+
+
+async def test_a_late_reading_is_stored_unbilled_and_neither_the_latest_nor_the_relay(database: dict[str, Any],
+                                                                                      tmp_path: Path) -> None:
+    """A reading that arrives after a newer one (a retried hand-over, a slow bus) is stored as it was taken,
+    bills nothing (its `billed` says so), does not move the meter's relay back, and the meter's latest reading
+    stays the newest taken."""
+    from drivers.base import RelayState
+
+    settings = Settings.model_validate({
+        "database": database,
+        "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
+        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "10.00"}],
+        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
+        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1"}],
+    })
+    closed, opened = RelayState.CLOSED, RelayState.OPEN
+    async with Gateway(settings, clock=Clock(), base_dir=tmp_path, run_buses=False) as gw:
+        for seconds, wh, relay in ((0, 10_000, closed), (120, 10_100, closed), (60, 10_050, opened)):  # the last late
+            await gw.service.record_reading(Reading("M-1", NOW + dt.timedelta(seconds=seconds), wh, relay=relay))
+        meter = await gw.service.views.meter("M-1")
+        async with gw.uow(readonly=True) as uow:
+            rows = (await uow.execute(sa.select(t.readings.c.energy_wh, t.readings.c.billed)
+                                      .order_by(t.readings.c.id))).all()
+            balance = (await uow.execute(sa.select(t.accounts.c.balance_fen))).scalar_one()
+            assert await verify_ledger(uow) == []
+    assert [tuple(r) for r in rows] == [(10_000, True), (10_100, True), (10_050, False)]
+    assert meter["last_reading"]["energy_wh"] == 10_100 and meter["relay"] == "closed"
+    assert balance == 1_000 - 10  # 100 Wh billed once
