@@ -190,6 +190,7 @@ class FakeStorage(ports.Storage):
         self.commits: list[BatchChanges] = []
         self.hold = asyncio.Event()
         self.hold.set()
+        self.busy_neighbour = False  # (rows read under lock, through a unit of work, are not touched)
         self.entered = asyncio.Event()
 
     def add(self, account: PrepaidAccount) -> None:
@@ -207,6 +208,11 @@ class FakeStorage(ports.Storage):
         self.entered.set()
         await self.hold.wait()
         self.entered.clear()
+        if self.busy_neighbour:  # another instance changes every account between the read and the write
+            self.accounts = {i: (v + 1, s) for i, (v, s) in self.accounts.items()}
+        self.write(changes)
+
+    def write(self, changes: BatchChanges) -> None:
         if any(self.accounts[account_id][0] != version for account_id, version, _ in changes.accounts):
             raise StaleWrite("fake: an account changed")
         for account_id, version, row in changes.accounts:
@@ -233,6 +239,9 @@ class _FakeAccounts(_FakeRepository, ports.AccountRepository):
 
     async def versions(self, ids: list[str]) -> dict[str, int]:
         return {i: self.storage.accounts[i][0] for i in ids if i in self.storage.accounts}
+
+    async def lock(self, ids: list[str]) -> None:
+        return None
 
     async def add(self, accounts: list[PrepaidAccount], now: dt.datetime) -> None:
         for account in accounts:
@@ -301,5 +310,5 @@ class FakeUnitOfWork(ports.UnitOfWork):
         raise NotImplementedError
 
     async def write_batch(self, changes: BatchChanges) -> None:
-        raise NotImplementedError  # the fake commits whole batches (FakeStorage.commit_batch)
+        self.storage.write(changes)  # (committed at once: the fake has no transactions)
 

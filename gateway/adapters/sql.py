@@ -69,14 +69,6 @@ class SqlStorage(ports.Storage):
     def __call__(self, *, readonly: bool = False, background: bool = False) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.engine, None if readonly else self.write_lock, urgent=not background)
 
-    async def commit_batch(self, changes: BatchChanges, *, background: bool = False) -> None:
-        try:
-            await super().commit_batch(changes, background=background)
-        except sa.exc.IntegrityError as exc:
-            if is_duplicate(exc):
-                raise DuplicateRow(str(exc.orig)[:200]) from exc
-            raise
-
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncConnection]:
         """A connection for queries (the read models), in a transaction that is rolled back."""
@@ -220,6 +212,14 @@ class SqlUnitOfWork(ports.UnitOfWork):
                                                         created_at=now))
 
     async def write_batch(self, changes: BatchChanges) -> None:
+        try:
+            await self._write_batch(changes)
+        except sa.exc.IntegrityError as exc:
+            if is_duplicate(exc):
+                raise DuplicateRow(str(exc.orig)[:200]) from exc
+            raise
+
+    async def _write_batch(self, changes: BatchChanges) -> None:
         await self.check(changes)
         for record in changes.commands:
             await self.commands.add(record)
@@ -282,6 +282,10 @@ class _Accounts(_Repository, ports.AccountRepository):
             rows = await self.uow.execute(sa.select(c.id, c.version).where(c.id.in_(ids[start:start + size])))
             out.update((row.id, row.version) for row in rows)
         return out
+
+    async def lock(self, ids: list[str]) -> None:
+        if self.uow.dialect != "sqlite":
+            await self.uow.lock(t.accounts, "id", ids, "id")
 
     async def add(self, accounts: list[PrepaidAccount], now: dt.datetime) -> None:
         # Two instances starting together may both add an account: the one whose row goes in writes its opening.

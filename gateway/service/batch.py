@@ -68,7 +68,7 @@ class Batch:
 
     async def load(self, reader: Callable[[], Awaitable[UnitOfWork]], jobs: list[Job],
                    known: Known | None = None, *,
-                   in_flight: dict[PaymentKey, dict[str, Any]] | None = None) -> None:
+                   in_flight: dict[PaymentKey, dict[str, Any]] | None = None, lock: bool = False) -> None:
         """Read what the jobs need; ``reader()`` opens the unit of work to read with, only if something must be
         read. ``known``: meters and the rate limiter as the writer's last batch left them (SQLite only).
         ``in_flight``: payments of the batch being committed (not readable yet)."""
@@ -89,6 +89,8 @@ class Batch:
                 spec = self.catalog.meters.get(job.reading.meter_id)
                 if spec is not None:
                     account_ids.add(spec.account_id)
+        if lock:  # read under row locks, in the transaction that writes (see Writer._commit_locked)
+            await (await reader()).accounts.lock(sorted(account_ids & set(self.catalog.accounts)))
         self.accounts = await load_accounts(reader, self.catalog, sorted(account_ids), cache=self.cache,
                                                  versions=self.versions, trust_cache=self.trust_cache,
                                                  unreadable=self.unreadable)

@@ -80,6 +80,11 @@ class AccountRepository(abc.ABC):
         """The versions of the accounts among ``ids`` that exist."""
 
     @abc.abstractmethod
+    async def lock(self, ids: list[str]) -> None:
+        """Lock the accounts' rows until the commit, in id order (PostgreSQL; nothing on SQLite, whose writers
+        queue for its one write lock): read after this, they cannot change before this unit of work writes."""
+
+    @abc.abstractmethod
     async def add(self, accounts: list[PrepaidAccount], now: dt.datetime) -> None:
         """New accounts, each with its opening balance as its first ledger entry."""
 

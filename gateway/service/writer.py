@@ -235,15 +235,41 @@ class Writer:
 
     async def _commit(self, items: list[Item]) -> None:
         """Prepare and write a batch; one that finds rows changed by another instance is done again from fresh
-        rows (``STALE_ATTEMPTS`` times)."""
+        rows (``STALE_ATTEMPTS`` times), from the third time on under row locks (it then cannot find them
+        changed: busy instances never starve a payment)."""
         for attempt in range(STALE_ATTEMPTS):
             try:
-                await self._write(await self._prepare(items))
+                if attempt >= 2 and not self.storage.exclusive:
+                    await self._commit_locked(items)
+                else:
+                    await self._write(await self._prepare(items))
                 return
             except StaleWrite:
                 self._forget()
                 if attempt == STALE_ATTEMPTS - 1:
                     raise
+
+    async def _commit_locked(self, items: list[Item]) -> None:
+        """Read, apply and write in one unit of work, the accounts locked from the moment they are read."""
+        batch = Batch(self.catalog, self.clock(), self.cache)
+        async with self.storage(background=all(isinstance(job, ReadingJob) for job, _ in items)) as uow:
+            async def reader() -> UnitOfWork:
+                return uow
+
+            await batch.load(reader, [job for job, _ in items], lock=True)
+            batch.alarm_unreadable(self.alarmed)
+            results = await self._apply(batch, items)
+            changes = self._changes(batch)
+            await uow.write_batch(changes)
+            await uow.commit()
+        self._done(_Prepared(batch, changes, results, items))
+
+    def _changes(self, batch: Batch) -> BatchChanges:
+        changes = batch.changes(self.storage.account_row)
+        if self.outbox_full is not None and self.outbox_full.full and changes.outbox:
+            self.outbox_full.leave_out(len(changes.outbox))  # counted, reported when there is room again
+            changes.outbox = []
+        return changes
 
     async def _prepare(self, items: list[Item], *, after: Batch | None = None) -> _Prepared:
         """Read what the jobs need (in a read-only unit of work, opened only if something must be read), apply
@@ -263,10 +289,7 @@ class Writer:
                              in_flight=after.payments if after is not None else None)
         batch.alarm_unreadable(self.alarmed)
         results = await self._apply(batch, items, pause_every=32)
-        changes = batch.changes(self.storage.account_row)
-        if self.outbox_full is not None and self.outbox_full.full and changes.outbox:
-            self.outbox_full.leave_out(len(changes.outbox))  # counted, reported when there is room again
-            changes.outbox = []
+        changes = self._changes(batch)
         if exclusive:
             batch.remember(self._known)  # what the next batch builds on (forgotten if this one fails)
         return _Prepared(batch, changes, results, items)

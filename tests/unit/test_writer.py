@@ -59,3 +59,14 @@ async def test_an_account_changed_by_another_writer_is_done_again_from_the_store
     await writer.aclose()
     assert result.record["balance_after_fen"] == 1_000 + 100 + 500 + 10
     assert storage.accounts["A-1"][1]["balance_fen"] == 1_610
+
+
+async def test_a_batch_that_keeps_finding_its_rows_changed_is_done_under_row_locks() -> None:
+    """Another instance changes the account between every read and write of the optimistic path: after two
+    stale tries the batch reads its accounts locked, in the transaction that writes, and goes through."""
+    storage, writer, _ = setup(exclusive=False)
+    storage.busy_neighbour = True
+    result = await asyncio.wait_for(writer.submit(PaymentJob("billing", "P-1", "A-1", 100)), 5)
+    await writer.aclose()
+    assert result.created and result.record["balance_after_fen"] == 1_100
+    assert storage.accounts["A-1"][1]["balance_fen"] == 1_100
