@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.adapters import bulk
 from gateway.adapters import tables as t
-from gateway.adapters.sql import LIMITER, SqlStorage
+from gateway.adapters.sql import LIMITER, SqlStorage, is_duplicate
 from gateway.service.errors import DuplicateRow
 from gateway.service.ports import BatchChanges
 
@@ -45,7 +45,7 @@ class SqlitePipelineStorage(SqlStorage):
         try:
             await asyncio.get_running_loop().run_in_executor(self._thread, self._commit, statements)
         except sqlite3.IntegrityError as exc:
-            if "unique" in str(exc).lower():
+            if is_duplicate(str(exc)):
                 raise DuplicateRow(str(exc)[:200]) from exc
             raise
         finally:
