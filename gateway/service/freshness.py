@@ -12,8 +12,6 @@ reading is never older than ``reading_history_s`` while it answers, and the sett
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
-
 from drivers.base import Reading, RelayState
 from gateway.domain.account import PrepaidAccount
 
@@ -59,6 +57,3 @@ class Freshness:
             self._stored.clear()
         else:
             self._stored.pop(meter_id, None)
-
-    def view(self) -> Mapping[str, Reading]:
-        return self.latest
