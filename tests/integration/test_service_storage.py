@@ -37,6 +37,17 @@ def site(database: dict[str, Any]) -> Settings:
     })
 
 
+def one_meter(database: dict[str, Any]) -> Settings:
+    """Account A-1 (10.00 yuan, 1 yuan/kWh) with one meter, M-1."""
+    return Settings.model_validate({
+        "database": database,
+        "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
+        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "10.00"}],
+        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
+        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1"}],
+    })
+
+
 @pytest.fixture
 async def gateway(database: dict[str, Any], tmp_path: Path):
     async with Gateway(site(database), clock=Clock(), base_dir=tmp_path) as gw:
@@ -272,13 +283,7 @@ async def test_a_command_transition_writes_its_state_event_and_audit(database: d
     failed, and an audit row."""
     from gateway.service import commands as cmds
 
-    settings = Settings.model_validate({
-        "database": database,
-        "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
-        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "10.00"}],
-        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
-        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1"}],
-    })
+    settings = one_meter(database)
     clock = Clock()
     async with Gateway(settings, clock=clock, base_dir=tmp_path, run_buses=False) as gw:
         record = await gw.service.request_command(meter_id="M-1", action="open", origin="operator",
@@ -344,13 +349,7 @@ async def test_a_late_reading_is_stored_unbilled_and_neither_the_latest_nor_the_
     stays the newest taken."""
     from drivers.base import RelayState
 
-    settings = Settings.model_validate({
-        "database": database,
-        "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
-        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "10.00"}],
-        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
-        "meters": [{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1"}],
-    })
+    settings = one_meter(database)
     closed, opened = RelayState.CLOSED, RelayState.OPEN
     async with Gateway(settings, clock=Clock(), base_dir=tmp_path, run_buses=False) as gw:
         for seconds, wh, relay in ((0, 10_000, closed), (120, 10_100, closed), (60, 10_050, opened)):  # the last late
