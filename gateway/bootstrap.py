@@ -223,15 +223,25 @@ class Gateway:
                                  max_waiting=mqtt.max_waiting)
         self.service.writer.on_commit = self.relay.wake
         self.service.writer.outbox_full = self.relay
+        discovery, self.discovery = None, None
+        if mqtt.home_assistant:  # registered before the connection: its subscription is made at each one
+            from gateway.service.meter_state import HomeAssistantDiscovery
+
+            self.discovery = HomeAssistantDiscovery(
+                publisher, [(m.id, m.model) for m in self.catalog.meters.values()],
+                discovery_prefix=mqtt.discovery_prefix, node=mqtt.prefix)
+            discovery = asyncio.create_task(self.discovery.run(), name="gateway.mqtt.discovery")
         connection = asyncio.create_task(publisher.run(), name="gateway.mqtt")
         relay = asyncio.create_task(self.relay.run(), name="gateway.outbox")
 
         async def stop() -> None:
             self.service.writer.on_commit = lambda: None
             self.service.writer.outbox_full = None
-            relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
+            for task in (relay, discovery):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             publisher.stop()
             await connection
 

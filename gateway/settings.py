@@ -142,6 +142,10 @@ class MqttSettings(_Strict):
     max_waiting: int = Field(1_000_000, ge=10, description=(
         "the most events kept in the outbox while the broker is down; beyond, new events are left out (counted, "
         "with an alarm), the oldest kept"))
+    home_assistant: bool = Field(False, description=(
+        "publish Home Assistant MQTT discovery configs (each meter's energy and relay), retained"))
+    discovery_prefix: str = Field("homeassistant", min_length=1, max_length=100, pattern=r"^[^#+\x00]+$",
+                                  description="Home Assistant's discovery prefix")
 
 
 class EngineSettings(_Strict):

@@ -280,10 +280,29 @@ class Outbox(_Repository, ports.OutboxRepository):
     async def readings(self, after_id: int, limit: int) -> list[OutboxEvent]:
         c = t.readings.c
         rows = await self.uow.execute(sa.select(t.readings).where(c.id > after_id).order_by(c.id).limit(limit))
-        return [OutboxEvent(row.id, f"meters/{row.meter_id}/reading", {
+        return [self._reading(row) for row in rows]
+
+    @staticmethod
+    def _reading(row: Any) -> OutboxEvent:
+        return OutboxEvent(row.id, f"meters/{row.meter_id}/reading", {
             "type": "Reading", "reading_id": row.id, "meter_id": row.meter_id, "at": row.taken_at,
             "energy_wh": row.energy_wh, "power_w": row.power_w, "voltage_v": row.voltage_v,
-            "current_a": row.current_a, "relay": row.relay, "billed": row.billed}, row.taken_at) for row in rows]
+            "current_a": row.current_a, "relay": row.relay, "billed": row.billed}, row.taken_at)
+
+    async def meter_snapshot(self) -> tuple[int, int, dict[str, dict[str, Any]]]:
+        events_to = (await self.uow.execute(sa.select(sa.func.max(t.outbox.c.id)))).scalar()
+        readings_to = (await self.uow.execute(sa.select(sa.func.max(t.readings.c.id)))).scalar()
+        m, newest = t.meters.c, t.readings.alias("newest")
+        latest = (sa.select(newest.c.id).where(newest.c.meter_id == m.id)  # per meter, on ix_readings_meter_taken
+                  .order_by(newest.c.taken_at.desc(), newest.c.id.desc()).limit(1)
+                  .correlate(t.meters).scalar_subquery())
+        readings = {row.meter_id: self._reading(row) for row in await self.uow.execute(
+            sa.select(t.readings).where(t.readings.c.id.in_(sa.select(latest).select_from(t.meters))))}
+        meters = {row.id: {"health": row.health, "error": row.last_error, "relay": row.relay,
+                           "relay_fault": row.relay_fault, "reading": readings.get(row.id)}
+                  for row in await self.uow.execute(sa.select(m.id, m.health, m.last_error, m.relay,
+                                                              m.relay_fault))}
+        return int(events_to or 0), int(readings_to or 0), meters
 
     async def readings_published(self) -> int:
         c = t.event_sequences.c

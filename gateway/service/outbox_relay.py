@@ -7,7 +7,10 @@ down they wait in the outbox and go out, in order and marked as replayed, once i
 publish and its mark publishes that event again (at least once: the event id, and the same sequence number,
 tell duplicates apart). Each payload carries ``event_id``, ``seq`` (the event's number on its topic: one entity's
 stream, counted without gaps across restarts) and ``at`` (the time of the change). Balance and meter state topics
-are retained: a new subscriber gets the latest at once. Published events are deleted after ``retention_s``.
+are retained: a new subscriber gets the latest at once. A meter's state topic carries its whole state (health,
+relay, newest reading: ``gateway.service.meter_state``), published again when a ``MeterHealth`` event, a stored
+reading or a relay command's ``CommandState`` changes it, once per batch; every meter's state at the start.
+Published events are deleted after ``retention_s``.
 
 The outbox does not grow without bound while the publisher is down: at ``max_waiting`` events the relay raises
 the alarm (a log line) and the writer stops adding events (``full``), keeping the oldest; the number left out is
@@ -23,6 +26,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from gateway.service.meter_state import MeterStates, is_state_topic, state_topic
 from gateway.service.ports import OutboxEvent, Publisher, PublisherUnavailable, Storage
 
 __all__ = ["OutboxRelay"]
@@ -60,6 +64,8 @@ class OutboxRelay:
         self.left_out = 0  # events the writer left out while full, not reported yet
         self._wake = asyncio.Event()
         self._pruned_at: dt.datetime | None = None
+        self.states = MeterStates()  # the meters' retained states (seeded from storage at the start)
+        self._seeded = False
 
     def wake(self) -> None:
         """New events were committed."""
@@ -71,11 +77,18 @@ class OutboxRelay:
             async with self.storage(readonly=True) as uow:
                 if self.readings_after is None:
                     self.readings_after = await uow.outbox.readings_published()
+                if not self._seeded:
+                    self.states.seed(*await uow.outbox.meter_snapshot(), at=self.clock())
+                    self._seeded = True
                 events = await uow.outbox.pending(self.after_id, self.batch)
                 readings = await uow.outbox.readings(self.readings_after, self.batch)
             if readings:
                 replaying = await self._publish(readings, replaying, readings=True)
             if not events and not readings:
+                if self.states.dirty:  # changed states not published yet (at the start: every meter's)
+                    replaying = await self._publish([], replaying)
+                    if self.states.dirty:
+                        continue
                 replaying = False
                 if self.full:
                     await self._room_again()
@@ -91,13 +104,21 @@ class OutboxRelay:
 
     async def _publish(self, events: list[OutboxEvent], replaying: bool, *, readings: bool = False) -> bool:
         """Publish in order until the publisher fails; mark what went out. Returns whether events now wait (to
-        be flagged as replayed)."""
+        be flagged as replayed). Then the states of the meters the events changed."""
+        states = self.states
+        apply = states.reading if readings else states.event
+        for event in events:
+            apply(event)
+        topics = {event.topic for event in events} | {state_topic(meter) for meter in states.dirty}
         async with self.storage(readonly=True) as uow:
-            sequences = await uow.outbox.sequences({event.topic for event in events})
+            sequences = await uow.outbox.sequences(topics)
         done: list[int] = []
         numbered: dict[str, int] = {}
         try:
             for event in events:
+                if not readings and is_state_topic(event.topic):  # a MeterHealth: in the meter's state, below
+                    done.append(event.id)
+                    continue
                 seq = numbered.get(event.topic, sequences.get(event.topic, 0)) + 1
                 payload: dict[str, Any] = {"at": event.created_at, **event.payload, "seq": seq}
                 if not readings:
@@ -107,12 +128,21 @@ class OutboxRelay:
                 await self.publisher.publish(event.topic, payload, retain=event.topic.endswith(RETAINED))
                 done.append(event.id)
                 numbered[event.topic] = seq
+            for meter in list(states.dirty):
+                topic = state_topic(meter)
+                seq = numbered.get(topic, sequences.get(topic, 0)) + 1
+                payload = {**states.payload(meter), "seq": seq}
+                if replaying:
+                    payload["replayed"] = True
+                await self.publisher.publish(topic, payload, retain=True)
+                numbered[topic] = seq
+                states.published(meter)
         except PublisherUnavailable:
             replaying = True
             await self._check_room()
             await asyncio.sleep(self.retry_s)
         finally:
-            if done:
+            if done or numbered:
                 async with self.storage(background=True) as uow:
                     if readings:
                         await uow.outbox.published([], self.clock(), numbered, readings_to=done[-1])
@@ -121,7 +151,7 @@ class OutboxRelay:
                     await uow.commit()
                 if readings:
                     self.readings_after = done[-1]
-                else:
+                elif done:
                     self.after_id = done[-1]
                 self.published += len(done)
         return replaying

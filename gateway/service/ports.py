@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -196,6 +197,13 @@ class OutboxRepository(abc.ABC):
     async def prune(self, before: dt.datetime) -> int:
         """Delete the events published before ``before``; returns how many."""
 
+    async def meter_snapshot(self) -> tuple[int, int, dict[str, dict[str, Any]]]:
+        """Where the meters' retained states start (``gateway.service.meter_state``): the id of the newest outbox
+        event and of the newest reading, then every meter's ``health``, ``error``, ``relay`` and ``relay_fault``
+        (the meters table) and ``reading``, its newest reading by the time it was taken (as ``readings`` gives
+        it), or None. The ids are read first: what is committed meanwhile is in the snapshot and above them."""
+        raise NotImplementedError
+
 
 class PublisherUnavailable(RuntimeError):
     """The destination cannot take events now (a broker down): they stay in the outbox and go out later."""
@@ -207,6 +215,24 @@ class Publisher(abc.ABC):
     @abc.abstractmethod
     async def publish(self, topic: str, payload: dict[str, Any], *, retain: bool = False) -> None:
         """Deliver one event (at least once); ``PublisherUnavailable`` when the destination is down."""
+
+    def topic(self, name: str) -> str:
+        """The full topic of ``name`` as ``publish`` delivers it (under the destination's prefix)."""
+        return name
+
+    async def publish_raw(self, topic: str, payload: dict[str, Any], *, retain: bool = False) -> None:
+        """Deliver ``payload`` at ``topic`` itself, not under the prefix (Home Assistant's discovery configs);
+        ``PublisherUnavailable`` when the destination is down."""
+        raise NotImplementedError
+
+    def subscribe(self, topic: str, callback: Callable[[str, bytes], None]) -> None:
+        """Call ``callback(topic, payload)`` for each message on ``topic`` (a full topic, wildcards allowed), on
+        every connection from the next one on (register before the connection is made)."""
+        raise NotImplementedError
+
+    def on_connect(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time the connection is made: at the start, and again after an outage."""
+        raise NotImplementedError
 
 
 class LedgerRepository(abc.ABC):
