@@ -30,6 +30,7 @@ from gateway.domain.account import Thresholds
 from gateway.domain.messages import CommandQueued, DisconnectWithdrawn, Message, MeterAnswered
 from gateway.domain.relay import Limits
 from gateway.domain.tariff_config import tariff_from_dict
+from gateway.domain.notices import DEFAULT_TEMPLATES, KINDS, Contact, NoticePolicy, QuietHours
 from gateway.service.catalog import AccountSpec, Catalog, MeterSpec
 from gateway.service.clock import SystemClock
 from gateway.service.facade import Service
@@ -60,6 +61,7 @@ def catalog_from_settings(settings: Settings, *, base_dir: Path | None = None) -
             protected=a.protected,
             credit_class=a.credit_class,
             meter_ids=tuple(meter_ids.get(a.id, ())),
+            contacts=tuple(_contact(c) for c in a.contacts),
         )
         for a in settings.accounts
     }
@@ -69,14 +71,35 @@ def catalog_from_settings(settings: Settings, *, base_dir: Path | None = None) -
         for m in settings.meters
     }
     engine = settings.engine
-    return Catalog(accounts, meters, settings.site_policy(base_dir=base_dir), settings.api.max_payment,
+    site = settings.site_policy(base_dir=base_dir)
+    return Catalog(accounts, meters, site, settings.api.max_payment,
                    engine.command_expiry_s, engine.confirm_interval_s, engine.manual_hold_s, engine.evaluate_every_s,
                    engine.reading_history_s, settings.api.max_operator_hold_s,
                    Limits(confirm_interval=dt.timedelta(seconds=engine.confirm_interval_s),
                           confirm_timeout=dt.timedelta(seconds=engine.confirm_timeout_s),
                           max_attempts=engine.command_attempts,
                           backoff_base=dt.timedelta(seconds=engine.retry_backoff_s),
-                          backoff_cap=dt.timedelta(seconds=engine.retry_backoff_cap_s)))
+                          backoff_cap=dt.timedelta(seconds=engine.retry_backoff_cap_s)),
+                   notices=notice_policy(settings, site.tz))
+
+
+def notice_policy(settings: Settings, tz: Any) -> NoticePolicy | None:
+    """The site's notice policy from ``notices`` (None: no notices), the built-in templates completed."""
+    notices = settings.notices
+    if notices is None:
+        return None
+    templates = {kind: {**DEFAULT_TEMPLATES.get(kind, {}), **notices.templates.get(kind, {})}  # type: ignore[call-overload]
+                 for kind in KINDS}
+    quiet = notices.quiet_hours
+    return NoticePolicy(templates, settings.site.name, tz, tuple(_contact(c) for c in notices.staff),
+                        QuietHours(quiet.start, quiet.end, frozenset(quiet.kinds)) if quiet is not None else None,
+                        notices.max_attempts, dt.timedelta(seconds=notices.retry_backoff_s),
+                        dt.timedelta(seconds=notices.retry_backoff_cap_s),
+                        dt.timedelta(seconds=notices.max_event_age_s), subjects=notices.subjects)
+
+
+def _contact(c: Any) -> Contact:
+    return Contact(c.name, c.role, c.channel, c.to, c.language, frozenset(c.opt_out))
 
 def default_models_dir() -> Path:
     return REPO_CONFIG / "meters"
@@ -141,6 +164,7 @@ class Gateway:
                                bus=self.messages)
         self.scheduler: Scheduler | None = None
         self.relay: Any = None  # the outbox relay, when events go out over MQTT
+        self.notices: Any = None  # the notice planner and dispatcher, when notices are on
         self._stack = contextlib.AsyncExitStack()
 
     def _storage(self) -> Storage:
@@ -179,12 +203,16 @@ class Gateway:
             previous = sys.getswitchinterval()
             sys.setswitchinterval(min(previous, self.settings.database.switch_interval_ms / 1000))
             self._stack.callback(sys.setswitchinterval, previous)
+        for warning in self.settings.warnings():
+            log.warning("settings: %s", warning)
         await migrate(self.engine)
         self.service.writer.start()
         self._stack.push_async_callback(self.service.writer.aclose)
         await self.service.sync_catalog()
         if self.settings.mqtt is not None:
             await self._publish(self.settings.mqtt)
+        if self.settings.notices is not None and self.catalog.notices is not None:
+            self._notify(self.settings.notices, self.catalog.notices)
         buses = []
         models = site_models(self.settings, base_dir=self.base_dir)
         for bus in self.settings.buses if self.run_buses else []:
@@ -244,6 +272,30 @@ class Gateway:
                         await task
             publisher.stop()
             await connection
+
+        self._stack.push_async_callback(stop)
+
+    def _notify(self, settings: Any, policy: NoticePolicy) -> None:
+        """Notices out: the planner and dispatcher (stopped before the writer), and their channels."""
+        from gateway.adapters.notifiers import Channels
+        from gateway.service.notices import NoticeService
+
+        channels = Channels.from_settings(settings.channels)
+        self.notices = NoticeService(self.uow, self.catalog, policy, channels, self.service.clock,
+                                     self.service.final_warning_delivered)
+        writer = self.service.writer
+        published = writer.on_commit
+        writer.on_commit = lambda: (published(), self.notices.wake())  # type: ignore[func-returns-value]
+        if self.relay is not None:
+            self.relay.keep_unnoticed = True  # an event waits for the planner too before it is pruned
+        task = asyncio.create_task(self.notices.run(), name="gateway.notices")
+
+        async def stop() -> None:
+            writer.on_commit = published
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await channels.aclose()
 
         self._stack.push_async_callback(stop)
 

@@ -80,6 +80,8 @@ def check_config(file: Path) -> None:
     settings = _checked(file)
     typer.echo(f"{file}: OK ({len(settings.accounts)} accounts, {len(settings.meters)} meters on "
                f"{len(settings.buses)} buses, {len(settings.tariffs)} tariffs)")
+    for warning in settings.warnings():
+        typer.echo(f"{file}: warning: {warning}")
 
 
 @app.command()

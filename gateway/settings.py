@@ -9,6 +9,7 @@ Environment overrides: ``GATEWAY_<KEY>__<KEY>...`` sets a nested key before vali
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -148,6 +149,94 @@ class MqttSettings(_Strict):
                                   description="Home Assistant's discovery prefix")
 
 
+NoticeKind = Literal["low_balance_1", "low_balance_2", "exhausted", "disconnected", "reconnected",
+                     "payment_received", "final_warning_undelivered"]
+_LANGUAGE = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$"
+
+
+class ContactSettings(_Strict):
+    """Someone told about an account (docs/notices.md): the customer, or collection staff."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f/]+$")
+    role: Literal["customer", "staff"] = "customer"
+    channel: str = Field(description="a channel of notices.channels")
+    to: str = Field("", max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$", repr=False,
+                    description="the address on that channel: phone number, e-mail address...")
+    language: str = Field("zh", pattern=_LANGUAGE, description="the templates' language for this contact")
+    opt_out: list[NoticeKind] = Field(default_factory=list, description="kinds of notice this contact does not want")
+
+
+class ChannelSettings(_Strict):
+    """How notices reach people: an apprise URL (JSON webhooks, e-mail, many SMS services), or a JSON webhook
+    of this gateway's own, signed with HMAC-SHA256 (for SMS gateways that want one)."""
+
+    kind: Literal["apprise", "webhook"]
+    url: str = Field(min_length=1, max_length=2000, repr=False, description=(
+        "apprise: its URL, where {to} is replaced by the contact's address; webhook: the http(s) URL to POST to. "
+        "May hold credentials: set it from the environment (GATEWAY_NOTICES__CHANNELS__<NAME>__URL)"))
+    secret: str | None = Field(None, min_length=16, repr=False, description="webhook: the HMAC key (16+ chars)")
+    timeout_s: float = Field(10, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _webhook(self) -> ChannelSettings:
+        if self.kind == "webhook":
+            if self.secret is None:
+                raise ValueError("a webhook channel needs a secret (its HMAC key)")
+            if not self.url.startswith(("http://", "https://")):
+                raise ValueError("a webhook channel's url must start with http:// or https://")
+        return self
+
+
+class QuietHoursSettings(_Strict):
+    start: dt.time = Field(dt.time(22, 0), description="site time, e.g. \"22:00\"")
+    end: dt.time = Field(dt.time(7, 0), description="site time; may be before start (over midnight)")
+    kinds: list[NoticeKind] = Field(["low_balance_1", "low_balance_2"],
+                                    description="the non-urgent kinds held until the quiet hours end")
+
+
+class NoticesSettings(_Strict):
+    """Notices to customers and staff (docs/notices.md); absent: none are sent."""
+
+    channels: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")], ChannelSettings] = Field(min_length=1)
+    staff: list[ContactSettings] = Field(default_factory=list, description="collection staff told about every account")
+    templates: dict[NoticeKind, dict[Annotated[str, Field(pattern=_LANGUAGE)], str]] = Field(
+        default_factory=dict, description="text by kind and language; given ones replace the built-in ones")
+    subjects: dict[NoticeKind, dict[Annotated[str, Field(pattern=_LANGUAGE)], str]] = Field(
+        default_factory=dict, description="titles (e-mail subjects) by kind and language")
+    quiet_hours: QuietHoursSettings | None = None
+    require_delivered_warning: bool = Field(True, description=(
+        "the notice period starts when the final warning is delivered; no automatic disconnect before"))
+    delivery_timeout_s: float = Field(3600, gt=0, description=(
+        "a final warning not delivered within this: the staff are told (the disconnect still waits)"))
+    max_attempts: int = Field(6, ge=1, le=50, description="tries before a notice is a dead letter (failed)")
+    retry_backoff_s: float = Field(30, gt=0, description="the wait before the second try; doubles for each next")
+    retry_backoff_cap_s: float = Field(3600, gt=0)
+    max_event_age_s: float = Field(3600, gt=0, description=(
+        "older events (e.g. from before notices were switched on) make no notice"))
+
+    @field_validator("templates", "subjects")
+    @classmethod
+    def _placeholders(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        from gateway.domain.notices import check_template
+
+        for kind, by_language in value.items():
+            for language, text in by_language.items():
+                try:
+                    check_template(text)
+                except ValueError as exc:
+                    raise ValueError(f"{kind}.{language}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _staff(self) -> NoticesSettings:
+        for i, contact in enumerate(self.staff):
+            if contact.role != "staff":
+                raise ValueError(f"staff[{i}].role: the site's staff contacts have role staff")
+            if contact.channel not in self.channels:
+                raise ValueError(f"staff[{i}].channel: unknown channel {contact.channel!r}")
+        return self
+
+
 class EngineSettings(_Strict):
     command_expiry_s: float = Field(600, gt=0)
     confirm_interval_s: float = Field(0.5, gt=0, description="how often a sent command's relay is read back")
@@ -181,7 +270,7 @@ class AccountSettings(_Strict):
     overdraft: Yuan | None = Field(None, description="overrides the credit class's overdraft")
     reconnect_min_topup: Yuan = 100
     protected: bool = False
-    contacts: list[str] = []
+    contacts: list[ContactSettings] = Field(default_factory=list, description="who is told (notices.channels)")
 
     _money = field_validator("warning1", "warning2", "overdraft", "reconnect_min_topup",
                              mode="before")(classmethod(lambda cls, v: v if v is None else _yuan(v)))
@@ -259,6 +348,7 @@ class Settings(_Strict):
     database: DatabaseSettings = DatabaseSettings()
     api: ApiSettings = ApiSettings()
     mqtt: MqttSettings | None = None
+    notices: NoticesSettings | None = None
     engine: EngineSettings = EngineSettings()
     models_dir: str | None = Field(None, description="meter model files; default: the shipped config/meters")
     policy: dict[str, Any] = Field(default_factory=dict, description="guardrails: see docs/balance-engine.md")
@@ -289,6 +379,11 @@ class Settings(_Strict):
             if account.credit_class and account.credit_class not in policy.credit_classes:
                 raise ValueError(f"accounts[{i}].credit_class: unknown credit class {account.credit_class!r} "
                                  f"(known: {', '.join(policy.credit_classes)})")
+            channels = self.notices.channels if self.notices is not None else {}
+            for j, contact in enumerate(account.contacts):
+                if contact.channel not in channels:
+                    raise ValueError(f"accounts[{i}].contacts[{j}].channel: unknown channel {contact.channel!r}"
+                                     + ("" if channels else " (no notices section)"))
         account_ids = {a.id for a in self.accounts}
         buses = {b.id: b for b in self.buses}
         for i, meter in enumerate(self.meters):
@@ -338,6 +433,19 @@ class Settings(_Strict):
                                  "billed and switched for two accounts")
 
 
+    def warnings(self) -> list[str]:
+        """What is valid but probably not meant (``check-config`` prints these, the gateway logs them)."""
+        out = []
+        notices = self.notices
+        if notices is not None and notices.require_delivered_warning and not notices.staff:
+            for i, account in enumerate(self.accounts):
+                wanted = [c for c in account.contacts if "low_balance_2" not in c.opt_out]
+                if not wanted and not account.protected:
+                    out.append(f"accounts[{i}] ({account.id}): nobody takes its final warning (no contact, no "
+                               "notices.staff): with notices.require_delivered_warning it is never disconnected "
+                               "automatically")
+        return out
+
     def site_policy(self, *, base_dir: Path | None = None, check_only: bool = False) -> SitePolicy:
         """The engine's site policy: ``policy`` plus the site's time zone and the holiday calendar file."""
         data = {"timezone": self.site.timezone, **self.policy}
@@ -350,7 +458,11 @@ class Settings(_Strict):
                 text, source = path.read_text(encoding="utf-8"), str(path)
             except OSError as exc:
                 raise ValueError(f"holidays_file: cannot read {path}: {exc.strerror or exc}") from None
-        return site_policy_from_dict(data, holidays_text=text, holidays_source=source, where="policy")
+        policy = site_policy_from_dict(data, holidays_text=text, holidays_source=source, where="policy")
+        if self.notices is not None and self.notices.require_delivered_warning:
+            policy = dataclasses.replace(policy, notice_delivery=True, notice_delivery_timeout=dt.timedelta(
+                seconds=self.notices.delivery_timeout_s))
+        return policy
 
 
 def _unique(what: str, ids: list[str]) -> None:

@@ -16,7 +16,7 @@ from gateway.service.clock import Clock
 from gateway.domain.account import PrepaidAccount
 from gateway.service import ports
 from gateway.service.commands import CommandRecord
-from gateway.service.ports import BatchChanges, MeterState, PaymentKey, StaleWrite
+from gateway.service.ports import BatchChanges, MeterState, NoticeRecord, PaymentKey, StaleWrite
 from gateway.service.views import AccountRows, MeterRows, ReadStore
 
 T0 = dt.datetime(2026, 11, 23, 8, tzinfo=dt.UTC)
@@ -137,6 +137,7 @@ class FakeReadStore(ReadStore):
         self.reading_rows: list[SimpleNamespace] = []
         self.ledger_rows: list[SimpleNamespace] = []
         self.command_records: list[CommandRecord] = []
+        self.notice_records: list[NoticeRecord] = []
 
     async def account(self, account_id: str) -> AccountRows:
         meters = sorted((m for m in self.meters.values() if m.account_id == account_id), key=lambda m: m.id)
@@ -169,6 +170,16 @@ class FakeReadStore(ReadStore):
 
     async def command(self, command_id: str) -> CommandRecord | None:
         return next((c for c in self.command_records if c.id == command_id), None)
+
+    async def notices(self, *, state: str | None, account_id: str | None, kind: str | None,
+                      before_id: int | None, limit: int) -> list[NoticeRecord]:
+        rows = [n for n in self.notice_records if (state is None or n.state == state)
+                and (account_id is None or n.account_id == account_id) and (kind is None or n.kind == kind)
+                and (before_id is None or n.id < before_id)]
+        return sorted(rows, key=lambda n: -n.id)[:limit]
+
+    async def notice(self, notice_id: int) -> NoticeRecord | None:
+        return next((n for n in self.notice_records if n.id == notice_id), None)
 
     async def ping(self) -> None:
         return None

@@ -62,5 +62,5 @@ def state_json(account: PrepaidAccount) -> RawJson:
 
 
 _OPTIONAL = ("operator_protected", "hold_until", "manual_disconnect", "deferred_reason", "deferred_detail",
-             "deferred_until", "final_warning_at")
+             "deferred_until", "final_warning_at", "final_warning_delivered_at", "final_warning_escalated")
 _METER = MeterCursor("")  # a meter's default configuration, as MeterCursor.from_dict takes it

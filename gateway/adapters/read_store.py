@@ -7,8 +7,10 @@ import datetime as dt
 import sqlalchemy as sa
 
 from gateway.adapters import tables as t
+from gateway.adapters.repositories import notice_record
 from gateway.adapters.sql import SqlStorage, command_record
 from gateway.service.commands import CommandRecord
+from gateway.service.ports import NoticeRecord
 from gateway.service.views import AccountRows, MeterRows, ReadStore, Row
 
 __all__ = ["SqlReadStore"]
@@ -69,6 +71,24 @@ class SqlReadStore(ReadStore):
         async with self.storage.reading() as uow:
             row = (await uow.execute(sa.select(t.commands).where(t.commands.c.id == command_id))).one_or_none()
         return None if row is None else command_record(row)
+
+    async def notices(self, *, state: str | None, account_id: str | None, kind: str | None,
+                      before_id: int | None, limit: int) -> list[NoticeRecord]:
+        c = t.notices.c
+        query = sa.select(t.notices)
+        for column, value in ((c.state, state), (c.account_id, account_id), (c.kind, kind)):
+            if value is not None:
+                query = query.where(column == value)
+        if before_id is not None:
+            query = query.where(c.id < before_id)
+        async with self.storage.reading() as uow:
+            rows = (await uow.execute(query.order_by(c.id.desc()).limit(limit))).all()
+        return [notice_record(row) for row in rows]
+
+    async def notice(self, notice_id: int) -> NoticeRecord | None:
+        async with self.storage.reading() as uow:
+            row = (await uow.execute(sa.select(t.notices).where(t.notices.c.id == notice_id))).one_or_none()
+        return None if row is None else notice_record(row)
 
     async def ping(self) -> None:
         async with self.storage.reading() as uow:

@@ -22,8 +22,8 @@ from gateway.service.ports import MeterState, OutboxEvent, PaymentKey
 if TYPE_CHECKING:
     from gateway.adapters.sql import SqlUnitOfWork
 
-__all__ = ["READINGS_CURSOR", "Accounts", "Commands", "Ledger", "Meters", "Outbox", "Payments", "chunks",
-           "command_record"]
+__all__ = ["READINGS_CURSOR", "Accounts", "Commands", "Ledger", "Meters", "Notices", "Outbox", "Payments", "chunks",
+           "command_record", "notice_record"]
 
 READINGS_CURSOR = "(readings)"  # the event_sequences row of the last reading published (not a topic)
 _MAX_PARAMS = 30_000  # within SQLite's (32766) and asyncpg's (32767) limits on bound parameters
@@ -324,7 +324,55 @@ class Outbox(_Repository, ports.OutboxRepository):
         await self.uow.update(t.event_sequences, "topic", [{"topic": k, "seq": v} for k, v in sequences.items()
                                                            if k in known])
 
-    async def prune(self, before: dt.datetime) -> int:
+    async def prune(self, before: dt.datetime, *, keep_unnoticed: bool = False) -> int:
         c = t.outbox.c
-        result = await self.uow.execute(sa.delete(t.outbox).where(c.published_at.is_not(None), c.published_at < before))
+        statement = sa.delete(t.outbox).where(c.published_at.is_not(None), c.published_at < before)
+        if keep_unnoticed:  # notices on: an event also waits for the notice planner
+            statement = statement.where(c.noticed_at.is_not(None))
+        result = await self.uow.execute(statement)
         return int(result.rowcount or 0)
+
+    async def unnoticed(self, after_id: int, limit: int) -> list[OutboxEvent]:
+        c = t.outbox.c
+        rows = await self.uow.execute(sa.select(c.id, c.topic, c.payload, c.created_at).where(
+            c.id > after_id, c.noticed_at.is_(None)).order_by(c.id).limit(limit))
+        return [OutboxEvent(row.id, row.topic, row.payload, row.created_at) for row in rows]
+
+    async def noticed(self, ids: list[int], at: dt.datetime) -> None:
+        c = t.outbox.c
+        for start, size in chunks(len(ids), 1):
+            await self.uow.execute(sa.update(t.outbox).where(c.id.in_(ids[start:start + size])).values(noticed_at=at))
+
+
+class Notices(_Repository, ports.NoticeRepository):
+    async def add(self, rows: list[dict[str, Any]]) -> int:
+        stored = 0
+        for row in rows:
+            result = await self.uow.execute(self.uow.insert_new(t.notices).values(**row))
+            stored += int(result.rowcount or 0)
+        return stored
+
+    async def due(self, now: dt.datetime, limit: int) -> list[ports.NoticeRecord]:
+        c = t.notices.c
+        rows = await self.uow.execute(sa.select(t.notices).where(
+            c.state == "pending", sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now))
+            .order_by(c.id).limit(limit))
+        return [notice_record(row) for row in rows]
+
+    async def claim(self, notice: ports.NoticeRecord, now: dt.datetime, lease_until: dt.datetime) -> bool:
+        c = t.notices.c
+        result = await self.uow.execute(sa.update(t.notices).where(
+            c.id == notice.id, c.state == "pending", c.attempts == notice.attempts).values(
+            attempts=notice.attempts + 1, next_attempt_at=lease_until, updated_at=now))
+        return bool(result.rowcount)
+
+    async def finish(self, notice_id: int, values: dict[str, Any]) -> None:
+        await self.uow.execute(sa.update(t.notices).where(t.notices.c.id == notice_id).values(**values))
+
+    async def get(self, notice_id: int) -> ports.NoticeRecord | None:
+        row = (await self.uow.execute(sa.select(t.notices).where(t.notices.c.id == notice_id))).first()
+        return notice_record(row) if row is not None else None
+
+
+def notice_record(row: Any) -> ports.NoticeRecord:
+    return ports.NoticeRecord(**{name: getattr(row, name) for name in ports.NoticeRecord.__dataclass_fields__})

@@ -24,7 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from drivers.priority_lock import PriorityLock
 from gateway.adapters import tables as t
 from gateway.adapters.account_rows import account_row
-from gateway.adapters.repositories import Accounts, Commands, Ledger, Meters, Outbox, Payments, chunks, command_record
+from gateway.adapters.repositories import (Accounts, Commands, Ledger, Meters, Notices, Outbox, Payments, chunks,
+                                           command_record)
 from gateway.domain.account import PrepaidAccount
 from gateway.service import ports
 from gateway.service.errors import DuplicateRow
@@ -87,6 +88,7 @@ class SqlUnitOfWork(ports.UnitOfWork):
         self.commands = Commands(self)
         self.ledger = Ledger(self)
         self.outbox = Outbox(self)
+        self.notices = Notices(self)
 
     @property
     def conn(self) -> AsyncConnection:

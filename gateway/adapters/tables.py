@@ -137,7 +137,35 @@ outbox = sa.Table(
     sa.Column("topic", sa.String(200), nullable=False),
     sa.Column("payload", sa.JSON, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
-    sa.Column("published_at", UtcDateTime, nullable=True),
+    sa.Column("published_at", UtcDateTime, nullable=True),  # MQTT (the outbox relay)
+    sa.Column("noticed_at", UtcDateTime, nullable=True),  # looked at by the notice planner (notices on)
+)
+
+notices = sa.Table(
+    "notices", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("dedup_key", sa.String(300), nullable=False, unique=True),  # event, kind, contact: made once
+    sa.Column("event_id", sa.BigInteger, nullable=False),  # the outbox event it tells of
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("contact", sa.String(100), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),  # customer | staff
+    sa.Column("channel", sa.String(64), nullable=False),
+    sa.Column("recipient", sa.String(200), nullable=False),
+    sa.Column("language", sa.String(16), nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("final", sa.Boolean, nullable=False),  # the final warning whose delivery starts the notice period
+    sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | failed (a dead letter)
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UtcDateTime, nullable=True),  # pending: not before (backoff, quiet hours)
+    sa.Column("last_error", sa.String(500), nullable=True),
+    sa.Column("issued_at", UtcDateTime, nullable=False),  # the event's time
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("delivered_at", UtcDateTime, nullable=True),
+    sa.Index("ix_notices_state_next", "state", "next_attempt_at"),
+    sa.Index("ix_notices_account", "account_id", "id"),
 )
 
 event_sequences = sa.Table(

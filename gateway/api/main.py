@@ -9,7 +9,7 @@ from fastapi_offline import FastAPIOffline
 
 from gateway.api import problems
 from gateway.api.openapi import install_openapi
-from gateway.api.routes import accounts, commands, health, meters, payments
+from gateway.api.routes import accounts, commands, health, meters, notices, payments
 from gateway.api.security import Caller, FailedAuthLimiter, KeyRing
 from gateway.service.facade import Service
 
@@ -36,7 +36,7 @@ def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None
     problems.install(app)
     app.add_middleware(_NoStore)
     app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes)
-    for module in (health, payments, accounts, meters, commands):
+    for module in (health, payments, accounts, meters, commands, notices):
         app.include_router(module.router)
     install_openapi(app, max_payment_fen=service.catalog.max_payment_fen)
     return app

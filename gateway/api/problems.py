@@ -33,6 +33,8 @@ from gateway.service.errors import (
     UnknownAccount,
     UnknownCommand,
     UnknownMeter,
+    UnknownNotice,
+    NoticeNotRetryable,
     UnknownPayment,
 )
 
@@ -85,6 +87,8 @@ PROBLEM_TYPES = _types(
     ProblemType("nothing-quarantined", 409, "Conflict",
                 "The meter has no quarantined reading to accept, or the acceptance does not fit it."),
     ProblemType("command-not-cancellable", 409, "Conflict", "Only a queued command can be cancelled."),
+    ProblemType("notice-not-retryable", 409, "Conflict",
+                "Only a failed notice (a dead letter) is tried again by hand; a pending one is tried anyway."),
     ProblemType("conflict", 409, "Conflict",
                 "The request is well formed but the state of the account, the meter or the clock does not allow it "
                 "now (e.g. a hold that ends in the past, a re-base taken in the future)."),
@@ -126,7 +130,8 @@ def problem(slug: str, detail: str | None = None, *, headers: dict[str, str] | N
 # Errors of the service and the domain, by the problem they are (the most specific class wins).
 _ERRORS: dict[type[Exception], str] = {
     UnknownAccount: "not-found", UnknownMeter: "not-found", DomainUnknownMeter: "not-found",
-    UnknownPayment: "not-found", UnknownCommand: "not-found",
+    UnknownPayment: "not-found", UnknownCommand: "not-found", UnknownNotice: "not-found",
+    NoticeNotRetryable: "notice-not-retryable",
     PaymentConflict: "payment-conflict",
     EmergencyCreditRefused: "emergency-credit-refused",
     NoQuarantinedReading: "nothing-quarantined",
@@ -247,6 +252,7 @@ _EXAMPLES = {
     "emergency-credit-refused": "account A-1: emergency credit refused: already granted in period 2026-11",
     "nothing-quarantined": "meter M-1 has no quarantined reading",
     "command-not-cancellable": "command 6f1c… is sent; only a queued command can be cancelled",
+    "notice-not-retryable": "notice 12 is delivered; only a failed notice is tried again",
     "conflict": "the hold must end in the future",
     "account-state-unreadable": "account A-7: the stored state cannot be read (hold_until); an alarm was raised",
     "content-too-large": "Content Too Large",

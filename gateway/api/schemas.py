@@ -112,6 +112,9 @@ class AccountPublic(BaseModel):
     disconnect_point: str
     reconnect_at: str
     emergency_credit_outstanding: str
+    final_warning_at: dt.datetime | None = Field(None, description="when the final warning was issued")
+    final_warning_delivered_at: dt.datetime | None = Field(None, description=(
+        "when it reached the customer (or the staff): with notices on, the notice period starts then"))
 
 
 class ReadingPublic(BaseModel):
@@ -320,6 +323,43 @@ class CommandAccepted(BaseModel):
     command: CommandPublic
     hold_until: dt.datetime | None = None
     note: str | None = None
+
+
+_NOTICE = {"id": 12, "kind": "low_balance_2", "account_id": "A-1", "contact": "Li Lei", "role": "customer",
+           "channel": "sms", "to": "*******0000", "language": "zh", "text": "【site】最后提醒：…",
+           "final_warning": True, "state": "failed", "attempts": 6, "next_attempt_at": None,
+           "last_error": "webhook answered 503 Service Unavailable", "issued_at": "2026-12-03T01:00:00Z",
+           "created_at": "2026-12-03T01:00:00Z", "updated_at": "2026-12-03T02:03:00Z", "delivered_at": None}
+
+
+class NoticePublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_NOTICE]})
+
+    id: int
+    kind: str
+    account_id: str
+    contact: str
+    role: str
+    channel: str
+    to: str = Field(description="the recipient's address, masked but for its last four characters")
+    language: str
+    text: str
+    final_warning: bool = Field(description="the final warning whose delivery starts the notice period")
+    state: str = Field(description="pending, delivered or failed (a dead letter)")
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    last_error: str | None
+    issued_at: dt.datetime
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    delivered_at: dt.datetime | None
+
+
+class NoticeList(BaseModel):
+    model_config = _example(data=[_NOTICE], next_before_id=None)
+
+    data: list[NoticePublic]
+    next_before_id: int | None = Field(description="pass as `before_id` for the next page; null on the last")
 
 
 class CommandList(BaseModel):

@@ -83,7 +83,8 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
                  operator_protected: bool = False, deferred_detail: str = "",
                  deferred_until: dt.datetime | None = None, final_warning_at: dt.datetime | None = None,
                  billing: BillingState | None = None, emergency: EmergencyCredit | None = None,
-                 cursors: Mapping[str, MeterCursor] | None = None, manual_disconnect: bool = False) -> None:
+                 cursors: Mapping[str, MeterCursor] | None = None, manual_disconnect: bool = False,
+                 final_warning_delivered_at: dt.datetime | None = None, final_warning_escalated: bool = False) -> None:
         self.id, self.tariff = id, tariff
         self.thresholds = thresholds or Thresholds()
         self.site = site or SitePolicy()
@@ -94,7 +95,10 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
         self.hold_until = hold_until
         self.manual_disconnect = manual_disconnect  # an operator cut the supply: no automatic reconnect
         self.deferred_reason, self.deferred_detail, self.deferred_until = deferred_reason, deferred_detail, deferred_until
-        self.final_warning_at = final_warning_at  # starts the notice period
+        self.final_warning_at = final_warning_at  # when the final warning was issued
+        # when it reached the customer (or the staff): with the site's notice_delivery, this starts the notice period
+        self.final_warning_delivered_at = final_warning_delivered_at
+        self.final_warning_escalated = final_warning_escalated  # the staff were told it could not be delivered
         self.billing = billing or BillingState(energy_wh=period_wh, charged_fen=period_charged_fen)
         self.emergency = emergency or EmergencyCredit()
         self.cursors: dict[str, MeterCursor] = dict(cursors or {})
@@ -169,7 +173,7 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
         """One warning per crossing downwards; crossing back up re-arms it (and the notice period)."""
         level = self.credit_level()
         if level < WARNING_2:
-            self.final_warning_at = None
+            self.final_warning_at, self.final_warning_delivered_at, self.final_warning_escalated = None, None, False
         if level < self.warned_level:
             self.warned_level = level
             return
@@ -180,6 +184,17 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
                 self.events.append(ev.CreditExhausted(self.id, self.balance_fen))
         self.warned_level = level
 
+
+    def final_warning_delivered(self, issued_at: dt.datetime, delivered_at: dt.datetime, to: str = "") -> bool:
+        """The final warning issued at ``issued_at`` reached ``to`` at ``delivered_at``. Counts only for the
+        current warning (one issued since the balance last fell to the final level) and only once; returns
+        whether it counted."""
+        issued_at, delivered_at = utc(issued_at, "issued_at"), utc(delivered_at, "delivered_at")
+        if self.final_warning_at is None or issued_at < self.final_warning_at or self.final_warning_delivered_at:
+            return False
+        self.final_warning_delivered_at = delivered_at
+        self.events.append(ev.FinalWarningDelivered(self.id, self.final_warning_at, delivered_at, to))
+        return True
 
     # --- operator flags -----------------------------------------------------------------------------------
     def set_protected(self, protected: bool, *, by: str = "") -> None:
@@ -265,6 +280,10 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
         refusal = disconnect_refusal(self, now, readings_ok=readings_ok, why_not_ok=why_not_ok, offline=offline,
                                      limiter=limiter)
         if refusal is not None:
+            if refusal.reason == "notice_undelivered" and refusal.until is None and not self.final_warning_escalated:
+                self.final_warning_escalated = True  # past the delivery timeout: the staff are told, once
+                assert self.final_warning_at is not None
+                self.events.append(ev.FinalWarningUndelivered(self.id, self.final_warning_at, self.balance_fen))
             if refusal.reason != self.deferred_reason:  # recorded once per reason, not once per evaluation
                 self.events.append(ev.DisconnectDeferred(self.id, refusal.reason, self.balance_fen, refusal.detail,
                                                          refusal.until))

@@ -21,6 +21,8 @@ __all__ = [
     "EmergencyCreditGranted",
     "EmergencyCreditRepaid",
     "Event",
+    "FinalWarningDelivered",
+    "FinalWarningUndelivered",
     "HoldChanged",
     "PaymentReceived",
     "PaymentReversed",
@@ -105,6 +107,25 @@ class CreditExhausted(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class FinalWarningDelivered(Event):
+    """The final warning reached the customer (or the staff, where the customer has no contact): the notice
+    period starts ``delivered_at``."""
+
+    issued_at: dt.datetime
+    delivered_at: dt.datetime
+    to: str  # the contact's role and name, e.g. "customer:Li Lei"
+
+
+@dataclass(frozen=True, slots=True)
+class FinalWarningUndelivered(Event):
+    """The final warning was not delivered within the site's delivery timeout: the staff are told, and the
+    automatic disconnect waits for a delivery (or an operator)."""
+
+    issued_at: dt.datetime
+    balance_fen: int
+
+
+@dataclass(frozen=True, slots=True)
 class DisconnectRequired(Event):
     balance_fen: int
 
@@ -114,7 +135,7 @@ class DisconnectDeferred(Event):
     """A guardrail refused an automatic disconnect; recorded once per reason. ``until``: when it should end."""
 
     reason: str  # protected, operator_hold, quarantined_reading, meter_offline, readings_not_ok, stale_reading,
-    #             friendly_window, notice_period, rate_limit
+    #             friendly_window, notice_undelivered, notice_period, rate_limit
     balance_fen: int
     detail: str = ""
     until: dt.datetime | None = None

@@ -2,7 +2,8 @@
 
 Checked in this order; the first that applies is the refusal recorded (reason codes in ``REASONS``):
 protected (保电) · operator hold · a quarantined reading · a meter offline · readings not usable (the caller's
-judgement) · a stale reading · a friendly-credit window · the notice period after the final warning · the site's
+judgement) · a stale reading · a friendly-credit window · a final warning not delivered yet (where the site's
+notices are on) · the notice period after the final warning (from its delivery, where notices are on) · the site's
 automatic-disconnect rate limit (checked last, so that only a disconnect that will happen uses the budget).
 """
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["REASONS", "Refusal", "disconnect_refusal"]
 
 REASONS = ("protected", "operator_hold", "quarantined_reading", "meter_offline", "readings_not_ok",
-           "stale_reading", "friendly_window", "notice_period", "rate_limit")
+           "stale_reading", "friendly_window", "notice_undelivered", "notice_period", "rate_limit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +57,19 @@ def disconnect_refusal(account: PrepaidAccount, now: dt.datetime, *, readings_ok
     window = friendly_window_at(now, site.friendly_windows, site.holidays, site.tz)
     if window is not None:
         return Refusal("friendly_window", window[0], window[1])
-    if site.notice_period and account.final_warning_at is not None:
-        ends = account.final_warning_at + site.notice_period
+    issued, delivered = account.final_warning_at, account.final_warning_delivered_at
+    if site.notice_delivery and issued is not None and delivered is None:
+        timeout = issued + site.notice_delivery_timeout
+        if now < timeout:
+            return Refusal("notice_undelivered", f"final warning of {to_iso(issued)} not delivered yet", timeout)
+        return Refusal("notice_undelivered", f"final warning of {to_iso(issued)} not delivered within "
+                                             f"{int(site.notice_delivery_timeout.total_seconds())} s: staff told")
+    start = delivered if site.notice_delivery else issued
+    if site.notice_period and start is not None:
+        ends = start + site.notice_period
         if now < ends:
-            return Refusal("notice_period", f"final warning at {to_iso(account.final_warning_at)}", ends)
+            what = "delivered" if site.notice_delivery else "at"
+            return Refusal("notice_period", f"final warning {what} {to_iso(start)}", ends)
     if limiter is not None and not limiter.allows(now):
         return Refusal("rate_limit", f"at most {limiter.limit} automatic disconnects per "
                                      f"{int(limiter.window.total_seconds())} s", limiter.free_at(now))

@@ -33,6 +33,10 @@ class SitePolicy:
     friendly_windows: tuple[FriendlyWindow, ...] = ()
     holidays: HolidayCalendar = field(default_factory=HolidayCalendar)
     notice_period: dt.timedelta = dt.timedelta(hours=24)  # after the final warning; zero disables
+    # The notice period runs from the final warning's delivery (notices on): no automatic disconnect before it
+    # was delivered; past ``notice_delivery_timeout`` without delivery the staff are told (and it still waits).
+    notice_delivery: bool = False
+    notice_delivery_timeout: dt.timedelta = dt.timedelta(hours=1)
     stale_after: dt.timedelta | None = dt.timedelta(minutes=5)  # None: staleness is judged by the caller only
     max_auto_disconnects_per_minute: int | None = 10  # None: no limit
     rate_window: dt.timedelta = dt.timedelta(minutes=1)

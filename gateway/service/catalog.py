@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.domain.account import PrepaidAccount, Thresholds
+from gateway.domain.notices import Contact, NoticePolicy
 from gateway.domain.policy import SitePolicy
 from gateway.domain.relay import Limits
 from gateway.domain.tariffs import Tariff
@@ -25,6 +26,7 @@ class AccountSpec:
     protected: bool = False
     credit_class: str = ""
     meter_ids: tuple[str, ...] = ()
+    contacts: tuple[Contact, ...] = ()  # who is told (notices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,7 @@ class Catalog:
     reading_history_s: float = 60.0
     max_operator_hold_s: float = 7 * 86_400.0
     relay_limits: Limits = field(default_factory=Limits)
+    notices: NoticePolicy | None = None  # None: no notices are sent
 
     @property
     def stale_after_s(self) -> float:

@@ -1,9 +1,10 @@
 """The service layer's errors: what a use case refuses and why (the API maps each to a problem type).
 
     LookupError
-     ├── UnknownAccount, UnknownMeter, UnknownPayment, UnknownCommand
+     ├── UnknownAccount, UnknownMeter, UnknownPayment, UnknownCommand, UnknownNotice
     PaymentConflict            the same (source, payment_id) with other content
     CommandNotCancellable      only a queued command can be cancelled
+    NoticeNotRetryable         only a failed notice (a dead letter) is tried again by hand
     DomainError (gateway.domain.errors)
      └── CommandNotAllowed     a manual command the caller may not give
     AccountUnreadable          the stored state of one account cannot be read (an alarm is raised)
@@ -16,7 +17,8 @@ from __future__ import annotations
 from gateway.domain.errors import DomainError
 
 __all__ = ["AccountUnreadable", "AuthorityExceeded", "CommandNotAllowed", "CommandNotCancellable", "DuplicateRow",
-           "GatewayStopping", "PaymentConflict", "UnknownAccount", "UnknownCommand", "UnknownMeter", "UnknownPayment"]
+           "GatewayStopping", "NoticeNotRetryable", "PaymentConflict", "UnknownAccount", "UnknownCommand", "UnknownMeter",
+           "UnknownNotice", "UnknownPayment"]
 
 
 class UnknownAccount(LookupError):
@@ -37,6 +39,14 @@ class UnknownCommand(LookupError):
 
 class PaymentConflict(Exception):
     """The same (source, payment_id) was already recorded with different content."""
+
+
+class UnknownNotice(LookupError):
+    """No notice with that id."""
+
+
+class NoticeNotRetryable(Exception):
+    """Only a failed notice (a dead letter) can be tried again by hand."""
 
 
 class CommandNotCancellable(Exception):

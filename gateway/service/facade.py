@@ -18,7 +18,15 @@ from gateway.domain.account import PrepaidAccount
 from gateway.domain.messages import CommandQueued, DisconnectWithdrawn
 from gateway.service.catalog import Catalog
 from gateway.service.commands import CommandRecord, new_command
-from gateway.service.errors import DuplicateRow, PaymentConflict, UnknownAccount, UnknownMeter, UnknownPayment
+from gateway.service.errors import (
+    DuplicateRow,
+    NoticeNotRetryable,
+    PaymentConflict,
+    UnknownAccount,
+    UnknownMeter,
+    UnknownNotice,
+    UnknownPayment,
+)
 from gateway.service.jobs import AccountJob, PaymentJob, PaymentResult, ReadingJob, ReversalJob
 from gateway.service.messagebus import MessageBus
 from gateway.service.ports import Storage
@@ -125,6 +133,22 @@ class Service:
             raise UnknownAccount(f"no account {account_id!r}")
         return await self.writer.submit(AccountJob(account_id, apply, reason=action, audit=(actor, action, detail)))
 
+    async def final_warning_delivered(self, account_id: str, issued_at: dt.datetime, delivered_at: dt.datetime,
+                                      to: str) -> bool:
+        """The account's final warning (issued ``issued_at``) reached ``to``: with the site's notice delivery on,
+        its notice period starts ``delivered_at``. Returns whether it counted (the current warning, once)."""
+        if account_id not in self.catalog.accounts:
+            return False
+
+        def apply(account: PrepaidAccount, now: dt.datetime) -> bool:
+            return account.final_warning_delivered(issued_at, delivered_at, to)
+
+        detail = {"issued_at": issued_at.isoformat(), "delivered_at": delivered_at.isoformat(), "to": to}
+        counted: bool = await self.writer.submit(AccountJob(account_id, apply, origin="automatic", reason="balance",
+                                                            audit=("gateway", "notice.final_warning_delivered",
+                                                                   detail)))
+        return counted
+
     async def evaluate_accounts(self) -> None:
         """Re-run the engine's decision for accounts whose deferred disconnect may go ahead now.
 
@@ -140,6 +164,22 @@ class Service:
         for account_id, outcome in zip(ids, await asyncio.gather(*jobs, return_exceptions=True), strict=True):
             if isinstance(outcome, Exception):  # e.g. an account whose state can't be read: the others go on
                 log.warning("account %s: could not re-evaluate: %s", account_id, outcome)
+
+    # --- notices ------------------------------------------------------------------------------------------
+    async def retry_notice(self, notice_id: int, *, actor: str) -> None:
+        """Put a failed notice (a dead letter) back in the queue: tried again soon, with all its attempts."""
+        now = self.clock()
+        async with self.uow() as uow:
+            notice = await uow.notices.get(notice_id)
+            if notice is None:
+                raise UnknownNotice(f"no notice {notice_id}")
+            if notice.state != "failed":
+                raise NoticeNotRetryable(f"notice {notice_id} is {notice.state}; only a failed notice is tried again")
+            await uow.notices.finish(notice_id, dict(state="pending", attempts=0, next_attempt_at=None,
+                                                     updated_at=now))
+            await uow.audit(actor, "notice.retry", notice.account_id, {"notice_id": notice_id, "kind": notice.kind,
+                                                                       "attempts_before": notice.attempts}, now)
+            await uow.commit()
 
     # --- relay commands -----------------------------------------------------------------------------------
     async def request_command(self, *, meter_id: str, action: str, origin: str, operator: str | None,

@@ -64,6 +64,7 @@ class OutboxRelay:
         self.left_out = 0  # events the writer left out while full, not reported yet
         self._wake = asyncio.Event()
         self._pruned_at: dt.datetime | None = None
+        self.keep_unnoticed = False  # notices on: an event is pruned only once the notice planner took it too
         self.states = MeterStates()  # the meters' retained states (seeded from storage at the start)
         self._seeded = False
 
@@ -185,7 +186,7 @@ class OutboxRelay:
             return
         self._pruned_at = now
         async with self.storage(background=True) as uow:
-            deleted = await uow.outbox.prune(now - self.retention)
+            deleted = await uow.outbox.prune(now - self.retention, keep_unnoticed=self.keep_unnoticed)
             await uow.commit()
         if deleted:
             log.info("outbox: %d published events older than %s deleted", deleted, self.retention)

@@ -21,9 +21,10 @@ from gateway.domain.account import PrepaidAccount
 from gateway.domain.relay import Command
 from gateway.service.commands import CommandRecord
 
-__all__ = ["AccountRepository", "BatchChanges", "CommandRepository", "LedgerRepository", "MeterRepository",
-           "MeterState", "OutboxEvent", "OutboxRepository", "PaymentKey", "PaymentRepository", "Publisher",
-           "PublisherUnavailable", "StaleWrite", "Storage", "UnitOfWork"]
+__all__ = ["AccountRepository", "BatchChanges", "CommandRepository", "DeliveryFailed", "LedgerRepository",
+           "MeterRepository", "MeterState", "NoticeRecord", "NoticeRepository", "Notifier", "OutboxEvent",
+           "OutboxRepository", "PaymentKey", "PaymentRepository", "Publisher", "PublisherUnavailable", "StaleWrite",
+           "Storage", "UnitOfWork"]
 
 PaymentKey = tuple[str, str]  # (source, payment_id)
 
@@ -194,8 +195,9 @@ class OutboxRepository(abc.ABC):
         ``readings_to``, the id of the last reading published)."""
 
     @abc.abstractmethod
-    async def prune(self, before: dt.datetime) -> int:
-        """Delete the events published before ``before``; returns how many."""
+    async def prune(self, before: dt.datetime, *, keep_unnoticed: bool = False) -> int:
+        """Delete the events published before ``before`` (with ``keep_unnoticed``, only those the notice planner
+        has looked at too); returns how many."""
 
     async def meter_snapshot(self) -> tuple[int, int, dict[str, dict[str, Any]]]:
         """Where the meters' retained states start (``gateway.service.meter_state``): the id of the newest outbox
@@ -203,6 +205,84 @@ class OutboxRepository(abc.ABC):
         (the meters table) and ``reading``, its newest reading by the time it was taken (as ``readings`` gives
         it), or None. The ids are read first: what is committed meanwhile is in the snapshot and above them."""
         raise NotImplementedError
+
+    # The notice planner is a destination of its own: it marks the events it has looked at apart from MQTT.
+    @abc.abstractmethod
+    async def unnoticed(self, after_id: int, limit: int) -> list[OutboxEvent]:
+        """Events the notice planner has not looked at, with an id above ``after_id``, in id order."""
+
+    @abc.abstractmethod
+    async def noticed(self, ids: list[int], at: dt.datetime) -> None:
+        """Mark events as looked at by the notice planner."""
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeRecord:
+    """A stored notice (table ``notices``)."""
+
+    id: int
+    dedup_key: str
+    event_id: int
+    kind: str
+    account_id: str
+    contact: str
+    role: str
+    channel: str
+    recipient: str
+    language: str
+    subject: str
+    text: str
+    final: bool
+    state: str  # pending | delivered | failed
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    last_error: str | None
+    issued_at: dt.datetime
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    delivered_at: dt.datetime | None
+
+
+class NoticeRepository(abc.ABC):
+    @abc.abstractmethod
+    async def add(self, rows: list[dict[str, Any]]) -> int:
+        """Store new notices (``NoticeRecord``'s fields but ``id``); one whose dedup key is there already is left
+        out. Returns how many were stored."""
+
+    @abc.abstractmethod
+    async def due(self, now: dt.datetime, limit: int) -> list[NoticeRecord]:
+        """Pending notices whose next attempt is due, oldest first."""
+
+    @abc.abstractmethod
+    async def claim(self, notice: NoticeRecord, now: dt.datetime, lease_until: dt.datetime) -> bool:
+        """Take ``notice`` for one attempt (its attempts counted, not due again before ``lease_until``); False when
+        another instance took it first."""
+
+    @abc.abstractmethod
+    async def finish(self, notice_id: int, values: dict[str, Any]) -> None:
+        """Record the outcome of an attempt (state, delivered_at, last_error, next_attempt_at, updated_at)."""
+
+    @abc.abstractmethod
+    async def get(self, notice_id: int) -> NoticeRecord | None: ...
+
+
+class DeliveryFailed(RuntimeError):
+    """A notice could not be delivered now. ``permanent``: trying again will not help (refused by the receiver)."""
+
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
+
+
+class Notifier(abc.ABC):
+    """Where notices go: a channel that reaches people (SMS, e-mail, a webhook...)."""
+
+    @abc.abstractmethod
+    async def send(self, notice: NoticeRecord) -> None:
+        """Deliver ``notice`` to its recipient on its channel; ``DeliveryFailed`` when it could not be."""
+
+    async def aclose(self) -> None:
+        """Release connections."""
 
 
 class PublisherUnavailable(RuntimeError):
@@ -263,6 +343,7 @@ class UnitOfWork(abc.ABC):
     commands: CommandRepository
     ledger: LedgerRepository
     outbox: OutboxRepository
+    notices: NoticeRepository
 
     @abc.abstractmethod
     async def __aenter__(self) -> Self: ...

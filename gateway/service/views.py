@@ -19,7 +19,8 @@ from gateway.domain.relay import supply_state
 from gateway.service.account_cache import domain_account
 from gateway.service.catalog import Catalog
 from gateway.service.commands import CommandRecord
-from gateway.service.errors import UnknownAccount, UnknownCommand, UnknownMeter
+from gateway.service.errors import UnknownAccount, UnknownCommand, UnknownMeter, UnknownNotice
+from gateway.service.ports import NoticeRecord
 
 __all__ = ["AccountRows", "MeterRows", "ReadStore", "Views", "command_shape"]
 
@@ -73,6 +74,14 @@ class ReadStore(abc.ABC):
     async def command(self, command_id: str) -> CommandRecord | None: ...
 
     @abc.abstractmethod
+    async def notices(self, *, state: str | None, account_id: str | None, kind: str | None,
+                      before_id: int | None, limit: int) -> list[NoticeRecord]:
+        """Notices, newest (highest id) first."""
+
+    @abc.abstractmethod
+    async def notice(self, notice_id: int) -> NoticeRecord | None: ...
+
+    @abc.abstractmethod
     async def ping(self) -> None:
         """Raise unless storage answers."""
 
@@ -83,6 +92,18 @@ def command_shape(record: CommandRecord) -> dict[str, Any]:
             "operator": record.operator, "reason": record.reason, "state": record.state,
             "attempts": record.attempts, "last_error": record.last_error, "created_at": record.created_at,
             "updated_at": record.updated_at, "expires_at": record.expires_at}
+
+
+def notice_shape(record: NoticeRecord) -> dict[str, Any]:
+    """A notice as the API shows it: the recipient's address masked but for its last four characters."""
+    to = record.recipient
+    masked = "*" * max(len(to) - 4, 0) + to[-4:] if len(to) > 4 else "*" * len(to)
+    return {"id": record.id, "kind": record.kind, "account_id": record.account_id, "contact": record.contact,
+            "role": record.role, "channel": record.channel, "to": masked, "language": record.language,
+            "text": record.text, "final_warning": record.final, "state": record.state, "attempts": record.attempts,
+            "next_attempt_at": record.next_attempt_at, "last_error": record.last_error,
+            "issued_at": record.issued_at, "created_at": record.created_at, "updated_at": record.updated_at,
+            "delivered_at": record.delivered_at}
 
 
 def _reading_shape(row: Row, *, billed: bool) -> dict[str, Any]:
@@ -123,7 +144,9 @@ class Views:
             "credit_class": account.credit_class or None,
             "disconnect_point": format_fen(account.disconnect_point_fen),
             "reconnect_at": format_fen(account.reconnect_at_fen),
-            "emergency_credit_outstanding": format_fen(account.emergency.outstanding_fen)}
+            "emergency_credit_outstanding": format_fen(account.emergency.outstanding_fen),
+            "final_warning_at": account.final_warning_at,
+            "final_warning_delivered_at": account.final_warning_delivered_at}
 
     async def ledger(self, account_id: str, *, limit: int, before_id: int | None) -> dict[str, Any]:
         """A page of the account's ledger, newest first."""
@@ -185,6 +208,19 @@ class Views:
         if record is None:
             raise UnknownCommand(f"no command {command_id!r}")
         return command_shape(record)
+
+    async def notices(self, *, state: str | None = None, account_id: str | None = None, kind: str | None = None,
+                      before_id: int | None = None, limit: int = 100) -> dict[str, Any]:
+        """A page of notices, newest first (``state="failed"``: the dead letters)."""
+        data = [notice_shape(r) for r in await self.store.notices(state=state, account_id=account_id, kind=kind,
+                                                                   before_id=before_id, limit=limit)]
+        return {"data": data, "next_before_id": _page(data, limit, "id")}
+
+    async def notice(self, notice_id: int) -> dict[str, Any]:
+        record = await self.store.notice(notice_id)
+        if record is None:
+            raise UnknownNotice(f"no notice {notice_id}")
+        return notice_shape(record)
 
     async def ready(self) -> None:
         """Raise unless storage answers."""

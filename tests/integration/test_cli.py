@@ -20,6 +20,18 @@ def test_check_config_accepts_the_example() -> None:
     assert "OK (2 accounts, 2 meters on 1 buses" in result.stdout
 
 
+def test_check_config_warns_of_an_account_nobody_can_warn(tmp_path: Path) -> None:
+    text = (ROOT / "config/gateway.example.yaml").read_text()
+    start, end = text.index("  staff:"), text.index("  quiet_hours:")
+    lonely = tmp_path / "lonely.yaml"
+    lonely.write_text(text[:start] + text[end:])  # no site staff; A-1002 has no contacts
+    result = cli("check-config", str(lonely))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("warning:") == 1
+    assert "accounts[1] (A-1002): nobody takes its final warning" in result.stdout
+    assert "warning" not in cli("check-config", "config/gateway.example.yaml").stdout
+
+
 def test_check_config_names_file_key_and_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "config/gateway.example.yaml").read_text().replace("timeout_s: 1.0", "timeout: 1.0"))

@@ -55,6 +55,21 @@ def test_the_example_config_is_valid() -> None:
     (GOOD.replace("account: A-1}", "account: A-1, groups: [\"a/b\"]}"), "meters[0].groups[0]"),
     (GOOD + "api: {tls_certfile: cert.pem}\n", "api: tls_certfile and tls_keyfile go together"),
     (GOOD + "api: {max_body_bytes: 10}\n", "api.max_body_bytes"),
+    # notices: contacts on known channels, signed webhooks, known placeholders
+    (GOOD.replace('opening_balance: "10.00"}', 'contacts: [{name: Li, channel: sms, to: "1"}]}'),
+     "accounts[0].contacts[0].channel: unknown channel 'sms' (no notices section)"),
+    (GOOD + "notices: {channels: {sms: {kind: webhook, url: 'http://127.0.0.1:1/x'}}}\n",
+     "a webhook channel needs a secret"),
+    (GOOD + "notices: {channels: {sms: {kind: webhook, url: 'ftp://x', secret: 0123456789abcdefg}}}\n",
+     "a webhook channel's url must start with http:// or https://"),
+    (GOOD + "notices: {channels: {sms: {kind: apprise, url: 'json://x'}}, templates: {exhausted: {en: 'hi {who}'}}}\n",
+     "notices.templates: exhausted.en: unknown placeholder {who}"),
+    (GOOD + "notices: {channels: {sms: {kind: apprise, url: 'json://x'}}, templates: {gone: {en: 'x'}}}\n",
+     "notices.templates.gone"),
+    (GOOD + "notices: {channels: {sms: {kind: apprise, url: 'json://x'}}, staff: [{name: s, channel: sms}]}\n",
+     "staff[0].role: the site's staff contacts have role staff"),
+    (GOOD + "notices: {channels: {sms: {kind: apprise, url: 'json://x'}}, staff: [{name: s, role: staff, "
+            "channel: mail}]}\n", "staff[0].channel: unknown channel 'mail'"),
     # one physical meter for two accounts
     (GOOD.replace("accounts: [{id: A-1, tariff: flat, opening_balance: \"10.00\"}]",
                   "accounts: [{id: A-1, tariff: flat}, {id: A-2, tariff: flat}]").replace(
