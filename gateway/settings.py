@@ -257,7 +257,8 @@ class EngineSettings(_Strict):
 
 
 # Ids travel in URL paths and API bodies: no control characters, no "/", no surrounding spaces.
-_ID = r"^[^\x00-\x20\x7f/]([^\x00-\x1f\x7f/]*[^\x00-\x20\x7f/])?$"
+# MQTT topics (``accounts/{id}/...``, ``meters/{id}/...``): no "+" or "#", its wildcards, which no topic may hold.
+_ID = r"^[^\x00-\x20\x7f/+#]([^\x00-\x1f\x7f/+#]*[^\x00-\x20\x7f/+#])?$"
 
 
 class AccountSettings(_Strict):

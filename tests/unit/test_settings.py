@@ -52,6 +52,9 @@ def test_the_example_config_is_valid() -> None:
     # ids travel in URL paths and API bodies
     (GOOD.replace("{id: A-1,", '{id: "A/1",').replace("account: A-1}", 'account: "A/1"}'), "accounts[0].id"),
     (GOOD.replace("{id: M-1,", '{id: " M-1",'), "meters[0].id"),
+    # ids are MQTT topic levels too: no wildcards
+    (GOOD.replace("{id: M-1,", '{id: "M+1",'), "meters[0].id"),
+    (GOOD.replace("{id: A-1,", '{id: "A#1",').replace("account: A-1}", 'account: "A#1"}'), "accounts[0].id"),
     (GOOD.replace("account: A-1}", "account: A-1, groups: [\"a/b\"]}"), "meters[0].groups[0]"),
     (GOOD + "api: {tls_certfile: cert.pem}\n", "api: tls_certfile and tls_keyfile go together"),
     (GOOD + "api: {max_body_bytes: 10}\n", "api.max_body_bytes"),
