@@ -1,5 +1,7 @@
 """`meter-gateway demo`: a simulated Modbus fleet, the gateway and its API in one process on 127.0.0.1, and an
-MQTT broker for its events (mosquitto, started by the demo where it is installed).
+MQTT broker for its events, started by the demo: mosquitto where it is installed, otherwise an embedded amqtt
+broker (gateway/adapters/embedded_broker.py). ``GATEWAY_DEMO_BROKER=embedded`` chooses the embedded broker even
+where mosquitto is installed (``mosquitto``: mosquitto or an error; ``auto``, the default: as above).
 
 The first start writes a config (``gateway.yaml``), API keys (``keys.txt``, mode 0600) and the simulator's
 settings (``demo.json``) into the data dir; later starts reuse them and the same SQLite database, and the
@@ -11,22 +13,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gateway.adapters.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
 from gateway.bootstrap import default_models_dir
 from gateway.runtime import serve
 from gateway.settings import MqttSettings, hash_key, load_settings
 
 ROLES = ("viewer", "billing", "operator", "admin")
+PREFIX = "meter-gateway"
+BROKER_ENV = "GATEWAY_DEMO_BROKER"
+
+log = logging.getLogger(__name__)
 
 
 def _free_port(preferred: int) -> int:
@@ -77,10 +88,19 @@ def write_demo_files(data_dir: Path, *, port: int, meters: int) -> None:
     (data_dir / "gateway.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 
+def subscribe_command(mqtt_port: int) -> str:
+    """The line that subscribes to the demo's events: mosquitto_sub where it is installed, otherwise amqtt's
+    subscriber from the gateway's environment (it prints the payloads, not the topics)."""
+    if shutil.which("mosquitto_sub"):
+        return f"mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t '{PREFIX}/#' -v"
+    amqtt_sub = shutil.which("amqtt_sub") or str(Path(sys.executable).parent / "amqtt_sub")
+    return f"{shlex.quote(amqtt_sub)} --url mqtt://127.0.0.1:{mqtt_port} -t '{PREFIX}/#'"
+
+
 def banner(data_dir: Path, port: int, keys: dict[str, str], mqtt_port: int | None = None) -> str:
     base = f"http://127.0.0.1:{port}"
-    events = (f"mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'meter-gateway/#' -v" if mqtt_port is not None
-              else "not published (mosquitto is not installed: apt-get install mosquitto mosquitto-clients)")
+    events = (subscribe_command(mqtt_port) if mqtt_port is not None
+              else "not published (the demo's MQTT broker did not start: see the log above)")
     lines = [
         "",
         "meter-gateway demo is running",
@@ -116,7 +136,7 @@ async def run_demo(*, port: int, data_dir: Path, meters: int) -> None:
     model = load_model(default_models_dir() / "generic-prepaid.yaml")
     with _broker(data_dir) as mqtt_port:
         if mqtt_port is not None:
-            settings = settings.model_copy(update={"mqtt": MqttSettings(port=mqtt_port, prefix="meter-gateway")})
+            settings = settings.model_copy(update={"mqtt": MqttSettings(port=mqtt_port, prefix=PREFIX)})
         async with ModbusFleet(model, meters=sim["meters"], host="127.0.0.1", port=sim["port"], seed=sim["seed"],
                                speed=sim["speed"]) as fleet:
             _restore(fleet, state_path)
@@ -127,11 +147,28 @@ async def run_demo(*, port: int, data_dir: Path, meters: int) -> None:
 
 
 @contextlib.contextmanager
-def _broker(data_dir: Path) -> Any:
-    """A mosquitto of the demo's own on 127.0.0.1 (1883 when free), where mosquitto is installed; its port or None."""
+def _broker(data_dir: Path) -> Iterator[int | None]:
+    """The demo's own broker on 127.0.0.1 (1883 when free): mosquitto where it is installed, otherwise an
+    embedded amqtt broker (``GATEWAY_DEMO_BROKER``: ``auto``, ``mosquitto`` or ``embedded``). Its port, or None
+    if none started."""
+    choice = os.environ.get(BROKER_ENV, "").strip().lower() or "auto"
+    if choice not in ("auto", "mosquitto", "embedded"):
+        raise SystemExit(f"{BROKER_ENV}={choice!r}: expected auto, mosquitto or embedded")
     binary = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if Path(p).exists()), None)
-    if binary is None:
-        yield None
+    if choice == "mosquitto" and binary is None:
+        raise SystemExit(f"{BROKER_ENV}=mosquitto but mosquitto is not installed (apt-get install mosquitto)")
+    if choice == "embedded" or binary is None:
+        embedded = EmbeddedBroker("127.0.0.1", _free_port(1883), log_path=data_dir / "amqtt.log")
+        try:
+            embedded.start()
+        except EmbeddedBrokerError as exc:
+            log.warning("%s; the demo's events are not published", exc)
+            yield None
+            return
+        try:
+            yield embedded.port
+        finally:
+            embedded.stop()
         return
     port = _free_port(1883)
     config = data_dir / "mosquitto.conf"

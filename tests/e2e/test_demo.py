@@ -3,12 +3,19 @@ stops cleanly on SIGTERM, and a second start reuses the same database."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import re
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import aiomqtt
 import httpx
 import pytest
 
@@ -17,10 +24,11 @@ from tests.support import free_port, require_tool, wait_for_port, wait_until
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_demo(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_demo(data_dir: Path, port: int, log: Path,
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo", "--port", str(port), "--data-dir",
                              str(data_dir), "--meters", "3"], cwd=ROOT, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, env=env)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int:
@@ -73,6 +81,82 @@ def test_demo_starts_takes_a_payment_stops_and_resumes(tmp_path: Path) -> None:
         assert again.json() == response.json()
     finally:
         assert stop(proc) == 0
+
+
+def without_mosquitto() -> dict[str, str]:
+    """The demo's environment on a host without mosquitto: the demo's own switch to its embedded broker
+    (GATEWAY_DEMO_BROKER; hiding mosquitto from PATH is not enough, the demo also looks for /usr/sbin/mosquitto),
+    and a PATH without mosquitto_sub, for the banner's line."""
+    path = [d for d in os.environ.get("PATH", "").split(os.pathsep)
+            if d and not (Path(d) / "mosquitto_sub").exists() and not (Path(d) / "mosquitto").exists()]
+    return {**os.environ, "GATEWAY_DEMO_BROKER": "embedded", "PATH": os.pathsep.join(path)}
+
+
+async def demo_events(mqtt_port: int, base: str, billing_key: str, *,
+                      timeout: float = 30.0) -> dict[str, list[Any]]:
+    """Subscribe to the demo's events, push a payment once subscribed, and collect them by topic (retained flag,
+    payload) until the retained status, a reading and the payment's balance have arrived."""
+    seen: dict[str, list[Any]] = {}
+
+    def arrived() -> bool:
+        balance = seen.get("meter-gateway/accounts/A-3/balance", [])
+        return ("meter-gateway/gateway/status" in seen and any(t.endswith("/reading") for t in seen)
+                and any(isinstance(p, dict) and p.get("payment_id") == "P-2" for _, p in balance))
+
+    try:
+        async with asyncio.timeout(timeout), aiomqtt.Client("127.0.0.1", mqtt_port) as client:
+            await client.subscribe("meter-gateway/#", qos=1)
+            async with httpx.AsyncClient() as http:
+                payment = {"source": "billing", "payment_id": "P-2", "account_id": "A-3", "amount": "5.00"}
+                response = await http.post(f"{base}/v1/payments", json=payment,
+                                           headers={"Authorization": f"Bearer {billing_key}"})
+                assert response.status_code == 201, response.text
+            async for message in client.messages:
+                body = bytes(message.payload).decode()  # type: ignore[arg-type]
+                payload = json.loads(body) if body.startswith("{") else body
+                seen.setdefault(str(message.topic), []).append((bool(message.retain), payload))
+                if arrived():
+                    return seen
+    except TimeoutError:
+        pytest.fail(f"the demo's events did not all arrive within {timeout} s; topics seen: {sorted(seen)}")
+    raise AssertionError("unreachable")
+
+
+def test_demo_publishes_to_its_embedded_broker_without_mosquitto(tmp_path: Path) -> None:
+    data_dir, port, log = tmp_path / "demo", free_port(), tmp_path / "demo.log"
+    proc = start_demo(data_dir, port, log, env=without_mosquitto())
+    try:
+        wait_until(lambda: "demo API keys" in log.read_text() or proc.poll() is not None, timeout=60,
+                   what="the banner")
+        assert proc.poll() is None, log.read_text()
+        wait_for_port(port, timeout=10)
+        events = next(line for line in log.read_text().splitlines() if "events:" in line)
+        events = events.split("events:")[1].strip()
+        # the banner's line subscribes with amqtt's client from the gateway's environment
+        found = re.fullmatch(r"(\S*amqtt_sub) --url mqtt://127\.0\.0\.1:(\d+) -t 'meter-gateway/#'", events)
+        assert found, events
+        mqtt_port = int(found[2])
+        assert not (data_dir / "mosquitto.conf").exists()  # no mosquitto was started
+
+        seen = asyncio.run(demo_events(mqtt_port, f"http://127.0.0.1:{port}", keys(data_dir)["billing"]))
+        assert seen["meter-gateway/gateway/status"][0] == (True, "online")  # retained, at once
+        reading = next(p for t, ps in seen.items() if t.endswith("/reading") for _, p in ps)
+        assert isinstance(reading["energy_wh"], int) and reading["energy_wh"] > 0
+        balances = [p for _, p in seen["meter-gateway/accounts/A-3/balance"] if isinstance(p, dict)]
+        balance = next(p for p in balances if p.get("payment_id") == "P-2")
+        assert balance["type"] == "PaymentReceived" and isinstance(balance["balance_fen"], int)
+
+        # and the printed line itself works: run it as printed, for the retained status
+        received = subprocess.run([*shlex.split(events), "-n", "1"], capture_output=True, text=True,
+                                  timeout=30)
+        assert received.returncode == 0 and received.stdout == "online\n", (received.stdout, received.stderr)
+    finally:
+        code = stop(proc)
+    assert code == 0
+    assert "gateway stopped" in log.read_text()
+    with socket.socket() as s:  # the broker stopped with the demo: its port is free
+        assert s.connect_ex(("127.0.0.1", mqtt_port)) != 0
+    assert "Traceback" not in log.read_text() and "ERROR" not in (data_dir / "amqtt.log").read_text()
 
 
 def test_generated_config_passes_check_config(tmp_path: Path) -> None:
