@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiomqtt
 import pytest
 
 from tests.support import IN_CI, free_port, require_tool, wait_for_port
@@ -80,3 +84,42 @@ def mosquitto_broker(root: Path, *, secure: bool = False) -> Iterator[Broker]:
     finally:
         broker.stop()
         broker.remove()
+
+
+class Listener:
+    """Every message on ``topics``, in arrival order, with its retain flag; it can publish too."""
+
+    def __init__(self, port: int, *topics: str) -> None:
+        self.port, self.topics = port, topics
+        self.messages: list[tuple[str, Any, bool]] = []
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def _run(self) -> None:
+        async with aiomqtt.Client("127.0.0.1", self.port) as client:
+            for topic in self.topics:
+                await client.subscribe(topic, qos=1)
+            self._client = client
+            self._ready.set()
+            async for message in client.messages:
+                body = bytes(message.payload).decode()  # type: ignore[arg-type]
+                payload = json.loads(body) if body.startswith("{") else body
+                self.messages.append((str(message.topic), payload, bool(message.retain)))
+
+    async def __aenter__(self) -> Listener:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        assert self._client is not None
+        await self._client.publish(topic, payload, qos=1)
+
+    def on(self, topic: str) -> list[Any]:
+        return [p for t, p, _ in self.messages if t == topic]

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway
 from gateway.settings import Settings
-from tests.mosquitto import Broker, mosquitto_broker
+from tests.mosquitto import Broker, Listener, mosquitto_broker
 from tests.support import async_wait_until
 
 pytestmark = pytest.mark.tool("mosquitto")
@@ -33,33 +33,11 @@ def site(tmp_path: Path, port: int) -> Settings:
     })
 
 
-class Subscriber:
+class Subscriber(Listener):
     """Everything published under the prefix, in arrival order."""
 
     def __init__(self, port: int) -> None:
-        self.port = port
-        self.messages: list[tuple[str, Any, bool]] = []  # topic, payload, retained
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
-
-    async def _run(self) -> None:
-        async with aiomqtt.Client("127.0.0.1", self.port) as client:
-            await client.subscribe("gw-test/#", qos=1)
-            self._ready.set()
-            async for message in client.messages:
-                body = bytes(message.payload).decode()  # type: ignore[arg-type]
-                payload = json.loads(body) if body.startswith("{") else body
-                self.messages.append((str(message.topic), payload, bool(message.retain)))
-
-    async def __aenter__(self) -> Subscriber:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self._ready.wait(), 10)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        super().__init__(port, "gw-test/#")
 
     def payments(self) -> list[dict[str, Any]]:
         return [p for topic, p, _ in self.messages if isinstance(p, dict) and p.get("type") == "PaymentReceived"]

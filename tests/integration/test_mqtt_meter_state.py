@@ -4,15 +4,12 @@ configs when it is on (none when off), published again when Home Assistant comes
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from drivers.base import Reading, RelayState
@@ -20,6 +17,7 @@ from gateway.bootstrap import Gateway
 from gateway.domain.relay import State
 from gateway.service.commands import CommandRecord, new_command
 from gateway.settings import Settings
+from tests import mosquitto
 from tests.mosquitto import Broker, mosquitto_broker
 from tests.support import async_wait_until
 
@@ -40,43 +38,8 @@ def site(tmp_path: Path, port: int, **mqtt: Any) -> Settings:
     })
 
 
-class Listener:
-    """Every message on ``topics``, in arrival order, with its retain flag; it can publish too."""
-
-    def __init__(self, port: int, *topics: str) -> None:
-        self.port, self.topics = port, topics
-        self.messages: list[tuple[str, Any, bool]] = []
-        self._client: aiomqtt.Client | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
-
-    async def _run(self) -> None:
-        async with aiomqtt.Client("127.0.0.1", self.port) as client:
-            for topic in self.topics:
-                await client.subscribe(topic, qos=1)
-            self._client = client
-            self._ready.set()
-            async for message in client.messages:
-                body = bytes(message.payload).decode()  # type: ignore[arg-type]
-                payload = json.loads(body) if body.startswith("{") else body
-                self.messages.append((str(message.topic), payload, bool(message.retain)))
-
-    async def __aenter__(self) -> Listener:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self._ready.wait(), 10)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-    async def publish(self, topic: str, payload: bytes) -> None:
-        assert self._client is not None
-        await self._client.publish(topic, payload, qos=1)
-
-    def on(self, topic: str) -> list[Any]:
-        return [p for t, p, _ in self.messages if t == topic]
+class Listener(mosquitto.Listener):
+    """The topics of this module's tests: meters' states and Home Assistant's configs."""
 
     def states(self, meter: str = "M-1") -> list[dict[str, Any]]:
         return self.on(f"gw-test/meters/{meter}/state")
