@@ -190,9 +190,9 @@ DEFAULT_TEMPLATES: Mapping[str, Mapping[str, str]] = {
         "zh": "【{site}】您的电费账户{account}余额已用尽（{balance}元），请立即缴费，以免停电。",
         "en": "{site}: the credit of account {account} is spent ({balance} yuan). Top up now to keep the supply."},
     "disconnected": {
-        "zh": "【{site}】因电费余额不足，账户{account}（电表{meter}）已于{time}停止供电。缴费后将自动恢复。",
-        "en": "{site}: the supply of account {account} (meter {meter}) was cut off at {time}. It comes back "
-              "automatically after a payment."},
+        "zh": "【{site}】账户{account}（电表{meter}）已于{time}停止供电，余额{balance}元。如因欠费停电，缴费后将自动恢复。",
+        "en": "{site}: the supply of account {account} (meter {meter}) was cut off at {time}; balance {balance} "
+              "yuan. If for lack of credit, it comes back automatically after a payment."},
     "reconnected": {
         "zh": "【{site}】账户{account}（电表{meter}）已于{time}恢复供电。",
         "en": "{site}: the supply of account {account} (meter {meter}) was restored at {time}."},
