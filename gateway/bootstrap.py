@@ -165,6 +165,7 @@ class Gateway:
         self.scheduler: Scheduler | None = None
         self.relay: Any = None  # the outbox relay, when events go out over MQTT
         self.notices: Any = None  # the notice planner and dispatcher, when notices are on
+        self.pruner: Any = None  # without MQTT: deletes old events from the outbox
         self._stack = contextlib.AsyncExitStack()
 
     def _storage(self) -> Storage:
@@ -213,6 +214,8 @@ class Gateway:
             await self._publish(self.settings.mqtt)
         if self.settings.notices is not None and self.catalog.notices is not None:
             self._notify(self.settings.notices, self.catalog.notices)
+        if self.settings.mqtt is None:
+            self._prune_outbox()
         buses = []
         models = site_models(self.settings, base_dir=self.base_dir)
         for bus in self.settings.buses if self.run_buses else []:
@@ -299,13 +302,17 @@ class Gateway:
 
         self._stack.push_async_callback(stop)
 
-    def _path(self, name: str | None) -> str | None:
-        return None if name is None else str((self.base_dir / name).resolve())
+    def _prune_outbox(self) -> None:
+        """Without MQTT, events are deleted by age (``engine.event_retention_s``): the outbox stays bounded."""
+        from gateway.service.housekeeping import OutboxPruner
 
-    def _time_sync(self, bus_id: str, driver: Any, interval: float) -> None:
-        from drivers.dlt645 import run_time_sync
+        self.pruner = OutboxPruner(self.uow, self.service.clock, retention_s=self.settings.engine.event_retention_s,
+                                   keep_unnoticed=self.notices is not None)
+        self._task("gateway.outbox.prune", self.pruner.run())
 
-        task = asyncio.create_task(run_time_sync(driver, interval=interval), name=f"gateway[{bus_id}].timesync")
+    def _task(self, name: str, work: Any) -> None:
+        """Run ``work`` until the gateway stops (cancelled before the writer closes)."""
+        task = asyncio.create_task(work, name=name)
 
         async def stop() -> None:
             task.cancel()
@@ -313,6 +320,14 @@ class Gateway:
                 await task
 
         self._stack.push_async_callback(stop)
+
+    def _path(self, name: str | None) -> str | None:
+        return None if name is None else str((self.base_dir / name).resolve())
+
+    def _time_sync(self, bus_id: str, driver: Any, interval: float) -> None:
+        from drivers.dlt645 import run_time_sync
+
+        self._task(f"gateway[{bus_id}].timesync", run_time_sync(driver, interval=interval))
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:

@@ -250,6 +250,9 @@ class EngineSettings(_Strict):
     retry_backoff_cap_s: float = Field(300, gt=0, description="the longest wait between two attempts")
     manual_hold_s: float = Field(86_400, gt=0, description="hold set by a manual reconnect below the disconnect point")
     evaluate_every_s: float = Field(5, gt=0, description="re-check deferred disconnects this often")
+    event_retention_s: float = Field(86_400, gt=0, description=(
+        "without mqtt: how long events stay in the outbox (with notices on, once the notice planner took them); "
+        "with mqtt, mqtt.retention_s counts from their publication"))
     reading_history_s: float = Field(
         60, ge=0, description="a poll that changes nothing (same energy and relay, nothing to decide), or only a "
         "small charge far from any threshold, is kept in memory; each meter's reading is stored (and billed) at "

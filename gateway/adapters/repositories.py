@@ -324,12 +324,18 @@ class Outbox(_Repository, ports.OutboxRepository):
         await self.uow.update(t.event_sequences, "topic", [{"topic": k, "seq": v} for k, v in sequences.items()
                                                            if k in known])
 
-    async def prune(self, before: dt.datetime, *, keep_unnoticed: bool = False) -> int:
+    async def prune(self, before: dt.datetime, *, keep_unnoticed: bool = False, unpublished_too: bool = False,
+                    limit: int = 10_000) -> int:
         c = t.outbox.c
-        statement = sa.delete(t.outbox).where(c.published_at.is_not(None), c.published_at < before)
+        if unpublished_too:  # no MQTT: by age alone
+            old = sa.select(c.id).where(c.created_at < before)
+        else:
+            old = sa.select(c.id).where(c.published_at.is_not(None), c.published_at < before)
         if keep_unnoticed:  # notices on: an event also waits for the notice planner
-            statement = statement.where(c.noticed_at.is_not(None))
-        result = await self.uow.execute(statement)
+            old = old.where(c.noticed_at.is_not(None))
+        # at most ``limit`` rows per statement: a first prune of a large backlog does not hold the database
+        result = await self.uow.execute(sa.delete(t.outbox).where(c.id.in_(old.order_by(c.id).limit(limit)
+                                                                           .scalar_subquery())))
         return int(result.rowcount or 0)
 
     async def unnoticed(self, after_id: int, limit: int) -> list[OutboxEvent]:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.service.meter_state import MeterStates, is_state_topic, state_topic
+from gateway.service.housekeeping import prune_outbox
 from gateway.service.ports import OutboxEvent, Publisher, PublisherUnavailable, Storage
 
 __all__ = ["OutboxRelay"]
@@ -185,8 +186,7 @@ class OutboxRelay:
         if self._pruned_at is not None and now - self._pruned_at < dt.timedelta(minutes=1):
             return
         self._pruned_at = now
-        async with self.storage(background=True) as uow:
-            deleted = await uow.outbox.prune(now - self.retention, keep_unnoticed=self.keep_unnoticed)
-            await uow.commit()
+        deleted = await prune_outbox(self.storage, now - self.retention, keep_unnoticed=self.keep_unnoticed,
+                                     unpublished_too=False)
         if deleted:
             log.info("outbox: %d published events older than %s deleted", deleted, self.retention)

@@ -195,9 +195,11 @@ class OutboxRepository(abc.ABC):
         ``readings_to``, the id of the last reading published)."""
 
     @abc.abstractmethod
-    async def prune(self, before: dt.datetime, *, keep_unnoticed: bool = False) -> int:
-        """Delete the events published before ``before`` (with ``keep_unnoticed``, only those the notice planner
-        has looked at too); returns how many."""
+    async def prune(self, before: dt.datetime, *, keep_unnoticed: bool = False, unpublished_too: bool = False,
+                    limit: int = 10_000) -> int:
+        """Delete up to ``limit`` of the events published before ``before`` (``unpublished_too``: made before
+        ``before``, published or not: no MQTT); with ``keep_unnoticed``, only those the notice planner has looked
+        at too. Returns how many."""
 
     async def meter_snapshot(self) -> tuple[int, int, dict[str, dict[str, Any]]]:
         """Where the meters' retained states start (``gateway.service.meter_state``): the id of the newest outbox

@@ -185,7 +185,8 @@ async def test_a_refused_notice_is_a_dead_letter_listed_and_retried_in_the_api(t
             sms.answer(500, 500)
             answer = await api.post(f"/v1/notices/{dead[0]['id']}/retry")
             assert answer.status_code == 200 and answer.json()["state"] == "pending"
-            await async_wait_until(lambda: len(sms.requests) == 2, what="the retried notice")
+            await async_wait_until(lambda: _pending_retry(gw, attempts=1), what="the retried notice failed once")
+            assert len(sms.requests) == 2
             clock.now += dt.timedelta(seconds=60)
             await async_wait_until(lambda: _has(gw, "failed", 1, requests=(sms, 3)),
                                    what="failed again after max_attempts")
@@ -344,3 +345,33 @@ async def _outbox(gw: Gateway, kind: str) -> list[dict[str, Any]]:
     async with gw.uow(readonly=True) as uow:
         rows = (await uow.execute(sa.select(t.outbox.c.payload).order_by(t.outbox.c.id))).all()
     return [r.payload for r in rows if r.payload.get("type") == kind]
+
+
+async def test_without_mqtt_old_events_are_deleted_once_the_planner_took_them(tmp_path: Path, sms: Receiver,
+                                                                               database: dict[str, Any]) -> None:
+    """The outbox stays bounded on a default install (no MQTT): events older than engine.event_retention_s go,
+    but with notices on, not before the notice planner looked at them."""
+    clock = SetClock(T0)
+    async with Gateway(site(tmp_path, sms, database=database), run_buses=False, base_dir=tmp_path,
+                       clock=clock) as gw:
+        assert gw.relay is None and gw.pruner is not None and gw.pruner.keep_unnoticed
+        for n in range(5):
+            await gw.service.record_payment(source="bank", payment_id=f"P-{n}", account_id="A-1", amount_fen=100)
+        await async_wait_until(lambda: _has(gw, "delivered", 5), what="the notices")
+        await async_wait_until(lambda: _all_noticed(gw), what="every event looked at")
+        gw.notices.after_id = 2**62  # the planner looks past the event below: it stays unnoticed
+        async with gw.uow() as uow:
+            await uow.add_outbox("alarms", {"type": "Test"}, T0)
+            await uow.commit()
+        clock.now = T0 + dt.timedelta(days=1, seconds=1)
+        assert await gw.pruner.once() > 0
+        async with gw.uow(readonly=True) as uow:
+            left = (await uow.execute(sa.select(t.outbox.c.payload, t.outbox.c.noticed_at))).all()
+        assert [row.payload["type"] for row in left if row.noticed_at is None] == ["Test"]
+        assert all(row.noticed_at is None for row in left)  # every event the planner took is gone
+
+
+async def _all_noticed(gw: Gateway) -> bool:
+    async with gw.uow(readonly=True) as uow:
+        rows = (await uow.execute(sa.select(t.outbox.c.noticed_at))).all()
+    return all(row.noticed_at is not None for row in rows)
