@@ -8,7 +8,8 @@ Two loops (``NoticeService.run``):
   transaction. A notice's dedup key (event, kind, contact) is unique: an event looked at twice (a crash before the
   mark) makes its notices once.
 - **dispatcher**: takes the notices that are due, one attempt each (claimed first, so two instances never send
-  one notice at once; a crash during the attempt leaves it due again after a lease), and records the outcome:
+  one notice at once; a crash during the attempt leaves it due again after a lease; one recipient's notices in
+  the order of their events, different recipients at once), and records the outcome:
   ``delivered``; ``pending`` again after a backoff; ``failed`` (a dead letter, listed in the API) after the last
   attempt or a refusal. Quiet hours hold non-urgent kinds without counting an attempt. Every state change is an
   event (``accounts/{account}/notices``; a dead letter also on ``alarms``).
@@ -160,8 +161,17 @@ class NoticeService:
             due = await uow.notices.due(now, self.batch)
         if not due:
             return 0
-        await asyncio.gather(*(self._attempt(notice) for notice in due))
+        # one recipient's notices one after another, in the order of their events (a reminder never arrives
+        # after the final warning it preceded); different recipients at once
+        queues: dict[tuple[str, str, str], list[NoticeRecord]] = {}
+        for notice in due:
+            queues.setdefault((notice.channel, notice.recipient, notice.contact), []).append(notice)
+        await asyncio.gather(*(self._in_turn(queue) for queue in queues.values()))
         return len(due)
+
+    async def _in_turn(self, notices: list[NoticeRecord]) -> None:
+        for notice in notices:
+            await self._attempt(notice)
 
     async def _attempt(self, notice: NoticeRecord) -> None:
         async with self._slots:

@@ -265,7 +265,9 @@ async def test_a_delivered_final_warning_starts_the_notice_period(tmp_path: Path
     async with Gateway(site(tmp_path, sms, staff_sms), run_buses=False, base_dir=tmp_path, clock=clock) as gw:
         await reading(gw, clock, 1_000_000, before_s=3600)
         await reading(gw, clock, 1_012_000)
-        await async_wait_until(lambda: _pending_retry(gw, kind="low_balance_2"), what="the final warning's retry")
+        await async_wait_until(lambda: _pending_retry(gw, kind="exhausted"), what="the third notice's retry")
+        # one recipient's notices go one after another, in the order of their events
+        assert [r.json()["kind"] for r in sms.requests] == ["low_balance_1", "low_balance_2", "exhausted"]
         clock.now = delivered = T0 + dt.timedelta(seconds=60)
         await async_wait_until(lambda: _delivered_warning(gw), what="the delivery recorded on the account")
         account = await gw.service.views.account("A-1")
