@@ -10,7 +10,6 @@ callbacks called then.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 import aiomqtt
 import orjson
 
+from gateway.service.clock import wait_event
 from gateway.service.ports import Publisher, PublisherUnavailable
 
 __all__ = ["MqttPublisher"]
@@ -80,8 +80,7 @@ class MqttPublisher(Publisher):
                     log.warning("MQTT broker %s:%d unreachable (%s); events wait in the outbox", self.host,
                                 self.port, exc)
                     down = True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                await wait_event(self._stopping, delay)
                 delay = min(delay * 2, self.backoff_cap_s)
             finally:
                 self._client = None

@@ -84,9 +84,9 @@ class AppriseChannel(Notifier):
         if not services.add(url):
             raise DeliveryFailed("apprise: the channel's URL is not one apprise knows", permanent=True)
         with apprise.LogCapture(level=logging.WARNING) as output:
-            try:
-                delivered = await asyncio.wait_for(services.async_notify(body=notice.text, title=notice.subject),
-                                                   self._timeout_s)
+            try:  # (asyncio.timeout, not wait_for: that loses a cancellation on Python 3.11)
+                async with asyncio.timeout(self._timeout_s):
+                    delivered = await services.async_notify(body=notice.text, title=notice.subject)
             except TimeoutError:
                 raise DeliveryFailed(f"apprise: no answer within {self._timeout_s:g} s") from None
         if not delivered:

@@ -11,7 +11,7 @@ import contextlib
 import datetime as dt
 import time
 
-__all__ = ["Clock", "SystemClock"]
+__all__ = ["Clock", "SystemClock", "wait_event"]
 
 
 class Clock:
@@ -51,6 +51,16 @@ class SystemClock(Clock):
         if timeout is None:
             await event.wait()
             return True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=max(timeout, 0.001))
-        return event.is_set()
+        return await wait_event(event, max(timeout, 0.001))
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds pass; returns whether it is set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it loses a cancellation that arrives as the event is set (it
+    returns the result instead, python/cpython#86296), and a loop waiting so would never stop.
+    ``asyncio.timeout`` keeps it."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    return event.is_set()

@@ -31,6 +31,7 @@ import orjson
 
 from gateway.domain.notices import NoticePolicy, PlannedNotice, notice_kind
 from gateway.service.catalog import Catalog
+from gateway.service.clock import wait_event
 from gateway.service.ports import DeliveryFailed, NoticeRecord, Notifier, OutboxEvent, Storage, UnitOfWork
 
 __all__ = ["FinalWarningDelivered", "NoticeService"]
@@ -88,10 +89,7 @@ class NoticeService:
             if done:
                 continue
             wake.clear()
-            try:
-                await asyncio.wait_for(wake.wait(), self.idle_s)
-            except TimeoutError:
-                pass
+            await wait_event(wake, self.idle_s)
 
     # --- planner ------------------------------------------------------------------------------------------
     async def plan(self) -> int:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.service.meter_state import MeterStates, is_state_topic, state_topic
+from gateway.service.clock import wait_event
 from gateway.service.housekeeping import prune_outbox
 from gateway.service.ports import OutboxEvent, Publisher, PublisherUnavailable, Storage
 
@@ -96,10 +97,7 @@ class OutboxRelay:
                     await self._room_again()
                 await self._prune()
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.idle_s)
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, self.idle_s)
                 continue
             if events:
                 replaying = await self._publish(events, replaying)
