@@ -318,11 +318,11 @@ class Outbox(_Repository, ports.OutboxRepository):
         c = t.outbox.c
         for start, size in chunks(len(ids), 1):
             await self.uow.execute(sa.update(t.outbox).where(c.id.in_(ids[start:start + size])).values(published_at=at))
-        known = await self.sequences(set(sequences))
-        await self.uow.insert(t.event_sequences, [{"topic": k, "seq": v} for k, v in sequences.items()
-                                                  if k not in known])
-        await self.uow.update(t.event_sequences, "topic", [{"topic": k, "seq": v} for k, v in sequences.items()
-                                                           if k in known])
+        if sequences:  # one upsert (SQLite and PostgreSQL spell it alike)
+            upsert = self.uow.upsert(t.event_sequences)
+            await self.uow.execute(upsert.on_conflict_do_update(index_elements=["topic"],
+                                                                set_={"seq": upsert.excluded.seq}),
+                                   [{"topic": k, "seq": v} for k, v in sorted(sequences.items())])
 
     async def prune(self, before: dt.datetime, *, keep_unnoticed: bool = False, unpublished_too: bool = False,
                     limit: int = 10_000) -> int:

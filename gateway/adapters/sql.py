@@ -178,9 +178,13 @@ class SqlUnitOfWork(ports.UnitOfWork):
                ).one_or_none()
         return None if row is None else row.state  # type: ignore[no-any-return]
 
+    def upsert(self, table: sa.Table) -> Any:
+        """An INSERT of the database's dialect, to which ``on_conflict_do_update`` or ``_do_nothing`` is added."""
+        return (sqlite_insert if self.dialect == "sqlite" else postgresql_insert)(table)
+
     def insert_new(self, table: sa.Table) -> Any:
         """An INSERT that leaves out the rows whose key is there already (another instance added them)."""
-        return (sqlite_insert if self.dialect == "sqlite" else postgresql_insert)(table).on_conflict_do_nothing()
+        return self.upsert(table).on_conflict_do_nothing()
 
     async def ensure_limiter(self) -> None:
         await self.execute(self.insert_new(t.site_state).values(name=LIMITER, state={"recent": []}))

@@ -69,6 +69,7 @@ class OutboxRelay:
         self.keep_unnoticed = False  # notices on: an event is pruned only once the notice planner took it too
         self.states = MeterStates()  # the meters' retained states (seeded from storage at the start)
         self._seeded = False
+        self._sequences: dict[str, int] = {}  # each topic's last sequence number, as stored
 
     def wake(self) -> None:
         """New events were committed."""
@@ -110,8 +111,14 @@ class OutboxRelay:
         for event in events:
             apply(event)
         topics = {event.topic for event in events} | {state_topic(meter) for meter in states.dirty}
-        async with self.storage(readonly=True) as uow:
-            sequences = await uow.outbox.sequences(topics)
+        if len(self._sequences) > 100_000:  # (every command is a topic of its own: the cache stays bounded)
+            self._sequences.clear()
+        missing = topics - self._sequences.keys()  # read from storage once per topic, then kept here
+        if missing:
+            async with self.storage(readonly=True) as uow:
+                stored = await uow.outbox.sequences(missing)
+            self._sequences.update({topic: stored.get(topic, 0) for topic in missing})
+        sequences = self._sequences
         done: list[int] = []
         numbered: dict[str, int] = {}
         try:
@@ -149,6 +156,7 @@ class OutboxRelay:
                     else:
                         await uow.outbox.published(done, self.clock(), numbered)
                     await uow.commit()
+                sequences.update(numbered)
                 if readings:
                     self.readings_after = done[-1]
                 elif done:

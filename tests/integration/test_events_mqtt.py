@@ -23,9 +23,9 @@ from tests.support import async_wait_until
 pytestmark = pytest.mark.tool("mosquitto")
 
 
-def site(tmp_path: Path, port: int) -> Settings:
+def site(tmp_path: Path, port: int, url: str | None = None) -> Settings:
     return Settings.model_validate({
-        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}"},
+        "database": {"url": url or f"sqlite:///{tmp_path / 'gw.db'}"},
         "mqtt": {"host": "127.0.0.1", "port": port, "prefix": "gw-test"},
         "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
         "accounts": [{"id": f"A-{i}", "tariff": "flat", "opening_balance": "10.00"} for i in (1, 2)],
@@ -49,9 +49,10 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
         yield running
 
 
-async def test_committed_events_go_out_in_order_numbered_with_the_status_retained(broker: Broker,
-                                                                                  tmp_path: Path) -> None:
-    async with Gateway(site(tmp_path, broker.port), run_buses=False, base_dir=tmp_path) as gw, \
+async def test_committed_events_go_out_in_order_numbered_with_the_status_retained(broker: Broker, tmp_path: Path,
+                                                                                  db_url: str) -> None:
+    """On SQLite and PostgreSQL (the topics' numbers are kept with an upsert of each dialect)."""
+    async with Gateway(site(tmp_path, broker.port, db_url), run_buses=False, base_dir=tmp_path) as gw, \
             Subscriber(broker.port) as sub:
         await async_wait_until(lambda: ("gw-test/gateway/status", "online", True) in sub.messages
                                or ("gw-test/gateway/status", "online", False) in sub.messages, timeout=10,
@@ -77,7 +78,7 @@ async def test_committed_events_go_out_in_order_numbered_with_the_status_retaine
                                what="the retained offline status")
         await async_wait_until(lambda: len(later.payments()) == 2, timeout=10, what="the retained balances")
         assert {(p["payment_id"], p["seq"]) for p in later.payments()} == {("P-18", 10), ("P-19", 10)}
-    async with Gateway(site(tmp_path, broker.port), run_buses=False, base_dir=tmp_path) as gw, \
+    async with Gateway(site(tmp_path, broker.port, db_url), run_buses=False, base_dir=tmp_path) as gw, \
             Subscriber(broker.port) as sub:  # after a restart the numbers go on
         await gw.service.record_payment(source="billing", payment_id="P-20", account_id="A-1", amount_fen=1)
         await async_wait_until(lambda: any(p["payment_id"] == "P-20" for p in sub.payments()), timeout=10,
