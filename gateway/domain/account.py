@@ -165,6 +165,9 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
         level = self.credit_level()
         if level != self.warned_level or (self.final_warning_at is None) == (level >= WARNING_2):
             return False
+        if (self.site.notice_delivery and self.final_warning_at is not None
+                and self.final_warning_delivered_at is None and not self.final_warning_escalated):
+            return False  # the staff are to be told once the warning is overdue (a time-dependent event)
         if self.supply is Supply.DISCONNECTED:
             return self.manual_disconnect or self.balance_fen < self.reconnect_at_fen
         return self.balance_fen > self.disconnect_point_fen and not self.deferred_reason
@@ -265,6 +268,10 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
         self._announce_credit()  # a level reached without a movement (opening balance, new thresholds) warns too
         if self.warned_level >= WARNING_2 and self.final_warning_at is None:
             self.final_warning_at = now  # the final warning goes out with this transaction: notice starts
+        if self._warning_overdue(now):  # not delivered in time: the staff are told, once (whatever the balance)
+            self.final_warning_escalated = True
+            assert self.final_warning_at is not None
+            self.events.append(ev.FinalWarningUndelivered(self.id, self.final_warning_at, self.balance_fen))
         if self.supply is Supply.DISCONNECTED:
             if self.balance_fen >= self.reconnect_at_fen and not self.manual_disconnect:
                 self.supply = Supply.CONNECTED
@@ -280,10 +287,6 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
         refusal = disconnect_refusal(self, now, readings_ok=readings_ok, why_not_ok=why_not_ok, offline=offline,
                                      limiter=limiter)
         if refusal is not None:
-            if refusal.reason == "notice_undelivered" and refusal.until is None and not self.final_warning_escalated:
-                self.final_warning_escalated = True  # past the delivery timeout: the staff are told, once
-                assert self.final_warning_at is not None
-                self.events.append(ev.FinalWarningUndelivered(self.id, self.final_warning_at, self.balance_fen))
             if refusal.reason != self.deferred_reason:  # recorded once per reason, not once per evaluation
                 self.events.append(ev.DisconnectDeferred(self.id, refusal.reason, self.balance_fen, refusal.detail,
                                                          refusal.until))
@@ -296,6 +299,12 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
         self.supply = Supply.DISCONNECTED
         self.events.append(ev.DisconnectRequired(self.id, self.balance_fen))
         return Decision.DISCONNECT
+
+    def _warning_overdue(self, now: dt.datetime) -> bool:
+        """The final warning is not delivered within the site's delivery timeout, and the staff not told yet."""
+        issued = self.final_warning_at
+        return (self.site.notice_delivery and issued is not None and self.final_warning_delivered_at is None
+                and not self.final_warning_escalated and now >= issued + self.site.notice_delivery_timeout)
 
     def disconnect_blocked_by(self, now: dt.datetime, *, readings_ok: bool = True, why_not_ok: str = "") -> str:
         """The reason code of the guardrail that forbids an automatic disconnect now, or "" when none does."""

@@ -177,6 +177,19 @@ def test_the_delivery_state_survives_a_round_trip() -> None:
         at(0), at(31), True)
 
 
+def test_the_staff_are_told_of_an_overdue_warning_before_the_disconnect_point() -> None:
+    acc = PrepaidAccount("A-1", FlatTariff(Decimal("1")), Thresholds(warning2_fen=500, overdraft_fen=0),
+                         balance_fen=600, site=NOTICES_ON)
+    acc.apply_adjustment(-200, "test")  # 4.00: the final warning, the balance still positive
+    assert acc.evaluate(at(0)) is Decision.NONE and acc.final_warning_at == at(0)
+    assert not acc.settled()  # the staff may have to be told later: not settled until then
+    assert acc.evaluate(at(29)) is Decision.NONE and not acc.final_warning_escalated
+    acc.events.clear()
+    acc.evaluate(at(30))
+    assert [type(e) for e in acc.events] == [ev.FinalWarningUndelivered] and acc.final_warning_escalated
+    assert acc.settled()
+
+
 def test_without_notice_delivery_the_period_runs_from_the_warning() -> None:
     acc = broke(SitePolicy(stale_after=None, notice_period=dt.timedelta(hours=1)))
     assert acc.evaluate(at(0)) is Decision.NONE and acc.deferred_reason == "notice_period"
