@@ -15,6 +15,7 @@ from gateway.adapters import tables as t
 from gateway.adapters.account_rows import account_row
 from gateway.domain.account import PrepaidAccount
 from gateway.domain.relay import Action, Command, State
+from gateway.domain.timeutil import from_iso, to_iso
 from gateway.service import ports
 from gateway.service.commands import ACTIVE_STATES, FAULTS, CommandRecord, command_payload, state_payload
 from gateway.service.ports import MeterState, OutboxEvent, PaymentKey
@@ -26,6 +27,7 @@ __all__ = ["READINGS_CURSOR", "Accounts", "Commands", "Ledger", "Meters", "Notic
            "command_record", "notice_record"]
 
 READINGS_CURSOR = "(readings)"  # the event_sequences row of the last reading published (not a topic)
+RELAY_LEASE = "outbox_relay"  # the site_state row of the instance that publishes (its lease)
 _MAX_PARAMS = 30_000  # within SQLite's (32766) and asyncpg's (32767) limits on bound parameters
 
 
@@ -337,6 +339,16 @@ class Outbox(_Repository, ports.OutboxRepository):
         result = await self.uow.execute(sa.delete(t.outbox).where(c.id.in_(old.order_by(c.id).limit(limit)
                                                                            .scalar_subquery())))
         return int(result.rowcount or 0)
+
+    async def lease(self, holder: str, now: dt.datetime, until: dt.datetime) -> bool:
+        await self.uow.execute(self.uow.insert_new(t.site_state).values(name=RELAY_LEASE, state={}))
+        state = (await self.uow.lock(t.site_state, "name", [RELAY_LEASE], "state")).get(RELAY_LEASE) or {}
+        held_until = from_iso(state.get("until"))
+        if state.get("holder") not in (None, holder) and held_until is not None and held_until > now:
+            return False
+        await self.uow.execute(sa.update(t.site_state).where(t.site_state.c.name == RELAY_LEASE).values(
+            state={"holder": holder, "until": to_iso(until)}))
+        return True
 
     async def unnoticed(self, after_id: int, limit: int) -> list[OutboxEvent]:
         c = t.outbox.c

@@ -21,8 +21,13 @@ changes themselves (payments, readings, commands) are all committed: only their 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import os
+import socket
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -50,11 +55,12 @@ class OutboxRelay:
         retry_s: how long it waits after the publisher was unavailable.
         retention_s: how long published events are kept.
         max_waiting: the most events kept waiting for the publisher.
+        lease_s: how long this relay's turn to publish lasts unless renewed (instances sharing a database).
     """
 
     def __init__(self, storage: Storage, publisher: Publisher, clock: Callable[[], dt.datetime], *,
                  batch: int = 256, idle_s: float = 0.05, retry_s: float = 1.0, retention_s: float = 86_400,
-                 max_waiting: int = 1_000_000) -> None:
+                 max_waiting: int = 1_000_000, lease_s: float = 15.0) -> None:
         self.storage, self.publisher, self.clock = storage, publisher, clock
         self.batch, self.idle_s, self.retry_s = batch, idle_s, retry_s
         self.retention = dt.timedelta(seconds=retention_s)
@@ -70,6 +76,9 @@ class OutboxRelay:
         self.states = MeterStates()  # the meters' retained states (seeded from storage at the start)
         self._seeded = False
         self._sequences: dict[str, int] = {}  # each topic's last sequence number, as stored
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # this relay, in the lease
+        self.lease = dt.timedelta(seconds=lease_s)
+        self._leading, self._renew_at = False, 0.0
 
     def wake(self) -> None:
         """New events were committed."""
@@ -77,31 +86,72 @@ class OutboxRelay:
 
     async def run(self) -> None:
         replaying = False  # events that waited for the publisher are flagged as replayed
-        while True:
-            async with self.storage(readonly=True) as uow:
-                if self.readings_after is None:
-                    self.readings_after = await uow.outbox.readings_published()
-                if not self._seeded:
-                    self.states.seed(*await uow.outbox.meter_snapshot(), at=self.clock())
-                    self._seeded = True
-                events = await uow.outbox.pending(self.after_id, self.batch)
-                readings = await uow.outbox.readings(self.readings_after, self.batch)
-            if readings:
-                replaying = await self._publish(readings, replaying, readings=True)
-            if not events and not readings:
-                if self.states.dirty:  # changed states not published yet (at the start: every meter's)
-                    replaying = await self._publish([], replaying)
-                    if self.states.dirty:
-                        continue
-                replaying = False
-                if self.full:
-                    await self._room_again()
-                await self._prune()
-                self._wake.clear()
-                await wait_event(self._wake, self.idle_s)
-                continue
-            if events:
-                replaying = await self._publish(events, replaying)
+        try:
+            while True:
+                if not await self._lead():
+                    await asyncio.sleep(self.lease.total_seconds() / 3)  # a standby: another instance publishes
+                    continue
+                replaying = await self._turn(replaying)
+        finally:
+            await self._release()
+
+    async def _turn(self, replaying: bool) -> bool:
+        """One batch of readings and events (or, with none, the idle chores and a wait for new ones)."""
+        async with self.storage(readonly=True) as uow:
+            if self.readings_after is None:
+                self.readings_after = await uow.outbox.readings_published()
+            if not self._seeded:
+                self.states.seed(*await uow.outbox.meter_snapshot(), at=self.clock())
+                self._seeded = True
+            events = await uow.outbox.pending(self.after_id, self.batch)
+            readings = await uow.outbox.readings(self.readings_after, self.batch)
+        if readings:
+            replaying = await self._publish(readings, replaying, readings=True)
+        if not events and not readings:
+            if self.states.dirty:  # changed states not published yet (at the start: every meter's)
+                replaying = await self._publish([], replaying)
+                if self.states.dirty:
+                    return replaying
+            if self.full:
+                await self._room_again()
+            await self._prune()
+            self._wake.clear()
+            await wait_event(self._wake, self.idle_s)
+            return False
+        if events:
+            replaying = await self._publish(events, replaying)
+        return replaying
+
+    async def _lead(self) -> bool:
+        """Whether this relay publishes: instances sharing one database take turns by a lease (renewed every
+        third of it), so that every event goes out once, numbered once. A relay that takes over starts from
+        what storage says (what the other one published and numbered)."""
+        if self._leading and time.monotonic() < self._renew_at:
+            return True
+        now = self.clock()
+        async with self.storage(background=True) as uow:
+            took = await uow.outbox.lease(self.holder, now, now + self.lease)
+            await uow.commit()
+        if took and not self._leading:
+            self.after_id, self.readings_after, self._seeded, self._sequences = 0, None, False, {}
+            self.states = MeterStates()
+            log.info("outbox: this instance publishes the events (%s)", self.holder)
+        elif self._leading and not took:
+            log.warning("outbox: another instance publishes the events now")
+        self._leading = took
+        self._renew_at = time.monotonic() + self.lease.total_seconds() / 3
+        return took
+
+    async def _release(self) -> None:
+        """A stop: give the lease back, so that another instance takes over at once."""
+        if not self._leading:
+            return
+        self._leading = False
+        with contextlib.suppress(Exception):
+            now = self.clock()
+            async with self.storage(background=True) as uow:
+                await uow.outbox.lease(self.holder, now, now)
+                await uow.commit()
 
     async def _publish(self, events: list[OutboxEvent], replaying: bool, *, readings: bool = False) -> bool:
         """Publish in order until the publisher fails; mark what went out. Returns whether events now wait (to

@@ -208,6 +208,12 @@ class OutboxRepository(abc.ABC):
         it), or None. The ids are read first: what is committed meanwhile is in the snapshot and above them."""
         raise NotImplementedError
 
+    @abc.abstractmethod
+    async def lease(self, holder: str, now: dt.datetime, until: dt.datetime) -> bool:
+        """Take or renew the right to publish (one relay per database: instances sharing one would publish every
+        event twice, numbered apart) until ``until``; False while another holder's lease runs. ``until <= now``
+        by the holder gives it back."""
+
     # The notice planner is a destination of its own: it marks the events it has looked at apart from MQTT.
     @abc.abstractmethod
     async def unnoticed(self, after_id: int, limit: int) -> list[OutboxEvent]:

@@ -238,3 +238,30 @@ async def test_a_full_outbox_keeps_the_oldest_and_reports_what_it_left_out(broke
             assert [p["payment_id"] for p in sub.payments()] == [f"P-{i}" for i in range(1, waiting + 1)]  # oldest
             [alarm] = [p for topic, p, _ in sub.messages if isinstance(p, dict) and p.get("type") == "OutboxOverflow"]
             assert alarm["left_out"] == left_out
+
+
+async def test_two_instances_on_one_database_publish_each_event_once(broker: Broker, tmp_path: Path,
+                                                                     db_url: str) -> None:
+    """Instances sharing a database take turns by a lease: one publishes, the other stands by and takes over
+    when the first stops (numbering on where it stopped)."""
+    settings = site(tmp_path, broker.port, db_url)
+    async with Subscriber(broker.port) as sub:
+        async with Gateway(settings, run_buses=False, base_dir=tmp_path) as first:
+            async with Gateway(settings, run_buses=False, base_dir=tmp_path) as second:
+                await async_wait_until(lambda: first.relay._leading or second.relay._leading, timeout=10,
+                                       what="one instance publishing")
+                assert not (first.relay._leading and second.relay._leading)
+                for n in range(10):
+                    gw = (first, second)[n % 2]  # payments through both instances
+                    await gw.service.record_payment(source="billing", payment_id=f"P-{n}", account_id="A-1",
+                                                    amount_fen=100)
+                await async_wait_until(lambda: len(sub.payments()) >= 10, timeout=15, what="ten payments")
+                leader, standby = (first, second) if first.relay._leading else (second, first)
+                assert standby.relay.published == 0
+            # one of them stopped: if it was the publisher, the other takes over at once (the lease given back)
+            await first.service.record_payment(source="billing", payment_id="P-10", account_id="A-1",
+                                               amount_fen=100)
+            await async_wait_until(lambda: len(sub.payments()) >= 11, timeout=15, what="the payment after a stop")
+    events = sub.payments()
+    assert [e["payment_id"] for e in events] == [f"P-{n}" for n in range(11)]  # each once, in order
+    assert [e["seq"] for e in events] == list(range(1, 12))
