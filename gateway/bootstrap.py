@@ -291,16 +291,10 @@ class Gateway:
         writer.on_commit = lambda: (published(), self.notices.wake())  # type: ignore[func-returns-value]
         if self.relay is not None:
             self.relay.keep_unnoticed = True  # an event waits for the planner too before it is pruned
-        task = asyncio.create_task(self.notices.run(), name="gateway.notices")
-
-        async def stop() -> None:
-            writer.on_commit = published
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await channels.aclose()
-
-        self._stack.push_async_callback(stop)
+        # at the stop, in this order: the loops, the writer's hook, the channels' connections
+        self._stack.push_async_callback(channels.aclose)
+        self._stack.callback(setattr, writer, "on_commit", published)
+        self._task("gateway.notices", self.notices.run())
 
     def _prune_outbox(self) -> None:
         """Without MQTT, events are deleted by age (``engine.event_retention_s``): the outbox stays bounded."""

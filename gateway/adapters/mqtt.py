@@ -19,7 +19,7 @@ import aiomqtt
 import orjson
 
 from gateway.service.clock import wait_event
-from gateway.service.ports import Publisher, PublisherUnavailable
+from gateway.service.outbound import Publisher, PublisherUnavailable
 
 __all__ = ["MqttPublisher"]
 

@@ -29,7 +29,8 @@ import apprise
 import httpx
 import orjson
 
-from gateway.service.ports import DeliveryFailed, NoticeRecord, Notifier
+from gateway.service.outbound import DeliveryFailed, Notifier
+from gateway.service.ports import NoticeRecord
 
 __all__ = ["AppriseChannel", "Channels", "WebhookChannel", "sign"]
 

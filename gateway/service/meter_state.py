@@ -29,7 +29,8 @@ from typing import Any
 
 from gateway.domain.relay import Action
 from gateway.service.commands import FAULTS
-from gateway.service.ports import OutboxEvent, Publisher, PublisherUnavailable
+from gateway.service.outbound import Publisher, PublisherUnavailable
+from gateway.service.ports import OutboxEvent
 
 __all__ = ["HomeAssistantDiscovery", "MeterStates", "is_state_topic", "safe_id", "state_topic"]
 

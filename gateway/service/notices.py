@@ -27,12 +27,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-
 from gateway.domain.notices import NoticePolicy, PlannedNotice, notice_kind
-from gateway.service.catalog import Catalog
+from gateway.service.catalog import AccountSpec, Catalog
 from gateway.service.clock import wait_event
-from gateway.service.ports import DeliveryFailed, NoticeRecord, Notifier, OutboxEvent, Storage, UnitOfWork
+from gateway.service.outbound import DeliveryFailed, Notifier
+from gateway.service.ports import NoticeRecord, OutboxEvent, Storage, UnitOfWork
 
 __all__ = ["FinalWarningDelivered", "NoticeService"]
 
@@ -96,13 +95,19 @@ class NoticeService:
         """Look at the next events; store the notices they make. Returns how many events were looked at."""
         async with self.storage(readonly=True) as uow:
             events = await uow.outbox.unnoticed(self.after_id, self.batch)
-            balances = await self._balances(uow, events)
+            telling = [(event, spec) for event in events if (spec := self._account_of(event)) is not None]
+            balances = await self._balances(uow, {spec.id for event, spec in telling
+                                                  if "balance_fen" not in event.payload})
         if not events:
             return 0
         now = self.clock()
         planned: list[PlannedNotice] = []
-        for event in events:
-            planned += self._notices(event, now, balances)
+        for event, spec in telling:
+            if now - event.created_at > self.policy.max_event_age:
+                self.too_old += 1  # e.g. events from before notices were switched on
+                continue
+            planned += self.policy.plan(event.id, event.topic, event.payload, event.created_at, spec.id,
+                                        spec.contacts, balance_fen=balances.get(spec.id))
         async with self.storage(background=True) as uow:
             stored = await uow.notices.add([_row(n, now) for n in planned])
             await uow.outbox.noticed([e.id for e in events], now)
@@ -113,43 +118,25 @@ class NoticeService:
             self._due.set()
         return len(events)
 
-    def _notices(self, event: OutboxEvent, now: dt.datetime, balances: dict[str, int]) -> list[PlannedNotice]:
-        payload = event.payload if isinstance(event.payload, dict) else orjson.loads(event.payload)
+    def _account_of(self, event: OutboxEvent) -> AccountSpec | None:
+        """The account an event tells its contacts about, or None (most events make no notice)."""
+        payload = event.payload
         if notice_kind(event.topic, payload) is None:
-            return []
-        account_id = self._account_of(payload)
-        spec = self.catalog.accounts.get(account_id or "")
-        if spec is None:
-            return []
-        if now - event.created_at > self.policy.max_event_age:
-            self.too_old += 1  # e.g. events from before notices were switched on
-            return []
-        return self.policy.plan(event.id, event.topic, payload, event.created_at, spec.id, spec.contacts,
-                                balance_fen=balances.get(spec.id))
-
-    def _account_of(self, payload: dict[str, Any]) -> str | None:
+            return None
         if payload.get("type") == "CommandState":
             meter = self.catalog.meters.get(payload.get("meter_id", ""))
-            return meter.account_id if meter is not None else None
-        return payload.get("account_id")
+            account_id = meter.account_id if meter is not None else None
+        else:
+            account_id = payload.get("account_id")
+        return self.catalog.accounts.get(account_id or "")
 
-    async def _balances(self, uow: UnitOfWork, events: list[OutboxEvent]) -> dict[str, int]:
-        """The balances of the accounts of the events that make a notice without one (a relay switched)."""
-        ids = set()
-        for event in events:
-            payload = event.payload if isinstance(event.payload, dict) else orjson.loads(event.payload)
-            if notice_kind(event.topic, payload) is not None and "balance_fen" not in payload:
-                account_id = self._account_of(payload)
-                if account_id is not None:
-                    ids.add(account_id)
+    @staticmethod
+    async def _balances(uow: UnitOfWork, ids: set[str]) -> dict[str, int]:
+        """The balances of accounts whose event carries none (a relay switched)."""
         if not ids:
             return {}
         states = await uow.accounts.states(sorted(ids))
-        out = {}
-        for account_id, (_, state) in states.items():
-            document = state if isinstance(state, dict) else orjson.loads(state)
-            out[account_id] = int(document.get("balance_fen", 0))
-        return out
+        return {account_id: int(state.get("balance_fen", 0)) for account_id, (_, state) in states.items()}
 
     # --- dispatcher ---------------------------------------------------------------------------------------
     async def dispatch(self) -> int:

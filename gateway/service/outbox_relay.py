@@ -34,7 +34,8 @@ from typing import Any
 from gateway.service.meter_state import MeterStates, is_state_topic, state_topic
 from gateway.service.clock import wait_event
 from gateway.service.housekeeping import prune_outbox
-from gateway.service.ports import OutboxEvent, Publisher, PublisherUnavailable, Storage
+from gateway.service.outbound import Publisher, PublisherUnavailable
+from gateway.service.ports import OutboxEvent, Storage
 
 __all__ = ["OutboxRelay"]
 

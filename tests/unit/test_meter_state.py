@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.service.meter_state import HomeAssistantDiscovery, MeterStates, safe_id
-from gateway.service.ports import OutboxEvent, Publisher, PublisherUnavailable
+from gateway.service.outbound import Publisher, PublisherUnavailable
+from gateway.service.ports import OutboxEvent
 from tests.support import async_wait_until
 
 T0 = dt.datetime(2026, 12, 3, 8, tzinfo=dt.UTC)
