@@ -17,18 +17,19 @@ from typing import Any
 from gateway.domain import events as ev
 from gateway.domain.account_money import MoneyMixin
 from gateway.domain.account_readings import ReadingsMixin
-from gateway.domain.billing import BillingState
+from gateway.domain.billing import BillingState, TariffChange
 from gateway.domain.emergency import EmergencyCredit
 from gateway.domain.errors import InvalidTime
 from gateway.domain.guardrails import disconnect_refusal
 from gateway.domain.ledger import LedgerEntry
+from gateway.domain.lifecycle import LifecycleMixin
 from gateway.domain.metering import MeterCursor
 from gateway.domain.policy import RateLimiter, SitePolicy
 from gateway.domain.state import account_from_state, account_state
 from gateway.domain.tariffs import Tariff
 from gateway.domain.timeutil import require_aware, utc
 
-__all__ = ["Decision", "MeterCursor", "PrepaidAccount", "Supply", "Thresholds"]
+__all__ = ["Decision", "MeterCursor", "PrepaidAccount", "Supply", "TariffChange", "Thresholds"]
 
 
 class Supply(str, enum.Enum):
@@ -73,8 +74,12 @@ class Thresholds:
         return self.disconnect_point_fen + self.reconnect_min_topup_fen
 
 
-class PrepaidAccount(ReadingsMixin, MoneyMixin):
-    """One prepaid account: balance, tariff, thresholds, meters' cursors, and the engine's state."""
+class PrepaidAccount(ReadingsMixin, MoneyMixin, LifecycleMixin):
+    """One prepaid account: balance, tariff, thresholds, meters' cursors, and the engine's state.
+
+    ``tariff_change``: the tariff from a given time on (``gateway.domain.lifecycle``); ``tariff_switch``: the
+    ``(at, name)`` of the last change the account switched to; ``closed_at``: when it was closed.
+    """
 
     def __init__(self, id: str, tariff: Tariff, thresholds: Thresholds | None = None, balance_fen: int = 0,
                  supply: Supply = Supply.CONNECTED, warned_level: int = OK, protected: bool = False,
@@ -84,8 +89,11 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
                  deferred_until: dt.datetime | None = None, final_warning_at: dt.datetime | None = None,
                  billing: BillingState | None = None, emergency: EmergencyCredit | None = None,
                  cursors: Mapping[str, MeterCursor] | None = None, manual_disconnect: bool = False,
-                 final_warning_delivered_at: dt.datetime | None = None, final_warning_escalated: bool = False) -> None:
-        self.id, self.tariff = id, tariff
+                 final_warning_delivered_at: dt.datetime | None = None, final_warning_escalated: bool = False,
+                 tariff_change: TariffChange | None = None, tariff_switch: tuple[dt.datetime, str] | None = None,
+                 closed_at: dt.datetime | None = None) -> None:
+        self.id, self.tariff, self.tariff_change, self.tariff_switch = id, tariff, tariff_change, tariff_switch
+        self.closed_at = closed_at
         self.thresholds = thresholds or Thresholds()
         self.site = site or SitePolicy()
         self.credit_class = credit_class
@@ -115,10 +123,12 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], *, id: str, tariff: Tariff, thresholds: Thresholds | None = None,
-                   site: SitePolicy | None = None, credit_class: str = "", protected: bool = False) -> PrepaidAccount:
-        """Rebuild an account from ``state_dict()`` output and its configuration."""
+                   site: SitePolicy | None = None, credit_class: str = "", protected: bool = False,
+                   tariff_change: TariffChange | None = None) -> PrepaidAccount:
+        """Rebuild an account from ``state_dict()`` output and its configuration (``tariff_change``: see
+        ``account_from_state``)."""
         return account_from_state(cls, state, id=id, tariff=tariff, thresholds=thresholds, site=site,
-                                  credit_class=credit_class, protected=protected)
+                                  credit_class=credit_class, protected=protected, tariff_change=tariff_change)
 
     # --- credit -------------------------------------------------------------------------------------------
     @property
@@ -160,8 +170,10 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
         True when the warnings match the balance and the supply is where the balance wants it: connected above
         the disconnect point with no deferred disconnect, or disconnected below the reconnect threshold (or by an
         operator). Only time-dependent guardrails could change a decision, and they apply only below the
-        disconnect point.
+        disconnect point. A closed account is settled.
         """
+        if self.closed_at is not None:
+            return True
         level = self.credit_level()
         if level != self.warned_level or (self.final_warning_at is None) == (level >= WARNING_2):
             return False
@@ -201,6 +213,7 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
 
     # --- operator flags -----------------------------------------------------------------------------------
     def set_protected(self, protected: bool, *, by: str = "") -> None:
+        self._require_open()
         if protected != self.operator_protected:
             self.operator_protected = protected
             self.events.append(ev.ProtectionChanged(self.id, protected, by))
@@ -208,6 +221,7 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
     def place_hold(self, until: dt.datetime, *, now: dt.datetime | None = None, by: str = "") -> None:
         """No automatic disconnect before ``until`` (e.g. after a manual reconnect below the disconnect point);
         with ``now``, a hold that ends by then is refused."""
+        self._require_open()
         until = utc(until, "until")
         if now is not None and until <= now:
             raise InvalidTime(f"the hold must end in the future (it ends {until.isoformat()})")
@@ -248,7 +262,7 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
         the decision): the supply is wanted again, and the disconnect deferred until the engine decides again on a
         fresh reading of ``meter_id`` (``evaluate`` with the meter among the ``offline`` ones refuses it until
         then)."""
-        if self.supply is not Supply.DISCONNECTED or self.manual_disconnect:
+        if self.supply is not Supply.DISCONNECTED or self.manual_disconnect or self.closed_at is not None:
             return
         self.supply = Supply.CONNECTED
         self.deferred_reason, self.deferred_detail, self.deferred_until = "meter_offline", meter_id, None
@@ -262,9 +276,11 @@ class PrepaidAccount(ReadingsMixin, MoneyMixin):
         ``offline``: ids of the account's meters the scheduler reports offline. ``readings_ok=False`` with
         ``why_not_ok`` lets the caller block for reasons of its own. ``limiter``: the site's rate limiter (a
         disconnect decided here is recorded in it). A refusal is recorded once per reason; its detail and
-        ``deferred_until`` are kept up to date silently.
+        ``deferred_until`` are kept up to date silently. A closed account decides nothing and records nothing.
         """
         require_aware(now, "now")
+        if self.closed_at is not None:
+            return Decision.NONE
         self._announce_credit()  # a level reached without a movement (opening balance, new thresholds) warns too
         if self.warned_level >= WARNING_2 and self.final_warning_at is None:
             self.final_warning_at = now  # the final warning goes out with this transaction: notice starts

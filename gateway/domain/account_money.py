@@ -1,7 +1,8 @@
 """The account's money movements: payments, reversals, emergency credit and its repayment, adjustments.
 
 A mixin of ``PrepaidAccount`` (kept apart to keep modules small); each movement appends a ledger entry to
-``account.entries`` and keeps ``balance_fen`` equal to the sum of the entries.
+``account.entries`` and keeps ``balance_fen`` equal to the sum of the entries. A closed account takes none
+(``ClosedAccount``): its balance was settled when it closed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class MoneyMixin:
         emergency: EmergencyCredit
 
         def _announce_credit(self) -> None: ...
+        def _require_open(self) -> None: ...
 
     def _post(self, kind: EntryKind, amount_fen: int, reference: str = "", **extra: Any) -> None:
         self.balance_fen += amount_fen
@@ -42,6 +44,7 @@ class MoneyMixin:
 
         Outstanding emergency credit is repaid from it first, as a separate ledger entry.
         """
+        self._require_open()
         if amount_fen <= 0:
             raise InvalidAmount("a payment must be positive")
         key, label = (source, payment_id), f"{source}/{payment_id}"
@@ -60,6 +63,7 @@ class MoneyMixin:
         If the payment repaid emergency credit, that repayment is undone too (the debt comes back).
         The balance may fall below the disconnect point: ``evaluate`` then follows the normal disconnect path.
         """
+        self._require_open()
         if amount_fen <= 0:
             raise InvalidAmount("a reversal must remove a positive amount")
         key, label = (source, payment_id), f"{source}/{payment_id}"
@@ -74,6 +78,7 @@ class MoneyMixin:
 
     def grant_emergency_credit(self, now: dt.datetime, *, amount_fen: int | None = None, by: str = "") -> int:
         """Grant emergency credit (default: the site's amount) once per period; returns the amount granted."""
+        self._require_open()
         require_aware(now, "now")
         site = self.site
         label = period_label(period_key(now.astimezone(site.tz).date(), site.emergency_credit_period),
@@ -94,6 +99,7 @@ class MoneyMixin:
 
     def apply_adjustment(self, amount_fen: int, reason: str, *, reference: str = "") -> None:
         """An operator's signed correction of the balance (e.g. energy lost at a meter reset)."""
+        self._require_open()
         if amount_fen == 0:
             raise InvalidAmount("an adjustment must not be zero")
         self._post(EntryKind.ADJUSTMENT, amount_fen, reference, detail=reason)

@@ -1,6 +1,7 @@
 """The account's meter readings: billing cumulative readings, quarantine, acceptance and re-basing.
 
-A mixin of ``PrepaidAccount`` (kept apart to keep modules small); it relies on the account's attributes.
+A mixin of ``PrepaidAccount`` (kept apart to keep modules small); it relies on the account's attributes. A
+pending tariff change is applied here, at the first billed reading after its time (``gateway.domain.lifecycle``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.domain import events as ev
 from gateway.domain.billing import PeriodCharge, bill
-from gateway.domain.energy import period_bounds, rate_deltas, split_energy
+from gateway.domain.energy import apportion, period_bounds, rate_deltas, split_energy
 from gateway.domain.errors import InvalidAmount, InvalidTime, NoQuarantinedReading, UnknownMeter
 from gateway.domain.ledger import EntryKind
 from gateway.domain.metering import (
@@ -27,7 +28,7 @@ from gateway.domain.tariffs import period_key, period_label
 from gateway.domain.timeutil import require_aware, utc
 
 if TYPE_CHECKING:
-    from gateway.domain.billing import BillingState
+    from gateway.domain.billing import BillingState, TariffChange
     from gateway.domain.policy import SitePolicy
     from gateway.domain.tariffs import Tariff
 
@@ -40,10 +41,15 @@ def _within(key: dt.date, period: str, tz: ZoneInfo, t0: dt.datetime, t1: dt.dat
     return begin <= t0 and t1 < end
 
 
+def _micros(t0: dt.datetime, t1: dt.datetime) -> int:
+    return (t1 - t0) // dt.timedelta(microseconds=1)
+
+
 class ReadingsMixin:
     if TYPE_CHECKING:  # provided by PrepaidAccount
         id: str
         tariff: Tariff
+        tariff_change: TariffChange | None
         site: SitePolicy
         cursors: dict[str, MeterCursor]
         events: list[ev.Event]
@@ -51,12 +57,15 @@ class ReadingsMixin:
         balance_fen: int
 
         def _announce_credit(self) -> None: ...
+        def _require_open(self) -> None: ...
+        def _switch_tariff(self, change: TariffChange) -> None: ...
         def settled(self) -> bool: ...
         def _post(self, kind: EntryKind, amount_fen: int, reference: str = "", **extra: Any) -> None: ...
 
     def add_meter(self, meter_id: str, *, max_power_w: int | None = None, margin: float | None = None,
                   resolution_wh: int | None = None, rollover_wh: int | None = None) -> MeterCursor:
-        """Register one of the account's meters (or update its configuration); returns its cursor."""
+        """Register one of the account's meters (or update its configuration); returns its cursor. (Configuration:
+        not refused on a closed account; its readings are.)"""
         cursor = self.cursors.setdefault(meter_id, MeterCursor(meter_id))
         for name, value in (("max_power_w", max_power_w), ("margin", margin), ("resolution_wh", resolution_wh),
                             ("rollover_wh", rollover_wh)):
@@ -83,6 +92,7 @@ class ReadingsMixin:
         A later reading that is plausible against the baseline bills normally and discards the quarantined one.
         A cumulative energy outside 0..``MAX_ENERGY_WH`` is no reading of a meter: refused, nothing changes.
         """
+        self._require_open()
         if not 0 <= energy_wh <= MAX_ENERGY_WH:
             raise InvalidAmount(f"meter {getattr(meter, 'meter_id', meter)}: {energy_wh} Wh is no meter reading")
         cursor = self._cursor(meter)
@@ -102,7 +112,9 @@ class ReadingsMixin:
         meter's time, whatever the time: the same energy (and per-rate registers) as the meter was last billed
         at, newer, in the current billing period, with no quarantined reading on the meter, and an account that
         is ``settled()``. (A query: nothing changes.)"""
-        cursor = self.cursors.get(meter_id)
+        cursor, change = self.cursors.get(meter_id), self.tariff_change
+        if change is not None and taken_at > change.at:
+            return False  # the tariff would switch
         if (cursor is None or cursor.energy_wh != energy_wh or cursor.pending is not None or cursor.taken_at is None
                 or taken_at <= cursor.taken_at
                 or (tuple(rates_wh) if rates_wh is not None else None) != cursor.rates_wh):
@@ -126,7 +138,7 @@ class ReadingsMixin:
                 self.events.append(ev.QuarantineResolved(self.id, cursor.meter_id, "discarded",
                                                          pending.reading.energy_wh, 0))
             return self._bill(cursor, reading, reading.energy_wh - cursor.energy_wh,
-                              rate_deltas(self.tariff, cursor.rates_wh, reading.rates_wh))
+                              self._by_register(cursor, reading))
         if pending is None:
             kind, reason = verdict
             cursor.pending = PendingReading(reading, kind, reason)
@@ -136,11 +148,41 @@ class ReadingsMixin:
             cursor.pending = PendingReading(pending.reading, pending.kind, pending.reason, reading)
         return 0
 
+    def _by_register(self, cursor: MeterCursor, reading: Snapshot) -> dict[str, int] | None:
+        """Energy per rate from the meter's registers, mapped by the tariff the interval will be billed at (the
+        new one when it starts at or after a pending change's time; an interval across it ignores them)."""
+        change, tariff = self.tariff_change, self.tariff
+        if change is not None and cursor.taken_at is not None and cursor.taken_at >= change.at:
+            tariff = change.tariff
+        return rate_deltas(tariff, cursor.rates_wh, reading.rates_wh)
+
     def _bill(self, cursor: MeterCursor, reading: Snapshot, delta_wh: int,
               by_register: Mapping[str, int] | None) -> int:
+        """Bill ``delta_wh`` consumed from the cursor's reading to ``reading``, then move the cursor there.
+
+        With a pending tariff change and ``reading`` after its time, the tariff switches now: the energy of an
+        interval that spans the change is split in proportion to time (the meter's registers are not used for
+        it), the part up to the change billed at the old prices and the rest at the new ones.
+        """
         assert cursor.taken_at is not None and delta_wh >= 0
         t0, t1 = cursor.taken_at, reading.taken_at
         cursor.move_to(reading)
+        change, total, rest = self.tariff_change, 0, delta_wh
+        if change is not None and t1 > change.at:
+            if t0 < change.at:
+                first, rest = apportion(delta_wh, [_micros(t0, change.at), _micros(change.at, t1)])
+                total += self._price(cursor.meter_id, reading, t0, change.at, first, None)
+                t0, by_register = change.at, None
+            self._switch_tariff(change)
+        total += self._price(cursor.meter_id, reading, t0, t1, rest, by_register)
+        if delta_wh:
+            self.events.append(ev.AccountCharged(self.id, cursor.meter_id, delta_wh, total, self.balance_fen))
+            self._announce_credit()
+        return total
+
+    def _price(self, meter_id: str, reading: Snapshot, t0: dt.datetime, t1: dt.datetime, delta_wh: int,
+               by_register: Mapping[str, int] | None) -> int:
+        """Price the energy of ``[t0, t1)`` at the current tariff and post the charges; returns them in fen."""
         tz, tariff, billing = self.site.tz, self.tariff, self.billing
         if (tariff.schedule is None and billing.period_start is not None
                 and _within(billing.period_start, tariff.period, tz, t0, t1)):
@@ -149,7 +191,7 @@ class ReadingsMixin:
             charges, closed = [], []
             if delta_wh:
                 billing.energy_wh += delta_wh
-                cost = tariff.period_cost_fen(billing.energy_wh, billing.rate_wh)
+                cost = billing.cost_fen(tariff)
                 charges.append(PeriodCharge(period_label(billing.period_start, tariff.period), delta_wh,
                                             cost - billing.charged_fen))
                 billing.charged_fen = cost
@@ -161,12 +203,10 @@ class ReadingsMixin:
         total = 0
         for charge in charges:
             if charge.amount_fen:
-                self._post(EntryKind.CHARGE, -charge.amount_fen, cursor.meter_id, meter_id=cursor.meter_id,
-                           energy_wh=charge.energy_wh, reading_wh=reading.energy_wh, period=charge.period, at=t1)
+                self._post(EntryKind.CHARGE, -charge.amount_fen, meter_id, meter_id=meter_id,
+                           energy_wh=charge.energy_wh, reading_wh=reading.energy_wh, period=charge.period,
+                           at=reading.taken_at)
                 total += charge.amount_fen
-        if delta_wh:
-            self.events.append(ev.AccountCharged(self.id, cursor.meter_id, delta_wh, total, self.balance_fen))
-            self._announce_credit()
         return total
 
     def accept_reading(self, meter_id: str, *, energy_wh: int | None = None, by: str = "") -> int:
@@ -176,6 +216,7 @@ class ReadingsMixin:
         of the meter) or as ``energy_wh`` given by the operator; otherwise re-base the meter instead.
         Readings that arrived while quarantined are then billed from the accepted one.
         """
+        self._require_open()
         cursor = self._cursor(meter_id)
         pending = cursor.pending
         if pending is None or cursor.energy_wh is None:
@@ -190,7 +231,7 @@ class ReadingsMixin:
             delta = cursor.rollover_wh - cursor.energy_wh + reading.energy_wh
         else:
             delta = reading.energy_wh - cursor.energy_wh
-            by_register = rate_deltas(self.tariff, cursor.rates_wh, reading.rates_wh)
+            by_register = self._by_register(cursor, reading)
         if delta < 0:
             raise InvalidAmount(f"energy to bill must not be negative, got {delta}")
         cursor.pending = None
@@ -210,6 +251,7 @@ class ReadingsMixin:
             taken_at = utc(taken_at, "taken_at")
             if now is not None and taken_at > now:
                 raise InvalidTime(f"the baseline can't be read in the future ({taken_at.isoformat()})")
+        self._require_open()
         if energy_wh is not None and not 0 <= energy_wh <= MAX_ENERGY_WH:
             raise InvalidAmount(f"a baseline must be from 0 to {MAX_ENERGY_WH} Wh, got {energy_wh}")
         cursor = self._cursor(meter_id)

@@ -5,13 +5,16 @@
      ├── NoQuarantinedReading     (accept or re-base without a pending reading)          -> 409
      ├── UnknownMeter             (a meter that is not one of the account's)             -> 404
      ├── InvalidAmount            (zero or negative payment, reversal or grant)          -> 409
-     └── InvalidTime              (a time the rule can't take: a hold in the past...)    -> 409
+     ├── InvalidTime              (a time the rule can't take: a hold in the past...)    -> 409
+     ├── MeterAlreadyAttached     (attach a meter the account already bills)             -> 409
+     ├── MetersStillAttached      (close an account that still has meters)               -> 409
+     └── ClosedAccount            (anything but a query on a closed account)             -> 409
 """
 
 from __future__ import annotations
 
-__all__ = ["DomainError", "EmergencyCreditRefused", "InvalidAmount", "InvalidTime", "NoQuarantinedReading",
-           "UnknownMeter"]
+__all__ = ["ClosedAccount", "DomainError", "EmergencyCreditRefused", "InvalidAmount", "InvalidTime",
+           "MeterAlreadyAttached", "MetersStillAttached", "NoQuarantinedReading", "UnknownMeter"]
 
 
 class DomainError(Exception):
@@ -40,3 +43,15 @@ class InvalidAmount(DomainError, ValueError):
 
 class InvalidTime(DomainError, ValueError):
     """A time a rule can't take (a hold that ends in the past, a baseline read in the future)."""
+
+
+class MeterAlreadyAttached(DomainError):
+    """A meter attached to an account that already bills it (it has a baseline there)."""
+
+
+class MetersStillAttached(DomainError):
+    """An account closed while meters are still on it (detach them first: their final readings are billed)."""
+
+
+class ClosedAccount(DomainError):
+    """The account is closed: it takes no payments, readings, credit, holds or meters, and can't close again."""

@@ -11,6 +11,7 @@ from gateway.domain.timeutil import to_iso
 
 __all__ = [
     "AccountCharged",
+    "AccountClosed",
     "BalanceAdjusted",
     "BillingPeriodClosed",
     "CreditExhausted",
@@ -24,12 +25,16 @@ __all__ = [
     "FinalWarningDelivered",
     "FinalWarningUndelivered",
     "HoldChanged",
+    "MeterAttached",
+    "MeterDetached",
+    "MeterReplaced",
     "PaymentReceived",
     "PaymentReversed",
     "ProtectionChanged",
     "QuarantineResolved",
     "ReadingQuarantined",
     "ReconnectRequired",
+    "TariffSwitched",
     "event_dict",
 ]
 
@@ -92,6 +97,64 @@ class BillingPeriodClosed(Event):
     period: str  # "2026-11" (monthly) or "2026" (yearly)
     energy_wh: int
     charged_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class TariffSwitched(Event):
+    """The account bills at the tariff of the change ``name`` from ``at`` on (energy before it at the old one)."""
+
+    name: str
+    at: dt.datetime
+
+
+# --- the account's life: meters moving in and out, closing -------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MeterAttached(Event):
+    """A meter starts on the account from ``energy_wh`` read at ``at`` (its baseline: nothing billed)."""
+
+    meter_id: str
+    energy_wh: int
+    at: dt.datetime
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MeterDetached(Event):
+    """A meter left the account after its final reading ``final_wh`` at ``at`` was billed (``charged_fen``)."""
+
+    meter_id: str
+    final_wh: int
+    at: dt.datetime
+    charged_fen: int
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReplaced(Event):
+    """换表: the old meter's final reading was billed (``charged_fen``) and the new one starts from
+    ``initial_wh``, both at ``at``; the billing period goes on across the change."""
+
+    old_meter_id: str
+    new_meter_id: str
+    final_wh: int
+    initial_wh: int
+    at: dt.datetime
+    charged_fen: int
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountClosed(Event):
+    """The account is closed and its balance settled to zero: ``refund_fen`` paid back to the customer or
+    ``arrears_fen`` owed by them (at most one is non-zero), after ``emergency_repaid_fen`` of outstanding
+    emergency credit was repaid from the balance."""
+
+    balance_fen_before: int
+    refund_fen: int
+    arrears_fen: int
+    reason: str = ""
+    emergency_repaid_fen: int = 0
+    by: str = ""
 
 
 # --- credit and supply ------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ class EntryKind(str, enum.Enum):
     EMERGENCY_CREDIT = "emergency_credit"  # + credit granted, to be repaid
     REPAYMENT = "repayment"  # - repaid from a payment (+ when a reversal undoes a repayment)
     ADJUSTMENT = "adjustment"  # +/- an operator's correction
+    REFUND = "refund"  # - a positive balance paid back to the customer when the account closes
+    ARREARS = "arrears"  # + a negative balance turned into a debt of the customer when the account closes
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +41,7 @@ class LedgerEntry:
     energy_wh: int | None = None  # charges: energy billed by this entry
     reading_wh: int | None = None  # charges: the cumulative reading billed up to
     period: str | None = None  # charges: billing period ("2026-11" or "2026")
-    at: dt.datetime | None = None  # charges: when the reading was taken
+    at: dt.datetime | None = None  # charges: when the reading was taken; refund and arrears: when it closed
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
