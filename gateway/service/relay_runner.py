@@ -9,6 +9,12 @@ which keeps each meter's health; the model reads it back as a ``MeterLink``. Eac
 
 It wakes when a command is queued or a waiting meter answers again (``offer``, ``meter_answered``: handlers of
 the message bus), or when a command's next time comes; nothing polls the database.
+
+A meter leaves the bus while the gateway runs (``forget``: retired, or moved to another bus): its commands leave
+the queue at once and go wherever the meter is now (``rehome``: the scheduler offers them to the meter's new bus;
+nowhere for a retired meter, whose commands the service cancelled first). A step of one of them already under
+way finishes, and the command is handed on when it ends; a command whose meter left is never put on the wire
+after its last check (``_send``). Like a cancellation, a frame already handed to the driver may still go out.
 """
 
 from __future__ import annotations
@@ -61,14 +67,18 @@ class RelayRunner:
         trips: the site's window of automatic trips put on the wire (shared by the buses).
         close_allowed: the bus's reconnect is "close allowed" (DL/T 645 1BH): a reconnect ends armed.
         publish: where the runner's messages go (``DisconnectWithdrawn``).
+        rehome: takes the still active commands of a meter that left this bus (and whether each was found
+            queued at a start), to offer them to the meter's new bus.
     """
 
     def __init__(self, poller: BusPoller, service: Any, *, clock: Clock, limits: Limits, trips: RateLimiter,
-                 close_allowed: bool = False, publish: Callable[[Message], None] = lambda message: None) -> None:
+                 close_allowed: bool = False, publish: Callable[[Message], None] = lambda message: None,
+                 rehome: Callable[[Command, bool], None] = lambda command, recovered: None) -> None:
         self.poller, self.service, self.clock, self.limits, self.trips = poller, service, clock, limits, trips
         self.bus_id, self.driver, self.targets = poller.bus_id, poller.driver, poller.targets
-        self.close_allowed, self.publish = close_allowed, publish
+        self.close_allowed, self.publish, self.rehome = close_allowed, publish, rehome
         self.active: dict[str, Command] = {}
+        self._current: str | None = None  # the command whose step is running
         self._wake = asyncio.Event()
         self._relays: dict[str, str] = {}  # the relay last written to each meter's row by this runner
         self._recovering: set[str] = set()  # found queued at a start: read back before anything else
@@ -95,6 +105,17 @@ class RelayRunner:
         if meter_id in self.targets:
             self._wake.set()
 
+    def forget(self, meter_id: str) -> None:
+        """The meter left this bus (call after the poller dropped it): its commands leave the queue, never to be
+        sent from here; each is handed to ``rehome``, the one whose step is running when that step ends."""
+        self._relays.pop(meter_id, None)
+        for command in [c for c in self.active.values() if c.meter_id == meter_id]:
+            if command.id == self._current:
+                del self.active[command.id]  # ``_keep`` hands it on after its step
+            else:
+                self._keep(command)
+        self._wake.set()
+
     # --- the loop -----------------------------------------------------------------------------------------
     async def run(self) -> None:
         while True:
@@ -111,17 +132,17 @@ class RelayRunner:
                     wake_at = plan.wait_until
             if due is not None:
                 command, plan = due
-                self.busy = True
+                self.busy, self._current = True, command.id
                 try:
                     with self._urgent():
                         await self._do(command, plan, now)
                 except Exception:  # e.g. the database is unavailable: try the step again later, keep the bus
                     log.exception("command %s: %s failed", command.id, plan.step.value)
-                    if command.id in self.active:
-                        self.active[command.id] = dataclasses.replace(
-                            self.active[command.id], not_before=self.clock.now() + dt.timedelta(seconds=1))
+                    if command.id in self.active or command.meter_id not in self.targets:
+                        self._keep(dataclasses.replace(self.active.get(command.id, command),
+                                                       not_before=self.clock.now() + dt.timedelta(seconds=1)))
                 finally:
-                    self.busy = False
+                    self.busy, self._current = False, None
                 if self.poller.gap_s:
                     await self.clock.sleep(self.poller.gap_s)
                 continue
@@ -145,9 +166,9 @@ class RelayRunner:
         elif plan.step is Step.WITHDRAW:
             withdrawn = command.to(State.WITHDRAWN, last_error=f"withdrawn: {plan.why}; the engine decides again "
                                                               "on a fresh reading")
-            if await self._save(command, withdrawn):
-                account_id = self.service.catalog.meters[command.meter_id].account_id
-                self.publish(DisconnectWithdrawn(account_id, command.meter_id, command.id, plan.why))
+            spec = self.service.catalog.meters.get(command.meter_id)
+            if await self._save(command, withdrawn) and spec is not None:
+                self.publish(DisconnectWithdrawn(spec.account_id, command.meter_id, command.id, plan.why))
         elif plan.step is Step.SEND:
             await self._send(command, now)
         else:
@@ -160,6 +181,10 @@ class RelayRunner:
         if not await self._still_queued(command):
             self.active.pop(command.id, None)  # superseded or cancelled meanwhile: never sent
             return
+        target = self.targets.get(command.meter_id)
+        if target is None or command.id not in self.active:  # its meter left the bus meanwhile: never sent here
+            self._keep(command)
+            return
         if command.action is Action.OPEN and command.automatic:
             self.trips.record(now)  # the rate limit counts trips on the wire
         sending = command.to(State.SENDING, sent_at=now, not_before=None)
@@ -167,8 +192,7 @@ class RelayRunner:
         self.poller.counters.commands += 1
         outcome, reason = Outcome.DELIVERED, ""
         try:
-            await self.driver.set_relay(self.targets[command.meter_id], RelayAction(command.action.value),
-                                        valid_until=command.expires_at)
+            await self.driver.set_relay(target, RelayAction(command.action.value), valid_until=command.expires_at)
         except CommandRefused as exc:
             outcome, reason = Outcome.REFUSED, exc.reason
         except ConnectError as exc:  # the link could not be opened: nothing reached the meter
@@ -191,12 +215,19 @@ class RelayRunner:
 
     async def _read_back(self, command: Command, now: dt.datetime) -> None:
         recovering = command.id in self._recovering
+        target = self.targets[command.meter_id]
         try:
-            state = await self.driver.read_relay(self.targets[command.meter_id])
+            state = await self.driver.read_relay(target)
         except DriverError as exc:
+            if self.targets.get(command.meter_id) is not target:  # it moved or left meanwhile: ask again there
+                self._keep(command)
+                return
             self.poller.failed(command.meter_id, str(exc))
-            self.active[command.id] = after_read_failed(command, self.clock.now(), limits=self.limits,
-                                                        reason=f"relay read-back: {exc}")
+            self._keep(after_read_failed(command, self.clock.now(), limits=self.limits,
+                                         reason=f"relay read-back: {exc}"))
+            return
+        if self.targets.get(command.meter_id) is not target:  # the answer may be another meter's
+            self._keep(command)
             return
         self.poller.answered(command.meter_id)
         relay = RelayReading(state.value)
@@ -207,10 +238,13 @@ class RelayRunner:
             if not await self._save(command, sending):
                 return
             command = sending
+        if self.targets.get(command.meter_id) is not target:  # it moved or left while the relay was noted
+            self._keep(command)
+            return
         link = self.poller.meters[command.meter_id].link(close_allowed=self.close_allowed)
         after = after_read(command, relay, self.clock.now(), limits=self.limits, meter=link)
         if after.state is command.state:
-            self.active[command.id] = after  # still waiting for the contact: nothing to write
+            self._keep(after)  # still waiting for the contact: nothing to write
         else:
             await self._save(command, after)
 
@@ -225,8 +259,19 @@ class RelayRunner:
         if not saved or new.state in FINAL:
             self.active.pop(new.id, None)
         else:
-            self.active[new.id] = new
+            self._keep(new)
         return saved
+
+    def _keep(self, command: Command) -> None:
+        """A command still active after a step: back in the queue if its meter is still on this bus, else handed
+        to wherever the meter is now (``rehome``)."""
+        if command.meter_id in self.targets:
+            self.active[command.id] = command
+            return
+        self.active.pop(command.id, None)
+        recovering = command.id in self._recovering
+        self._recovering.discard(command.id)
+        self.rehome(command, recovering)
 
     async def _still_queued(self, command: Command) -> bool:
         """A read (no write lock): is the command still `queued`, not superseded or cancelled?"""

@@ -6,6 +6,10 @@ its bus (``route``), a meter that answers again wakes the commands waiting for i
 start it picks up the commands left active by the previous run (``recover``: read back before anything else);
 nothing else reads the commands table in a loop. It also re-evaluates, every ``evaluate_every_s``, the accounts
 whose deferred disconnect may go ahead now (a friendly window or a notice period ended).
+
+The fleet changes while it runs (``add_meter``, ``move_meter``, ``remove_meter``: handlers called after the
+change is committed): a meter is placed on the bus its ``MeterSpec`` names when that bus is one of this
+instance's, and taken off the bus it was on; its active relay commands follow it (``RelayRunner.forget``).
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-
-from drivers.base import MeterDriver
+from drivers.base import MeterDriver, Reading
 from gateway.domain.messages import CommandQueued, MeterAnswered
-from gateway.domain.relay import Limits
+from gateway.domain.relay import Command, Limits
+from gateway.service.catalog import MeterSpec
 from gateway.service.clock import Clock, SystemClock
 from gateway.service.polling.breaker import Breaker
 from gateway.service.polling.poller import BusPoller
@@ -32,7 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class BusSetup:
-    """One bus as the scheduler runs it: its driver and the driver's description of each meter on it."""
+    """One bus as the scheduler runs it: its driver and the driver's description of each meter on it at the
+    start (``targets``); ``make_target`` describes, for the driver, a meter added or moved to the bus later."""
 
     bus_id: str
     driver: MeterDriver[Any]
@@ -40,12 +46,14 @@ class BusSetup:
     gap_s: float = 0.0
     close_allowed: bool = False  # DL/T 645 1BH: a reconnect ends armed
     breaker: dict[str, Any] | None = None  # this bus's Breaker keywords (backoff), over the scheduler's
+    make_target: Callable[[MeterSpec], Any] | None = None  # a meter's spec -> the driver's description of it
 
 
 @dataclass(slots=True)
 class Bus:
     poller: BusPoller
     runner: RelayRunner
+    make_target: Callable[[MeterSpec], Any] | None = None
 
 
 class Scheduler:
@@ -75,18 +83,20 @@ class Scheduler:
         self.trips = site.limiter()  # the automatic trips on the wire (not the decisions' limiter, in the writer)
         limits = limits or Limits()
         self.buses: list[Bus] = []
+        self._by_id: dict[str, Bus] = {}
         self._by_meter: dict[str, Bus] = {}
         per_bus = max(2, max_pending_total // max(len(buses), 1))
-        for setup in buses:
-            poller = BusPoller(setup.bus_id, setup.driver, setup.targets, service, clock=self.clock,
+        for setup in buses:  # (each poller gets a copy of its targets: they change as meters come and go)
+            poller = BusPoller(setup.bus_id, setup.driver, dict(setup.targets), service, clock=self.clock,
                                publish=publish, gap_s=setup.gap_s, offline_after=offline_after,
                                max_pending=per_bus,
                                breaker=Breaker(setup.bus_id, meters=len(setup.targets),
                                                **(breaker or {}) | (setup.breaker or {})))
             runner = RelayRunner(poller, service, clock=self.clock, limits=limits, trips=self.trips,
-                                 close_allowed=setup.close_allowed, publish=publish)
-            bus = Bus(poller, runner)
+                                 close_allowed=setup.close_allowed, publish=publish, rehome=self._rehome)
+            bus = Bus(poller, runner, setup.make_target)
             self.buses.append(bus)
+            self._by_id[setup.bus_id] = bus
             self._by_meter.update(dict.fromkeys(setup.targets, bus))
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -101,6 +111,57 @@ class Scheduler:
         bus = self._by_meter.get(message.meter_id)
         if bus is not None:
             bus.runner.meter_answered(message.meter_id)
+
+    # --- the fleet changing while it runs (handlers called after the change is committed) ------------------
+    def add_meter(self, spec: MeterSpec) -> None:
+        """Poll the meter ``spec`` describes on its bus (its first poll within one interval), if the bus is one of
+        this instance's. A meter this instance already polls is moved (``move_meter``)."""
+        self.move_meter(spec)
+
+    def move_meter(self, spec: MeterSpec) -> None:
+        """Poll the meter at the place ``spec`` gives it: taken off the bus it was on (if another), placed on
+        ``spec.bus_id`` if that bus is one of this instance's. On the same bus it keeps its health; its active
+        commands follow it to another bus of this instance (or are dropped if its new bus is not ours)."""
+        new = self._by_id.get(spec.bus_id)
+        old = self._by_meter.get(spec.id)
+        target = None
+        if new is not None:
+            if new.make_target is None:
+                raise ValueError(f"bus {spec.bus_id} cannot take meter {spec.id} while it runs (no make_target)")
+            target = new.make_target(spec)  # (first: a spec the driver refuses changes nothing)
+        if old is not None and old is not new:
+            old.poller.remove(spec.id)
+            del self._by_meter[spec.id]
+        if new is not None:
+            new.poller.add(spec.id, target, spec.poll_interval_s)
+            self._by_meter[spec.id] = new
+        if old is not None and old is not new:
+            old.runner.forget(spec.id)  # after the new bus has it: its commands go there (``_rehome``)
+
+    def remove_meter(self, meter_id: str) -> None:
+        """Stop polling the meter (a poll of it on the wire finishes; its answer is dropped) and drop its health
+        and its relay commands (cancelled in the database before: none of them goes on the wire any more)."""
+        bus = self._by_meter.pop(meter_id, None)
+        if bus is not None:
+            bus.poller.remove(meter_id)
+            bus.runner.forget(meter_id)
+
+    async def read_now(self, spec: MeterSpec) -> Reading:
+        """Read the meter ``spec`` describes at once, ahead of the polls waiting for its bus (a final or initial
+        reading the provisioning needs; the meter need not be polled here yet). Driver errors propagate."""
+        bus = self._by_id.get(spec.bus_id)
+        if bus is None or bus.make_target is None:
+            raise LookupError(f"bus {spec.bus_id} is not polled by this instance")
+        driver = bus.poller.driver
+        urgent = getattr(driver, "urgent", None)
+        with urgent() if callable(urgent) else contextlib.nullcontext():
+            return await driver.read(bus.make_target(spec))
+
+    def _rehome(self, command: Command, recovered: bool) -> None:
+        """An active command of a meter that left a bus: to the meter's bus now (none: it is dropped)."""
+        bus = self._by_meter.get(command.meter_id)
+        if bus is not None:
+            bus.runner.offer(command, recovered=recovered)
 
     # --- figures ------------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -41,6 +41,14 @@ class Breaker:
         self._failed_total = 0.0
 
     # --- meters ---------------------------------------------------------------------------------------------
+    def resize(self, meters: int) -> None:
+        """The bus now has ``meters`` meters (one joined or left while it runs)."""
+        self.meters = meters
+
+    def forget(self, meter_id: str) -> None:
+        """A meter left the bus: its failures no longer say anything about the bus."""
+        self._failing.discard(meter_id)
+
     def backoff(self, interval: float, failures: int) -> float:
         """How long a meter polled every ``interval`` waits after its ``failures``-th failure in a row."""
         base = max(interval, self.backoff_base_s)

@@ -71,6 +71,10 @@ class FailureWriter:
     def answered(self, meter_id: str) -> None:
         self._queue.pop(meter_id, None)
 
+    def forget(self, meter_id: str) -> None:
+        """The meter left the bus: its failure, if not written yet, is not written (its row may be gone)."""
+        self._queue.pop(meter_id, None)
+
     async def run(self) -> None:
         while True:
             await self._ready.wait()

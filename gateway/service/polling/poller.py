@@ -6,12 +6,16 @@ A reading is handed to the group-commit writer without waiting for its commit; a
 of a bus are in the writer at once, so a slow database slows the polls instead of piling readings up. A reading
 that changes nothing is not stored (``Writer.takes_unchanged``). Relay commands run beside the polls
 (``gateway.service.relay_runner``) on the same driver, ahead of any waiting poll.
+
+Meters join, move and leave while the bus runs (``add``, ``remove``): the loop sleeps until the next due time or
+a change, whichever comes first, so a meter added to an idle bus is polled without waiting for anything else.
+A poll whose meter left or changed place while it was on the wire is dropped (``_still``): its answer may come
+from the meter now at the old place.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import datetime as dt
 import logging
@@ -26,7 +30,7 @@ from gateway.service.clock import Clock
 from gateway.service.polling.breaker import Breaker
 from gateway.service.polling.health import FailureWriter, MeterHealth
 from gateway.service.polling.schedule import PollSchedule
-from gateway.service.polling.stats import BusStats, Rates
+from gateway.service.polling.stats import BusStats, Rates, bus_figures
 
 __all__ = ["BusPoller"]
 
@@ -57,8 +61,9 @@ class BusPoller:
         self.offline_after, self.max_pending = offline_after, max_pending
         self.breaker = breaker or Breaker(bus_id, meters=len(targets))
         self.counters = BusStats()
-        self.schedule = PollSchedule()
-        self.meters: dict[str, MeterHealth] = {}
+        self.meters: dict[str, MeterHealth] = {}  # the meters on the bus now (the same dict for its lifetime)
+        self.schedule = PollSchedule(self.meters)
+        self._changed = asyncio.Event()  # a meter joined or moved: the loop looks at the schedule again
         self.rates = Rates(bus_id, clock.monotonic())
         self.failures = FailureWriter(bus_id, service.record_failure)
         self._writer = getattr(service, "writer", None)
@@ -70,11 +75,40 @@ class BusPoller:
         self.setup()
 
     def setup(self) -> None:
-        """Meters' health from scratch, first polls staggered from now."""
+        """Meters' health from scratch, first polls staggered from now (a meter added before keeps its interval)."""
         catalog, now = self.service.catalog, self.clock.monotonic()
         self.rates = Rates(self.bus_id, now)
-        self.meters = {m: MeterHealth(m, catalog.meters[m].poll_interval_s) for m in self.targets}
+        intervals = {m: health.interval for m, health in self.meters.items()}
+        self.meters.clear()
+        self.meters.update({m: MeterHealth(m, intervals.get(m) or catalog.meters[m].poll_interval_s)
+                            for m in self.targets})
         self.schedule.stagger(list(self.meters.values()), now)
+
+    # --- meters joining, moving and leaving (while the bus runs, or before) ---------------------------------
+    def add(self, meter_id: str, target: Any, interval: float) -> None:
+        """Poll ``meter_id`` (``target``: the driver's description of it) every ``interval`` seconds, the first
+        time within one interval. A meter the bus already has is updated: it keeps its health, and is placed
+        again only if its place or interval changed."""
+        meter = self.meters.get(meter_id)
+        if meter is not None and self.targets.get(meter_id) == target and meter.interval == interval:
+            return
+        self.targets[meter_id] = target
+        if meter is None:
+            meter = self.meters[meter_id] = MeterHealth(meter_id, interval)
+        meter.interval = interval
+        self.breaker.resize(len(self.targets))
+        self.schedule.join(meter, self.clock.monotonic())
+        self._changed.set()
+
+    def remove(self, meter_id: str) -> None:
+        """Stop polling ``meter_id`` and drop its health (a poll of it on the wire finishes, its answer is
+        dropped). Its heap entry stays, stale, until it comes to the top."""
+        self.targets.pop(meter_id, None)
+        if self.meters.pop(meter_id, None) is None:
+            return
+        self.failures.forget(meter_id)
+        self.breaker.forget(meter_id)
+        self.breaker.resize(len(self.targets))
 
     async def run(self) -> None:
         """Poll until cancelled; failures are written to the meters table beside it."""
@@ -90,13 +124,16 @@ class BusPoller:
                 future.cancel()
 
     async def _loop(self) -> None:
-        if not self.schedule:
-            await asyncio.Event().wait()  # no meters: nothing to do until cancelled
         while True:
-            due, meter_id = self.schedule.next_due()
+            self._changed.clear()
+            first = self.schedule.next_due()
+            if first is None:  # no meters: wait for one to be added
+                await self.clock.wait(self._changed, None)
+                continue
+            due, meter_id = first
             now = self.clock.monotonic()
-            if due > now:
-                await self.clock.sleep(due - now)
+            if due > now:  # asleep until it is due, or until a meter joins or moves
+                await self.clock.wait(self._changed, due - now)
                 continue
             self.schedule.pop()
             meter = self.meters[meter_id]
@@ -104,7 +141,8 @@ class BusPoller:
                 await self._poll(meter, now)
             except Exception:  # a bug or a storage failure must not stop the bus
                 log.exception("bus %s: poll of %s failed", self.bus_id, meter_id)
-                self.schedule.at(meter, self.clock.monotonic() + meter.interval)
+                if self.meters.get(meter_id) is meter and meter.due == due:  # (else placed again, or gone)
+                    self.schedule.at(meter, self.clock.monotonic() + meter.interval)
 
     async def _poll(self, meter: MeterHealth, now: float) -> None:
         if meter.pending:  # its previous reading is still being recorded: skip this poll, don't queue it
@@ -113,7 +151,7 @@ class BusPoller:
             self.schedule.next_slot(meter, now)
             return
         if self.breaker.waiting(now):
-            self.failed(meter.meter_id, f"bus {self.bus_id} down: {self.breaker.error}")
+            self._failed(meter, f"bus {self.bus_id} down: {self.breaker.error}")
             self.schedule.next_slot(meter, now)
             return
         if meter.failures and not self.breaker.down and not self.breaker.within_budget(meter.last_failure_s, now):
@@ -121,38 +159,55 @@ class BusPoller:
             self.schedule.at(meter, now + self.breaker.backoff(meter.interval, meter.failures))
             return
         if self._pending >= self.max_pending:
+            due = meter.due
             await self._room.wait()  # the writer is behind: wait for it instead of piling readings up
+            if not self._still(meter, due, self.targets.get(meter.meter_id)):
+                return  # it left or moved meanwhile (a moved one is already placed again)
             now = self.clock.monotonic()
         self.rates.lag(now - meter.due, now)
         meter.tries += 1
+        due, target = meter.due, self.targets[meter.meter_id]
         try:
-            reading = await self.driver.read(self.targets[meter.meter_id])
+            reading = await self.driver.read(target)
         except DriverError as exc:
             end = self.clock.monotonic()
-            meter.busy_s += end - now
-            meter.last_failure_s = end - now
-            self.breaker.spend(end - now, end)
-            self.breaker.failed(meter.meter_id, exc, end)
-            self.failed(meter.meter_id, str(exc))
-            if isinstance(exc, ConnectError) or self.breaker.down:
-                self.schedule.next_slot(meter, end)  # the bus's backoff, not the meter's
-            else:
-                self.schedule.at(meter, end + self.breaker.backoff(meter.interval, meter.failures))
+            if self._still(meter, due, target):  # (else it left or moved meanwhile: the outcome is dropped)
+                meter.busy_s += end - now
+                meter.last_failure_s = end - now
+                self.breaker.spend(end - now, end)
+                self.breaker.failed(meter.meter_id, exc, end)
+                self._failed(meter, str(exc))
+                if isinstance(exc, ConnectError) or self.breaker.down:
+                    self.schedule.next_slot(meter, end)  # the bus's backoff, not the meter's
+                else:
+                    self.schedule.at(meter, end + self.breaker.backoff(meter.interval, meter.failures))
         else:
             end = self.clock.monotonic()
-            meter.busy_s += end - now
-            self._succeeded(meter, reading, end)
-            missed = self.schedule.next_slot(meter, end)
-            if missed:
-                self.counters.skipped += missed
-                self.rates.skip(end)
-        if self.gap_s:
+            if self._still(meter, due, target):
+                meter.busy_s += end - now
+                self._succeeded(meter, reading, end)
+                missed = self.schedule.next_slot(meter, end)
+                if missed:
+                    self.counters.skipped += missed
+                    self.rates.skip(end)
+        if self.gap_s:  # kept after every transaction, whatever became of its outcome
             await self.clock.sleep(self.gap_s)
+
+    def _still(self, meter: MeterHealth, due: float, target: Any) -> bool:
+        """Whether ``meter`` is still on the bus at the place and due time its poll started with (else the poll's
+        outcome is dropped, and its next poll was placed by ``add``, or there is none)."""
+        return (self.meters.get(meter.meter_id) is meter and meter.due == due
+                and self.targets.get(meter.meter_id) is target)
 
     # --- health (also told by the relay runner about its own exchanges) -------------------------------------
     def failed(self, meter_id: str, error: str) -> None:
-        """An exchange with the meter failed (a poll, or a relay read or send)."""
-        meter = self.meters[meter_id]
+        """An exchange with the meter failed (a poll, or a relay read or send); a meter no longer on the bus is
+        ignored."""
+        meter = self.meters.get(meter_id)
+        if meter is not None:
+            self._failed(meter, error)
+
+    def _failed(self, meter: MeterHealth, error: str) -> None:
         self.counters.failures += 1
         meter.failures += 1
         meter.last_error = error
@@ -161,8 +216,10 @@ class BusPoller:
         self.failures.failed(meter)
 
     def answered(self, meter_id: str) -> None:
-        """The meter answered a relay read (no reading to record)."""
-        self._back(self.meters[meter_id], self.clock.now())
+        """The meter answered a relay read (no reading to record); a meter no longer on the bus is ignored."""
+        meter = self.meters.get(meter_id)
+        if meter is not None:
+            self._back(meter, self.clock.now())
 
     def _back(self, meter: MeterHealth, at: dt.datetime) -> None:
         waited = meter.failures > 0 or meter.last_success_at is None  # a trip may be waiting for this answer
@@ -214,30 +271,9 @@ class BusPoller:
     # --- figures ------------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Counters and gauges of this bus's polling, for metrics and the health endpoint."""
-        now = self.clock.monotonic()
-        states = collections.Counter(m.state for m in self.meters.values())
-        stale_after = self.service.catalog.stale_after_s
-        stale = sum(1 for m in self.meters.values()
-                    if now - (m.last_success if m.last_success is not None else self.rates.started) > stale_after)
-        c = self.counters
-        return {
-            "bus": self.bus_id,
-            "state": "down" if self.breaker.down else "up",
-            "last_bus_error": self.breaker.error or None,
-            "meters": len(self.meters),
-            "demand_polls_per_s": round(sum(1 / m.interval for m in self.meters.values()), 3),
-            "polls_per_s": round(self.rates.per_second(now), 3),
-            "polls": c.polls, "failures": c.failures, "skipped": c.skipped, "commands": c.commands,
-            "record_errors": c.record_errors, "deferred_retries": c.deferred_retries,
-            "failing_share": round(self.breaker.failing_share(now), 4),
-            "overloaded": self.rates.overloaded(now),
-            "lag_s": round(self.rates.lag_ewma, 4),
-            "max_lag_s": round(self.rates.max_lag(now), 4),
-            "pending_readings": self._pending,
-            "online": states.get("online", 0), "degraded": states.get("degraded", 0),
-            "offline": states.get("offline", 0), "unknown": states.get("unknown", 0),
-            "stale": stale,
-        }
+        return bus_figures(self.bus_id, self.meters.values(), self.counters, self.rates, self.breaker,
+                           pending=self._pending, stale_after_s=self.service.catalog.stale_after_s,
+                           now=self.clock.monotonic())
 
     def meter_health(self, meter_id: str | None = None) -> dict[str, Any]:
         """Health of one meter (or of every meter of the bus, by id)."""

@@ -1,13 +1,19 @@
 """What a bus reports for metrics and the health endpoint: counters since it started, and figures over the last
-few seconds (polls per second, the largest lag, whether polls are being skipped)."""
+few seconds (polls per second, the largest lag, whether polls are being skipped), and the figures of a bus made of
+them (``bus_figures``: of the meters on the bus now; the counters go on when meters come and go)."""
 
 from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["WINDOW_S", "BusStats", "Rates"]
+from gateway.service.polling.breaker import Breaker
+from gateway.service.polling.health import MeterHealth
+
+__all__ = ["WINDOW_S", "BusStats", "Rates", "bus_figures"]
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +81,30 @@ class Rates:
 
     def overloaded(self, now: float) -> bool:
         return now - self._last_skip < WINDOW_S
+
+
+def bus_figures(bus_id: str, meters: Collection[MeterHealth], counters: BusStats, rates: Rates, breaker: Breaker, *,
+                pending: int, stale_after_s: float, now: float) -> dict[str, Any]:
+    """Counters and gauges of one bus's polling, for metrics and the health endpoint."""
+    states = collections.Counter(m.state for m in meters)
+    stale = sum(1 for m in meters
+                if now - (m.last_success if m.last_success is not None else rates.started) > stale_after_s)
+    c = counters
+    return {
+        "bus": bus_id,
+        "state": "down" if breaker.down else "up",
+        "last_bus_error": breaker.error or None,
+        "meters": len(meters),
+        "demand_polls_per_s": round(sum(1 / m.interval for m in meters), 3),
+        "polls_per_s": round(rates.per_second(now), 3),
+        "polls": c.polls, "failures": c.failures, "skipped": c.skipped, "commands": c.commands,
+        "record_errors": c.record_errors, "deferred_retries": c.deferred_retries,
+        "failing_share": round(breaker.failing_share(now), 4),
+        "overloaded": rates.overloaded(now),
+        "lag_s": round(rates.lag_ewma, 4),
+        "max_lag_s": round(rates.max_lag(now), 4),
+        "pending_readings": pending,
+        "online": states.get("online", 0), "degraded": states.get("degraded", 0),
+        "offline": states.get("offline", 0), "unknown": states.get("unknown", 0),
+        "stale": stale,
+    }
