@@ -18,11 +18,13 @@ app = typer.Typer(help="Remote prepaid and meter-control gateway.", no_args_is_h
 simulate = typer.Typer(help="Serve simulated meters (Modbus or DL/T 645).", no_args_is_help=True)
 keys = typer.Typer(help="API keys.", no_args_is_help=True)
 ledger = typer.Typer(help="The prepaid ledger.", no_args_is_help=True)
+fleet = typer.Typer(help="Accounts and meters: bulk import and export (CSV or JSON Lines).", no_args_is_help=True)
 app.add_typer(simulate, name="simulate")
 app.add_typer(keys, name="keys")
 app.add_typer(ledger, name="ledger")
+app.add_typer(fleet, name="fleet")
 
-ROLES = ("viewer", "billing", "operator", "admin")
+ROLES = ("viewer", "billing", "operator", "provisioning", "admin")
 
 
 def _setup_logging(level: str = "INFO") -> None:
@@ -255,6 +257,65 @@ def ledger_verify(config: Annotated[Path, typer.Option("--config", "-c", help="t
         typer.echo(f"ledger NOT consistent: {len(problems)} problems", err=True)
         raise typer.Exit(1)
     typer.echo(f"ledger consistent: {accounts} accounts, {entries} entries")
+
+
+def _format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
+        typer.echo(f"{path}: a .csv, .jsonl or .ndjson file", err=True)
+        raise typer.Exit(2)
+    return "csv" if suffix == ".csv" else "jsonl"
+
+
+@fleet.command("import")
+def fleet_import(config: Annotated[Path, typer.Option("--config", "-c", help="the settings file")],
+                 accounts: Annotated[Path | None, typer.Option(help="accounts (.csv or .jsonl)")] = None,
+                 meters: Annotated[Path | None, typer.Option(help="meters (.csv or .jsonl)")] = None,
+                 dry_run: Annotated[bool, typer.Option(help="check only; change nothing")] = False,
+                 partial: Annotated[bool, typer.Option(help="import the good rows, report the others")] = False
+                 ) -> None:
+    """Import accounts and meters (docs/provisioning.md): every row checked, all or nothing unless --partial.
+    A running gateway on the same database takes them within a few seconds."""
+    from gateway.runtime import fleet_import as run_import
+    from gateway.service.errors import FleetRefused
+
+    files = {kind: (path.read_text(encoding="utf-8-sig"), _format(path))
+             for kind, path in (("account", accounts), ("meter", meters)) if path is not None}
+    if not files:
+        typer.echo("give --accounts and/or --meters", err=True)
+        raise typer.Exit(2)
+    try:
+        report = asyncio.run(run_import(_load(config), base_dir=config.resolve().parent, files=files,
+                                        dry_run=dry_run, partial=partial, actor="cli"))
+    except FleetRefused as exc:
+        for error in exc.errors:
+            typer.echo(str(error), err=True)
+        typer.echo(f"nothing imported: {len(exc.errors)} errors", err=True)
+        raise typer.Exit(1) from None
+    for error in report.errors:
+        typer.echo(f"left out: {error}", err=True)
+    verb = "would import" if dry_run else "imported"
+    typer.echo(f"{verb} {report.accounts_created} accounts and {report.meters_created} meters "
+               f"({report.accounts_unchanged} accounts and {report.meters_unchanged} meters unchanged)")
+
+
+@fleet.command("export")
+def fleet_export(config: Annotated[Path, typer.Option("--config", "-c", help="the settings file")],
+                 accounts: Annotated[Path | None, typer.Option(help="write the accounts here (.csv or .jsonl)")] = None,
+                 meters: Annotated[Path | None, typer.Option(help="write the meters here (.csv or .jsonl)")] = None
+                 ) -> None:
+    """Export the open accounts (their current balance as the opening balance) and their meters."""
+    from gateway.fleet_files import dump_rows
+    from gateway.runtime import fleet_export as run_export
+
+    if accounts is None and meters is None:
+        typer.echo("give --accounts and/or --meters", err=True)
+        raise typer.Exit(2)
+    found = asyncio.run(run_export(_load(config), base_dir=config.resolve().parent))
+    for kind, path, items in (("account", accounts, found[0]), ("meter", meters, found[1])):
+        if path is not None:
+            path.write_text(dump_rows(kind, items, _format(path)), encoding="utf-8")
+            typer.echo(f"wrote {len(items)} {kind}s to {path}")
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from gateway.bootstrap import default_models_dir
 from gateway.runtime import serve
 from gateway.settings import MqttSettings, hash_key, load_settings
 
-ROLES = ("viewer", "billing", "operator", "admin")
+ROLES = ("viewer", "billing", "operator", "provisioning", "admin")
 PREFIX = "meter-gateway"
 BROKER_ENV = "GATEWAY_DEMO_BROKER"
 

@@ -99,3 +99,43 @@ async def verify(settings: Settings, *, base_dir: Path) -> tuple[list[str], int,
             return await check_ledger(uow)
     finally:
         await gateway.engine.dispose()
+
+
+async def fleet_import(settings: Settings, *, base_dir: Path, files: dict[str, tuple[str, str]], dry_run: bool,
+                       partial: bool, actor: str) -> Any:
+    """Import accounts and meters into a gateway's database (``files``: kind -> (text, format)); a running
+    gateway on the same database picks them up within its fleet refresh (a few seconds)."""
+    from gateway.fleet_files import read_rows
+    from gateway.service.fleet_io import import_fleet
+
+    gateway = Gateway(settings, base_dir=base_dir)
+    try:
+        from gateway.adapters.database import migrate
+
+        await migrate(gateway.engine)
+        await gateway.prepare_fleet()
+        rows: dict[str, list[Any]] = {"account": [], "meter": []}
+        errors: list[Any] = []
+        for kind, (text, fmt) in files.items():
+            found, bad = read_rows(kind, text, fmt)
+            rows[kind], errors = found, errors + bad
+        return await import_fleet(gateway.fleet, rows["account"], rows["meter"], actor=actor, partial=partial,
+                                  dry_run=dry_run, errors=errors)
+    finally:
+        await gateway.service.writer.aclose()
+        await gateway.engine.dispose()
+
+
+async def fleet_export(settings: Settings, *, base_dir: Path) -> tuple[list[Any], list[Any]]:
+    """The open accounts (current balance as the opening one) and their meters of a gateway's database."""
+    from gateway.service.fleet_io import export_fleet
+
+    gateway = Gateway(settings, base_dir=base_dir)
+    try:
+        from gateway.adapters.database import migrate
+
+        await migrate(gateway.engine)
+        await gateway.fleet.load()
+        return await export_fleet(gateway.fleet)
+    finally:
+        await gateway.engine.dispose()

@@ -38,7 +38,13 @@ def state_json(account: PrepaidAccount) -> RawJson:
     billing: dict[str, Any] = {"period_start": b.period_start, "energy_wh": b.energy_wh, "charged_fen": b.charged_fen}
     if b.rate_wh:
         billing["rate_wh"] = b.rate_wh
+    if b.base_wh or b.base_rate_wh or b.base_fen:  # a tariff change within the period (gateway.domain.billing)
+        billing.update(base_wh=b.base_wh, base_rate_wh=b.base_rate_wh, base_fen=b.base_fen)
     document["billing"] = billing
+    if a.tariff_switch is not None:
+        document["tariff_switch"] = {"at": a.tariff_switch[0], "name": a.tariff_switch[1]}
+    if a.closed_at is not None:
+        document["closed_at"] = a.closed_at
     if e.outstanding_fen or e.granted_period is not None or e.granted_at is not None or e.repaid:
         document["emergency"] = {"outstanding_fen": e.outstanding_fen, "granted_period": e.granted_period,
                                  "granted_at": e.granted_at, "repaid": e.repaid_rows()}

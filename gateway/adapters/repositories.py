@@ -66,16 +66,17 @@ class Accounts(_Repository, ports.AccountRepository):
         if self.uow.dialect != "sqlite":
             await self.uow.lock(t.accounts, "id", ids, "id")
 
-    async def add(self, accounts: list[PrepaidAccount], now: dt.datetime) -> None:
+    async def add(self, accounts: list[PrepaidAccount], now: dt.datetime, *, reference: str = "settings") -> set[str]:
         # Two instances starting together may both add an account: the one whose row goes in writes its opening.
         added: set[str] = set()
-        for start, size in chunks(len(accounts), 8):
-            rows = [account_row(a, now) | {"id": a.id} for a in accounts[start:start + size]]
+        for start, size in chunks(len(accounts), 9):
+            rows = [account_row(a, now) | {"id": a.id, "opened_at": now} for a in accounts[start:start + size]]
             added.update((await self.uow.execute(self.uow.insert_new(t.accounts).values(rows)
                                                  .returning(t.accounts.c.id))).scalars())
         await self.uow.insert(t.ledger, [dict(
             account_id=a.id, kind="opening", amount_fen=a.balance_fen, balance_after_fen=a.balance_fen,
-            created_at=now, reference="settings") for a in accounts if a.id in added])
+            created_at=now, reference=reference) for a in accounts if a.id in added])
+        return added
 
     async def deferral_ended(self, now: dt.datetime) -> list[str]:
         c = t.accounts.c

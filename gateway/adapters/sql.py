@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from drivers.priority_lock import PriorityLock
 from gateway.adapters import tables as t
 from gateway.adapters.account_rows import account_row
+from gateway.adapters.fleet_rows import Fleet
 from gateway.adapters.repositories import (Accounts, Commands, Ledger, Meters, Notices, Outbox, Payments, chunks,
                                            command_record)
 from gateway.domain.account import PrepaidAccount
@@ -89,6 +90,7 @@ class SqlUnitOfWork(ports.UnitOfWork):
         self.ledger = Ledger(self)
         self.outbox = Outbox(self)
         self.notices = Notices(self)
+        self.fleet = Fleet(self)
 
     @property
     def conn(self) -> AsyncConnection:

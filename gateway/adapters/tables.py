@@ -44,6 +44,23 @@ accounts = sa.Table(
     sa.Column("state", sa.JSON, nullable=False),
     sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),  # +1 on every change
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    # the account's configuration (gateway.service.fleet): changed through the API, the CLI or the settings' seed
+    sa.Column("status", sa.String(16), nullable=False, server_default="open"),  # open | closed
+    sa.Column("tariff", sa.String(64), nullable=False, server_default=""),  # "": not configured yet (pre-0006 row)
+    sa.Column("tariff_next", sa.String(64), nullable=True),  # a tariff change, from tariff_next_at
+    sa.Column("tariff_next_at", UtcDateTime, nullable=True),
+    sa.Column("warning1_fen", sa.BigInteger, nullable=False, server_default="2000"),
+    sa.Column("warning2_fen", sa.BigInteger, nullable=False, server_default="500"),
+    sa.Column("overdraft_fen", sa.BigInteger, nullable=True),  # null: the credit class's
+    sa.Column("reconnect_min_topup_fen", sa.BigInteger, nullable=False, server_default="100"),
+    sa.Column("credit_class", sa.String(16), nullable=False, server_default=""),
+    sa.Column("protected", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("contacts", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("opening_balance_fen", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("opened_at", UtcDateTime, nullable=True),
+    sa.Column("closed_at", UtcDateTime, nullable=True),
+    sa.Column("config_rev", sa.BigInteger, nullable=False, server_default="0"),  # the catalog change that set it
+    sa.Index("ix_accounts_config_rev", "config_rev"),
 )
 
 meters = sa.Table(
@@ -57,6 +74,26 @@ meters = sa.Table(
     sa.Column("last_success_at", UtcDateTime, nullable=True),
     sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.String(500), nullable=True),
+    # the meter's configuration (gateway.service.fleet)
+    sa.Column("status", sa.String(16), nullable=False, server_default="active"),  # active | retired
+    sa.Column("bus_id", sa.String(64), nullable=False, server_default=""),  # "": not configured yet (pre-0006 row)
+    sa.Column("unit_id", sa.Integer, nullable=True),  # Modbus
+    sa.Column("address", sa.String(12), nullable=True),  # DL/T 645, 12 digits
+    sa.Column("model", sa.String(64), nullable=False, server_default="generic-prepaid"),
+    sa.Column("groups", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("poll_interval_s", sa.Float, nullable=False, server_default="60"),
+    sa.Column("max_power_w", sa.Integer, nullable=False, server_default="60000"),
+    sa.Column("retired_at", UtcDateTime, nullable=True),
+    sa.Column("config_rev", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Index("ix_meters_config_rev", "config_rev"),
+    sa.Index("ix_meters_account", "account_id"),
+    # one active meter per unit id or address on a bus
+    sa.Index("ux_meters_bus_unit", "bus_id", "unit_id", unique=True,
+             sqlite_where=sa.text("status = 'active' AND unit_id IS NOT NULL"),
+             postgresql_where=sa.text("status = 'active' AND unit_id IS NOT NULL")),
+    sa.Index("ux_meters_bus_address", "bus_id", "address", unique=True,
+             sqlite_where=sa.text("status = 'active' AND address IS NOT NULL"),
+             postgresql_where=sa.text("status = 'active' AND address IS NOT NULL")),
 )
 
 readings = sa.Table(

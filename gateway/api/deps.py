@@ -12,7 +12,8 @@ from gateway.api.security import Caller, FailedAuthLimiter, KeyRing
 from gateway.service.facade import Service
 from gateway.settings import hash_key
 
-__all__ = ["AdminCaller", "AnyCaller", "BillingCaller", "Caller", "OperatorCaller", "ServiceDep", "require"]
+__all__ = ["AdminCaller", "AnyCaller", "BillingCaller", "Caller", "OperatorCaller", "ProvisioningCaller", "ServiceDep",
+           "require"]
 
 _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer KEY`")
 
@@ -57,7 +58,8 @@ def require(*roles: str):  # type: ignore[no-untyped-def]
     return check
 
 
-AnyCaller = Annotated[Caller, Depends(require("viewer", "billing", "operator"))]
+AnyCaller = Annotated[Caller, Depends(require("viewer", "billing", "operator", "provisioning"))]
 BillingCaller = Annotated[Caller, Depends(require("billing"))]
 OperatorCaller = Annotated[Caller, Depends(require("operator"))]
 AdminCaller = Annotated[Caller, Depends(require("admin"))]
+ProvisioningCaller = Annotated[Caller, Depends(require("provisioning"))]  # accounts and meters (billing systems, CIS)

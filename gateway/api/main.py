@@ -9,7 +9,7 @@ from fastapi_offline import FastAPIOffline
 
 from gateway.api import problems
 from gateway.api.openapi import install_openapi
-from gateway.api.routes import accounts, commands, health, meters, notices, payments
+from gateway.api.routes import accounts, commands, fleet, health, meters, notices, payments
 from gateway.api.security import Caller, FailedAuthLimiter, KeyRing
 from gateway.service.facade import Service
 
@@ -17,8 +17,8 @@ __all__ = ["create_app"]
 
 
 def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None, max_body_bytes: int = 1_048_576,
-               failed_auth_limit: int = 20, failed_auth_window_s: float = 60.0, key_cache_s: float = 30.0
-               ) -> FastAPI:
+               failed_auth_limit: int = 20, failed_auth_window_s: float = 60.0, key_cache_s: float = 30.0,
+               max_import_bytes: int = 67_108_864) -> FastAPI:
     """The API over ``service``; ``static_keys`` maps key SHA-256 → caller for the keys of the settings (the
     database's keys are read through ``service.stored_keys``)."""
     # The docs pages (/docs, /redoc) load their scripts from the package, never from a CDN.
@@ -35,9 +35,11 @@ def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None
     app.state.auth_limiter = FailedAuthLimiter(limit=failed_auth_limit, window_s=failed_auth_window_s)
     problems.install(app)
     app.add_middleware(_NoStore)
-    app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes)
-    for module in (health, payments, accounts, meters, commands, notices):
+    app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes,
+                       larger={fleet.IMPORT_PATH: max_import_bytes})  # a whole fleet's file
+    for module in (health, payments, fleet, accounts, meters, commands, notices):
         app.include_router(module.router)
+    app.include_router(fleet.files)
     install_openapi(app, max_payment_fen=service.catalog.max_payment_fen)
     return app
 
@@ -45,18 +47,20 @@ def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None
 class _BodyLimit:
     """Request bodies of at most ``max_body_bytes``: one declared larger (``Content-Length``) is refused before
     anything reads it, and the connection closed (its body is never read); one sent without a length is refused
-    as soon as it passes the limit. Both answers are ``content-too-large`` problems."""
+    as soon as it passes the limit. Both answers are ``content-too-large`` problems. ``larger``: paths that take
+    more (bulk imports)."""
 
-    def __init__(self, app: Any, *, max_body_bytes: int) -> None:
-        self.app, self.max_body_bytes = app, max_body_bytes
+    def __init__(self, app: Any, *, max_body_bytes: int, larger: dict[str, int] | None = None) -> None:
+        self.app, self.max_body_bytes, self.larger = app, max_body_bytes, larger or {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        detail = f"the body may have at most {self.max_body_bytes} bytes"
+        limit = self.larger.get(scope.get("path", ""), self.max_body_bytes)
+        detail = f"the body may have at most {limit} bytes"
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared.isdigit() and int(declared) > limit:
             answer = problems.problem("content-too-large", detail, headers={"Connection": "close"})
             await answer(scope, receive, send)
             return
@@ -66,7 +70,7 @@ class _BodyLimit:
             nonlocal received
             message: dict[str, Any] = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_body_bytes:  # FastAPI passes an HTTPException raised here to its handler
+            if received > limit:  # FastAPI passes an HTTPException raised here to its handler
                 raise HTTPException(413, detail, headers={"Connection": "close"})
             return message
 

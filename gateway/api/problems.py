@@ -36,6 +36,8 @@ from gateway.service.errors import (
     UnknownNotice,
     NoticeNotRetryable,
     UnknownPayment,
+    FleetConflict,
+    FleetInvalid,
 )
 
 __all__ = ["PROBLEM", "PROBLEM_TYPES", "Problem", "ProblemType", "install", "problem", "responses"]
@@ -89,6 +91,10 @@ PROBLEM_TYPES = _types(
     ProblemType("command-not-cancellable", 409, "Conflict", "Only a queued command can be cancelled."),
     ProblemType("notice-not-retryable", 409, "Conflict",
                 "Only a failed notice (a dead letter) is tried again by hand; a pending one is tried anyway."),
+    ProblemType("fleet-conflict", 409, "Conflict",
+                "Accounts or meters to provision clash with the fleet as it is (an id in use, a place on a bus taken "
+                "by another meter, a closed account, a relay command in progress, a meter that did not answer); "
+                "`errors` lists each one with its row and field. Nothing was changed."),
     ProblemType("conflict", 409, "Conflict",
                 "The request is well formed but the state of the account, the meter or the clock does not allow it "
                 "now (e.g. a hold that ends in the past, a re-base taken in the future)."),
@@ -157,6 +163,12 @@ def install(app: FastAPI) -> None:
     for cls in _ERRORS:
         app.add_exception_handler(cls, mapped)
     app.add_middleware(_Unexpected)
+
+    @app.exception_handler(FleetInvalid)
+    @app.exception_handler(FleetConflict)
+    async def _fleet(_: Request, exc: FleetConflict | FleetInvalid) -> JSONResponse:
+        slug = "validation-error" if isinstance(exc, FleetInvalid) else "fleet-conflict"
+        return problem(slug, str(exc), errors=[e.as_dict() for e in exc.errors])
 
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
@@ -253,6 +265,7 @@ _EXAMPLES = {
     "nothing-quarantined": "meter M-1 has no quarantined reading",
     "command-not-cancellable": "command 6f1c… is sent; only a queued command can be cancelled",
     "notice-not-retryable": "notice 12 is delivered; only a failed notice is tried again",
+    "fleet-conflict": "meters row 3: unit_id: 12 on bus 'feeder-1' is M-0012's",
     "conflict": "the hold must end in the future",
     "account-state-unreadable": "account A-7: the stored state cannot be read (hold_until); an alarm was raised",
     "content-too-large": "Content Too Large",

@@ -113,6 +113,12 @@ class AccountPublic(BaseModel):
     reconnect_at: str
     emergency_credit_outstanding: str
     final_warning_at: dt.datetime | None = Field(None, description="when the final warning was issued")
+    status: Literal["open", "closed"] = "open"
+    tariff: str | None = Field(None, description="the tariff in force")
+    tariff_change: dict[str, object] | None = Field(None, description="a tariff change to come: tariff, effective_at")
+    warning1: str | None = None
+    warning2: str | None = None
+    contacts: int = Field(0, description="how many contacts are told (their addresses are not shown)")
     final_warning_delivered_at: dt.datetime | None = Field(None, description=(
         "when it reached the customer (or the staff): with notices on, the notice period starts then"))
 
@@ -240,6 +246,10 @@ class MeterPublic(BaseModel):
     last_reading: ReadingPublic | None
     groups: list[str] = []
     quarantine: dict[str, object] | None = Field(None, description="a reading held back from billing, and why")
+    unit_id: int | None = None
+    address: str | None = None
+    model: str | None = None
+    poll_interval_s: float | None = None
 
 
 class RelayCommandCreate(_In):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from gateway.domain.relay import Command
 
-__all__ = ["CommandQueued", "DisconnectWithdrawn", "Message", "MeterAnswered"]
+__all__ = ["CommandQueued", "DisconnectWithdrawn", "Message", "MeterAnswered", "MeterPlaced", "MeterRetired"]
 
 
 class Message:
@@ -38,3 +38,18 @@ class DisconnectWithdrawn(Message):
     meter_id: str
     command_id: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MeterPlaced(Message):
+    """A meter was added or changed (its bus, unit id, address, model or poll interval): poll it as the catalog
+    now says."""
+
+    meter_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRetired(Message):
+    """A meter was retired: poll it no more, and drop what waits for it."""
+
+    meter_id: str

@@ -78,6 +78,7 @@ class Batch:
             for key in payment_keys & (in_flight or {}).keys():
                 self.payments.setdefault(key, dict(in_flight[key]))  # type: ignore[index]
         account_ids: set[str] = set()
+        vacant: set[str] = set()  # meters of closed accounts: their readings are stored, not billed
         for job in jobs:
             if isinstance(job, PaymentJob | AccountJob):
                 account_ids.add(job.account_id)
@@ -85,16 +86,18 @@ class Batch:
                 record = self.payments.get((job.source, job.payment_id))
                 if record is not None:
                     account_ids.add(record["account_id"])
-            else:
+            elif isinstance(job, ReadingJob):
                 spec = self.catalog.meters.get(job.reading.meter_id)
-                if spec is not None:
+                if spec is not None and self.catalog.accounts[spec.account_id].closed:
+                    vacant.add(spec.id)
+                elif spec is not None:
                     account_ids.add(spec.account_id)
         if lock:  # read under row locks, in the transaction that writes (see Writer._commit_locked)
             await (await reader()).accounts.lock(sorted(account_ids & set(self.catalog.accounts)))
         self.accounts = await load_accounts(reader, self.catalog, sorted(account_ids), cache=self.cache,
                                                  versions=self.versions, trust_cache=self.trust_cache,
                                                  unreadable=self.unreadable)
-        meter_ids = sorted({m for a in self.accounts for m in self.catalog.accounts[a].meter_ids})
+        meter_ids = sorted({m for a in self.accounts for m in self.catalog.accounts[a].meter_ids} | vacant)
         missing = meter_ids
         if known is not None:
             missing = []
@@ -214,18 +217,21 @@ class Batch:
         spec = self.catalog.meters.get(reading.meter_id)
         if spec is None or reading.meter_id not in self.meters:
             raise UnknownMeter(f"no meter {reading.meter_id!r}")
-        account = self._account(spec.account_id)
-        cursor = account.cursors.get(reading.meter_id)
-        # a reading that arrives after a newer one: stored as it was taken, billing nothing, changing no relay
-        late = cursor is not None and cursor.taken_at is not None and reading.taken_at <= cursor.taken_at
-        account.apply_reading(reading.meter_id, reading.energy_wh, reading.taken_at,
-                              rates_wh=reading.energy_wh_by_rate)
-        quarantined = account.cursors[reading.meter_id].pending is not None
+        account = None if self.catalog.accounts[spec.account_id].closed else self._account(spec.account_id)
+        late = quarantined = False
+        if account is not None:
+            cursor = account.cursors.get(reading.meter_id)
+            # a reading that arrives after a newer one: stored as it was taken, billing nothing, changing no relay
+            late = cursor is not None and cursor.taken_at is not None and reading.taken_at <= cursor.taken_at
+            account.apply_reading(reading.meter_id, reading.energy_wh, reading.taken_at,
+                                  rates_wh=reading.energy_wh_by_rate)
+            quarantined = account.cursors[reading.meter_id].pending is not None
         relay = reading.relay.value if reading.relay is not None else None
         self.stored.append(reading)
         self.readings.append(dict(meter_id=reading.meter_id, taken_at=reading.taken_at, energy_wh=reading.energy_wh,
                                   power_w=reading.power_w, voltage_v=reading.voltage_v,
-                                  current_a=reading.current_a, relay=relay, billed=not quarantined and not late))
+                                  current_a=reading.current_a, relay=relay,
+                                  billed=account is not None and not quarantined and not late))
         # The meter's row changes only when its health or relay does: the time of its last success is that of
         # its newest reading (the readings table is also what publishes readings: no outbox event per reading).
         meter = self.meters[reading.meter_id]
@@ -240,6 +246,8 @@ class Batch:
         if relay is not None and relay != meter.relay and not late:
             meter.relay = relay
             meter.changed.update(relay=relay, last_success_at=reading.taken_at)
+        if account is None:  # a meter of a closed account (until a move-in): nothing to bill or decide
+            return []
         return self._decide(account, origin="automatic", reason="balance")
 
     def _outbox(self, topic: str, payload: dict[str, Any]) -> None:

@@ -49,19 +49,7 @@ class Service:
         self.bus = bus or MessageBus()  # the reactions to what the service does (handlers: see bootstrap)
         self.writer = Writer(storage, catalog, self.clock, on_commands=self._announce)
         self.views = Views(reads, catalog, self.writer.freshness.latest)  # what the API shows
-
-    async def sync_catalog(self) -> None:
-        """Create the rows of accounts and meters the settings name and the database does not have yet (a new
-        account starts with its opening balance as its first ledger entry), move meters to the account the
-        settings give them, and make sure the rate limiter's row exists."""
-        now = self.clock()
-        async with self.uow() as uow:
-            existing = await uow.accounts.ids()
-            await uow.accounts.add([self.catalog.new_account(spec.id) for spec in self.catalog.accounts.values()
-                                    if spec.id not in existing], now)
-            await uow.meters.assign({m.id: m.account_id for m in self.catalog.meters.values()})
-            await uow.ensure_limiter()
-            await uow.commit()
+        self.lifecycle: Any = None  # the fleet's changes (gateway.service.lifecycle; bootstrap sets it)
 
     # --- payments -----------------------------------------------------------------------------------------
     async def record_payment(self, *, source: str, payment_id: str, account_id: str, amount_fen: int,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from drivers.base import Reading
 from gateway.domain.account import PrepaidAccount
 
-__all__ = ["AccountJob", "Job", "PaymentJob", "PaymentResult", "ReadingJob", "ReversalJob"]
+__all__ = ["AccountJob", "Exclusive", "Job", "PaymentJob", "PaymentResult", "ReadingJob", "ReversalJob"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,4 +59,13 @@ class AccountJob:
     not_answering: tuple[str, ...] = ()  # meters known not to answer now (no automatic disconnect rests on them)
 
 
-Job = PaymentJob | ReversalJob | ReadingJob | AccountJob
+@dataclass(slots=True)
+class Exclusive:
+    """Work that needs the writer to stand still: a change of the fleet's configuration (``gateway.service.fleet``)
+    reads and writes accounts in a transaction of its own. The writer runs it alone, once the batch in flight has
+    landed and before it reads the next; its result is the job's."""
+
+    work: Callable[[], Awaitable[Any]]
+
+
+Job = PaymentJob | ReversalJob | ReadingJob | AccountJob | Exclusive

@@ -14,11 +14,14 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from gateway.domain.account import PrepaidAccount
 from gateway.domain.relay import Command
 from gateway.service.commands import CommandRecord
+
+if TYPE_CHECKING:
+    from gateway.service.fleet_port import FleetRepository
 
 __all__ = ["AccountRepository", "BatchChanges", "CommandRepository", "LedgerRepository", "MeterRepository",
            "MeterState", "NoticeRecord", "NoticeRepository", "OutboxEvent", "OutboxRepository", "PaymentKey",
@@ -85,8 +88,9 @@ class AccountRepository(abc.ABC):
         queue for its one write lock): read after this, they cannot change before this unit of work writes."""
 
     @abc.abstractmethod
-    async def add(self, accounts: list[PrepaidAccount], now: dt.datetime) -> None:
-        """New accounts, each with its opening balance as its first ledger entry."""
+    async def add(self, accounts: list[PrepaidAccount], now: dt.datetime, *, reference: str = "settings") -> set[str]:
+        """New accounts, each with its opening balance as its first ledger entry (``reference`` on it); returns
+        the ids added (an account another instance added meanwhile is left as it is)."""
 
     @abc.abstractmethod
     async def deferral_ended(self, now: dt.datetime) -> list[str]:
@@ -301,6 +305,7 @@ class UnitOfWork(abc.ABC):
     ledger: LedgerRepository
     outbox: OutboxRepository
     notices: NoticeRepository
+    fleet: FleetRepository
 
     @abc.abstractmethod
     async def __aenter__(self) -> Self: ...

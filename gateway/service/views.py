@@ -146,7 +146,7 @@ class Views:
             "reconnect_at": format_fen(account.reconnect_at_fen),
             "emergency_credit_outstanding": format_fen(account.emergency.outstanding_fen),
             "final_warning_at": account.final_warning_at,
-            "final_warning_delivered_at": account.final_warning_delivered_at}
+            "final_warning_delivered_at": account.final_warning_delivered_at, **_configuration(spec, account)}
 
     async def ledger(self, account_id: str, *, limit: int, before_id: int | None) -> dict[str, Any]:
         """A page of the account's ledger, newest first."""
@@ -180,6 +180,8 @@ class Views:
             if last_success_at is None or unstored.taken_at > last_success_at:
                 last_success_at = unstored.taken_at
         return {"id": row.id, "account_id": row.account_id, "bus": spec.bus_id, "groups": list(spec.groups),
+                "unit_id": spec.unit_id, "address": spec.address, "model": spec.model,
+                "poll_interval_s": spec.poll_interval_s,
                 "relay": row.relay, "relay_fault": row.relay_fault, "health": row.health,
                 "consecutive_failures": row.consecutive_failures, "last_error": row.last_error,
                 "last_success_at": last_success_at, "last_reading": latest,
@@ -225,3 +227,19 @@ class Views:
     async def ready(self) -> None:
         """Raise unless storage answers."""
         await self.store.ping()
+
+
+def _configuration(spec: Any, account: Any) -> dict[str, Any]:
+    """An account's configuration as the API shows it: status, tariff (the one in force), a tariff change to come."""
+    config = spec.config
+    if config is None:
+        return {}
+    tariff, change = config.tariff, None
+    switch = getattr(account, "tariff_switch", None)
+    if switch is not None:
+        tariff = switch[1]
+    elif config.tariff_next is not None:
+        change = {"tariff": config.tariff_next, "effective_at": config.tariff_next_at}
+    return {"status": config.status, "tariff": tariff, "tariff_change": change,
+            "warning1": format_fen(config.warning1_fen), "warning2": format_fen(config.warning2_fen),
+            "contacts": len(config.contacts)}

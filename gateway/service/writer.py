@@ -33,7 +33,7 @@ from gateway.service.catalog import Catalog
 from gateway.service.commands import CommandRecord
 from gateway.service.errors import GatewayStopping
 from gateway.service.freshness import Freshness
-from gateway.service.jobs import Job, ReadingJob
+from gateway.service.jobs import Exclusive, Job, ReadingJob
 from gateway.service.ports import BatchChanges, StaleWrite, Storage, UnitOfWork
 
 __all__ = ["Writer"]
@@ -109,6 +109,15 @@ class Writer:
         self._known.meters.pop(meter_id, None)
         self.freshness.forget(meter_id)
 
+    def forget_account(self, account_id: str) -> None:
+        """The account's row was written outside the writer (``Exclusive`` work): read it again."""
+        self.cache.entries.pop(account_id, None)
+
+    def alone(self, work: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
+        """Run ``work`` while the writer stands still (``Exclusive``), ahead of waiting readings; returns its
+        result. ``work`` tells the writer what it wrote (``forget_account``, ``forget_meter``)."""
+        return self.submit(Exclusive(work))
+
     def submit(self, job: Job) -> Awaitable[Any]:
         """Queue a job; the returned future resolves to its result after the commit of its batch.
 
@@ -146,7 +155,15 @@ class Writer:
 
     # --- the loop --------------------------------------------------------------------------------------------
     def _take(self) -> list[Item]:
-        batch, self._urgent = self._urgent[: self.max_batch], self._urgent[self.max_batch:]
+        urgent = self._urgent
+        if urgent and isinstance(urgent[0][0], Exclusive):
+            batch, self._urgent = urgent[:1], urgent[1:]
+            if not self._queue and not self._urgent:
+                self._ready.clear()
+            return batch
+        end = next((i for i, (job, _) in enumerate(urgent[:self.max_batch]) if isinstance(job, Exclusive)),
+                   min(len(urgent), self.max_batch))
+        batch, self._urgent = urgent[:end], urgent[end:]
         room = min(self.max_batch - len(batch), self.max_readings)
         batch, self._queue = batch + self._queue[:room], self._queue[room:]
         if not self._queue and not self._urgent:
@@ -166,6 +183,12 @@ class Writer:
                     await self._ready.wait()
                 items = self._take()
                 if not items:
+                    continue
+                if isinstance(items[0][0], Exclusive):
+                    if flight is not None:
+                        await self._land(flight)
+                        flight = None
+                    await self._alone(items[0])
                     continue
                 if not pipelined:
                     await self._commit_or_retry(items)
@@ -192,6 +215,24 @@ class Writer:
                 for _, future in flight.prepared.items:
                     _fail(future, GatewayStopping("the gateway is stopping"))
             raise
+
+    async def _alone(self, item: Item) -> None:
+        job, future = item
+        assert isinstance(job, Exclusive)
+        self._flying = 1
+        try:
+            result = await job.work()
+        except asyncio.CancelledError:
+            _fail(future, GatewayStopping("the gateway is stopping"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - the work's own failure is its answer
+            _fail(future, exc)
+        else:
+            if not future.done():
+                future.set_result(result)
+        finally:
+            self._flying = 0
+        self.on_commit()  # its transaction may have added events
 
     async def _land(self, flight: _Flight) -> bool:
         """Wait for the batch in flight; False if it failed (its jobs are then retried)."""

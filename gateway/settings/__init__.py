@@ -85,7 +85,7 @@ class DatabaseSettings(_Strict):
 
 class ApiKeySettings(_Strict):
     name: str = Field(min_length=1, max_length=100)
-    role: Literal["viewer", "billing", "operator", "admin"]
+    role: Literal["viewer", "billing", "operator", "provisioning", "admin"]
     sha256: str = Field(description="hex SHA-256 of the key; the key itself never goes in the file")
     sources: list[str] | None = Field(None, description="payment sources this key may post and reverse for "
                                                          "(a billing system's own); absent: any")
@@ -156,15 +156,17 @@ _ID = r"^[^\x00-\x20\x7f/+#]([^\x00-\x1f\x7f/+#]*[^\x00-\x20\x7f/+#])?$"
 
 class AccountSettings(_Strict):
     id: str = Field(min_length=1, max_length=64, pattern=_ID)
-    tariff: str
+    tariff: str = Field(min_length=1, max_length=64)
     opening_balance: Yuan = 0
     warning1: Yuan = 2000
     warning2: Yuan = 500
-    credit_class: str = Field("", description="AAA, AA, A, B, C or D: sets the overdraft (policy.credit_classes)")
+    credit_class: str = Field("", max_length=16,
+                              description="AAA, AA, A, B, C or D: sets the overdraft (policy.credit_classes)")
     overdraft: Yuan | None = Field(None, description="overrides the credit class's overdraft")
     reconnect_min_topup: Yuan = 100
     protected: bool = False
-    contacts: list[ContactSettings] = Field(default_factory=list, description="who is told (notices.channels)")
+    contacts: list[ContactSettings] = Field(default_factory=list, max_length=32,
+                                            description="who is told (notices.channels)")
 
     _money = field_validator("warning1", "warning2", "overdraft", "reconnect_min_topup",
                              mode="before")(classmethod(lambda cls, v: v if v is None else _yuan(v)))
@@ -214,15 +216,15 @@ class BusSettings(_Strict):
 
 class MeterSettings(_Strict):
     id: str = Field(min_length=1, max_length=64, pattern=_ID)
-    bus: str
-    account: str
+    bus: str = Field(min_length=1, max_length=64)
+    account: str = Field(min_length=1, max_length=64)
     unit_id: int | None = Field(None, ge=1, le=247, description="Modbus unit id")
-    address: str | None = Field(None, description="DL/T 645 nameplate address, 12 digits")
-    model: str = "generic-prepaid"
+    address: str | None = Field(None, pattern=r"^[0-9]{1,12}$", description="DL/T 645 nameplate address, 12 digits")
+    model: str = Field("generic-prepaid", min_length=1, max_length=64)
     groups: list[Annotated[str, Field(min_length=1, max_length=64, pattern=_ID)]] = Field(
-        default_factory=list, description="names for bulk commands (feeder, street...)")
-    poll_interval_s: float = Field(60, gt=0)
-    max_power_w: int = Field(60_000, gt=0, description="contract capacity, for the plausibility check")
+        default_factory=list, max_length=32, description="names for bulk commands (feeder, street...)")
+    poll_interval_s: float = Field(60, gt=0, le=86_400)
+    max_power_w: int = Field(60_000, gt=0, le=10_000_000, description="contract capacity, for the plausibility check")
 
 
 class RelayModuleSettings(_Strict):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
+from gateway.domain.notices import Contact
 from pydantic import Field, field_validator, model_validator
 
 from gateway.settings.common import _Strict
@@ -49,6 +50,14 @@ class ContactSettings(_Strict):
                     description="the address on that channel: phone number, e-mail address...")
     language: str = Field("zh", pattern=_LANGUAGE, description="the templates' language for this contact")
     opt_out: list[NoticeKind] = Field(default_factory=list, description="kinds of notice this contact does not want")
+
+    def domain(self) -> Contact:
+        return Contact(self.name, self.role, self.channel, self.to, self.language, frozenset(self.opt_out))
+
+    @classmethod
+    def of(cls, contact: Contact) -> ContactSettings:
+        return cls(name=contact.name, role=contact.role, channel=contact.channel,  # type: ignore[arg-type]
+                   to=contact.to, language=contact.language, opt_out=sorted(contact.opt_out))  # type: ignore[arg-type]
 
 
 class ChannelSettings(_Strict):

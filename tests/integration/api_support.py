@@ -15,6 +15,7 @@ from gateway.bootstrap import Gateway
 from gateway.settings import Settings, hash_key
 
 KEYS = {"viewer": "k-viewer", "billing": "k-billing", "operator": "k-operator", "admin": "k-admin",
+        "provisioning": "k-provisioning",
         "collector": "k-collector"}
 TABLES = ("accounts", "meters", "readings", "ledger_entries", "payments", "commands", "outbox", "site_state",
           "api_keys", "audit_log")

@@ -121,7 +121,7 @@ async def test_readings_charge_and_disconnect_then_payment_reconnects(database: 
     from gateway.adapters.database import migrate
 
     await migrate(gw.engine)
-    await gw.service.sync_catalog()
+    await gw.prepare_fleet()
     service = gw.service
     try:
         def reading(wh: int, minutes: int) -> Reading:

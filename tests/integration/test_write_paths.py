@@ -20,6 +20,7 @@ from gateway.adapters.database import create_engine
 from gateway.adapters.sql import LIMITER, SqlStorage, chunks
 from gateway.adapters.sqlite_pipeline import SqlitePipelineStorage
 from gateway.domain.account import PrepaidAccount, Thresholds
+from gateway.domain.billing import TariffChange
 from gateway.domain.tariff_config import tariff_from_dict
 from gateway.service.ports import BatchChanges, StaleWrite
 from tests.unit.test_domain_state import SITE, TOU, busy_account
@@ -178,6 +179,27 @@ def test_state_json_reads_back_as_the_same_state() -> None:
         "version": 1, "balance_fen": 300, "supply": "connected",
         "billing": {"period_start": None, "energy_wh": 0, "charged_fen": 0},
         "meters": {"M-1": {"energy_wh": None, "taken_at": None, "seen_at": None}}}
+
+
+def test_state_json_keeps_a_tariff_switch_its_base_and_a_closing() -> None:
+    """The fast encoding writes what a tariff change and a closing leave in the state: without the billing base
+    the rest of the period would be charged at the new tariff from zero."""
+    change = TariffChange(T0 + dt.timedelta(hours=1), "dear", tariff_from_dict({"kind": "flat", "price": "1.0000"}))
+    account = PrepaidAccount("A-1", FLAT, Thresholds(2000, 500), balance_fen=10_000, site=SITE, tariff_change=change)
+    account.add_meter("M-1")
+    account.apply_reading("M-1", 1_000, T0)
+    account.apply_reading("M-1", 3_000, T0 + dt.timedelta(hours=2))  # half before the change, half after
+    assert account.tariff_switch is not None and account.billing.base_fen
+
+    def again(a: PrepaidAccount) -> PrepaidAccount:
+        return PrepaidAccount.from_state(json.loads(state_json(a)), id="A-1", tariff=FLAT, thresholds=a.thresholds,
+                                         site=SITE, tariff_change=change)
+
+    assert again(account).state_dict() == account.state_dict()
+    assert again(account).tariff is change.tariff
+    account.detach_meter("M-1", final_wh=3_500, at=T0 + dt.timedelta(hours=3))
+    account.close(T0 + dt.timedelta(hours=3))
+    assert again(account).state_dict() == account.state_dict() and again(account).closed
 
 
 @pytest.mark.parametrize("split", [chunks, bulk.chunks], ids=["portable", "pipeline"])

@@ -1,0 +1,234 @@
+"""The fleet as data, through the API on a real SQLite file: accounts and meters opened, changed, swapped (换表),
+closed and moved in, each one transaction with its ledger entries, audit row and event; refusals change nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from drivers.base import Reading
+from gateway.adapters import tables as t
+from gateway.service.verify import check_ledger
+from tests.integration.api_support import api_client, auth, site, snapshot
+
+T0 = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)
+PROV = auth("provisioning")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> Any:
+    settings = site(tmp_path)
+    settings.tariffs["dear"] = {"kind": "flat", "price": "1.0000"}
+    clock = Clock()
+    from gateway.bootstrap import Gateway
+    import httpx
+
+    async with Gateway(settings, base_dir=tmp_path, run_buses=False, clock=clock) as gateway:
+        transport = httpx.ASGITransport(app=gateway.app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            gateway.test_clock = clock
+            yield client, gateway
+
+
+async def rows(gateway: Any, table: sa.Table, *where: Any) -> list[Any]:
+    async with gateway.service.uow(readonly=True) as uow:
+        return (await uow.execute(sa.select(table).where(*where))).all()  # type: ignore[no-any-return]
+
+
+async def charges(gateway: Any, account_id: str) -> list[tuple[int, int | None]]:
+    return [(r.amount_fen, r.energy_wh) for r in await rows(gateway, t.ledger, t.ledger.c.account_id == account_id,
+                                                             t.ledger.c.kind == "charge")]
+
+
+async def read(gateway: Any, meter_id: str, wh: int, minutes: float) -> list[Any]:
+    clock = gateway.test_clock
+    clock.now = T0 + dt.timedelta(minutes=minutes)
+    return await gateway.service.record_reading(Reading(meter_id, clock.now, wh))  # type: ignore[no-any-return]
+
+
+NEW = {"id": "A-10", "tariff": "flat", "opening_balance": "20.00", "credit_class": "B",
+       "meters": [{"id": "M-10", "bus": "b", "unit_id": 10}]}
+
+
+async def test_opening_an_account_writes_its_rows_ledger_audit_and_event(gw: Any) -> None:
+    client, gateway = gw
+    answer = await client.post("/v1/accounts", json=NEW, headers=PROV)
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert (body["id"], body["balance"], body["status"], body["tariff"], body["meters"]) == (
+        "A-10", "20.00", "open", "flat", ["M-10"])
+    [entry] = await rows(gateway, t.ledger, t.ledger.c.account_id == "A-10")
+    assert (entry.kind, entry.amount_fen, entry.balance_after_fen) == ("opening", 2000, 2000)
+    [meter] = await rows(gateway, t.meters, t.meters.c.id == "M-10")
+    assert (meter.account_id, meter.bus_id, meter.unit_id, meter.status) == ("A-10", "b", 10, "active")
+    [audit] = await rows(gateway, t.audit_log, t.audit_log.c.action == "account.open")
+    assert (audit.actor, audit.target) == ("provisioning-key", "A-10")
+    events = [r.payload["type"] for r in await rows(gateway, t.outbox, t.outbox.c.topic == "accounts/A-10/events")]
+    assert "AccountOpened" in events
+    assert gateway.catalog.meters["M-10"].account_id == "A-10"
+    # the meter is billed from its first reading
+    assert await read(gateway, "M-10", 1_000, 1) == []
+    await read(gateway, "M-10", 2_000, 2)
+    assert await charges(gateway, "A-10") == [(-56, 1_000)]
+    async with gateway.service.uow(readonly=True) as uow:
+        assert await check_ledger(uow) == ([], 4, 5)
+
+
+@pytest.mark.parametrize("role", ["viewer", "billing", "operator"])
+async def test_only_provisioning_and_admin_keys_provision(gw: Any, role: str) -> None:
+    client, _ = gw
+    assert (await client.post("/v1/accounts", json=NEW, headers=auth(role))).status_code == 403
+    assert (await client.post("/v1/accounts", json=NEW, headers=auth("admin"))).status_code == 201
+
+
+@pytest.mark.parametrize("change, status, field", [
+    ({"tariff": "nope"}, 422, "tariff"),
+    ({"credit_class": "ZZ"}, 422, "credit_class"),
+    ({"id": "A-1"}, 409, "id"),
+    ({"meters": [{"id": "M-10", "bus": "b", "unit_id": 1}]}, 409, "unit_id"),  # M-1's place
+    ({"meters": [{"id": "M-1", "bus": "b", "unit_id": 10}]}, 409, "id"),
+    ({"meters": [{"id": "M-10", "bus": "nowhere", "unit_id": 10}]}, 422, "bus"),
+    ({"meters": [{"id": "M-10", "bus": "b"}]}, 422, "unit_id"),
+    ({"meters": [{"id": "M-10", "bus": "b", "unit_id": 10, "model": "unknown-model"}]}, 422, "model"),
+    ({"meters": [{"id": "M-10", "bus": "b", "unit_id": 10}, {"id": "M-11", "bus": "b", "unit_id": 10}]}, 422,
+     "unit_id"),
+])
+async def test_a_refused_account_changes_nothing(gw: Any, tmp_path: Path, change: dict[str, Any], status: int,
+                                                 field: str) -> None:
+    client, gateway = gw
+    before = snapshot(tmp_path / "gw.db")
+    answer = await client.post("/v1/accounts", json=NEW | change, headers=PROV)
+    assert answer.status_code == status, answer.text
+    problem = answer.json()
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert any(e.get("field") == field for e in problem["errors"]), problem
+    assert snapshot(tmp_path / "gw.db") == before
+    assert "A-10" not in gateway.catalog.accounts and "M-10" not in gateway.catalog.meters
+
+
+async def test_changing_an_account_and_a_meter(gw: Any, tmp_path: Path) -> None:
+    client, gateway = gw
+    answer = await client.patch("/v1/accounts/A-1", json={"warning1": "15.00", "protected": True}, headers=PROV)
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["warning1"], answer.json()["protected"]) == ("15.00", True)
+    assert gateway.catalog.accounts["A-1"].thresholds.warning1_fen == 1500
+    # a meter moves to a free unit id, not to a taken one
+    before = snapshot(tmp_path / "gw.db")
+    taken = await client.patch("/v1/meters/M-1", json={"unit_id": 2}, headers=PROV)
+    assert taken.status_code == 409 and taken.json()["errors"][0]["field"] == "unit_id"
+    assert snapshot(tmp_path / "gw.db") == before
+    moved = await client.patch("/v1/meters/M-1", json={"unit_id": 20, "poll_interval_s": 30}, headers=PROV)
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["unit_id"], moved.json()["poll_interval_s"]) == (20, 30)
+    assert gateway.catalog.place_of(("b", 20)) == "M-1" and gateway.catalog.place_of(("b", 1)) is None
+    # its account is not changed this way
+    assert (await client.patch("/v1/meters/M-1", json={"account": "A-3"}, headers=PROV)).status_code == 422
+
+
+async def test_a_tariff_change_prices_energy_after_it_at_the_new_tariff(gw: Any) -> None:
+    client, gateway = gw
+    await read(gateway, "M-1", 10_000, 0)
+    effective = T0 + dt.timedelta(hours=1)
+    answer = await client.post("/v1/accounts/A-1/tariff-change",
+                               json={"tariff": "dear", "effective_at": effective.isoformat()}, headers=PROV)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["tariff_change"]["tariff"] == "dear"
+    await read(gateway, "M-1", 11_000, 30)  # before: 1 kWh at 0.56
+    await read(gateway, "M-1", 13_000, 90)  # 2 kWh over 30 min before and 30 min after: 1 at 0.56, 1 at 1.00
+    await read(gateway, "M-1", 14_000, 120)  # after: 1 kWh at 1.00
+    assert [c for c, _ in await charges(gateway, "A-1")] == [-56, -56, -100, -100]
+    view = (await client.get("/v1/accounts/A-1", headers=auth("viewer"))).json()
+    assert (view["tariff"], view["tariff_change"]) == ("dear", None)
+    # a change before a reading already billed is refused
+    late = await client.post("/v1/accounts/A-1/tariff-change",
+                             json={"tariff": "flat", "effective_at": (T0 + dt.timedelta(minutes=60)).isoformat()},
+                             headers=PROV)
+    assert late.status_code == 409, late.text
+
+
+async def test_a_meter_swap_bills_continuously_and_retires_the_old_meter(gw: Any) -> None:
+    client, gateway = gw
+    await read(gateway, "M-1", 10_000, 0)
+    await read(gateway, "M-1", 11_000, 10)
+    gateway.test_clock.now = T0 + dt.timedelta(minutes=20)
+    answer = await client.post("/v1/meters/M-1/swap", json={
+        "new_meter": {"id": "M-1B", "bus": "b", "unit_id": 1}, "final_wh": 11_500, "initial_wh": 7,
+        "relay": "follow"}, headers=PROV)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["charged"], body["final_wh"], body["initial_wh"], body["meter"]["account_id"]) == (
+        "0.28", 11_500, 7, "A-1")
+    assert body["command_id"] is not None  # the new meter's relay follows the account's supply (closed)
+    [command] = await rows(gateway, t.commands, t.commands.c.id == body["command_id"])
+    assert (command.meter_id, command.action) == ("M-1B", "close")
+    [old] = await rows(gateway, t.meters, t.meters.c.id == "M-1")
+    assert old.status == "retired" and "M-1" not in gateway.catalog.meters and "M-1" in gateway.catalog.retired
+    assert gateway.catalog.accounts["A-1"].meter_ids == ("M-1B",)
+    await read(gateway, "M-1B", 1_007, 30)  # 1 kWh on the new meter, from its initial reading
+    assert await charges(gateway, "A-1") == [(-56, 1_000), (-28, 500), (-56, 1_000)]
+    # the old meter's readings are refused now, its id can't come back
+    with pytest.raises(Exception, match="M-1"):
+        await read(gateway, "M-1", 12_000, 40)
+    again = await client.post("/v1/meters", json={"id": "M-1", "account": "A-1", "bus": "b", "unit_id": 30},
+                              headers=PROV)
+    assert again.status_code == 409 and "retired" in again.text
+    async with gateway.service.uow(readonly=True) as uow:
+        assert (await check_ledger(uow))[0] == []
+
+
+async def test_closing_an_account_settles_its_balance_and_leaves_the_relay_as_asked(gw: Any) -> None:
+    client, gateway = gw
+    await read(gateway, "M-1", 10_000, 0)
+    gateway.test_clock.now = T0 + dt.timedelta(minutes=5)
+    answer = await client.post("/v1/accounts/A-1/close", json={"final_readings": {"M-1": 11_000}, "relay": "open",
+                                                               "reason": "moved away"}, headers=PROV)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["charged"], body["settled"], body["account"]["status"], body["account"]["balance"]) == (
+        "0.56", "-9.44", "closed", "0.00")
+    kinds = [(r.kind, r.amount_fen) for r in await rows(gateway, t.ledger, t.ledger.c.account_id == "A-1")]
+    assert kinds == [("opening", 1000), ("charge", -56), ("refund", -944)]
+    [command] = await rows(gateway, t.commands, t.commands.c.id == body["commands"][0])
+    assert (command.meter_id, command.action) == ("M-1", "open")
+    # a closed account takes no payment and no change; its meter's readings are stored, not billed
+    paid = await client.post("/v1/payments", json={"source": "billing", "payment_id": "P-9", "account_id": "A-1",
+                                                   "amount": "5.00"}, headers=auth("billing"))
+    assert paid.status_code == 409, paid.text
+    assert (await client.post("/v1/accounts/A-1/close", json={}, headers=PROV)).status_code == 409
+    await read(gateway, "M-1", 12_000, 10)
+    [*_, last] = await rows(gateway, t.readings, t.readings.c.meter_id == "M-1")
+    assert (last.energy_wh, last.billed) == (12_000, False)
+    async with gateway.service.uow(readonly=True) as uow:
+        assert (await check_ledger(uow))[0] == []
+
+
+async def test_a_move_in_starts_a_new_account_from_the_given_reading(gw: Any) -> None:
+    client, gateway = gw
+    await read(gateway, "M-3", 5_000, 0)
+    gateway.test_clock.now = T0 + dt.timedelta(minutes=5)
+    answer = await client.post("/v1/meters/M-3/move-in", json={
+        "account": {"id": "A-30", "tariff": "flat", "opening_balance": "30.00"}, "reading_wh": 5_500},
+        headers=PROV)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["previous_account"], body["account"]["meters"], body["account"]["balance"]) == (
+        "A-3", ["M-3"], "30.00")
+    previous = (await client.get("/v1/accounts/A-3", headers=auth("viewer"))).json()
+    assert previous["status"] == "closed" and previous["balance"] == "0.00"
+    kinds = [(r.kind, r.amount_fen) for r in await rows(gateway, t.ledger, t.ledger.c.account_id == "A-3")]
+    assert kinds == [("opening", 100), ("charge", -28), ("refund", -72)]
+    await read(gateway, "M-3", 6_500, 10)  # the new account pays from 5,500 Wh on
+    assert await charges(gateway, "A-30") == [(-56, 1_000)]
+    assert gateway.catalog.meters["M-3"].account_id == "A-30"
