@@ -45,7 +45,7 @@ def _run(coro: object) -> None:
 
 def _checked(path: Path) -> Settings:
     """The settings of a file, with the meter models they name (exit 2 naming the file and key if bad)."""
-    from gateway.bootstrap import check_models
+    from gateway.site import check_models
 
     settings = _load(path)
     try:

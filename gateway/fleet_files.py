@@ -54,7 +54,7 @@ def account_config(a: AccountSettings) -> AccountConfig:
 
 def meter_spec(m: MeterSettings) -> MeterSpec:
     """A meter of the settings (or of a row) as the fleet stores it."""
-    return MeterSpec(m.id, m.account, m.bus, m.poll_interval_s, m.max_power_w, m.unit_id, m.address, m.model,
+    return MeterSpec(m.id, m.account, m.bus, float(m.poll_interval_s), m.max_power_w, m.unit_id, m.address, m.model,
                      tuple(m.groups))
 
 
@@ -162,5 +162,6 @@ def _account_row(a: AccountConfig) -> dict[str, Any]:
 
 def _meter_row(m: MeterSpec) -> dict[str, Any]:
     return {"id": m.id, "account": m.account_id, "bus": m.bus_id, "unit_id": m.unit_id, "address": m.address,
-            "model": m.model, "groups": list(m.groups) or None, "poll_interval_s": m.poll_interval_s,
+            "model": m.model, "groups": list(m.groups) or None,
+            "poll_interval_s": int(m.poll_interval_s) if m.poll_interval_s.is_integer() else m.poll_interval_s,
             "max_power_w": m.max_power_w}

@@ -167,3 +167,46 @@ def test_generated_config_passes_check_config(tmp_path: Path) -> None:
                             cwd=ROOT, capture_output=True, text=True, env={**os.environ}, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "4 accounts, 4 meters" in result.stdout
+
+
+def readme_bodies() -> list[tuple[str, dict[str, Any]]]:
+    """The provisioning step of the README's tour: (path, JSON body) of each POST, as a user copies them."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    step = text[text.index("Accounts and meters are data"):text.index("Closing an account, a move-in")]
+    found = []
+    for command in re.findall(r"curl -s -X POST .*?-d '(?:[^']*)'", step, flags=re.S):
+        path = re.search(r"\$GW(/v1/\S+)", command).group(1)  # type: ignore[union-attr]
+        body = re.search(r"-d '([^']*)'", command, flags=re.S).group(1)  # type: ignore[union-attr]
+        found.append((path, json.loads(body)))
+    return found
+
+
+def test_the_readme_tour_opens_an_account_and_swaps_a_meter_on_the_demo(tmp_path: Path) -> None:
+    data_dir, port = tmp_path / "demo", free_port()
+    log = tmp_path / "demo.log"
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo", "--port", str(port), "--data-dir",
+                             str(data_dir)], cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, timeout=60)
+        wait_until(lambda: "spare meters: unit ids 9..12" in log.read_text(), timeout=10, what="the banner")
+        k = keys(data_dir)
+        base = f"http://127.0.0.1:{port}"
+        viewer = {"Authorization": f"Bearer {k['viewer']}"}
+        [(open_path, account), (swap_path, swap)] = readme_bodies()
+        assert (open_path, swap_path) == ("/v1/accounts", "/v1/meters/M-2/swap")
+        answer = httpx.post(base + open_path, json=account, headers={"Authorization": f"Bearer {k['provisioning']}"})
+        assert answer.status_code == 201, answer.text
+        meter = lambda m: httpx.get(f"{base}/v1/meters/{m}", headers=viewer).json()  # noqa: E731
+        wait_until(lambda: meter("M-9")["last_reading"] is not None, timeout=10, what="the new meter's reading")
+        wait_until(lambda: meter("M-2")["last_reading"] is not None, timeout=10, what="M-2's reading")
+        answer = httpx.post(base + swap_path, json=swap, headers={"Authorization": f"Bearer {k['provisioning']}"},
+                            timeout=20)
+        assert answer.status_code == 200, answer.text
+        swapped = answer.json()
+        assert swapped["meter"]["id"] == "M-10" and swapped["meter"]["account_id"] == "A-2"
+        assert httpx.get(f"{base}/v1/meters/M-2", headers=viewer).status_code == 404  # retired
+        command = lambda: httpx.get(f"{base}/v1/commands/{swapped['command_id']}", headers=viewer).json()  # noqa: E731
+        wait_until(lambda: command()["state"] == "confirmed", timeout=20, what="the new meter's relay read back")
+        wait_until(lambda: meter("M-10")["last_reading"] is not None, timeout=10, what="M-10's reading")
+    finally:
+        assert stop(proc) == 0

@@ -232,3 +232,101 @@ async def test_a_move_in_starts_a_new_account_from_the_given_reading(gw: Any) ->
     await read(gateway, "M-3", 6_500, 10)  # the new account pays from 5,500 Wh on
     assert await charges(gateway, "A-30") == [(-56, 1_000)]
     assert gateway.catalog.meters["M-3"].account_id == "A-30"
+
+
+ACCOUNTS_CSV = """id,tariff,opening_balance,credit_class,contacts
+A-20,flat,20.00,B,
+A-21,flat,-3.50,,"[{""name"": ""Li Na"", ""channel"": ""nowhere"", ""to"": ""+86138""}]"
+A-22,nope,1.00,,
+"""
+METERS_CSV = """id,account,bus,unit_id,groups,poll_interval_s
+M-20,A-20,b,20,street-1;feeder-2,30
+M-21,A-21,b,21,,
+M-22,A-22,b,1,,
+"""
+
+
+async def test_an_import_reports_every_bad_row_and_changes_nothing(gw: Any, tmp_path: Path) -> None:
+    client, gateway = gw
+    before = snapshot(tmp_path / "gw.db")
+    csv = {"content-type": "text/csv"} | PROV
+    answer = await client.post("/v1/fleet/import?kind=accounts", content=ACCOUNTS_CSV, headers=csv)
+    assert answer.status_code == 422, answer.text
+    errors = {(e["row"], e["field"]) for e in answer.json()["errors"]}
+    assert errors == {(3, "contacts[0].channel"), (4, "tariff")}  # lines of the file (the header is line 1)
+    assert snapshot(tmp_path / "gw.db") == before
+    # partial: the good rows go in, the others are reported
+    partial = await client.post("/v1/fleet/import?kind=accounts&partial=true", content=ACCOUNTS_CSV, headers=csv)
+    assert partial.status_code == 200, partial.text
+    assert partial.json()["accounts"] == {"created": 1, "unchanged": 0}
+    assert {e["row"] for e in partial.json()["errors"]} == {3, 4}
+    meters = await client.post("/v1/fleet/import?kind=meters", content=METERS_CSV, headers=csv)
+    assert meters.status_code == 422  # M-21's and M-22's accounts are missing; M-22 is also on M-1's unit
+    assert {(e["row"], e["field"]) for e in meters.json()["errors"]} >= {(3, "account"), (4, "account")}
+    good = "\n".join(METERS_CSV.splitlines()[:2]) + "\n"
+    dry = await client.post("/v1/fleet/import?kind=meters&dry_run=true", content=good, headers=csv)
+    assert dry.json()["meters"]["created"] == 1 and "M-20" not in gateway.catalog.meters
+    assert (await client.post("/v1/fleet/import?kind=meters", content=good, headers=csv)).status_code == 200
+    assert gateway.catalog.meters["M-20"].groups == ("street-1", "feeder-2")
+    # the same file again changes nothing; a row that differs is a conflict
+    again = await client.post("/v1/fleet/import?kind=meters", content=good, headers=csv)
+    assert again.json()["meters"] == {"created": 0, "unchanged": 1}
+    moved = good.replace("M-20,A-20,b,20", "M-20,A-20,b,25")
+    conflict = await client.post("/v1/fleet/import?kind=meters", content=moved, headers=csv)
+    assert conflict.status_code == 409 and conflict.json()["errors"][0]["field"] == "unit_id"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+async def test_an_export_imports_into_another_instance_as_it_was(gw: Any, tmp_path: Path, fmt: str) -> None:
+    client, gateway = gw
+    await read(gateway, "M-1", 10_000, 0)
+    await read(gateway, "M-1", 11_000, 10)  # A-1 now has 9.44
+    assert (await client.post("/v1/accounts", json=NEW | {"contacts": [{"name": "Li", "channel": "sms", "to": "1"}]},
+                              headers=PROV)).status_code == 422  # no channel "sms" on this site
+    assert (await client.post("/v1/accounts", json=NEW, headers=PROV)).status_code == 201
+    exported = {kind: (await client.get(f"/v1/fleet/export?kind={kind}&format={fmt}", headers=PROV)).text
+                for kind in ("accounts", "meters")}
+    assert "9.44" in exported["accounts"]  # the current balance, as the opening one elsewhere
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    settings = site(other_dir)
+    settings.accounts.clear()
+    settings.meters.clear()
+    async with api_client(settings, other_dir) as (other, other_gw):
+        kind_type = {"csv": "text/csv", "jsonl": "application/x-ndjson"}[fmt]
+        for kind in ("accounts", "meters"):
+            answer = await other.post(f"/v1/fleet/import?kind={kind}", content=exported[kind],
+                                      headers={"content-type": kind_type} | PROV)
+            assert answer.status_code == 200, answer.text
+        again = {kind: (await other.get(f"/v1/fleet/export?kind={kind}&format={fmt}", headers=PROV)).text
+                 for kind in ("accounts", "meters")}
+        assert again == exported
+        assert (await other.get("/v1/accounts/A-1", headers=auth("viewer"))).json()["balance"] == "9.44"
+
+
+async def test_the_settings_seed_never_overwrites_the_database(tmp_path: Path, caplog: Any) -> None:
+    settings = site(tmp_path)
+    async with api_client(settings, tmp_path) as (client, _):
+        assert (await client.patch("/v1/accounts/A-1", json={"warning1": "15.00"}, headers=PROV)).status_code == 200
+    settings.accounts[0] = settings.accounts[0].model_copy(update={"warning1": 3000})
+    settings.meters[2] = settings.meters[2].model_copy(update={"unit_id": 9})
+    from gateway.bootstrap import Gateway
+
+    async with Gateway(settings, base_dir=tmp_path, run_buses=False) as gateway:
+        conflicts = await gateway.prepare_fleet()
+        assert gateway.catalog.accounts["A-1"].thresholds.warning1_fen == 1500  # the database's
+        assert gateway.catalog.meters["M-3"].unit_id == 3
+    assert any("account A-1" in c and "warning1_fen" in c for c in conflicts)
+    assert any("meter M-3" in c and "unit_id" in c for c in conflicts)
+    assert "differ from the database" in caplog.text
+
+
+async def test_an_instance_sees_the_changes_of_another_on_the_same_database(tmp_path: Path) -> None:
+    settings = site(tmp_path)
+    async with api_client(settings, tmp_path) as (client, first), api_client(settings, tmp_path) as (_, second):
+        assert (await client.post("/v1/accounts", json=NEW, headers=PROV)).status_code == 201
+        assert "M-10" not in second.catalog.meters
+        assert await second.fleet.refresh()
+        assert second.catalog.meters["M-10"].account_id == "A-10"
+        assert not await second.fleet.refresh()  # nothing new since
+        assert first.catalog.rev == second.catalog.rev
