@@ -27,9 +27,10 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-async def gw(tmp_path: Path) -> Any:
+async def _gateway(tmp_path: Path, database: dict[str, Any] | None = None) -> Any:
     settings = site(tmp_path)
+    if database is not None:
+        settings = settings.model_copy(update={"database": settings.database.model_copy(update=database)})
     settings.tariffs["dear"] = {"kind": "flat", "price": "1.0000"}
     clock = Clock()
     from gateway.bootstrap import Gateway
@@ -40,6 +41,20 @@ async def gw(tmp_path: Path) -> Any:
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             gateway.test_clock = clock
             yield client, gateway
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> Any:
+    """On a SQLite file (the tests that compare every table before and after)."""
+    async for pair in _gateway(tmp_path):
+        yield pair
+
+
+@pytest.fixture
+async def anydb(tmp_path: Path, database: dict[str, Any]) -> Any:
+    """On SQLite, SQLite with the pipeline, and PostgreSQL."""
+    async for pair in _gateway(tmp_path, database):
+        yield pair
 
 
 async def rows(gateway: Any, table: sa.Table, *where: Any) -> list[Any]:
@@ -62,8 +77,8 @@ NEW = {"id": "A-10", "tariff": "flat", "opening_balance": "20.00", "credit_class
        "meters": [{"id": "M-10", "bus": "b", "unit_id": 10}]}
 
 
-async def test_opening_an_account_writes_its_rows_ledger_audit_and_event(gw: Any) -> None:
-    client, gateway = gw
+async def test_opening_an_account_writes_its_rows_ledger_audit_and_event(anydb: Any) -> None:
+    client, gateway = anydb
     answer = await client.post("/v1/accounts", json=NEW, headers=PROV)
     assert answer.status_code == 201, answer.text
     body = answer.json()
@@ -137,8 +152,8 @@ async def test_changing_an_account_and_a_meter(gw: Any, tmp_path: Path) -> None:
     assert (await client.patch("/v1/meters/M-1", json={"account": "A-3"}, headers=PROV)).status_code == 422
 
 
-async def test_a_tariff_change_prices_energy_after_it_at_the_new_tariff(gw: Any) -> None:
-    client, gateway = gw
+async def test_a_tariff_change_prices_energy_after_it_at_the_new_tariff(anydb: Any) -> None:
+    client, gateway = anydb
     await read(gateway, "M-1", 10_000, 0)
     effective = T0 + dt.timedelta(hours=1)
     answer = await client.post("/v1/accounts/A-1/tariff-change",
@@ -158,8 +173,8 @@ async def test_a_tariff_change_prices_energy_after_it_at_the_new_tariff(gw: Any)
     assert late.status_code == 409, late.text
 
 
-async def test_a_meter_swap_bills_continuously_and_retires_the_old_meter(gw: Any) -> None:
-    client, gateway = gw
+async def test_a_meter_swap_bills_continuously_and_retires_the_old_meter(anydb: Any) -> None:
+    client, gateway = anydb
     await read(gateway, "M-1", 10_000, 0)
     await read(gateway, "M-1", 11_000, 10)
     gateway.test_clock.now = T0 + dt.timedelta(minutes=20)
@@ -188,8 +203,8 @@ async def test_a_meter_swap_bills_continuously_and_retires_the_old_meter(gw: Any
         assert (await check_ledger(uow))[0] == []
 
 
-async def test_closing_an_account_settles_its_balance_and_leaves_the_relay_as_asked(gw: Any) -> None:
-    client, gateway = gw
+async def test_closing_an_account_settles_its_balance_and_leaves_the_relay_as_asked(anydb: Any) -> None:
+    client, gateway = anydb
     await read(gateway, "M-1", 10_000, 0)
     gateway.test_clock.now = T0 + dt.timedelta(minutes=5)
     answer = await client.post("/v1/accounts/A-1/close", json={"final_readings": {"M-1": 11_000}, "relay": "open",
@@ -214,8 +229,8 @@ async def test_closing_an_account_settles_its_balance_and_leaves_the_relay_as_as
         assert (await check_ledger(uow))[0] == []
 
 
-async def test_a_move_in_starts_a_new_account_from_the_given_reading(gw: Any) -> None:
-    client, gateway = gw
+async def test_a_move_in_starts_a_new_account_from_the_given_reading(anydb: Any) -> None:
+    client, gateway = anydb
     await read(gateway, "M-3", 5_000, 0)
     gateway.test_clock.now = T0 + dt.timedelta(minutes=5)
     answer = await client.post("/v1/meters/M-3/move-in", json={
@@ -321,8 +336,10 @@ async def test_the_settings_seed_never_overwrites_the_database(tmp_path: Path, c
     assert "differ from the database" in caplog.text
 
 
-async def test_an_instance_sees_the_changes_of_another_on_the_same_database(tmp_path: Path) -> None:
+async def test_an_instance_sees_the_changes_of_another_on_the_same_database(tmp_path: Path,
+                                                                          db_url: str) -> None:
     settings = site(tmp_path)
+    settings = settings.model_copy(update={"database": settings.database.model_copy(update={"url": db_url})})
     async with api_client(settings, tmp_path) as (client, first), api_client(settings, tmp_path) as (_, second):
         assert (await client.post("/v1/accounts", json=NEW, headers=PROV)).status_code == 201
         assert "M-10" not in second.catalog.meters
