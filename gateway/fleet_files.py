@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError
 
 from gateway.domain.money import format_fen
 from gateway.service.catalog import AccountConfig, MeterSpec
-from gateway.service.errors import RowError
+from gateway.service.errors import FleetInvalid, RowError
 from gateway.settings import AccountSettings, MeterSettings
 from gateway.settings.outbound import ContactSettings
 
@@ -68,9 +68,19 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 
 def read_rows(kind: str, data: str, fmt: str) -> tuple[list[tuple[int, Any]], list[RowError]]:
     """The rows of ``kind`` (account or meter) in ``data`` (``fmt``: csv or jsonl) as (line, AccountConfig or
-    MeterSpec), and the errors of the rows that are not valid."""
+    MeterSpec), and the errors of the rows that are not valid. ``FleetInvalid`` for a file that has no rows to
+    read (empty, or a CSV header without ``id`` or with an unknown column)."""
     model = _MODELS[kind]
     rows, errors = [], []
+    if not data.strip():
+        raise FleetInvalid([RowError(kind, 1, "", "the file is empty")])  # (not a row to leave out: the file)
+    if fmt == "csv":
+        header = next(csv.reader(io.StringIO(data)), [])
+        columns = ACCOUNT_COLUMNS if kind == "account" else METER_COLUMNS
+        unknown = [c for c in header if c not in columns]
+        if "id" not in header or unknown:
+            raise FleetInvalid([RowError(kind, 1, ", ".join(unknown) or "id", "the header's columns are "
+                                         f"{', '.join(columns)} (id needed; unknown: {', '.join(unknown) or 'none'})")])
     for line, raw in (_csv(data) if fmt == "csv" else _jsonl(data)):
         if isinstance(raw, str):
             errors.append(RowError(kind, line, "", raw))

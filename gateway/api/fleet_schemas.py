@@ -3,16 +3,16 @@ provision is the settings file's entry (``gateway.settings``), validated by the 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from gateway.api.fields import EnergyWh, Name, Reason, Timestamp
+from gateway.api.fields import EnergyWh, Name, Reason, Timestamp, json_integer
 from gateway.api.schemas import AccountPublic, MeterPublic
 from gateway.settings import AccountSettings, MeterSettings
 from gateway.settings.outbound import ContactSettings
 
-__all__ = ["AccountChange", "AccountClose", "AccountCreate", "AccountOpened", "CloseResult", "ImportResult",
+__all__ = ["AccountChange", "AccountClose", "AccountCreate", "NewAccount", "AccountOpened", "CloseResult", "ImportResult",
            "MeterChange", "MeterCreate", "MeterMoveIn", "MeterRetire", "MeterSwap", "MoveInResult", "NewMeter",
            "RetireResult", "SwapResult", "TariffChange"]
 
@@ -21,19 +21,41 @@ _RELAY = ("where the meter's relay is left: follow (the account's supply), open,
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class NewMeter(MeterSettings):
-    """A meter of a new account (its account is the one opened)."""
+_STRICT = ConfigDict(extra="forbid", strict=True)  # as the API's other bodies: no "1" for 1, no 0 for false
+UnitId = Annotated[int, Field(ge=1, le=247, description="Modbus unit id"), BeforeValidator(json_integer)]
+Watts = Annotated[int, Field(gt=0, le=10_000_000, description="contract capacity, for the plausibility check"),
+                  BeforeValidator(json_integer)]
 
-    account: str = Field("", description="the account opened (may be left out)")
+
+class _MeterFields(MeterSettings):
+    """A meter of the settings, its integers as JSON integers (``479`` or ``479.0``)."""
+
+    model_config = _STRICT
+    unit_id: UnitId | None = None
+    max_power_w: Watts = 60_000
 
 
-class AccountCreate(AccountSettings):
+class NewAccount(AccountSettings):
+    """An account to open: the settings file's entry."""
+
+    model_config = _STRICT
+
+
+class NewMeter(_MeterFields):
+    """A meter of a new account, or the new meter of a swap: its account is the one opened (or the replaced
+    meter's)."""
+
+    account: str = Field("", max_length=0, description="left out: the account is the one opened, or the replaced "
+                                                       "meter's")
+
+
+class AccountCreate(NewAccount):
     """An account to open: the settings file's entry, and its meters."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
         "id": "A-1001", "tariff": "residential", "opening_balance": "50.00", "credit_class": "B",
         "contacts": [{"name": "Li Na", "channel": "sms", "to": "+8613800000000"}],
         "meters": [{"id": "M-1001", "bus": "feeder-1", "unit_id": 12}]}]})
@@ -41,16 +63,20 @@ class AccountCreate(AccountSettings):
     meters: list[NewMeter] = Field(default_factory=list, max_length=64)
 
 
+_YUAN = r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?$"
+Yuan = Annotated[str, Field(pattern=_YUAN, max_length=13, examples=["20.00"])]
+
+
 class AccountChange(_In):
     """What may change on an open account (left out: unchanged; ``overdraft: null``: the credit class's)."""
 
-    warning1: str | None = None
-    warning2: str | None = None
-    overdraft: str | None = None
-    reconnect_min_topup: str | None = None
-    credit_class: str | None = None
-    protected: bool | None = None
-    contacts: list[ContactSettings] | None = Field(None, max_length=32)
+    warning1: Yuan = None  # type: ignore[assignment]
+    warning2: Yuan = None  # type: ignore[assignment]
+    overdraft: Yuan | None = None
+    reconnect_min_topup: Yuan = None  # type: ignore[assignment]
+    credit_class: str = Field(None, max_length=16)  # type: ignore[assignment]
+    protected: bool = None  # type: ignore[assignment]
+    contacts: list[ContactSettings] = Field(None, max_length=32)  # type: ignore[assignment]
 
 
 class TariffChange(_In):
@@ -58,16 +84,20 @@ class TariffChange(_In):
     effective_at: Timestamp = Field(description="energy from then on is priced at the new tariff")
 
 
+class FinalReading(_In):
+    meter_id: Name
+    final_wh: EnergyWh
+
+
 class AccountClose(_In):
-    final_readings: dict[Name, EnergyWh] = Field(default_factory=dict, max_length=64,
-                                                 description="each meter's final reading in Wh; a meter left out is "
-                                                             "read now")
+    final_readings: list[FinalReading] = Field(default_factory=list, max_length=64,
+                                               description="meters' final readings in Wh; a meter left out is read now")
     at: Timestamp | None = Field(None, description="when the final readings were taken (default: now)")
     relay: Relay = Field("open", description=_RELAY)
     reason: Reason | None = None
 
 
-class MeterCreate(MeterSettings):
+class MeterCreate(_MeterFields):
     """A meter to add to an open account (billed from ``initial_wh``, or from its first reading)."""
 
     initial_wh: EnergyWh | None = None
@@ -75,15 +105,17 @@ class MeterCreate(MeterSettings):
 
 
 class MeterChange(_In):
-    """What may change on a meter: where it answers, its model, poll interval, capacity, groups."""
+    """What may change on a meter: where it answers, its model, poll interval, capacity, groups (``unit_id`` or
+    ``address`` null: none, for a meter that moves to a bus of the other protocol)."""
 
-    bus: Name | None = None
-    unit_id: int | None = Field(None, ge=1, le=247)
+    model_config = _STRICT
+    bus: Name = None  # type: ignore[assignment]
+    unit_id: UnitId | None = None
     address: str | None = Field(None, pattern=r"^[0-9]{1,12}$")
-    model: Name | None = None
-    groups: list[Name] | None = Field(None, max_length=32)
-    poll_interval_s: float | None = Field(None, gt=0, le=86_400)
-    max_power_w: int | None = Field(None, gt=0, le=10_000_000)
+    model: Name = None  # type: ignore[assignment]
+    groups: list[Name] = Field(None, max_length=32)  # type: ignore[assignment]
+    poll_interval_s: float = Field(None, gt=0, le=86_400)  # type: ignore[assignment]
+    max_power_w: Watts = None  # type: ignore[assignment]
 
 
 class MeterRetire(_In):
@@ -104,7 +136,7 @@ class MeterSwap(_In):
 class MeterMoveIn(_In):
     """A new customer on the meter, billed from ``reading_wh`` (the previous account's final reading)."""
 
-    account: AccountSettings
+    account: NewAccount
     reading_wh: EnergyWh | None = Field(None, description="default: read now")
     at: Timestamp | None = None
     close_previous: bool = Field(True, description="close the previous account if this was its only meter")

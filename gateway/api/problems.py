@@ -8,6 +8,7 @@ so that the document lists every status a route can answer. The types are listed
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,9 +93,12 @@ PROBLEM_TYPES = _types(
     ProblemType("notice-not-retryable", 409, "Conflict",
                 "Only a failed notice (a dead letter) is tried again by hand; a pending one is tried anyway."),
     ProblemType("fleet-conflict", 409, "Conflict",
-                "Accounts or meters to provision clash with the fleet as it is (an id in use, a place on a bus taken "
-                "by another meter, a closed account, a relay command in progress, a meter that did not answer); "
-                "`errors` lists each one with its row and field. Nothing was changed."),
+                "Accounts or meters to provision were refused by the site's rules or the fleet as it is: a row names "
+                "what the site does not have (a tariff, bus, meter model, credit class, channel, account), lacks "
+                "what its bus's protocol needs (a unit id, an address), or clashes with the fleet (an id in use, a "
+                "place on a bus taken by another meter, a closed account, a relay command in progress, a meter that "
+                "did not answer); an imported row that is not well formed too. `errors` lists each one with its "
+                "row, kind and field. Nothing was changed."),
     ProblemType("conflict", 409, "Conflict",
                 "The request is well formed but the state of the account, the meter or the clock does not allow it "
                 "now (e.g. a hold that ends in the past, a re-base taken in the future)."),
@@ -167,16 +171,19 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(FleetInvalid)
     @app.exception_handler(FleetConflict)
     async def _fleet(_: Request, exc: FleetConflict | FleetInvalid) -> JSONResponse:
-        slug = "validation-error" if isinstance(exc, FleetInvalid) else "fleet-conflict"
-        return problem(slug, str(exc), errors=[e.as_dict() for e in exc.errors])
+        return problem("fleet-conflict", str(exc), errors=[e.as_dict() for e in exc.errors])
 
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
         return problem(exc.type.slug, exc.detail, headers=exc.headers, **exc.extra)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug = _HTTP.get(exc.status_code)
+        if exc.status_code == 405:  # every method of the path (Starlette names only its first route's)
+            methods = _methods(app, request.url.path)
+            if methods:
+                exc.headers = {**(exc.headers or {}), "Allow": ", ".join(methods)}
         if slug is None:
             return JSONResponse({"type": "about:blank", "title": str(exc.detail), "status": exc.status_code},
                                 status_code=exc.status_code, media_type=PROBLEM)
@@ -193,6 +200,17 @@ def install(app: FastAPI) -> None:
         detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
         return problem("validation-error", detail, errors=errors)
 
+
+
+def _methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the API document gives a path (several routers may serve one path, a method each)."""
+    paths = getattr(app.state, "path_methods", None)
+    if paths is None:
+        paths = app.state.path_methods = [
+            (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"),
+             sorted(m.upper() for m in operations))
+            for template, operations in app.openapi()["paths"].items()]
+    return next((methods for pattern, methods in paths if pattern.match(path)), [])
 
 
 class _Unexpected:

@@ -13,11 +13,12 @@ import dataclasses
 import datetime as dt
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from gateway.domain.money import AmountError, parse_yuan
 from gateway.domain.policy import SitePolicy
@@ -35,14 +36,29 @@ class ConfigError(Exception):
     """A configuration file that can't be used. The message names the file, the key path and the problem."""
 
 
+MAX_FEN = 10**14  # a trillion yuan: far above any real amount, far within an int64 of fen once summed
+
+
 def _yuan(value: Any, *, allow_negative: bool = False) -> int:
+    text = str(value).strip()
+    if allow_negative and re.fullmatch(r"-0(\.0{1,2})?", text):
+        text = text[1:]  # minus zero is zero
     try:
-        return parse_yuan(str(value).strip(), allow_zero=True, allow_negative=allow_negative)
+        fen = parse_yuan(text, allow_zero=True, allow_negative=allow_negative)
     except AmountError as exc:
         raise ValueError(str(exc)) from None
+    if abs(fen) > MAX_FEN:
+        raise ValueError(f"amount {text} is above the maximum of {MAX_FEN // 100} yuan")
+    return fen
 
 
-Yuan = Annotated[int, Field(description="an amount in yuan, e.g. \"20.00\"; held as integer fen")]
+_YUAN = r"(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?"
+Yuan = Annotated[int, Field(description="an amount in yuan, e.g. \"20.00\"; held as integer fen"),
+                 WithJsonSchema({"type": "string", "pattern": f"^{_YUAN}$", "examples": ["20.00"],
+                                 "description": "yuan as a decimal string, at most 2 decimals"})]
+SignedYuan = Annotated[int, Field(description="an amount in yuan, may be negative, e.g. \"-5.00\""),
+                       WithJsonSchema({"type": "string", "pattern": f"^-?{_YUAN}$", "examples": ["-5.00"],
+                                       "description": "yuan as a decimal string, at most 2 decimals, may be negative"})]
 
 
 class SiteSettings(_Strict):
@@ -157,7 +173,7 @@ _ID = r"^[^\x00-\x20\x7f/+#]([^\x00-\x1f\x7f/+#]*[^\x00-\x20\x7f/+#])?$"
 class AccountSettings(_Strict):
     id: str = Field(min_length=1, max_length=64, pattern=_ID)
     tariff: str = Field(min_length=1, max_length=64)
-    opening_balance: Yuan = 0
+    opening_balance: SignedYuan = 0
     warning1: Yuan = 2000
     warning2: Yuan = 500
     credit_class: str = Field("", max_length=16,

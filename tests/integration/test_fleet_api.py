@@ -109,15 +109,15 @@ async def test_only_provisioning_and_admin_keys_provision(gw: Any, role: str) ->
 
 
 @pytest.mark.parametrize("change, status, field", [
-    ({"tariff": "nope"}, 422, "tariff"),
-    ({"credit_class": "ZZ"}, 422, "credit_class"),
+    ({"tariff": "nope"}, 409, "tariff"),
+    ({"credit_class": "ZZ"}, 409, "credit_class"),
     ({"id": "A-1"}, 409, "id"),
     ({"meters": [{"id": "M-10", "bus": "b", "unit_id": 1}]}, 409, "unit_id"),  # M-1's place
     ({"meters": [{"id": "M-1", "bus": "b", "unit_id": 10}]}, 409, "id"),
-    ({"meters": [{"id": "M-10", "bus": "nowhere", "unit_id": 10}]}, 422, "bus"),
-    ({"meters": [{"id": "M-10", "bus": "b"}]}, 422, "unit_id"),
-    ({"meters": [{"id": "M-10", "bus": "b", "unit_id": 10, "model": "unknown-model"}]}, 422, "model"),
-    ({"meters": [{"id": "M-10", "bus": "b", "unit_id": 10}, {"id": "M-11", "bus": "b", "unit_id": 10}]}, 422,
+    ({"meters": [{"id": "M-10", "bus": "nowhere", "unit_id": 10}]}, 409, "bus"),
+    ({"meters": [{"id": "M-10", "bus": "b"}]}, 409, "unit_id"),
+    ({"meters": [{"id": "M-10", "bus": "b", "unit_id": 10, "model": "unknown-model"}]}, 409, "model"),
+    ({"meters": [{"id": "M-10", "bus": "b", "unit_id": 10}, {"id": "M-11", "bus": "b", "unit_id": 10}]}, 409,
      "unit_id"),
 ])
 async def test_a_refused_account_changes_nothing(gw: Any, tmp_path: Path, change: dict[str, Any], status: int,
@@ -207,7 +207,7 @@ async def test_closing_an_account_settles_its_balance_and_leaves_the_relay_as_as
     client, gateway = anydb
     await read(gateway, "M-1", 10_000, 0)
     gateway.test_clock.now = T0 + dt.timedelta(minutes=5)
-    answer = await client.post("/v1/accounts/A-1/close", json={"final_readings": {"M-1": 11_000}, "relay": "open",
+    answer = await client.post("/v1/accounts/A-1/close", json={"final_readings": [{"meter_id": "M-1", "final_wh": 11_000}], "relay": "open",
                                                                "reason": "moved away"}, headers=PROV)
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -266,7 +266,7 @@ async def test_an_import_reports_every_bad_row_and_changes_nothing(gw: Any, tmp_
     before = snapshot(tmp_path / "gw.db")
     csv = {"content-type": "text/csv"} | PROV
     answer = await client.post("/v1/fleet/import?kind=accounts", content=ACCOUNTS_CSV, headers=csv)
-    assert answer.status_code == 422, answer.text
+    assert answer.status_code == 409, answer.text
     errors = {(e["row"], e["field"]) for e in answer.json()["errors"]}
     assert errors == {(3, "contacts[0].channel"), (4, "tariff")}  # lines of the file (the header is line 1)
     assert snapshot(tmp_path / "gw.db") == before
@@ -276,7 +276,7 @@ async def test_an_import_reports_every_bad_row_and_changes_nothing(gw: Any, tmp_
     assert partial.json()["accounts"] == {"created": 1, "unchanged": 0}
     assert {e["row"] for e in partial.json()["errors"]} == {3, 4}
     meters = await client.post("/v1/fleet/import?kind=meters", content=METERS_CSV, headers=csv)
-    assert meters.status_code == 422  # M-21's and M-22's accounts are missing; M-22 is also on M-1's unit
+    assert meters.status_code == 409  # M-21's and M-22's accounts are missing; M-22 is also on M-1's unit
     assert {(e["row"], e["field"]) for e in meters.json()["errors"]} >= {(3, "account"), (4, "account")}
     good = "\n".join(METERS_CSV.splitlines()[:2]) + "\n"
     dry = await client.post("/v1/fleet/import?kind=meters&dry_run=true", content=good, headers=csv)
@@ -297,7 +297,7 @@ async def test_an_export_imports_into_another_instance_as_it_was(gw: Any, tmp_pa
     await read(gateway, "M-1", 10_000, 0)
     await read(gateway, "M-1", 11_000, 10)  # A-1 now has 9.44
     assert (await client.post("/v1/accounts", json=NEW | {"contacts": [{"name": "Li", "channel": "sms", "to": "1"}]},
-                              headers=PROV)).status_code == 422  # no channel "sms" on this site
+                              headers=PROV)).status_code == 409  # no channel "sms" on this site
     assert (await client.post("/v1/accounts", json=NEW, headers=PROV)).status_code == 201
     exported = {kind: (await client.get(f"/v1/fleet/export?kind={kind}&format={fmt}", headers=PROV)).text
                 for kind in ("accounts", "meters")}
@@ -347,3 +347,21 @@ async def test_an_instance_sees_the_changes_of_another_on_the_same_database(tmp_
         assert second.catalog.meters["M-10"].account_id == "A-10"
         assert not await second.fleet.refresh()  # nothing new since
         assert first.catalog.rev == second.catalog.rev
+
+
+@pytest.mark.parametrize("body, kind, msg", [
+    ("", "accounts", "the file is empty"),
+    ("{}", "accounts", "the header's columns"),
+    ("id,tariff,colour\nA-20,flat,red\n", "accounts", "unknown: colour"),
+    ("bus,unit_id\nb,20\n", "meters", "id needed"),
+])
+async def test_a_csv_without_a_proper_header_is_refused(gw: Any, tmp_path: Path, body: str, kind: str,
+                                                        msg: str) -> None:
+    client, _ = gw
+    before = snapshot(tmp_path / "gw.db")
+    for partial in ("false", "true"):  # a file that can't be read is refused even where bad rows are left out
+        answer = await client.post(f"/v1/fleet/import?kind={kind}&partial={partial}", content=body,
+                                   headers={"content-type": "text/csv"} | PROV)
+        assert answer.status_code == 409 and msg in answer.text, answer.text
+    assert answer.json()["errors"][0]["row"] == 1
+    assert snapshot(tmp_path / "gw.db") == before

@@ -55,10 +55,6 @@ async def _meter(service: Service, meter_id: str) -> MeterPublic:
 async def open_account(body: AccountCreate, service: ServiceDep, caller: ProvisioningCaller) -> AccountPublic:
     """Open an account: its opening balance (a ledger entry), contacts, credit class, protection, and meters
     (each polled within its poll interval, billed from its first reading)."""
-    for i, meter in enumerate(body.meters):
-        if meter.account not in ("", body.id):
-            raise Problem("validation-error", f"meters[{i}].account: the meters of a new account are its own",
-                          errors=[{"loc": ["body", "meters", i, "account"], "msg": "not the account opened"}])
     meters = [meter_spec(m.model_copy(update={"account": body.id})) for m in body.meters]
     await service.lifecycle.open_account(account_config(body), meters=meters, actor=caller.name)
     return await _account(service, body.id)
@@ -72,9 +68,6 @@ async def change_account(account_id: AccountId, body: AccountChange, service: Se
     for name in body.model_fields_set:
         value = getattr(body, name)
         if name in ("warning1", "warning2", "reconnect_min_topup", "overdraft"):
-            if value is None and name != "overdraft":
-                raise Problem("validation-error", f"{name}: an amount is needed",
-                              errors=[{"loc": ["body", name], "msg": "an amount is needed"}])
             fields[f"{name}_fen"] = None if value is None else _fen(name, value)
         elif name == "contacts":
             fields[name] = tuple(c.domain() for c in value or ())
@@ -97,7 +90,8 @@ async def close_account(account_id: AccountId, body: AccountClose, service: Serv
                         caller: ProvisioningCaller) -> CloseResult:
     """Close an account: final readings billed, the remaining balance settled (a refund, or arrears taken over),
     its meters' relays left as asked."""
-    out = await service.lifecycle.close_account(account_id, final_wh=body.final_readings, at=body.at,
+    final = {r.meter_id: r.final_wh for r in body.final_readings}
+    out = await service.lifecycle.close_account(account_id, final_wh=final, at=body.at,
                                                 relay=body.relay, reason=body.reason or "", actor=caller.name)
     return CloseResult(account=await _account(service, account_id), charged=format_fen(out["charged_fen"]),
                        settled=format_fen(out["settled_fen"]), commands=out["commands"])
@@ -133,7 +127,7 @@ async def retire_meter(meter_id: MeterId, body: MeterRetire, service: ServiceDep
 @router.post("/v1/meters/{meter_id}/swap", response_model=SwapResult, responses=_CHANGE)
 async def swap_meter(meter_id: MeterId, body: MeterSwap, service: ServiceDep, caller: ProvisioningCaller) -> SwapResult:
     """换表: replace the meter by a new one, billing continuously across the swap."""
-    new = meter_spec(body.new_meter.model_copy(update={"account": body.new_meter.account or "-"}))
+    new = meter_spec(body.new_meter.model_copy(update={"account": "-"}))  # (the replaced meter's, below)
     out = await service.lifecycle.swap_meter(meter_id, new, final_wh=body.final_wh, initial_wh=body.initial_wh,
                                              at=body.at, relay=body.relay, actor=caller.name)
     meter = await _meter(service, new.id)
