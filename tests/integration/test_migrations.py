@@ -76,3 +76,55 @@ async def test_0002_names_old_payment_entries_by_their_pair(db_url: str) -> None
             assert await verify_ledger(uow) == []
     finally:
         await engine.dispose()
+
+
+async def test_0006_a_fleet_of_an_older_version_gets_the_settings_configuration(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Accounts and meters made before 0006 have no configuration in their rows: the first start takes the
+    settings' (nothing reported, the balance and the ledger as they were, no second opening entry)."""
+    import datetime as dt
+
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from gateway.adapters.database import MIGRATIONS
+    from gateway.bootstrap import Gateway
+    from gateway.settings import Settings
+
+    engine = create_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+
+    def upgrade(sync_conn):  # type: ignore[no-untyped-def]
+        cfg.attributes["connection"] = sync_conn
+        command.upgrade(cfg, "0005")
+
+    now = dt.datetime(2026, 11, 23, tzinfo=dt.UTC).replace(tzinfo=None)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade)
+            await conn.execute(sa.text(
+                "INSERT INTO accounts (id, balance_fen, supply, deferred_reason, state, version, updated_at) "
+                "VALUES ('A-1', 4000, 'connected', '', :state, 3, :now)"),
+                {"now": now, "state": '{"version": 1, "balance_fen": 4000, "supply": "connected"}'})
+            await conn.execute(sa.text("INSERT INTO meters (id, account_id) VALUES ('M-1', 'A-1')"))
+            await conn.execute(sa.text(
+                "INSERT INTO ledger_entries (account_id, kind, amount_fen, balance_after_fen, created_at, reference) "
+                "VALUES ('A-1', 'opening', 4000, 4000, :now, 'settings')"), {"now": now})
+    finally:
+        await engine.dispose()
+    settings = Settings.model_validate({
+        "database": {"url": db_url}, "tariffs": {"flat": {"kind": "flat", "price": "0.5600"}},
+        "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "40.00", "warning1": "30.00"}],
+        "buses": [{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
+        "meters": [{"id": "M-1", "bus": "b", "unit_id": 7, "account": "A-1"}]})
+    async with Gateway(settings, base_dir=tmp_path, run_buses=False) as gateway:
+        assert await gateway.prepare_fleet() == []  # filled in at the start; nothing differs now
+        spec = gateway.catalog.accounts["A-1"]
+        assert (spec.meter_ids, spec.thresholds.warning1_fen) == (("M-1",), 3000)
+        assert gateway.catalog.meters["M-1"].unit_id == 7
+        view = await gateway.service.views.account("A-1")
+        assert view["balance"] == "40.00"
+        async with gateway.uow(readonly=True) as uow:
+            kinds = (await uow.execute(sa.text("SELECT kind FROM ledger_entries"))).scalars().all()
+        assert kinds == ["opening"]
