@@ -41,6 +41,8 @@ def catalog_from_settings(settings: Settings, *, base_dir: Path | None = None) -
                    notices=notice_policy(settings, site.tz), tariffs=tariffs,
                    buses={b.id: b.protocol for b in settings.buses},
                    models=frozenset(models) if models else None,
+                   relayless=frozenset(name for name, model in (models or {}).items() if model.relay is None),
+                   relay_modules=frozenset(r.meter for r in settings.relay_modules),
                    channels=frozenset(settings.notices.channels) if settings.notices is not None else frozenset(),
                    reserved={(r.bus, r.unit_id): r.id for r in settings.relay_modules})
 

@@ -106,11 +106,19 @@ class Catalog:
     tariffs: dict[str, Tariff] = field(default_factory=dict)  # by name (the settings')
     buses: dict[str, str] = field(default_factory=dict)  # bus id -> protocol (the settings')
     models: frozenset[str] | None = None  # the Modbus meter models known (None: not checked)
+    relayless: frozenset[str] = frozenset()  # of those, the models without a relay
+    relay_modules: frozenset[str] = frozenset()  # meters switched by a relay module of their own
     channels: frozenset[str] = frozenset()  # the notice channels contacts may name
     reserved: dict[tuple[str, int], str] = field(default_factory=dict)  # (bus, unit id) -> its relay module
     rev: int = 0  # the revision of the last catalog change applied (gateway.service.fleet)
     retired: set[str] = field(default_factory=set)  # ids of retired meters (not to be used again)
     _places: dict[tuple[str, object], str] = field(default_factory=dict)  # (bus, unit id or address) -> meter
+
+    def switchable(self, meter: MeterSpec) -> bool:
+        """Whether the meter's supply can be switched: a DL/T 645 meter, a Modbus model with a relay, or a meter
+        with a relay module."""
+        return (not self.buses.get(meter.bus_id, "").startswith("modbus") or meter.model not in self.relayless
+                or meter.id in self.relay_modules)
 
     def place_of(self, place: tuple[str, object]) -> str | None:
         """The active meter at (bus, unit id or address), if any."""

@@ -122,7 +122,24 @@ class Checks:
             if taken is not None and taken != meter.id and taken not in changed:
                 self._clash("meter", row, field_, f"{place[1]} on bus {meter.bus_id!r} is {taken}'s: one meter would "
                                                   "be billed and switched for two accounts")
+        self._switchable(rows, out, set(moving))
         return out
+
+    def _switchable(self, rows: list[MeterRow], meters: list[MeterSpec], leaving: set[str]) -> None:
+        """A prepaid account needs a meter whose supply can be switched (as the settings file requires)."""
+        catalog = self.catalog
+        by_account: dict[str, list[tuple[int | None, MeterSpec]]] = {}
+        for (row, _), meter in zip(rows, meters, strict=True):
+            by_account.setdefault(meter.account_id, []).append((row, meter))
+        for account_id, mine in by_account.items():
+            spec = catalog.accounts.get(account_id)
+            others = [catalog.meters[m] for m in (spec.meter_ids if spec is not None else ())
+                      if m in catalog.meters and m not in leaving and m not in {x.id for _, x in mine}]
+            if not any(catalog.switchable(m) for m in [*others, *(x for _, x in mine)]):
+                row, meter = mine[0]
+                self._bad("meter", row, "model", f"model {meter.model!r} has no relay and account {account_id!r} "
+                                                 "has no other meter that can be switched: use a model with a relay "
+                                                 "(or a relay module in the settings)")
 
     def _account_of(self, row: int | None, meter: MeterSpec, accounts: Collection[str]) -> None:
         spec = self.catalog.accounts.get(meter.account_id)

@@ -117,6 +117,7 @@ async def test_only_provisioning_and_admin_keys_provision(gw: Any, role: str) ->
     ({"meters": [{"id": "M-10", "bus": "nowhere", "unit_id": 10}]}, 409, "bus"),
     ({"meters": [{"id": "M-10", "bus": "b"}]}, 409, "unit_id"),
     ({"meters": [{"id": "M-10", "bus": "b", "unit_id": 10, "model": "unknown-model"}]}, 409, "model"),
+    ({"meters": [{"id": "M-10", "bus": "b", "unit_id": 10, "model": "eastron-sdm120"}]}, 409, "model"),  # no relay
     ({"meters": [{"id": "M-10", "bus": "b", "unit_id": 10}, {"id": "M-11", "bus": "b", "unit_id": 10}]}, 409,
      "unit_id"),
 ])
@@ -365,3 +366,16 @@ async def test_a_csv_without_a_proper_header_is_refused(gw: Any, tmp_path: Path,
         assert answer.status_code == 409 and msg in answer.text, answer.text
     assert answer.json()["errors"][0]["row"] == 1
     assert snapshot(tmp_path / "gw.db") == before
+
+
+async def test_a_meter_without_a_relay_joins_an_account_that_can_be_switched(gw: Any) -> None:
+    client, gateway = gw
+    sub = {"id": "M-1S", "account": "A-1", "bus": "b", "unit_id": 40, "model": "eastron-sdm120"}
+    answer = await client.post("/v1/meters", json=sub, headers=PROV)
+    assert answer.status_code == 201, answer.text
+    assert gateway.catalog.accounts["A-1"].meter_ids == ("M-1", "M-1S")
+    # ... but it can't replace the account's only switchable meter
+    swap = {"new_meter": {"id": "M-1B", "bus": "b", "unit_id": 41, "model": "eastron-sdm120"}, "final_wh": 0,
+            "initial_wh": 0}
+    refused = await client.post("/v1/meters/M-1/swap", json=swap, headers=PROV)
+    assert refused.status_code == 409 and refused.json()["errors"][0]["field"] == "model", refused.text
