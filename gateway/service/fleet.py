@@ -177,6 +177,7 @@ class Fleet:
             if meter.bus_id and meter.account_id in catalog.accounts:
                 catalog.put_meter(meter)
                 writer.forget_meter(meter.id)
+                writer.forget_account(meter.account_id)  # its engine state learns of the meter (and its capacity)
                 self.service.bus.publish(MeterPlaced(meter.id))
         for meter_id in rows.retired:
             catalog.drop_meter(meter_id)
@@ -217,6 +218,7 @@ class Fleet:
         for meter in change.meters:
             catalog.put_meter(meter)
             writer.forget_meter(meter.id)
+            writer.forget_account(meter.account_id)  # its engine state learns of the meter (and its capacity)
             bus.publish(MeterPlaced(meter.id))
         if catalog.rev == change.rev - 1:
             catalog.rev = change.rev  # (else another instance changed it meanwhile: the refresh loads both)
