@@ -24,7 +24,8 @@ class SqlReadStore(ReadStore):
         m = t.meters.c
         async with self.storage.reading() as uow:
             row = (await uow.execute(sa.select(t.accounts).where(t.accounts.c.id == account_id))).one_or_none()
-            meters = (await uow.execute(sa.select(m.id, m.relay, m.relay_fault).where(m.account_id == account_id)
+            meters = (await uow.execute(sa.select(m.id, m.relay, m.relay_fault)  # (a retired meter's relay is no
+                                        .where(m.account_id == account_id, m.status == "active")  # longer its)
                                         .order_by(m.id))).all()
         return AccountRows(row, list(meters))
 

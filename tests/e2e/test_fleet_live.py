@@ -433,11 +433,7 @@ async def test_a_swap_on_a_disconnected_account_follows_its_supply(tmp_path: Pat
         await _charged_on(s, "A-1", "M-1B")
         account = await s.get("/v1/accounts/A-1")
         assert (account["supply"], account["meters"]) == ("connected", ["M-1B"])
-        if account["relays"] != {"M-1B": "closed"}:
-            # gateway/adapters/read_store.py SqlReadStore.account selects the account's meters without
-            # `status = 'active'`: the retired M-1's last relay (open) still counts
-            pytest.xfail(f"known defect: a retired meter's relay counts for its account: {account['relays']}, "
-                         f"state {account['state']}")
+        assert account["relays"] == {"M-1B": "closed"}  # the retired M-1's last relay (open) no longer counts
         assert account["state"] == "connected"
 
 

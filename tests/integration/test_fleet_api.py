@@ -192,6 +192,11 @@ async def test_a_meter_swap_bills_continuously_and_retires_the_old_meter(anydb: 
     [old] = await rows(gateway, t.meters, t.meters.c.id == "M-1")
     assert old.status == "retired" and "M-1" not in gateway.catalog.meters and "M-1" in gateway.catalog.retired
     assert gateway.catalog.accounts["A-1"].meter_ids == ("M-1B",)
+    async with gateway.service.uow() as uow:  # the old meter's relay was read open before it was retired
+        await uow.meters.update("M-1", {"relay": "open"})
+        await uow.commit()
+    view = (await client.get("/v1/accounts/A-1", headers=auth("viewer"))).json()
+    assert "M-1" not in view["relays"] and view["state"] != "disconnected"
     await read(gateway, "M-1B", 1_007, 30)  # 1 kWh on the new meter, from its initial reading
     assert await charges(gateway, "A-1") == [(-56, 1_000), (-28, 500), (-56, 1_000)]
     # the old meter's readings are refused now, its id can't come back
