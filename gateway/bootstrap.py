@@ -117,8 +117,11 @@ class Gateway:
             self._prune_outbox()
         buses = []
         models = site_models(self.settings, base_dir=self.base_dir)
+        on_bus: dict[str, list[Any]] = {}
+        for meter in self.catalog.meters.values():
+            on_bus.setdefault(meter.bus_id, []).append(meter)
         for bus in self.settings.buses if self.run_buses else []:
-            meters = [m for m in self.catalog.meters.values() if m.bus_id == bus.id]
+            meters = on_bus.get(bus.id, [])
             driver, make_target = build_bus(bus, models, timezone=self.settings.site.timezone,
                                             relay_modules=[r for r in self.settings.relay_modules if r.bus == bus.id])
             buses.append(BusSetup(bus.id, driver, {m.id: make_target(m) for m in meters}, gap_s=bus.gap_ms / 1000,

@@ -173,12 +173,12 @@ class Fleet:
                           "the tariff is back or the account is given another", config.id, exc)
                 continue
             writer.forget_account(config.id)
-        for meter in rows.meters:
-            if meter.bus_id and meter.account_id in catalog.accounts:
-                catalog.put_meter(meter)
-                writer.forget_meter(meter.id)
-                writer.forget_account(meter.account_id)  # its engine state learns of the meter (and its capacity)
-                self.service.bus.publish(MeterPlaced(meter.id))
+        meters = [m for m in rows.meters if m.bus_id and m.account_id in catalog.accounts]
+        catalog.put_meters(meters)
+        for meter in meters:
+            writer.forget_meter(meter.id)
+            writer.forget_account(meter.account_id)  # its engine state learns of the meter (and its capacity)
+            self.service.bus.publish(MeterPlaced(meter.id))
         for meter_id in rows.retired:
             catalog.drop_meter(meter_id)
             self.service.bus.publish(MeterRetired(meter_id))
@@ -215,8 +215,8 @@ class Fleet:
             catalog.drop_meter(meter_id)
             writer.forget_meter(meter_id)
             bus.publish(MeterRetired(meter_id))
+        catalog.put_meters(change.meters)
         for meter in change.meters:
-            catalog.put_meter(meter)
             writer.forget_meter(meter.id)
             writer.forget_account(meter.account_id)  # its engine state learns of the meter (and its capacity)
             bus.publish(MeterPlaced(meter.id))
