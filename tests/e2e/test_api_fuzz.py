@@ -61,13 +61,18 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
         wait_for_port(sim_port, timeout=30)
         wait_for_port(api_port, timeout=60)
         base = f"http://127.0.0.1:{api_port}"
-        run = subprocess.run(
-            [str(Path(sys.executable).with_name("schemathesis")), "--no-color", "run", f"{base}/openapi.json",
-             "--checks", "all", "--max-examples", str(EXAMPLES), "--header", f"Authorization: Bearer {ADMIN}",
-             "--request-timeout", "10", "--workers", "2", "--output-sanitize", "true",
-             "--suppress-health-check", "too_slow"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=1200, check=False)
-        report = run.stdout[-20_000:] + run.stderr[-5_000:]
+        for _ in range(2):
+            run = subprocess.run(
+                [str(Path(sys.executable).with_name("schemathesis")), "--no-color", "run", f"{base}/openapi.json",
+                 "--checks", "all", "--max-examples", str(EXAMPLES), "--header", f"Authorization: Bearer {ADMIN}",
+                 "--request-timeout", "10", "--workers", "1", "--output-sanitize", "true",
+                 "--suppress-health-check", "too_slow"],
+                cwd=tmp_path, capture_output=True, text=True, timeout=1200, check=False)
+            report = run.stdout[-20_000:] + run.stderr[-5_000:]
+            # CPython 3.11's ast module can fail spuriously in the fuzzer's own code (cpython#106905: hypothesis
+            # parses the source of schemathesis's lambdas to name them); that is no finding about the API: once more
+            if run.returncode == 0 or "AST constructor recursion depth mismatch" not in run.stdout + run.stderr:
+                break
         assert run.returncode == 0, f"schemathesis found problems:\n{report}"
         assert gateway.poll() is None, "the gateway died under fuzzing"
     finally:
