@@ -54,7 +54,7 @@ class Change:
     meters: list[MeterSpec] = field(default_factory=list)
     retired: list[str] = field(default_factory=list)
     commands: list[CommandRecord] = field(default_factory=list)
-    cancelled: list[str] = field(default_factory=list)  # commands cancelled (their meters' bus forgets them)
+    cancelled: list[str] = field(default_factory=list)  # queued commands of the meters changed, cancelled
     outbox: list[dict[str, Any]] = field(default_factory=list)
     audits: list[dict[str, Any]] = field(default_factory=list)
 
@@ -107,6 +107,8 @@ class Change:
         uow = self.uow
         if self.opened:
             await uow.accounts.add(self.opened, self.now, reference=f"opened by {self.actor}"[:200])
+        self.audits += [dict(at=self.now, actor=self.actor, action="command.cancel", target=command_id,
+                             detail={"why": "its meter was changed"}) for command_id in self.cancelled]
         changes = BatchChanges(self.now, audits=self.audits, commands=self.commands)
         for account in [*self.opened, *self.loaded.values()]:
             if account.id in self.loaded:

@@ -178,6 +178,8 @@ async def test_a_meter_swap_bills_continuously_and_retires_the_old_meter(anydb: 
     client, gateway = anydb
     await read(gateway, "M-1", 10_000, 0)
     await read(gateway, "M-1", 11_000, 10)
+    queued = await client.post("/v1/meters/M-1/reconnect", json={"reason": "x"}, headers=auth("operator"))
+    assert queued.status_code == 202, queued.text
     gateway.test_clock.now = T0 + dt.timedelta(minutes=20)
     answer = await client.post("/v1/meters/M-1/swap", json={
         "new_meter": {"id": "M-1B", "bus": "b", "unit_id": 1}, "final_wh": 11_500, "initial_wh": 7,
@@ -189,6 +191,10 @@ async def test_a_meter_swap_bills_continuously_and_retires_the_old_meter(anydb: 
     assert body["command_id"] is not None  # the new meter's relay follows the account's supply (closed)
     [command] = await rows(gateway, t.commands, t.commands.c.id == body["command_id"])
     assert (command.meter_id, command.action) == ("M-1B", "close")
+    [old_command] = await rows(gateway, t.commands, t.commands.c.id == queued.json()["command_id"])
+    assert old_command.state == "cancelled"  # the old meter's queued command is not sent after it is retired
+    [cancel] = await rows(gateway, t.audit_log, t.audit_log.c.action == "command.cancel")
+    assert (cancel.actor, cancel.target) == ("provisioning-key", old_command.id)
     [old] = await rows(gateway, t.meters, t.meters.c.id == "M-1")
     assert old.status == "retired" and "M-1" not in gateway.catalog.meters and "M-1" in gateway.catalog.retired
     assert gateway.catalog.accounts["A-1"].meter_ids == ("M-1B",)
@@ -384,3 +390,20 @@ async def test_a_meter_without_a_relay_joins_an_account_that_can_be_switched(gw:
             "initial_wh": 0}
     refused = await client.post("/v1/meters/M-1/swap", json=swap, headers=PROV)
     assert refused.status_code == 409 and refused.json()["errors"][0]["field"] == "model", refused.text
+
+
+async def test_a_command_on_the_wire_refuses_a_change_of_its_meter(gw: Any, tmp_path: Path) -> None:
+    client, gateway = gw
+    queued = await client.post("/v1/meters/M-3/disconnect", json={"reason": "x"}, headers=auth("operator"))
+    async with gateway.service.uow() as uow:
+        await uow.execute(sa.update(t.commands).values(state="sent"))  # as the relay runner leaves it, waiting
+        await uow.commit()
+    before = snapshot(tmp_path / "gw.db")
+    for path, body in (("/v1/meters/M-3/retire", {"final_wh": 0}),
+                       ("/v1/meters/M-3/swap", {"new_meter": {"id": "M-3B", "bus": "b", "unit_id": 33},
+                                                "final_wh": 0, "initial_wh": 0}),
+                       ("/v1/accounts/A-3/close", {"final_readings": [{"meter_id": "M-3", "final_wh": 0}]})):
+        answer = await client.post(path, json=body, headers=PROV)
+        assert answer.status_code == 409 and "in progress" in answer.text, (path, answer.text)
+    assert snapshot(tmp_path / "gw.db") == before
+    assert queued.json()["command_id"] and "M-3" in gateway.catalog.meters
