@@ -272,8 +272,10 @@ def fleet_import(config: Annotated[Path, typer.Option("--config", "-c", help="th
                  accounts: Annotated[Path | None, typer.Option(help="accounts (.csv or .jsonl)")] = None,
                  meters: Annotated[Path | None, typer.Option(help="meters (.csv or .jsonl)")] = None,
                  dry_run: Annotated[bool, typer.Option(help="check only; change nothing")] = False,
-                 partial: Annotated[bool, typer.Option(help="import the good rows, report the others")] = False
-                 ) -> None:
+                 partial: Annotated[bool, typer.Option(help="import the good rows, report the others")] = False,
+                 update: Annotated[bool, typer.Option(
+                     help="rows that differ change the fleet: an account's thresholds, credit class, protection, "
+                          "contacts; a meter's place, model, poll interval, capacity, groups")] = False) -> None:
     """Import accounts and meters (docs/provisioning.md): every row checked, all or nothing unless --partial.
     A running gateway on the same database takes them within a few seconds."""
     from gateway.runtime import fleet_import as run_import
@@ -286,7 +288,7 @@ def fleet_import(config: Annotated[Path, typer.Option("--config", "-c", help="th
         raise typer.Exit(2)
     try:
         report = asyncio.run(run_import(_load(config), base_dir=config.resolve().parent, files=files,
-                                        dry_run=dry_run, partial=partial, actor="cli"))
+                                        dry_run=dry_run, partial=partial, actor="cli", update=update))
     except FleetRefused as exc:
         for error in exc.errors:
             typer.echo(str(error), err=True)
@@ -295,7 +297,8 @@ def fleet_import(config: Annotated[Path, typer.Option("--config", "-c", help="th
     for error in report.errors:
         typer.echo(f"left out: {error}", err=True)
     verb = "would import" if dry_run else "imported"
-    typer.echo(f"{verb} {report.accounts_created} accounts and {report.meters_created} meters "
+    changed = (f", changed {report.accounts_changed} accounts and {report.meters_changed} meters" if update else "")
+    typer.echo(f"{verb} {report.accounts_created} accounts and {report.meters_created} meters{changed} "
                f"({report.accounts_unchanged} accounts and {report.meters_unchanged} meters unchanged)")
 
 

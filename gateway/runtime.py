@@ -102,7 +102,7 @@ async def verify(settings: Settings, *, base_dir: Path) -> tuple[list[str], int,
 
 
 async def fleet_import(settings: Settings, *, base_dir: Path, files: dict[str, tuple[str, str]], dry_run: bool,
-                       partial: bool, actor: str) -> Any:
+                       partial: bool, actor: str, update: bool = False) -> Any:
     """Import accounts and meters into a gateway's database (``files``: kind -> (text, format)); a running
     gateway on the same database picks them up within its fleet refresh (a few seconds)."""
     from gateway.fleet_files import read_rows
@@ -120,7 +120,7 @@ async def fleet_import(settings: Settings, *, base_dir: Path, files: dict[str, t
             found, bad = read_rows(kind, text, fmt)
             rows[kind], errors = found, errors + bad
         return await import_fleet(gateway.fleet, rows["account"], rows["meter"], actor=actor, partial=partial,
-                                  dry_run=dry_run, errors=errors)
+                                  dry_run=dry_run, update=update, errors=errors)
     finally:
         await gateway.service.writer.aclose()
         await gateway.engine.dispose()

@@ -190,7 +190,8 @@ class MoveInResult(BaseModel):
 
 
 class ImportResult(BaseModel):
-    model_config = _example(accounts={"created": 2, "unchanged": 0}, meters={"created": 2, "unchanged": 0},
+    model_config = _example(accounts={"created": 2, "changed": 0, "unchanged": 0},
+                            meters={"created": 2, "changed": 1, "unchanged": 0},
                             dry_run=False, errors=[])
 
     accounts: dict[str, int]

@@ -285,7 +285,7 @@ async def test_an_import_reports_every_bad_row_and_changes_nothing(gw: Any, tmp_
     # partial: the good rows go in, the others are reported
     partial = await client.post("/v1/fleet/import?kind=accounts&partial=true", content=ACCOUNTS_CSV, headers=csv)
     assert partial.status_code == 200, partial.text
-    assert partial.json()["accounts"] == {"created": 1, "unchanged": 0}
+    assert partial.json()["accounts"] == {"created": 1, "changed": 0, "unchanged": 0}
     assert {e["row"] for e in partial.json()["errors"]} == {3, 4}
     meters = await client.post("/v1/fleet/import?kind=meters", content=METERS_CSV, headers=csv)
     assert meters.status_code == 409  # M-21's and M-22's accounts are missing; M-22 is also on M-1's unit
@@ -297,10 +297,21 @@ async def test_an_import_reports_every_bad_row_and_changes_nothing(gw: Any, tmp_
     assert gateway.catalog.meters["M-20"].groups == ("street-1", "feeder-2")
     # the same file again changes nothing; a row that differs is a conflict
     again = await client.post("/v1/fleet/import?kind=meters", content=good, headers=csv)
-    assert again.json()["meters"] == {"created": 0, "unchanged": 1}
+    assert again.json()["meters"] == {"created": 0, "changed": 0, "unchanged": 1}
     moved = good.replace("M-20,A-20,b,20", "M-20,A-20,b,25")
     conflict = await client.post("/v1/fleet/import?kind=meters", content=moved, headers=csv)
     assert conflict.status_code == 409 and conflict.json()["errors"][0]["field"] == "unit_id"
+    # with update, a row that differs changes what PATCH may change; another account is never one of those
+    updated = await client.post("/v1/fleet/import?kind=meters&update=true", content=moved, headers=csv)
+    assert updated.json()["meters"] == {"created": 0, "changed": 1, "unchanged": 0}, updated.text
+    assert gateway.catalog.place_of(("b", 25)) == "M-20" and gateway.catalog.place_of(("b", 20)) is None
+    other = moved.replace("M-20,A-20,", "M-20,A-1,")
+    refused = await client.post("/v1/fleet/import?kind=meters&update=true", content=other, headers=csv)
+    assert refused.status_code == 409 and refused.json()["errors"][0]["field"] == "account_id", refused.text
+    warned = ACCOUNTS_CSV.splitlines()[0] + "\nA-20,flat,20.00,B,\n"
+    assert (await client.post("/v1/fleet/import?kind=accounts&update=true", content=warned.replace(",B,", ",A,"),
+                              headers=csv)).json()["accounts"]["changed"] == 1
+    assert gateway.catalog.accounts["A-20"].credit_class == "A"
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])

@@ -159,8 +159,9 @@ _FORMATS = {"text/csv": "csv", "application/x-ndjson": "jsonl", "application/jso
 async def import_rows(request: Request, service: ServiceDep, caller: ProvisioningCaller,
                       kind: Annotated[Literal["accounts", "meters"], Query(description="what the rows are")],
                       dry_run: Annotated[bool, Query(description="check only")] = False,
-                      partial: Annotated[bool, Query(description="import the good rows, report the others")] = False
-                      ) -> ImportResult:
+                      partial: Annotated[bool, Query(description="import the good rows, report the others")] = False,
+                      update: Annotated[bool, Query(description="rows that differ change the fleet (what PATCH "
+                                                                "may change)")] = False) -> ImportResult:
     """Import accounts or meters from CSV (``text/csv``) or JSON Lines (``application/x-ndjson``): every row
     checked first, each error with its row (line) and field; all or nothing unless ``partial``. Rows equal to
     the fleet's are left as they are (importing twice changes nothing)."""
@@ -176,7 +177,7 @@ async def import_rows(request: Request, service: ServiceDep, caller: Provisionin
     rows, errors = read_rows(kind[:-1], text, fmt)
     accounts, meters = (rows, []) if kind == "accounts" else ([], rows)
     report = await import_fleet(service.lifecycle.fleet, accounts, meters, actor=caller.name, partial=partial,
-                                dry_run=dry_run, errors=errors)
+                                dry_run=dry_run, update=update, errors=errors)
     return ImportResult.model_validate(report.as_dict())
 
 
