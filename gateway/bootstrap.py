@@ -62,6 +62,7 @@ class Gateway:
         self.service.lifecycle = Lifecycle(self.fleet)  # the fleet's changes, for the API
         self.scheduler: Scheduler | None = None
         self.relay: Any = None  # the outbox relay, when events go out over MQTT
+        self.discovery: Any = None  # Home Assistant discovery, when mqtt.home_assistant
         self.notices: Any = None  # the notice planner and dispatcher, when notices are on
         self.pruner: Any = None  # without MQTT: deletes old events from the outbox
         self._stack = contextlib.AsyncExitStack()
@@ -137,7 +138,9 @@ class Gateway:
             CommandQueued: [scheduler.route],  # a durable command wakes its bus
             MeterAnswered: [scheduler.meter_answered],  # a meter answering again lets its waiting trip go
             DisconnectWithdrawn: [self.service.redecide],  # a withdrawn trip: the engine decides again
-            MeterPlaced: [lambda m: scheduler.move_meter(catalog.meters[m.meter_id])],  # polled where it now is
+            MeterPlaced: [lambda m: scheduler.move_meter(catalog.meters[m.meter_id]),  # polled where it now is
+                          *([lambda m: self.discovery.place(m.meter_id, catalog.meters[m.meter_id].model)]
+                            if self.discovery is not None else [])],  # Home Assistant told
             MeterRetired: [lambda m: scheduler.remove_meter(m.meter_id)],  # polled no more
         }
         for kind, found in handlers.items():

@@ -211,6 +211,11 @@ class HomeAssistantDiscovery:
             log.info("Home Assistant is online: its discovery configs are published again")
             self._wanted.set()
 
+    def place(self, meter_id: str, model: str) -> None:
+        """A meter provisioned (or changed) while the gateway runs: the configs are published again, its too."""
+        self.meters = [(m, x) for m, x in self.meters if m != meter_id] + [(meter_id, model)]
+        self._wanted.set()
+
     def configs(self) -> list[tuple[str, dict[str, Any]]]:
         """(topic, config) of every meter's energy sensor and relay binary sensor."""
         status = self.publisher.topic("gateway/status")

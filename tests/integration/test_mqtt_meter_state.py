@@ -225,3 +225,17 @@ async def test_no_discovery_configs_when_home_assistant_is_off(broker: Broker, t
         await sub.publish("homeassistant/marker", b"end")  # after anything published before it
         await async_wait_until(lambda: "end" in sub.on("homeassistant/marker"), timeout=10, what="the marker")
         assert sub.configs() == []
+
+
+async def test_a_meter_provisioned_while_running_is_announced_to_home_assistant(broker: Broker, tmp_path: Path) -> None:
+    from gateway.service.catalog import MeterSpec
+
+    settings = site(tmp_path, broker.port, home_assistant=True)
+    async with Gateway(settings, run_buses=False, base_dir=tmp_path) as gw, \
+            Listener(broker.port, "homeassistant/#") as sub:
+        await async_wait_until(lambda: len(sub.configs()) == 4, timeout=10, what="the first configs")
+        await gw.service.lifecycle.add_meter(MeterSpec("M-3", "A-1", "b", unit_id=3), actor="test")
+        await async_wait_until(lambda: any("/M-3_energy/" in t for t, _, _ in sub.configs()), timeout=10,
+                               what="the new meter's config")
+        [config] = [p for t, p, _ in sub.configs() if t == "homeassistant/sensor/gw-test/M-3_energy/config"]
+        assert config["state_topic"] == "gw-test/meters/M-3/state"

@@ -196,6 +196,10 @@ async def test_discovery_at_each_connection_and_when_home_assistant_comes_online
         publisher.connected[0]()  # back: published at the connection
         await async_wait_until(lambda: len(publisher.sent) == 12, timeout=5, what="the configs after the outage")
         assert len(publisher.sent) == 12 == discovery.published
+        discovery.place("M-9", "generic-prepaid")  # provisioned while running: announced too
+        await async_wait_until(lambda: len(publisher.sent) == 18, timeout=5, what="the configs with the new meter")
+        assert {topic for topic, _, _ in publisher.sent[12:]} >= {f"ha/sensor/{node}/M-9_energy/config",
+                                                                  f"ha/binary_sensor/{node}/M-9_relay/config"}
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
