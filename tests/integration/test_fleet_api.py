@@ -418,3 +418,20 @@ async def test_a_command_on_the_wire_refuses_a_change_of_its_meter(gw: Any, tmp_
         assert answer.status_code == 409 and "in progress" in answer.text, (path, answer.text)
     assert snapshot(tmp_path / "gw.db") == before
     assert queued.json()["command_id"] and "M-3" in gateway.catalog.meters
+
+
+async def test_a_dlt645_meter_is_known_by_its_twelve_digit_address(tmp_path: Path) -> None:
+    settings = site(tmp_path)
+    settings.buses.append(settings.buses[0].model_copy(update={"id": "rs485", "protocol": "dlt645-tcp"}))
+    async with api_client(settings, tmp_path) as (client, gateway):
+        meter = {"id": "D-1", "account": "A-1", "bus": "rs485", "address": "12345"}
+        answer = await client.post("/v1/meters", json=meter, headers=PROV)
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["address"] == "000000012345"
+        same = await client.post("/v1/meters", json=meter | {"id": "D-2", "address": "000000012345"}, headers=PROV)
+        assert same.status_code == 409 and same.json()["errors"][0]["field"] == "address", same.text
+        wrong = await client.post("/v1/meters", json=meter | {"id": "D-3", "address": None, "unit_id": 5},
+                                  headers=PROV)
+        assert wrong.status_code == 409 and {e["field"] for e in wrong.json()["errors"]} == {"unit_id", "address"}
+        [row] = await rows(gateway, t.meters, t.meters.c.id == "D-1")
+        assert (row.bus_id, row.address, row.unit_id) == ("rs485", "000000012345", None)
