@@ -32,6 +32,9 @@ def async_url(url: str) -> str:
     return url
 
 
+IMMEDIATE = "gateway.begin_immediate"  # a connection's ``info`` key: its next transaction takes the write lock
+
+
 def create_engine(url: str) -> AsyncEngine:
     """An AsyncEngine; SQLite files get WAL, synchronous=FULL (a commit is on disk) and a busy timeout."""
     url = async_url(url)
@@ -56,7 +59,10 @@ def create_engine(url: str) -> AsyncEngine:
 
         @sa.event.listens_for(engine.sync_engine, "begin")
         def _begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("BEGIN")
+            # A unit of work that writes takes SQLite's write lock as it begins (``IMMEDIATE``, waiting up to the
+            # busy timeout): one that read first would be refused at once, not made to wait, if another
+            # connection wrote meanwhile (a CLI import, a second gateway on the file).
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.pop(IMMEDIATE, False) else "BEGIN")
 
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, **JSON_CODEC)

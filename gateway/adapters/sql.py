@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from drivers.priority_lock import PriorityLock
 from gateway.adapters import tables as t
+from gateway.adapters.database import IMMEDIATE
 from gateway.adapters.account_rows import account_row
 from gateway.adapters.fleet_rows import Fleet
 from gateway.adapters.repositories import (Accounts, Commands, Ledger, Meters, Notices, Outbox, Payments, chunks,
@@ -109,6 +110,8 @@ class SqlUnitOfWork(ports.UnitOfWork):
             self._locked = True
         try:
             self._conn = await self._engine.connect()
+            if self._write_lock is not None:  # SQLite, a unit of work that writes
+                (await self._conn.get_raw_connection()).info[IMMEDIATE] = True
             await self._conn.begin()
         except BaseException:
             self._release()

@@ -250,3 +250,27 @@ async def test_the_rate_limiter_is_stored_when_it_had_no_row(database: dict[str,
     finally:
         await storage.aclose()
         await storage.engine.dispose()
+
+
+async def test_a_unit_of_work_that_writes_takes_sqlites_write_lock_as_it_begins(tmp_path: Path) -> None:
+    """Else one that read first is refused at once ("database is locked", no busy wait) when another connection
+    wrote meanwhile: seen with two gateways on one file under load."""
+    import sqlite3
+
+    path = tmp_path / "gw.db"
+    storage = await prepared(f"sqlite:///{path}")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        async with storage() as uow:
+            await uow.accounts.versions(["A-000"])  # a read first
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")  # the write lock is this unit of work's already
+            await uow.commit()
+        async with storage(readonly=True) as uow:
+            await uow.accounts.versions(["A-000"])
+            other.execute("BEGIN IMMEDIATE")  # a reading unit of work leaves it free
+            other.execute("ROLLBACK")
+    finally:
+        other.close()
+        await storage.aclose()
+        await storage.engine.dispose()
