@@ -75,7 +75,10 @@ def read_rows(kind: str, data: str, fmt: str) -> tuple[list[tuple[int, Any]], li
     if not data.strip():
         raise FleetInvalid([RowError(kind, 1, "", "the file is empty")])  # (not a row to leave out: the file)
     if fmt == "csv":
-        header = next(csv.reader(io.StringIO(data)), [])
+        try:
+            header = next(csv.reader(io.StringIO(data)), [])
+        except csv.Error as exc:
+            raise FleetInvalid([RowError(kind, 1, "", f"not CSV: {exc}")]) from None
         columns = ACCOUNT_COLUMNS if kind == "account" else METER_COLUMNS
         unknown = [c for c in header if c not in columns]
         if "id" not in header or unknown:
@@ -99,7 +102,15 @@ def read_rows(kind: str, data: str, fmt: str) -> tuple[list[tuple[int, Any]], li
 
 def _csv(data: str) -> Iterable[tuple[int, dict[str, Any] | str]]:
     reader = csv.DictReader(io.StringIO(data))
-    for record in reader:
+    records = iter(reader)
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a line break in an unquoted cell: the rest can't be read
+            yield reader.line_num, f"not CSV: {exc}"
+            return
         line = reader.line_num
         if None in record:
             yield line, "more cells than the header has columns"

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "fuzz-admin-key"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 
-pytestmark = pytest.mark.slow
+# slow: a run takes ~50 s on 2 CPUs (more under load), twice when the fuzzer itself fails (below)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 def _config(tmp_path: Path, api_port: int, sim_port: int) -> Path:

@@ -435,3 +435,18 @@ async def test_a_dlt645_meter_is_known_by_its_twelve_digit_address(tmp_path: Pat
         assert wrong.status_code == 409 and {e["field"] for e in wrong.json()["errors"]} == {"unit_id", "address"}
         [row] = await rows(gateway, t.meters, t.meters.c.id == "D-1")
         assert (row.bus_id, row.address, row.unit_id) == ("rs485", "000000012345", None)
+
+
+async def test_a_csv_that_breaks_off_is_refused_with_its_line(gw: Any) -> None:
+    """A carriage return inside an unquoted cell (found by the fuzzer: it was a 500)."""
+    client, _ = gw
+    body = "id,account,bus,unit_id\nM-20,A-1,b,20\nM-21,A-1,b,\r21\n"
+    for partial in ("false", "true"):
+        answer = await client.post(f"/v1/fleet/import?kind=meters&partial={partial}", content=body,
+                                   headers={"content-type": "text/csv"} | PROV)
+        assert answer.status_code in (200, 409), answer.text
+        assert any("not CSV" in e["msg"] for e in answer.json()["errors"]), answer.text
+    weird = "$²ç3P¤Ài\U000f3b4d\x8eW»\r>M\x9dÆ"
+    answer = await client.post("/v1/fleet/import?kind=meters&partial=true", content=weird.encode(),
+                               headers={"content-type": "text/csv"} | PROV)
+    assert answer.status_code == 409, answer.text
