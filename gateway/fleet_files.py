@@ -59,11 +59,19 @@ def meter_spec(m: MeterSettings) -> MeterSpec:
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """An aware time in UTC, from 2000 to 2099 (as the API takes them: every such time converts and adds up
+    without overflow wherever it is used later)."""
     if value is None:
         return None
     if value.tzinfo is None:
         raise ValueError("a time needs its zone (UTC: Z)")
-    return value.astimezone(dt.UTC)
+    try:
+        utc = value.astimezone(dt.UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not 2000 <= utc.year <= 2099:
+        raise ValueError("a time from 2000 to 2099")
+    return utc
 
 
 def read_rows(kind: str, data: str, fmt: str) -> tuple[list[tuple[int, Any]], list[RowError]]:

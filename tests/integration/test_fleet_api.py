@@ -450,3 +450,14 @@ async def test_a_csv_that_breaks_off_is_refused_with_its_line(gw: Any) -> None:
     answer = await client.post("/v1/fleet/import?kind=meters&partial=true", content=weird.encode(),
                                headers={"content-type": "text/csv"} | PROV)
     assert answer.status_code == 409, answer.text
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00-14:00", "9999-12-31T23:59:59+00:00", "2027-01-01T00:00:00"])
+async def test_an_imported_tariff_change_needs_a_time_that_stays_usable(gw: Any, tmp_path: Path, when: str) -> None:
+    client, _ = gw
+    before = snapshot(tmp_path / "gw.db")
+    body = f"id,tariff,tariff_next,tariff_next_at\nA-20,flat,dear,{when}\n"
+    answer = await client.post("/v1/fleet/import?kind=accounts", content=body,
+                               headers={"content-type": "text/csv"} | PROV)
+    assert answer.status_code == 409 and answer.json()["errors"][0]["field"] == "tariff_next_at", answer.text
+    assert snapshot(tmp_path / "gw.db") == before
