@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
+from gateway.api.jsonbody import strict_loads
 from gateway.domain.money import format_fen
 from gateway.service.catalog import AccountConfig, MeterSpec
 from gateway.service.errors import FleetInvalid, RowError
@@ -145,8 +146,8 @@ def _jsonl(data: str) -> Iterable[tuple[int, dict[str, Any] | str]]:
     for line, text in enumerate(data.splitlines(), start=1):
         if not text.strip():
             continue
-        try:
-            row = json.loads(text)
+        try:  # as strictly as the API's bodies: no duplicate keys, NaN or lone surrogates
+            row = strict_loads(text.encode("utf-8", "surrogatepass"))
         except ValueError as exc:
             yield line, f"not JSON ({exc})"
             continue

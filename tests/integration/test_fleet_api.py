@@ -461,3 +461,15 @@ async def test_an_imported_tariff_change_needs_a_time_that_stays_usable(gw: Any,
                                headers={"content-type": "text/csv"} | PROV)
     assert answer.status_code == 409 and answer.json()["errors"][0]["field"] == "tariff_next_at", answer.text
     assert snapshot(tmp_path / "gw.db") == before
+
+
+@pytest.mark.parametrize("line", ['{"id": "A-20", "id": "A-21", "tariff": "flat"}',
+                                  '{"id": "A-\\ud800", "tariff": "flat"}',
+                                  '{"id": "A-20", "tariff": "flat", "opening_balance": NaN}'])
+async def test_a_json_lines_row_is_read_as_strictly_as_an_api_body(gw: Any, tmp_path: Path, line: str) -> None:
+    client, _ = gw
+    before = snapshot(tmp_path / "gw.db")
+    answer = await client.post("/v1/fleet/import?kind=accounts", content=line + "\n",
+                               headers={"content-type": "application/x-ndjson"} | PROV)
+    assert answer.status_code == 409 and "not JSON" in answer.text, answer.text
+    assert snapshot(tmp_path / "gw.db") == before
