@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.domain.account import PrepaidAccount, Thresholds
+from gateway.domain.billing import TariffChange
 from gateway.domain.notices import Contact, NoticePolicy
 from gateway.domain.policy import SitePolicy
 from gateway.domain.relay import Limits
@@ -113,7 +114,11 @@ class Catalog:
     reserved: dict[tuple[str, int], str] = field(default_factory=dict)  # (bus, unit id) -> its relay module
     rev: int = 0  # the revision of the last catalog change applied (gateway.service.fleet)
     retired: set[str] = field(default_factory=set)  # ids of retired meters (not to be used again)
-    _places: dict[tuple[str, object], str] = field(default_factory=dict)  # (bus, unit id or address) -> meter
+    # (bus, unit id or address) -> the active meter there; kept by put_meters and drop_meter
+    _places: dict[tuple[str, object], str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._places = {_where(m): m.id for m in self.meters.values()}
 
     def switchable(self, meter: MeterSpec) -> bool:
         """Whether the meter's supply can be switched: a DL/T 645 meter, a Modbus model with a relay, or a meter
@@ -123,8 +128,6 @@ class Catalog:
 
     def place_of(self, place: tuple[str, object]) -> str | None:
         """The active meter at (bus, unit id or address), if any."""
-        if len(self._places) != len(self.meters):  # rebuilt when the meters changed by hand (tests)
-            self._places = {_where(m): m.id for m in self.meters.values()}
         return self._places.get(place)
 
     @property
@@ -140,8 +143,6 @@ class Catalog:
     # --- changes (gateway.service.fleet applies them after their commit) ------------------------------------
     def spec(self, config: AccountConfig) -> AccountSpec:
         """The account of ``config`` with its tariffs resolved (its meters as the catalog has them)."""
-        from gateway.domain.billing import TariffChange
-
         change = None
         if config.tariff_next is not None and config.tariff_next_at is not None:
             change = TariffChange(config.tariff_next_at, config.tariff_next, self.tariffs[config.tariff_next])
@@ -198,10 +199,10 @@ class Catalog:
             account.add_meter(meter_id, max_power_w=self.meters[meter_id].max_power_w)
         return account
 
-    def new_account(self, account_id: str) -> PrepaidAccount:
-        """A fresh account with its opening balance (the first ledger entry is written by the caller)."""
-        spec = self.accounts[account_id]
-        account = PrepaidAccount(account_id, spec.tariff, spec.thresholds, spec.opening_balance_fen,
+    def new_account(self, spec: AccountSpec) -> PrepaidAccount:
+        """A fresh account of ``spec`` (``spec(config)`` for one not in the catalog yet) with its opening balance
+        (the first ledger entry is written by the caller)."""
+        account = PrepaidAccount(spec.id, spec.tariff, spec.thresholds, spec.opening_balance_fen,
                                  site=self.site, credit_class=spec.credit_class, protected=spec.protected,
                                  tariff_change=spec.tariff_change)
         for meter_id in spec.meter_ids:

@@ -137,6 +137,11 @@ class Service:
                                                                    detail)))
         return counted
 
+    def decide_again(self, account_id: str, reason: str = "balance") -> Awaitable[Any]:
+        """Queue the engine's decision for an account nothing changed but the time or its configuration; the
+        future resolves after the commit."""
+        return self.writer.submit(AccountJob(account_id, _unchanged, origin="automatic", reason=reason))
+
     async def evaluate_accounts(self) -> None:
         """Re-run the engine's decision for accounts whose deferred disconnect may go ahead now.
 
@@ -147,8 +152,7 @@ class Service:
         async with self.uow(readonly=True) as uow:
             ids = await uow.accounts.deferral_ended(self.clock())
         ids = [i for i in ids if i in self.catalog.accounts]
-        jobs = [self.writer.submit(AccountJob(i, lambda account, now: None, origin="automatic", reason="balance"))
-                for i in ids]
+        jobs = [self.decide_again(i) for i in ids]
         for account_id, outcome in zip(ids, await asyncio.gather(*jobs, return_exceptions=True), strict=True):
             if isinstance(outcome, Exception):  # e.g. an account whose state can't be read: the others go on
                 log.warning("account %s: could not re-evaluate: %s", account_id, outcome)
@@ -190,6 +194,10 @@ class Service:
     def _announce(self, records: list[CommandRecord]) -> None:
         for record in records:
             self.bus.publish(CommandQueued(record.model()))
+
+
+def _unchanged(account: PrepaidAccount, now: dt.datetime) -> None:
+    return None
 
 
 def _log_failure(future: Any) -> None:

@@ -29,6 +29,7 @@ from gateway.service.catalog import AccountConfig, Catalog, MeterSpec
 from gateway.service.commands import CommandRecord, new_command
 from gateway.service.errors import FleetConflict, RowError, UnknownAccount
 from gateway.service.fleet_port import FleetRows, PlaceTaken
+from gateway.service.fleet_rules import normal_meter
 from gateway.service.ports import BatchChanges, UnitOfWork
 
 __all__ = ["Change", "Fleet"]
@@ -72,10 +73,7 @@ class Change:
 
     def open(self, config: AccountConfig) -> PrepaidAccount:
         """A new account of ``config`` with its opening balance (no meters yet)."""
-        spec = self.catalog.spec(config)
-        account = PrepaidAccount(config.id, spec.tariff, spec.thresholds, config.opening_balance_fen,
-                                 site=self.catalog.site, credit_class=config.credit_class, protected=config.protected,
-                                 tariff_change=spec.tariff_change)
+        account = self.catalog.new_account(self.catalog.spec(config))
         self.opened.append(account)
         self.accounts.append(config)
         return account
@@ -175,16 +173,25 @@ class Fleet:
                           "the tariff is back or the account is given another", config.id, exc)
                 continue
             writer.forget_account(config.id)
-        meters = [m for m in rows.meters if m.bus_id and m.account_id in catalog.accounts]
-        catalog.put_meters(meters)
+        self._retire(rows.retired)
+        self._place([m for m in rows.meters if m.bus_id and m.account_id in catalog.accounts])
+        catalog.rev = max(catalog.rev, rows.rev)
+
+    def _retire(self, meter_ids: list[str]) -> None:
+        """Meters retired: out of the catalog, not polled any more."""
+        for meter_id in meter_ids:
+            self.catalog.drop_meter(meter_id)
+            self.service.writer.forget_meter(meter_id)
+            self.service.bus.publish(MeterRetired(meter_id))
+
+    def _place(self, meters: list[MeterSpec]) -> None:
+        """Meters added or changed: in the catalog, polled where they now are."""
+        writer = self.service.writer
+        self.catalog.put_meters(meters)
         for meter in meters:
             writer.forget_meter(meter.id)
             writer.forget_account(meter.account_id)  # its engine state learns of the meter (and its capacity)
             self.service.bus.publish(MeterPlaced(meter.id))
-        for meter_id in rows.retired:
-            catalog.drop_meter(meter_id)
-            self.service.bus.publish(MeterRetired(meter_id))
-        catalog.rev = max(catalog.rev, rows.rev)
 
     # --- changes -------------------------------------------------------------------------------------------
     async def transact(self, actor: str, work: Callable[[Change], Awaitable[T]]) -> T:
@@ -204,7 +211,8 @@ class Fleet:
         result, change = await service.writer.alone(alone)
         for account_id in change.loaded:  # a change of thresholds or tariff: the engine decides again
             if not self.catalog.accounts[account_id].closed:
-                service.writer.submit(_decide_again(account_id)).add_done_callback(_log_failure)
+                service.decide_again(account_id, "configuration changed").add_done_callback(  # type: ignore[attr-defined]
+                    _log_failure)
         return result
 
     def _applied(self, change: Change) -> None:
@@ -213,15 +221,8 @@ class Fleet:
             catalog.put_account(config)
         for account_id in {*change.loaded, *(a.id for a in change.opened)}:
             writer.forget_account(account_id)
-        for meter_id in change.retired:
-            catalog.drop_meter(meter_id)
-            writer.forget_meter(meter_id)
-            bus.publish(MeterRetired(meter_id))
-        catalog.put_meters(change.meters)
-        for meter in change.meters:
-            writer.forget_meter(meter.id)
-            writer.forget_account(meter.account_id)  # its engine state learns of the meter (and its capacity)
-            bus.publish(MeterPlaced(meter.id))
+        self._retire(change.retired)
+        self._place(change.meters)
         if catalog.rev == change.rev - 1:
             catalog.rev = change.rev  # (else another instance changed it meanwhile: the refresh loads both)
         for record in change.commands:
@@ -238,16 +239,16 @@ class Fleet:
         new_accounts = [a for a in accounts if a.id not in catalog.accounts]
         new_ids = {a.id for a in new_accounts}
         new_meters = []
-        for meter in meters:
+        for meter in (normal_meter(catalog, m) for m in meters):
             known_meter = catalog.meters.get(meter.id)
             if known_meter is not None:
-                if differs := known_meter.differences(_normal(catalog, meter)):
+                if differs := known_meter.differences(meter):
                     conflicts.append(f"meter {meter.id}: the settings' {', '.join(differs)} differ from the "
                                      "database's (kept)")
             elif meter.id in catalog.retired:
                 conflicts.append(f"meter {meter.id}: retired in the database (kept retired)")
             elif meter.account_id in catalog.accounts or meter.account_id in new_ids:
-                new_meters.append(_normal(catalog, meter))
+                new_meters.append(meter)
         if new_accounts or new_meters:
             async def work(change: Change) -> None:
                 existing = await change.uow.accounts.ids()  # rows of an older version get their configuration
@@ -264,18 +265,6 @@ class Fleet:
             await uow.ensure_limiter()
             await uow.commit()
         return conflicts
-
-
-def _normal(catalog: Catalog, meter: MeterSpec) -> MeterSpec:
-    from gateway.service.fleet_rules import normal_meter
-
-    return normal_meter(catalog, meter)
-
-
-def _decide_again(account_id: str) -> Any:
-    from gateway.service.jobs import AccountJob
-
-    return AccountJob(account_id, lambda account, now: None, origin="automatic", reason="configuration changed")
 
 
 def _log_failure(future: Any) -> None:

@@ -25,7 +25,7 @@ def catalog() -> Catalog:
 def setup(*, exclusive: bool) -> tuple[FakeStorage, Writer, Catalog]:
     site = catalog()
     storage = FakeStorage(exclusive=exclusive)
-    storage.add(site.new_account("A-1"))
+    storage.add(site.new_account(site.accounts["A-1"]))
     return storage, Writer(storage, site, lambda: T0, on_commands=lambda records: None), site
 
 
