@@ -263,12 +263,6 @@ class _FakeAccounts(_FakeRepository, ports.AccountRepository):
 
 
 class _FakeMeters(_FakeRepository, ports.MeterRepository):
-    async def owners(self) -> dict[str, str]:
-        raise NotImplementedError
-
-    async def assign(self, meters: dict[str, str]) -> None:
-        raise NotImplementedError
-
     async def states(self, ids: list[str]) -> dict[str, MeterState]:
         return {i: MeterState(m.health, m.relay, m.failures) for i in ids if (m := self.storage.meters.get(i))}
 

@@ -101,18 +101,6 @@ class Accounts(_Repository, ports.AccountRepository):
 
 
 class Meters(_Repository, ports.MeterRepository):
-    async def owners(self) -> dict[str, str]:
-        return {row.id: row.account_id
-                for row in await self.uow.execute(sa.select(t.meters.c.id, t.meters.c.account_id))}
-
-    async def assign(self, meters: dict[str, str]) -> None:
-        known = await self.owners()
-        new = [dict(id=m, account_id=a) for m, a in meters.items() if m not in known]
-        for start, size in chunks(len(new), 2):
-            await self.uow.execute(self.uow.insert_new(t.meters).values(new[start:start + size]))
-        await self.uow.update(t.meters, "id", [dict(id=m, account_id=a) for m, a in meters.items()
-                                                if m in known and known[m] != a])
-
     async def states(self, ids: list[str]) -> dict[str, MeterState]:
         c = t.meters.c
         out: dict[str, MeterState] = {}

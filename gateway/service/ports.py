@@ -99,14 +99,6 @@ class AccountRepository(abc.ABC):
 
 class MeterRepository(abc.ABC):
     @abc.abstractmethod
-    async def owners(self) -> dict[str, str]:
-        """Every stored meter's account."""
-
-    @abc.abstractmethod
-    async def assign(self, meters: dict[str, str]) -> None:
-        """Create the meters that are missing and move the others to the given account."""
-
-    @abc.abstractmethod
     async def states(self, ids: list[str]) -> dict[str, MeterState]:
         """Health, relay and consecutive failures of the meters among ``ids`` that exist."""
 

@@ -22,6 +22,7 @@ from gateway.adapters.sqlite_pipeline import SqlitePipelineStorage
 from gateway.domain.account import PrepaidAccount, Thresholds
 from gateway.domain.billing import TariffChange
 from gateway.domain.tariff_config import tariff_from_dict
+from gateway.service.catalog import MeterSpec
 from gateway.service.ports import BatchChanges, StaleWrite
 from tests.unit.test_domain_state import SITE, TOU, busy_account
 
@@ -43,7 +44,8 @@ async def prepared(url: str, *, pipeline: bool = False, accounts: int = 3) -> Sq
     storage = SqlitePipelineStorage(engine) if pipeline else SqlStorage(engine)
     async with storage() as uow:
         await uow.accounts.add([account(f"A-{i:03d}", 1_000) for i in range(accounts)], T0)
-        await uow.meters.assign({f"M-A-{i:03d}": f"A-{i:03d}" for i in range(accounts)})
+        await uow.fleet.put_meters([MeterSpec(f"M-A-{i:03d}", f"A-{i:03d}", f"b{i // 247}", unit_id=i % 247 + 1)
+                                    for i in range(accounts)], rev=1)
         await uow.ensure_limiter()
         await uow.commit()
     return storage
