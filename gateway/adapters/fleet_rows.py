@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
 from gateway.adapters import tables as t
-from gateway.adapters.repositories import chunks
+from gateway.adapters.repositories import Repository, chunks
 from gateway.domain.notices import Contact
 from gateway.service.catalog import AccountConfig, MeterSpec
 from gateway.service.fleet_port import FleetRepository, FleetRows, PlaceTaken
-
-if TYPE_CHECKING:
-    from gateway.adapters.sql import SqlUnitOfWork
 
 __all__ = ["Fleet", "contact_dict"]
 
@@ -45,10 +42,7 @@ def _meter_values(m: MeterSpec) -> dict[str, Any]:
                 status="active", retired_at=None)
 
 
-class Fleet(FleetRepository):
-    def __init__(self, uow: SqlUnitOfWork) -> None:
-        self.uow = uow
-
+class Fleet(Repository, FleetRepository):
     async def rev(self) -> int:
         row = (await self.uow.execute(sa.select(t.site_state.c.state).where(t.site_state.c.name == CATALOG))
                ).one_or_none()

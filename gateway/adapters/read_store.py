@@ -7,7 +7,7 @@ import datetime as dt
 import sqlalchemy as sa
 
 from gateway.adapters import tables as t
-from gateway.adapters.repositories import notice_record
+from gateway.adapters.outbound_rows import notice_record
 from gateway.adapters.sql import SqlStorage, command_record
 from gateway.service.commands import CommandRecord
 from gateway.service.ports import NoticeRecord

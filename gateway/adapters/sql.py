@@ -26,8 +26,8 @@ from gateway.adapters import tables as t
 from gateway.adapters.database import IMMEDIATE
 from gateway.adapters.account_rows import account_row
 from gateway.adapters.fleet_rows import Fleet
-from gateway.adapters.repositories import (Accounts, Commands, Ledger, Meters, Notices, Outbox, Payments, chunks,
-                                           command_record)
+from gateway.adapters.outbound_rows import Notices, Outbox
+from gateway.adapters.repositories import Accounts, Commands, Ledger, Meters, Payments, chunks, command_record
 from gateway.domain.account import PrepaidAccount
 from gateway.service import ports
 from gateway.service.errors import DuplicateRow
