@@ -13,52 +13,27 @@ import dataclasses
 import datetime as dt
 import hashlib
 import os
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, WithJsonSchema, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from gateway.domain.money import AmountError, parse_yuan
 from gateway.domain.policy import SitePolicy
 from gateway.domain.policy_config import site_policy_from_dict
 from gateway.domain.tariff_config import tariff_from_dict
-from gateway.settings.common import _Strict
-from gateway.settings.outbound import ContactSettings, MqttSettings, NoticesSettings
+from gateway.settings.common import Yuan, _Strict, _yuan
+from gateway.settings.fleet import AccountSettings, MeterSettings, RelayModuleSettings
+from gateway.settings.outbound import MqttSettings, NoticesSettings
 
-__all__ = ["ConfigError", "MqttSettings", "Settings", "hash_key", "load_settings"]
+__all__ = ["AccountSettings", "BusSettings", "ConfigError", "MeterSettings", "MqttSettings", "RelayModuleSettings",
+           "Settings", "hash_key", "load_settings"]
 
 ENV_PREFIX = "GATEWAY_"
 
 
 class ConfigError(Exception):
     """A configuration file that can't be used. The message names the file, the key path and the problem."""
-
-
-MAX_FEN = 10**14  # a trillion yuan: far above any real amount, far within an int64 of fen once summed
-
-
-def _yuan(value: Any, *, allow_negative: bool = False) -> int:
-    text = str(value).strip()
-    if allow_negative and re.fullmatch(r"-0(\.0{1,2})?", text):
-        text = text[1:]  # minus zero is zero
-    try:
-        fen = parse_yuan(text, allow_zero=True, allow_negative=allow_negative)
-    except AmountError as exc:
-        raise ValueError(str(exc)) from None
-    if abs(fen) > MAX_FEN:
-        raise ValueError(f"amount {text} is above the maximum of {MAX_FEN // 100} yuan")
-    return fen
-
-
-_YUAN = r"(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?"
-Yuan = Annotated[int, Field(description="an amount in yuan, e.g. \"20.00\"; held as integer fen"),
-                 WithJsonSchema({"type": "string", "pattern": f"^{_YUAN}$", "examples": ["20.00"],
-                                 "description": "yuan as a decimal string, at most 2 decimals"})]
-SignedYuan = Annotated[int, Field(description="an amount in yuan, may be negative, e.g. \"-5.00\""),
-                       WithJsonSchema({"type": "string", "pattern": f"^-?{_YUAN}$", "examples": ["-5.00"],
-                                       "description": "yuan as a decimal string, at most 2 decimals, may be negative"})]
 
 
 class SiteSettings(_Strict):
@@ -167,30 +142,6 @@ class EngineSettings(_Strict):
 
 # Ids travel in URL paths and API bodies: no control characters, no "/", no surrounding spaces.
 # MQTT topics (``accounts/{id}/...``, ``meters/{id}/...``): no "+" or "#", its wildcards, which no topic may hold.
-_ID = r"^[^\x00-\x20\x7f/+#]([^\x00-\x1f\x7f/+#]*[^\x00-\x20\x7f/+#])?$"
-
-
-class AccountSettings(_Strict):
-    id: str = Field(min_length=1, max_length=64, pattern=_ID)
-    tariff: str = Field(min_length=1, max_length=64)
-    opening_balance: SignedYuan = 0
-    warning1: Yuan = 2000
-    warning2: Yuan = 500
-    credit_class: str = Field("", max_length=16,
-                              description="AAA, AA, A, B, C or D: sets the overdraft (policy.credit_classes)")
-    overdraft: Yuan | None = Field(None, description="overrides the credit class's overdraft")
-    reconnect_min_topup: Yuan = 100
-    protected: bool = False
-    contacts: list[ContactSettings] = Field(default_factory=list, max_length=32,
-                                            description="who is told (notices.channels)")
-
-    _money = field_validator("warning1", "warning2", "overdraft", "reconnect_min_topup",
-                             mode="before")(classmethod(lambda cls, v: v if v is None else _yuan(v)))
-    # an account taken over in arrears may open below zero
-    _opening = field_validator("opening_balance", mode="before")(
-        classmethod(lambda cls, v: _yuan(v, allow_negative=True)))
-
-
 class BusSettings(_Strict):
     id: str
     protocol: Literal["modbus-tcp", "modbus-rtu", "modbus-rtu-tcp", "dlt645-serial", "dlt645-tcp"]
@@ -228,29 +179,6 @@ class BusSettings(_Strict):
         if self.protocol in ("modbus-rtu", "dlt645-serial") and not self.device:
             raise ValueError(f"a {self.protocol} bus needs device")
         return self
-
-
-class MeterSettings(_Strict):
-    id: str = Field(min_length=1, max_length=64, pattern=_ID)
-    bus: str = Field(min_length=1, max_length=64)
-    account: str = Field(min_length=1, max_length=64)
-    unit_id: int | None = Field(None, ge=1, le=247, description="Modbus unit id")
-    address: str | None = Field(None, pattern=r"^[0-9]{1,12}$", description="DL/T 645 nameplate address, 12 digits")
-    model: str = Field("generic-prepaid", min_length=1, max_length=64)
-    groups: list[Annotated[str, Field(min_length=1, max_length=64, pattern=_ID)]] = Field(
-        default_factory=list, max_length=32, description="names for bulk commands (feeder, street...)")
-    poll_interval_s: float = Field(60, gt=0, le=86_400)
-    max_power_w: int = Field(60_000, gt=0, le=10_000_000, description="contract capacity, for the plausibility check")
-
-
-class RelayModuleSettings(_Strict):
-    """A Modbus relay module on the bus of a meter that has no relay of its own: it switches that meter."""
-
-    id: str = Field(min_length=1, max_length=64, pattern=_ID)
-    bus: str
-    unit_id: int = Field(ge=1, le=247, description="the module's own Modbus unit id")
-    model: str = "generic-relay-module"
-    meter: str = Field(description="the meter it switches")
 
 
 class Settings(_Strict):
