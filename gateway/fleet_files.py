@@ -99,7 +99,8 @@ def read_rows(kind: str, data: str, fmt: str) -> tuple[list[tuple[int, Any]], li
             continue
         try:
             entry = model.model_validate(raw)
-            rows.append((line, account_config(entry) if kind == "account" else meter_spec(entry)))  # type: ignore[arg-type]
+            item = account_config(entry) if kind == "account" else meter_spec(entry)  # type: ignore[arg-type]
+            rows.append((line, item))
         except ValidationError as exc:
             for e in exc.errors():
                 where = ".".join(str(p) for p in e["loc"])

@@ -103,7 +103,8 @@ class OwnLoopUnitOfWork(ports.UnitOfWork):
     def __init__(self, storage: OwnLoopStorage, inner: ports.UnitOfWork) -> None:
         self._storage, self._inner = storage, inner
         self._last: concurrent.futures.Future[Any] | None = None
-        for name in ("accounts", "meters", "payments", "commands", "ledger", "outbox", "notices", "fleet"):  # the repositories
+        # the repositories
+        for name in ("accounts", "meters", "payments", "commands", "ledger", "outbox", "notices", "fleet"):
             setattr(self, name, _Forward(self, getattr(inner, name, None)))
 
     def step(self, coroutine: Coroutine[Any, Any, T]) -> Awaitable[T]:

@@ -12,9 +12,9 @@ from gateway.api.schemas import AccountPublic, MeterPublic
 from gateway.settings import AccountSettings, MeterSettings
 from gateway.settings.outbound import ContactSettings
 
-__all__ = ["AccountChange", "AccountClose", "AccountCreate", "NewAccount", "AccountOpened", "CloseResult", "ImportResult",
-           "MeterChange", "MeterCreate", "MeterMoveIn", "MeterRetire", "MeterSwap", "MoveInResult", "NewMeter",
-           "RetireResult", "SwapResult", "TariffChange"]
+__all__ = ["AccountChange", "AccountClose", "AccountCreate", "CloseResult", "ImportResult", "MeterChange", "MeterCreate",
+           "MeterMoveIn", "MeterRetire", "MeterSwap", "MoveInResult", "NewAccount", "NewMeter", "RetireResult",
+           "SwapResult", "TariffChange"]
 
 Relay = Literal["follow", "open", "closed", "leave"]
 _RELAY = ("where the meter's relay is left: follow (the account's supply), open, closed, or leave (as it is)")
@@ -141,10 +141,6 @@ class MeterMoveIn(_In):
     at: Timestamp | None = None
     close_previous: bool = Field(True, description="close the previous account if this was its only meter")
     relay: Relay = Field("follow", description=_RELAY)
-
-
-class AccountOpened(AccountPublic):
-    pass
 
 
 def _example(**example: object) -> ConfigDict:

@@ -219,8 +219,8 @@ async def test_closing_an_account_settles_its_balance_and_leaves_the_relay_as_as
     client, gateway = anydb
     await read(gateway, "M-1", 10_000, 0)
     gateway.test_clock.now = T0 + dt.timedelta(minutes=5)
-    answer = await client.post("/v1/accounts/A-1/close", json={"final_readings": [{"meter_id": "M-1", "final_wh": 11_000}], "relay": "open",
-                                                               "reason": "moved away"}, headers=PROV)
+    answer = await client.post("/v1/accounts/A-1/close", headers=PROV, json={
+        "final_readings": [{"meter_id": "M-1", "final_wh": 11_000}], "relay": "open", "reason": "moved away"})
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert (body["charged"], body["settled"], body["account"]["status"], body["account"]["balance"]) == (
