@@ -10,6 +10,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from gateway.api.fields import EnergyWh, Name, Reason, Timestamp, json_integer
 from gateway.api.schemas import AccountPublic, MeterPublic
 from gateway.settings import AccountSettings, MeterSettings
+from gateway.settings.fleet import MIN_POLL_INTERVAL_S
 from gateway.settings.outbound import ContactSettings
 
 __all__ = ["AccountChange", "AccountClose", "AccountCreate", "CloseResult", "ImportResult", "MeterChange", "MeterCreate",
@@ -114,7 +115,7 @@ class MeterChange(_In):
     address: str | None = Field(None, pattern=r"^[0-9]{1,12}$")
     model: Name = None  # type: ignore[assignment]
     groups: list[Name] = Field(None, max_length=32)  # type: ignore[assignment]
-    poll_interval_s: float = Field(None, gt=0, le=86_400)  # type: ignore[assignment]
+    poll_interval_s: float = Field(None, ge=MIN_POLL_INTERVAL_S, le=86_400)  # type: ignore[assignment]
     max_power_w: Watts = None  # type: ignore[assignment]
 
 

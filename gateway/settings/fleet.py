@@ -11,7 +11,10 @@ from pydantic import Field, field_validator
 from gateway.settings.common import SignedYuan, Yuan, _Strict, _yuan
 from gateway.settings.outbound import ContactSettings
 
-__all__ = ["AccountSettings", "MeterSettings", "RelayModuleSettings"]
+__all__ = ["MIN_POLL_INTERVAL_S", "AccountSettings", "MeterSettings", "RelayModuleSettings"]
+
+# the shortest poll interval: a shorter one (down to the smallest float) would make the schedule spin, not poll
+MIN_POLL_INTERVAL_S = 0.05
 
 _ID = r"^[^\x00-\x20\x7f/+#]([^\x00-\x1f\x7f/+#]*[^\x00-\x20\x7f/+#])?$"
 
@@ -46,7 +49,8 @@ class MeterSettings(_Strict):
     model: str = Field("generic-prepaid", min_length=1, max_length=64)
     groups: list[Annotated[str, Field(min_length=1, max_length=64, pattern=_ID)]] = Field(
         default_factory=list, max_length=32, description="names for bulk commands (feeder, street...)")
-    poll_interval_s: float = Field(60, gt=0, le=86_400)
+    poll_interval_s: float = Field(60, ge=MIN_POLL_INTERVAL_S, le=86_400, description=(
+        "seconds between two polls of the meter (at least 0.05)"))
     max_power_w: int = Field(60_000, gt=0, le=10_000_000, description="contract capacity, for the plausibility check")
 
 

@@ -153,6 +153,23 @@ async def test_changing_an_account_and_a_meter(gw: Any, tmp_path: Path) -> None:
     assert (await client.patch("/v1/meters/M-1", json={"account": "A-3"}, headers=PROV)).status_code == 422
 
 
+@pytest.mark.parametrize("interval", [5e-324, 0, 0.01, -1, 86_401])
+async def test_a_poll_interval_the_schedule_cannot_keep_is_refused(gw: Any, tmp_path: Path, interval: float) -> None:
+    # found by the fuzzer: 5e-324 s was stored, and the bus then spun on the meter (its next slot an infinity)
+    client, gateway = gw
+    before = snapshot(tmp_path / "gw.db")
+    changed = await client.patch("/v1/meters/M-1", json={"poll_interval_s": interval}, headers=PROV)
+    assert changed.status_code == 422, changed.text
+    added = await client.post("/v1/meters", json={"id": "M-10", "account": "A-1", "bus": "b", "unit_id": 10,
+                                                   "poll_interval_s": interval}, headers=PROV)
+    assert added.status_code == 422, added.text
+    imported = await client.post("/v1/fleet/import?kind=meters", headers=PROV | {"content-type": "text/csv"},
+                                 content=f"id,account,bus,unit_id,poll_interval_s\nM-10,A-1,b,10,{interval}\n")
+    assert imported.status_code == 409 and imported.json()["errors"][0]["field"] == "poll_interval_s", imported.text
+    assert snapshot(tmp_path / "gw.db") == before
+    assert gateway.catalog.meters["M-1"].poll_interval_s != interval and "M-10" not in gateway.catalog.meters
+
+
 async def test_a_tariff_change_prices_energy_after_it_at_the_new_tariff(anydb: Any) -> None:
     client, gateway = anydb
     await read(gateway, "M-1", 10_000, 0)

@@ -171,6 +171,27 @@ async def test_a_poll_is_skipped_while_the_previous_reading_is_being_recorded() 
         assert service.polls_of("m0") >= 3
 
 
+class BuggyDriver(FakeDriver):
+    """A driver with a bug for one meter: its read raises something that is no meter's failure."""
+
+    async def read(self, meter: str) -> Reading:
+        if meter == "m1":
+            self.calls.append((self.clock.seconds, "read", meter))
+            raise ZeroDivisionError("a bug")
+        return await super().read(meter)
+
+
+async def test_a_poll_that_hits_a_bug_is_tried_again_after_a_pause_not_in_a_spin() -> None:
+    clock = FakeClock()
+    service = FakeService({"m0": 0.05, "m1": 0.05})
+    driver = BuggyDriver(clock)
+    async with running(bus(service, driver, clock)):
+        await clock.advance(5.0)
+    # at most once a second (it was every poll interval, and a tiny interval made the bus spin without yielding)
+    assert 4 <= len(driver.calls_of("m1")) <= 6
+    assert service.polls_of("m0") >= 90  # the other meter is polled on
+
+
 async def test_the_bus_waits_for_the_writer_when_too_many_readings_are_pending() -> None:
     clock = FakeClock()
     service = FakeService({f"m{i}": 0.02 for i in range(8)})

@@ -36,6 +36,8 @@ __all__ = ["BusPoller"]
 
 log = logging.getLogger(__name__)
 
+AFTER_A_BUG_S = 1.0  # a poll that failed with a bug (not a meter's failure) is tried again no sooner than this
+
 
 class BusPoller:
     """Polls the meters of one bus (``targets``: meter id -> the driver's description of it).
@@ -139,7 +141,7 @@ class BusPoller:
             meter = self.meters[meter_id]
             try:
                 await self._poll(meter, now)
-            except Exception:  # a bug or a storage failure must not stop the bus
+            except Exception:  # a bug or a storage failure must not stop the bus, nor make it spin
                 log.exception("bus %s: poll of %s failed", self.bus_id, meter_id)
                 if self.meters.get(meter_id) is meter and meter.due == due:  # (else placed again, or gone)
                     self.schedule.at(meter, self.clock.monotonic() + meter.interval)
