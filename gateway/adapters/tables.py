@@ -235,3 +235,55 @@ audit_log = sa.Table(
     sa.Column("target", sa.String(200), nullable=True),
     sa.Column("detail", sa.JSON(none_as_null=True), nullable=True),  # None is SQL NULL, not JSON null
 )
+
+# --- the operations surface (migration 0007) ------------------------------------------------------------------
+alarms = sa.Table(
+    "alarms", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    # meter_offline, meter_stale, reading_quarantined, command_failed, disconnect_refused, notice_failed, tamper,
+    # account_unreadable, outbox_overflow (gateway.service.alarms)
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("subject", sa.String(200), nullable=False),  # what it is about: a meter, command, notice, account id
+    sa.Column("meter_id", sa.String(64), nullable=True),
+    sa.Column("account_id", sa.String(64), nullable=True),
+    sa.Column("severity", sa.String(16), nullable=False),  # critical | major | minor
+    sa.Column("state", sa.String(16), nullable=False),  # open | acknowledged | resolved
+    sa.Column("detail", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("raised_at", UtcDateTime, nullable=False),
+    sa.Column("last_seen_at", UtcDateTime, nullable=False),  # raised again while not resolved: counted here
+    sa.Column("times", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("event_id", sa.BigInteger, nullable=True),  # the outbox event that raised it
+    sa.Column("acknowledged_at", UtcDateTime, nullable=True),
+    sa.Column("acknowledged_by", sa.String(100), nullable=True),
+    sa.Column("ack_reason", sa.String(500), nullable=True),
+    sa.Column("resolved_at", UtcDateTime, nullable=True),
+    sa.Column("resolved_by", sa.String(100), nullable=True),  # "gateway": the cause ended
+    sa.Column("resolve_reason", sa.String(500), nullable=True),
+    # one alarm per cause until it is resolved
+    sa.Index("ux_alarms_unresolved", "kind", "subject", unique=True,
+             sqlite_where=sa.text("state <> 'resolved'"), postgresql_where=sa.text("state <> 'resolved'")),
+    sa.Index("ix_alarms_state", "state", "id"),
+    sa.Index("ix_alarms_meter", "meter_id", "id"),
+    sa.Index("ix_alarms_account", "account_id", "id"),
+)
+
+reading_days = sa.Table(
+    "reading_days", metadata,  # reading timeliness (抄表成功率) per bus and site-local day
+    sa.Column("bus_id", sa.String(64), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),  # YYYY-MM-DD in the site's time zone
+    sa.Column("meters", sa.Integer, nullable=False),  # meters on the bus that day
+    sa.Column("read", sa.Integer, nullable=False),  # meters with at least one reading that day
+    sa.Column("on_time", sa.Integer, nullable=False),  # meters never without a reading for longer than allowed
+    sa.Column("polls_ok", sa.BigInteger, nullable=False),
+    sa.Column("polls_failed", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+# lists and reports filter on these
+sa.Index("ix_audit_target", audit_log.c.target, audit_log.c.id)
+sa.Index("ix_audit_actor", audit_log.c.actor, audit_log.c.id)
+sa.Index("ix_audit_at", audit_log.c.at)
+sa.Index("ix_payments_received", payments.c.received_at)
+sa.Index("ix_commands_created", commands.c.created_at)
+sa.Index("ix_accounts_balance", accounts.c.balance_fen)
