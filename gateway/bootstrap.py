@@ -18,7 +18,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from gateway.adapters.database import create_engine, migrate
+from gateway.adapters.list_store import SqlListStore
 from gateway.adapters.read_store import SqlReadStore
+from gateway.adapters.reading_days_rows import SqlReadingDays
 from gateway.adapters.own_loop import OwnLoopStorage
 from gateway.adapters.sql import SqlStorage
 from gateway.adapters.sqlite_pipeline import SqlitePipelineStorage
@@ -32,6 +34,7 @@ from gateway.service.clock import SystemClock
 from gateway.service.facade import Service
 from gateway.service.fleet import Fleet
 from gateway.service.lifecycle import Lifecycle
+from gateway.service.lists import Lists
 from gateway.service.messagebus import MessageBus
 from gateway.service.scheduler import BusSetup, Scheduler
 from gateway.settings import Settings
@@ -60,6 +63,7 @@ class Gateway:
                                bus=self.messages)
         self.fleet = Fleet(self.service)
         self.service.lifecycle = Lifecycle(self.fleet)  # the fleet's changes, for the API
+        self.service.lists = Lists(SqlListStore(SqlStorage(self.engine)), self.service.writer.freshness.latest)
         self.scheduler: Scheduler | None = None
         self.relay: Any = None  # the outbox relay, when events go out over MQTT
         self.discovery: Any = None  # Home Assistant discovery, when mqtt.home_assistant
@@ -128,9 +132,10 @@ class Gateway:
             buses.append(BusSetup(bus.id, driver, {m.id: make_target(m) for m in meters}, gap_s=bus.gap_ms / 1000,
                                   close_allowed=bus.protocol.startswith("dlt645") and bus.close_command == "allowed",
                                   breaker={"backoff_base_s": bus.backoff_s, "backoff_cap_s": bus.backoff_cap_s},
-                                  make_target=make_target))
+                                  make_target=make_target, poll_time_s=bus.timeout_s * (1 + bus.retries)))
         scheduler = Scheduler(self.service, buses, clock=self.clock, publish=self.messages.publish,
-                              limits=self.catalog.relay_limits, evaluate_every_s=self.catalog.evaluate_every_s)
+                              limits=self.catalog.relay_limits, evaluate_every_s=self.catalog.evaluate_every_s,
+                              reading_days=SqlReadingDays(self.uow, self.engine.dialect.name))
         self.fleet.read_meter = scheduler.read_now if buses else None
         catalog = self.catalog
         # The gateway's reactions, as data: who handles each message.

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 
 from gateway.api.deps import AdminCaller, AnyCaller, Caller, OperatorCaller, ServiceDep
 from gateway.api.fields import Name, RowId
 from gateway.api.jsonbody import StrictJsonRoute
+from gateway.api.list_schemas import AccountList, BalanceBound, SupplyState, fen
 from gateway.api.problems import AUTHENTICATED, Problem, responses
 from gateway.api.schemas import (
     AccountPublic,
@@ -20,6 +21,7 @@ from gateway.api.schemas import (
 from gateway.domain.account import PrepaidAccount
 from gateway.domain.money import format_fen, parse_yuan
 from gateway.service.facade import Service
+from gateway.service.lists import AccountFilter
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"], route_class=StrictJsonRoute)
 AccountId = Annotated[Name, Path(examples=["A-1"])]
@@ -29,6 +31,30 @@ _CHANGE = responses(*AUTHENTICATED, "not-found", "account-state-unreadable", "co
 
 async def _public(service: Service, account_id: str) -> AccountPublic:
     return AccountPublic.model_validate(await service.views.account(account_id))
+
+
+@router.get("", response_model=AccountList, responses=responses(*AUTHENTICATED))
+async def list_accounts(
+        service: ServiceDep, caller: AnyCaller,
+        state: Annotated[SupplyState | None, Query(description="the supply as the meters confirmed it (as "
+                                                               "`GET /v1/accounts/{id}` shows it)")] = None,
+        supply: Annotated[Literal["connected", "disconnected"] | None,
+                          Query(description="what the engine wants for the supply")] = None,
+        status: Annotated[Literal["open", "closed"] | None, Query()] = None,
+        balance_min: Annotated[BalanceBound | None, Query(description="yuan, inclusive")] = None,
+        balance_max: Annotated[BalanceBound | None, Query(description="yuan, inclusive")] = None,
+        credit_class: Annotated[Name | None, Query(examples=["B"])] = None,
+        protected: Annotated[bool | None, Query(description="under protection (保电), by configuration or by "
+                                                            "an admin")] = None,
+        meter_id: Annotated[Name | None, Query(description="the account of this meter", examples=["M-1"])] = None,
+        limit: Annotated[int, Query(ge=1, le=1000, examples=[100])] = 100,
+        after: Annotated[Name | None, Query(description="page: accounts whose id sorts after this")] = None,
+        ) -> AccountList:
+    """Accounts by id, filtered: supply state, status, balance range, credit class, protection, meter."""
+    which = AccountFilter(state=state, supply=supply, status=status, balance_min_fen=fen(balance_min),
+                          balance_max_fen=fen(balance_max), credit_class=credit_class, protected=protected,
+                          meter_id=meter_id, after=after, limit=limit)
+    return AccountList.model_validate(await service.lists.accounts(which))
 
 
 @router.get("/{account_id}", response_model=AccountPublic, responses=_READ)

@@ -8,17 +8,18 @@ from fastapi import APIRouter, Path, Query
 from gateway.api.deps import AnyCaller, OperatorCaller, ServiceDep
 from gateway.api.fields import Name, Timestamp
 from gateway.api.jsonbody import StrictJsonRoute
+from gateway.api.list_schemas import CommandPage, Origin
 from gateway.api.problems import AUTHENTICATED, responses
 from gateway.api.schemas import (
     BulkCommandCreate,
     BulkCommandResult,
-    CommandList,
     CommandPublic,
     ManualCommandResult,
 )
 from gateway.domain.errors import DomainError
 from gateway.service.commands import ACTIVE_STATES, FINAL_STATES, CommandRecord
 from gateway.service.errors import AccountUnreadable, UnknownMeter
+from gateway.service.lists import CommandFilter
 from gateway.service.operator import cancel_command, manual_command
 from gateway.service.views import command_shape
 
@@ -32,16 +33,23 @@ def to_public(record: CommandRecord) -> CommandPublic:
     return CommandPublic.model_validate(command_shape(record))
 
 
-@router.get("", response_model=CommandList, responses=responses(*AUTHENTICATED))
-async def list_commands(service: ServiceDep, caller: AnyCaller,
-                        meter_id: Annotated[Name | None, Query(examples=["M-1"])] = None,
-                        state: Annotated[CommandState | None, Query(examples=["queued"])] = None,
-                        limit: Annotated[int, Query(ge=1, le=1000, examples=[100])] = 100,
-                        before: Annotated[Timestamp | None, Query(description="page: commands created before this")]
-                        = None) -> CommandList:
-    """Relay commands, newest first, optionally of one meter or in one state."""
-    return CommandList.model_validate(await service.views.commands(meter_id=meter_id, state=state, before=before,
-                                                                   limit=limit))
+@router.get("", response_model=CommandPage, responses=responses(*AUTHENTICATED))
+async def list_commands(
+        service: ServiceDep, caller: AnyCaller,
+        meter_id: Annotated[Name | None, Query(examples=["M-1"])] = None,
+        state: Annotated[CommandState | None, Query(examples=["queued"])] = None,
+        origin: Annotated[Origin | None, Query(examples=["operator"])] = None,
+        since: Annotated[Timestamp | None, Query(description="created at or after this")] = None,
+        until: Annotated[Timestamp | None, Query(description="created before this")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000, examples=[100])] = 100,
+        before: Annotated[Timestamp | None, Query(description="page: commands created before this (with "
+                                                              "`before_id`: or at it, with a smaller id)")] = None,
+        before_id: Annotated[Name | None, Query(description="page: the last command of the previous page")] = None,
+        ) -> CommandPage:
+    """Relay commands, newest first, filtered: meter, state, origin, time."""
+    which = CommandFilter(meter_id=meter_id, state=state, origin=origin, since=since, until=until, before=before,
+                          before_id=before_id, limit=limit)
+    return CommandPage.model_validate(await service.lists.commands(which))
 
 
 @router.post("/bulk", response_model=BulkCommandResult,

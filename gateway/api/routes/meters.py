@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Response
 from gateway.api.deps import AnyCaller, OperatorCaller, ServiceDep
 from gateway.api.fields import Name, RowId
 from gateway.api.jsonbody import StrictJsonRoute
+from gateway.api.list_schemas import Health, MeterList, Relay
 from gateway.api.problems import AUTHENTICATED, Problem, responses
 from gateway.api.routes.commands import to_public
 from gateway.api.schemas import (
@@ -22,6 +23,7 @@ from gateway.api.schemas import (
 from gateway.domain.account import PrepaidAccount
 from gateway.domain.money import format_fen
 from gateway.service.errors import UnknownMeter
+from gateway.service.lists import MeterFilter
 from gateway.service.operator import ManualOutcome, manual_command
 
 router = APIRouter(prefix="/v1/meters", tags=["meters"], route_class=StrictJsonRoute)
@@ -33,6 +35,26 @@ _COMMAND = {
     200: {"description": "dry run: what would happen and why", "model": ManualCommandResult},
     **responses(*AUTHENTICATED, "not-found", "not-allowed", "account-state-unreadable", "content-too-large",
                 "unavailable")}
+
+
+@router.get("", response_model=MeterList, responses=responses(*AUTHENTICATED))
+async def list_meters(
+        service: ServiceDep, caller: AnyCaller,
+        bus: Annotated[Name | None, Query(examples=["feeder-1"])] = None,
+        health: Annotated[Health | None, Query()] = None,
+        relay: Annotated[Relay | None, Query(description="as last read from the meter")] = None,
+        relay_fault: Annotated[Literal["disconnect_failed", "reconnect_failed"] | None,
+                               Query(description="the meter's last relay command failed")] = None,
+        model: Annotated[Name | None, Query(examples=["generic-prepaid"])] = None,
+        account_id: Annotated[Name | None, Query(examples=["A-1"])] = None,
+        status: Annotated[Literal["active", "retired"] | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=1000, examples=[100])] = 100,
+        after: Annotated[Name | None, Query(description="page: meters whose id sorts after this")] = None,
+        ) -> MeterList:
+    """Meters by id, filtered: bus, health, relay, model, account, status."""
+    which = MeterFilter(bus=bus, health=health, relay=relay, relay_fault=relay_fault, model=model,
+                        account_id=account_id, status=status, after=after, limit=limit)
+    return MeterList.model_validate(await service.lists.meters(which))
 
 
 @router.get("/{meter_id}", response_model=MeterPublic, responses=responses(*AUTHENTICATED, "not-found"))
