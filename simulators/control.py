@@ -13,7 +13,8 @@ always an address, never an index). Routes:
     POST /meters/{id}/power         {"watts": W}   (null: back to the load profile)
     POST /meters/{id}/fault         {"kind": "no-answer"|"mute"|"relay-stuck"|"slow"|..., "on": true|false,
                                      "seconds": S, "code": C, "probability": P}   ("kind": "all" with "on": false
-                                     heals every fault of the meter)
+                                     heals every fault of the meter; "cover-open" / "terminal-cover-open" raise
+                                     a tamper flag until switched off)
     POST /meters/{id}/trip-delay    {"seconds": S}
     POST /meters/{id}/protect       {"on": true|false}   (DL/T 645 only: 400 on Modbus)
     POST /meters/{id}/button        the customer presses the button (DL/T 645 only)

@@ -149,7 +149,7 @@ class SimulatorControl:
         Args:
             meter: fleet index or identity.
             kind: ``no-answer``, ``mute``, ``relay-stuck``, ``slow``, ``exception``, ``garbage``, ``bad-crc``,
-                ``counter-reset``.
+                ``counter-reset``, ``cover-open``, ``terminal-cover-open``.
             on: switch on (replacing the meter's fault of that kind) or off.
             options: ``seconds`` (slow, counter-reset), ``code`` (exception), ``probability``.
         """
@@ -171,6 +171,11 @@ class SimulatorControl:
     def stick(self, meter: MeterName, on: bool = True) -> dict[str, Any]:
         """``relay-stuck``: relay commands are acknowledged, the contact does not move."""
         return self.fault(meter, "relay-stuck", on)
+
+    def open_cover(self, meter: MeterName, on: bool = True, *, terminal: bool = False) -> dict[str, Any]:
+        """``cover-open`` (``terminal``: ``terminal-cover-open``): the meter reports the tamper flag until
+        called with ``on=False``."""
+        return self.fault(meter, "terminal-cover-open" if terminal else "cover-open", on)
 
     def clear_faults(self, meter: MeterName) -> dict[str, Any]:
         """Heal every fault of the meter."""

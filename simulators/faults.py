@@ -16,6 +16,9 @@ A server asks ``plan.reply(index)`` once per request, **before** it executes it,
     bad-crc[:P]     the answer with a wrong checksum / CRC (probability P); executed
     relay-stuck     relay commands are acknowledged but the contact does not move
     counter-reset[:S]  the energy counter drops to 0, once, S seconds after the plan started (default at once)
+    cover-open  the meter reports its cover opened (a tamper flag: DL/T 645 status word 7 bit 9, the model's
+                tamper register) until the fault is removed
+    terminal-cover-open  the same for the terminal cover (status word 7 bit 10)
 
 ``no-answer`` versus ``mute``: both look the same to the master (a timeout); only the simulator's side differs.
 Until ``mute`` existed, the DL/T 645 server executed a request before deciding to stay silent, so ``no-answer``
@@ -41,7 +44,8 @@ from dataclasses import dataclass, field, replace
 from simulators.loadprofile import unit_random
 
 # plain sorted(), as tests/unit/test_modbus_exports.py checks (not ruff's isort-style order)
-__all__ = ["Fault", "FaultKind", "FaultPlan", "NO_FAULT", "ReplyFault", "parse_faults", "parse_indices"]  # noqa: RUF022
+__all__ = ["Fault", "FaultKind", "FaultPlan", "NO_FAULT", "ReplyFault", "TAMPER_FLAGS", "parse_faults",  # noqa: RUF022
+           "parse_indices"]
 
 
 class FaultKind(str, enum.Enum):
@@ -55,6 +59,15 @@ class FaultKind(str, enum.Enum):
     BAD_CRC = "bad-crc"
     RELAY_STUCK = "relay-stuck"
     COUNTER_RESET = "counter-reset"
+    COVER_OPEN = "cover-open"
+    TERMINAL_COVER_OPEN = "terminal-cover-open"
+
+
+# Tamper faults and the flag each raises (the flag names of ``Reading.extra["tamper"]``), in the flags' order.
+TAMPER_FLAGS: dict[FaultKind, str] = {
+    FaultKind.COVER_OPEN: "cover_open",
+    FaultKind.TERMINAL_COVER_OPEN: "terminal_cover_open",
+}
 
 
 # Faults that change one answer (as opposed to the meter's behaviour).
@@ -255,6 +268,12 @@ class FaultPlan:
     def relay_stuck(self, index: int) -> bool:
         """Whether the meter ignores relay commands."""
         return bool(self._rules) and any(f.kind is FaultKind.RELAY_STUCK for f in self.faults(index))
+
+    def tamper(self, index: int) -> frozenset[str]:
+        """The tamper flags the plan raises on one meter (``cover-open``, ``terminal-cover-open``)."""
+        if not self._rules:
+            return frozenset()
+        return frozenset(TAMPER_FLAGS[f.kind] for f in self.faults(index) if f.kind in TAMPER_FLAGS)
 
     def counter_reset_due(self, index: int) -> bool:
         """True once, when the meter's counter-reset time has come."""

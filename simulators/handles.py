@@ -61,6 +61,7 @@ class MeterHandle:
             "stuck": FaultKind.RELAY_STUCK in kinds,
             "slow_s": slow,
             "trip_delay_s": self.meter.trip_delay_s,
+            "tamper": sorted(self.meter.tamper | faults.tamper(self.index)),
             "protect": None,
             "close_allowed": None,
             "awaiting_button": False,
@@ -95,6 +96,15 @@ class MeterHandle:
             seconds: the delay, 0 for at once.
         """
         self.meter.trip_delay_s = seconds
+
+    def set_tamper(self, flag: str, on: bool) -> None:
+        """Raise or clear one of the meter's own tamper flags (served beside those of the fault plan).
+
+        Args:
+            flag: ``cover_open`` or ``terminal_cover_open``.
+            on: raise or clear.
+        """
+        self.meter.set_tamper(flag, on)
 
     def set_protect(self, on: bool) -> None:
         """Enter or leave 保电 (DL/T 645 only).

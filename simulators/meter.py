@@ -1,4 +1,4 @@
-"""A simulated prepaid meter, independent of any protocol: energy, rates, power, relay, balance.
+"""A simulated prepaid meter, independent of any protocol: energy, rates, power, relay, balance, tamper flags.
 
 Energy is integrated lazily from the load profile whenever something is read or changed, so a fleet of
 thousands of meters needs no task per meter. Time is simulated: a ``SimClock`` runs ``speed`` simulated
@@ -112,6 +112,9 @@ class SimulatedMeter:
         self._power_slot: tuple[int, float] = (-1, 0.0)  # (slot, watts): a server reads power many times a slot
         self._voltage_slot: tuple[int, float] = (-1, 0.0)
         self._frozen = False
+        self.tamper: frozenset[str] = frozenset()  # tamper flags of the meter itself (``set_tamper``)
+        # tamper flags the fleet's fault plan raises (cover-open...), set by the server before each answer
+        self.tamper_injected: frozenset[str] = frozenset()
 
     # -- state, brought up to date on every read ---------------------------------------------------------
     @property
@@ -163,6 +166,11 @@ class SimulatedMeter:
         return self._closed
 
     @property
+    def tamper_flags(self) -> frozenset[str]:
+        """The tamper flags the meter reports (``cover_open``, ``terminal_cover_open``)."""
+        return self.tamper | self.tamper_injected if self.tamper_injected else self.tamper
+
+    @property
     def relay_commanded_closed(self) -> bool:
         """The state last commanded (differs from ``relay_closed`` during a trip delay)."""
         return self._commanded
@@ -180,6 +188,10 @@ class SimulatedMeter:
             self._open_at = self._t + self.trip_delay_s * self.clock.speed
         else:
             self._closed = False
+
+    def set_tamper(self, flag: str, on: bool = True) -> None:
+        """Raise (``on``) or clear one tamper flag, e.g. ``cover_open`` (the cover is opened, then closed)."""
+        self.tamper = self.tamper | {flag} if on else self.tamper - {flag}
 
     def set_power_w(self, watts: float | None) -> None:
         """Hold the load at ``watts`` from now on (None: back to the profile). Negative watts (export) show as

@@ -14,6 +14,7 @@ __all__ = [
     "Function",
     "RemoteCommand",
     "StatusWord3",
+    "StatusWord7",
     "describe_error",
     "energy_rate_di",
     "error_reasons",
@@ -100,6 +101,7 @@ class DI(enum.IntEnum):
     METER_NUMBER = 0x04000402
     STATUS_WORD_1 = 0x04000501
     STATUS_WORD_3 = 0x04000503
+    STATUS_WORD_7 = 0x04000507  # 合相故障: tamper bits 9 and 10
     REMAINING_ENERGY = 0x00900100
     OVERDRAFT_ENERGY = 0x00900101
     BALANCE = 0x00900200  # 剩余金额, XXXXXX.XX yuan
@@ -135,3 +137,11 @@ class StatusWord3(enum.IntFlag):
     PREPAID_KWH = 1 << 8  # bits 8-9 = 01: kWh-type prepaid
     PREPAID_MONEY = 1 << 9  # bits 8-9 = 10: money-type prepaid
     PROTECTED = 1 << 12  # 保电
+
+
+class StatusWord7(enum.IntFlag):
+    """Bits of status word 7 (04000507, 合相故障) the gateway uses (§1.8; a meter firmware header,
+    ``UN_RUNWORD7_FORM``): the tamper flags."""
+
+    COVER_OPEN = 1 << 9  # 开表盖: the meter cover has been opened
+    TERMINAL_COVER_OPEN = 1 << 10  # 开端钮盖: the terminal cover has been opened

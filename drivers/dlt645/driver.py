@@ -3,6 +3,14 @@
 One transaction at a time per bus (an ``asyncio.Lock``); each attempt waits ``timeout`` seconds for the reply
 (Td ≤ 500 ms plus the reply's line time, protocols.md §2), then retries. The codec does the bytes.
 
+Tamper flags come from status word 7 (04000507, bits 9 and 10: ``drivers.dlt645.status.tamper_flags``), one
+more transaction per poll: a meter that answers it with an error reply has no tamper information to give
+(``Reading.extra`` then has no ``"tamper"``, and "no requested data" is remembered: the word is not asked for
+again); one that does not answer it in time gives none for that poll (one attempt, no retry; after
+``TAMPER_SILENT_LIMIT`` such polls in a row it is not asked again). Neither fails the poll. The block 040005FF
+would bring words 3 and 7 in one reply, but its layout is unverified (protocols.md §1.7) and word 3 confirms
+trips, so it is not used.
+
 A refused 1CH command raises ``CommandRefused`` with the ERR bits as named reasons. When the ERR byte has only
 "other error" to say about a command that status word 3 can explain (a trip refused in 保电), the driver reads
 that word once, with no retry, and names the refusal (``drivers.dlt645.refusals``). If the read fails, the
@@ -41,7 +49,7 @@ from drivers.dlt645.messages import (
 )
 from drivers.dlt645.meter import Dlt645Meter
 from drivers.dlt645.refusals import explain_refusal, status_word_may_explain
-from drivers.dlt645.status import relay_state, status_fields
+from drivers.dlt645.status import relay_state, status_fields, tamper_flags
 from drivers.errors import (
     CommandRefused,
     ConnectError,
@@ -54,12 +62,14 @@ from drivers.errors import (
 )
 from drivers.transports import ByteTransport
 
-__all__ = ["QUANTITIES", "Dlt645Driver"]
+__all__ = ["QUANTITIES", "TAMPER_SILENT_LIMIT", "Dlt645Driver"]
 
 log = logging.getLogger(__name__)
 
 # What ``read`` asks for besides energy; each costs one transaction (about 0.2-0.3 s at 2400 bd).
-QUANTITIES = frozenset({"voltage", "current", "power", "status", "balance", "overdraft"})
+QUANTITIES = frozenset({"voltage", "current", "power", "status", "balance", "overdraft", "tamper"})
+# Polls in a row whose status word 7 read timed out (the meter answering the rest) before it is not asked again.
+TAMPER_SILENT_LIMIT = 3
 
 
 def _utcnow() -> dt.datetime:
@@ -123,6 +133,7 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
         self.clock = clock
         self._lock = asyncio.Lock()
         self._unsupported: dict[str, set[int]] = {}  # meter address -> DIs answered "no requested data"
+        self._tamper_silent: dict[str, int] = {}  # meter address -> status word 7 reads in a row that timed out
 
     def __repr__(self) -> str:
         return f"<Dlt645Driver {self.transport!r}>"
@@ -263,6 +274,32 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
             raise FrameError(f"status word 3 of {len(raw)} bytes", meter_id=meter.id)
         return int.from_bytes(raw, "little")
 
+    async def read_tamper(self, meter: Dlt645Meter) -> tuple[str, ...] | None:
+        """The tamper flags of status word 7, sorted (``()``: none), or ``None`` when the meter gives no tamper
+        information (an error reply, no reply in time, a reply of the wrong size): never a failed poll."""
+        if DI.STATUS_WORD_7 in self._unsupported.get(meter.address, ()):
+            return None
+        try:
+            raw = await self.read_data(meter, DI.STATUS_WORD_7, retries=0)
+        except ExceptionReply as exc:
+            if exc.code & ErrorBits.NO_DATA:
+                self._unsupported.setdefault(meter.address, set()).add(DI.STATUS_WORD_7)
+            log.debug("dlt645 %s: no tamper information: %s", meter.id, exc)
+            return None
+        except (MeterTimeout, FrameError) as exc:
+            silent = self._tamper_silent.get(meter.address, 0) + 1
+            self._tamper_silent[meter.address] = silent
+            if silent >= TAMPER_SILENT_LIMIT:  # a meter that ignores the DI: stop spending a timeout per poll
+                self._unsupported.setdefault(meter.address, set()).add(DI.STATUS_WORD_7)
+                log.info("dlt645 %s: status word 7 unanswered %d times: tamper flags not read any more",
+                         meter.id, silent)
+            return None
+        self._tamper_silent.pop(meter.address, None)
+        if len(raw) != 2:
+            log.debug("dlt645 %s: status word 7 of %d bytes: no tamper information", meter.id, len(raw))
+            return None
+        return tamper_flags(int.from_bytes(raw, "little"))
+
     async def read(self, meter: Dlt645Meter) -> Reading:
         taken_at = self.clock()
         energy_wh, by_rate = await self.read_energy(meter)
@@ -279,6 +316,8 @@ class Dlt645Driver(MeterDriver[Dlt645Meter]):
         extra: dict[str, object] = {}
         if status is not None:
             extra |= status_fields(status)
+        if "tamper" in q and (flags := await self.read_tamper(meter)) is not None:
+            extra["tamper"] = flags
         if overdraft is not None:
             extra["overdraft_fen"] = overdraft
         return Reading(

@@ -1,11 +1,18 @@
-"""What status word 3 (04000503, protocols.md §1.8) says of the relay and the meter: pure decoding."""
+"""What the running status words (protocols.md §1.8) say: status word 3 (04000503) of the relay and the meter,
+status word 7 (04000507) of tampering. Pure decoding."""
 
 from __future__ import annotations
 
 from drivers.base import RelayState
-from drivers.dlt645.constants import StatusWord3
+from drivers.dlt645.constants import StatusWord3, StatusWord7
 
-__all__ = ["relay_state", "status_fields"]
+__all__ = ["TAMPER_FLAGS", "relay_state", "status_fields", "tamper_flags"]
+
+# The tamper bits of status word 7 and their flag names, in the order of the names (so results come out sorted).
+TAMPER_FLAGS: tuple[tuple[str, StatusWord7], ...] = (
+    ("cover_open", StatusWord7.COVER_OPEN),  # bit 9, 开表盖
+    ("terminal_cover_open", StatusWord7.TERMINAL_COVER_OPEN),  # bit 10, 开端钮盖
+)
 
 
 def relay_state(status_word_3: int) -> RelayState:
@@ -24,3 +31,9 @@ def status_fields(word: int) -> dict[str, object]:
         "pre_trip_alarm": bool(word & StatusWord3.PRE_TRIP_ALARM),
         "protected": bool(word & StatusWord3.PROTECTED),
     }
+
+
+def tamper_flags(status_word_7: int) -> tuple[str, ...]:
+    """The tamper flags status word 7 raises, sorted by name (``()``: none); its other bits (phase sequence,
+    imbalance, power failure...) are not tamper flags and are ignored."""
+    return tuple(name for name, bit in TAMPER_FLAGS if status_word_7 & bit)

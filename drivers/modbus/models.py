@@ -5,7 +5,7 @@ The format is documented in docs/meter-models.md. Every error names the file and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -35,6 +35,8 @@ __all__ = [
     "RelayCommandSpec",
     "RelaySpec",
     "RelayStateSpec",
+    "TAMPER",
+    "TamperSpec",
     "load_model",
     "load_models",
     "parse_model",
@@ -43,6 +45,8 @@ __all__ = [
 
 # Key of the relay state register in MeterModel.read_plan (quantity names never contain a dot).
 RELAY_STATE = "relay.state"
+# Key of the tamper register in MeterModel.read_plan.
+TAMPER = "tamper.flags"
 # Files of these protocols may share config/meters/ and are skipped by load_models.
 OTHER_PROTOCOLS = frozenset({"dlt645"})
 
@@ -160,6 +164,43 @@ class RelaySpec(_Strict):
     trip_delay: Annotated[float, Field(ge=0, le=3600)] = 0.0
 
 
+FlagName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)]
+Bit = Annotated[int, Field(strict=True, ge=0, le=15)]
+
+
+class TamperSpec(_Strict):
+    """A 16-bit register whose bits are the meter's tamper flags: flag name -> bit number (0 = least significant).
+
+    A set bit raises its flag; the other bits of the register mean nothing to the gateway.
+    """
+
+    table: Literal["input", "holding"]
+    address: Address
+    flags: dict[FlagName, Bit]
+
+    @model_validator(mode="after")
+    def _check(self) -> TamperSpec:
+        if not self.flags:
+            raise ValueError("flags: name at least one flag")
+        bits = list(self.flags.values())
+        if len(set(bits)) != len(bits):
+            raise ValueError("flags: two flags share a bit")
+        return self
+
+    @cached_property
+    def masks(self) -> tuple[tuple[int, str], ...]:
+        """(bit mask, flag name) pairs, sorted by name: a reading's flags come out sorted."""
+        return tuple((1 << bit, name) for name, bit in sorted(self.flags.items()))
+
+    def decode(self, word: int) -> tuple[str, ...]:
+        """The flags a register value raises, sorted by name."""
+        return tuple(name for mask, name in self.masks if word & mask)
+
+    def encode(self, flags: Collection[str]) -> int:
+        """The register value that raises these flags (unknown names are ignored): for simulators."""
+        return sum(1 << bit for name, bit in self.flags.items() if name in flags)
+
+
 class MeterModel(_Strict):
     """One meter model file."""
 
@@ -170,6 +211,7 @@ class MeterModel(_Strict):
     defaults: Defaults = Defaults()
     registers: dict[str, RegisterSpec] = Field(default_factory=dict)
     relay: RelaySpec | None = None
+    tamper: TamperSpec | None = None
 
     def __hash__(self) -> int:  # the id is unique among loaded models; registers (a dict) are not hashable
         return hash((MeterModel, self.model))
@@ -206,6 +248,8 @@ class MeterModel(_Strict):
             spans.append(("relay.command", command.table, command.address, 1))
             if (state.table, state.address) != (command.table, command.address):
                 spans.append(("relay.state", state.table, state.address, 1))
+        if self.tamper is not None:
+            spans.append(("tamper", self.tamper.table, self.tamper.address, 1))
         return spans
 
     @property
@@ -215,10 +259,12 @@ class MeterModel(_Strict):
 
     @cached_property
     def read_plan(self) -> ReadPlan[str]:
-        """Requests that read every quantity and the relay state, merged as far as the model allows."""
+        """Requests that read every quantity, the relay state and the tamper register, merged as far as the model allows."""
         items = {name: (s.table, s.address, s.length) for name, s in self.registers.items()}
         if self.relay is not None:
             items[RELAY_STATE] = (self.relay.state.table, self.relay.state.address, 1)
+        if self.tamper is not None:
+            items[TAMPER] = (self.tamper.table, self.tamper.address, 1)
         return plan_reads(items, max_registers=self.defaults.max_registers_per_request)
 
 

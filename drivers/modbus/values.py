@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 
 from drivers.base import Reading, RelayState
-from drivers.modbus.models import RELAY_STATE, MeterModel, RegisterSpec, RelayStateSpec
+from drivers.modbus.models import RELAY_STATE, TAMPER, MeterModel, RegisterSpec, RelayStateSpec
 from drivers.modbus.quantities import QUANTITIES, RATE_QUANTITIES, to_canonical, unit_factor
 from drivers.modbus.registers import decode
 
@@ -18,6 +18,7 @@ __all__ = [
     "reading_from_values",
     "relay_state",
     "relay_state_from_replies",
+    "tamper_from_replies",
 ]
 
 # Quantities with their own Reading field; the rest go to Reading.extra under their own name.
@@ -109,7 +110,8 @@ def _raw_reader(encoding: str, word_order: str) -> Callable[[Sequence[int], int]
 def reading_from_replies(
     model: MeterModel, meter_id: str, replies: Sequence[Sequence[int]], *, taken_at: dt.datetime
 ) -> Reading:
-    """``reading_from_values(decode_values(...), relay=relay_state_from_replies(...))`` in one pass, with the
+    """``reading_from_values(decode_values(...), relay=relay_state_from_replies(...), tamper=tamper_from_replies(...))``
+    in one pass, with the
     work per model done once (the poll of every meter runs this)."""
     builder = _BUILDERS.get(id(model))
     if builder is None or builder.model is not model:
@@ -140,6 +142,10 @@ class _Builder:
         if model.relay is not None:
             index, offset = model.read_plan.slots[RELAY_STATE]
             self.relay = (index, offset, model.relay.state.closed, model.relay.state.open)
+        self.tamper: tuple[int, int, tuple[tuple[int, str], ...]] | None = None
+        if model.tamper is not None:
+            index, offset = model.read_plan.slots[TAMPER]
+            self.tamper = (index, offset, model.tamper.masks)
 
     def build(self, meter_id: str, replies: Sequence[Sequence[int]], taken_at: dt.datetime) -> Reading:
         if self.energy is None:
@@ -157,6 +163,10 @@ class _Builder:
         if (part := self.balance) is not None:
             balance = int(part[2](replies[part[0]], part[1]))
         extra = {name: c(replies[i], o) for name, (i, o, c) in self.extra}
+        if self.tamper is not None:
+            index, offset, masks = self.tamper
+            word = replies[index][offset]
+            extra["tamper"] = tuple([name for mask, name in masks if word & mask])
         relay = None
         if self.relay is not None:
             index, offset, closed, opened = self.relay
@@ -185,14 +195,24 @@ def relay_state_from_replies(model: MeterModel, replies: Sequence[Sequence[int]]
     return relay_state(model.relay.state, int(raw))
 
 
+def tamper_from_replies(model: MeterModel, replies: Sequence[Sequence[int]]) -> tuple[str, ...] | None:
+    """The tamper flags out of the replies to ``model.read_plan.requests`` (sorted), if the model has them."""
+    if model.tamper is None:
+        return None
+    (raw,) = model.read_plan.take(TAMPER, replies, 1)
+    return model.tamper.decode(int(raw))
+
+
 def reading_from_values(
     meter_id: str,
     values: Mapping[str, int | float],
     *,
     taken_at: dt.datetime,
     relay: RelayState | None = None,
+    tamper: tuple[str, ...] | None = None,
 ) -> Reading:
-    """Build the Reading; ``voltage``/``current`` fall back to phase 1 on three-phase models."""
+    """Build the Reading; ``voltage``/``current`` fall back to phase 1 on three-phase models; ``tamper`` (when
+    the model has the register) goes to ``extra["tamper"]``."""
     rates = tuple(int(values[name]) for name in RATE_QUANTITIES if name in values)
     voltage = values.get("voltage", values.get("voltage_l1"))
     current = values.get("current", values.get("current_l1"))
@@ -208,5 +228,6 @@ def reading_from_values(
         current_a=None if current is None else float(current),
         relay=relay,
         meter_balance_fen=None if balance is None else int(balance),
-        extra={name: value for name, value in values.items() if name not in _FIELDS},
+        extra={name: value for name, value in values.items() if name not in _FIELDS}
+        | ({} if tamper is None else {"tamper": tamper}),
     )

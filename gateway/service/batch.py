@@ -8,7 +8,7 @@ the others: a refused change leaves its account as it was.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from gateway.service.commands import CommandRecord, new_command
 from gateway.service.errors import AccountUnreadable, PaymentConflict, UnknownAccount, UnknownMeter, UnknownPayment
 from gateway.service.jobs import AccountJob, Job, PaymentJob, PaymentResult, ReadingJob, ReversalJob
 from gateway.service.ports import BatchChanges, MeterState, PaymentKey, UnitOfWork
+from gateway.service.tamper import TAMPER_TOPIC, tamper_change, tamper_event
 
 __all__ = ["REFUSALS", "Batch", "Known"]
 
@@ -46,8 +47,11 @@ class Batch:
     """
 
     def __init__(self, catalog: Catalog, now: dt.datetime, cache: AccountCache | None = None, *,
-                 trust_cache: bool = False) -> None:
+                 trust_cache: bool = False, tamper_seen: Mapping[str, tuple[str, ...]] | None = None) -> None:
         self.catalog, self.now, self.cache, self.trust_cache = catalog, now, cache, trust_cache
+        # the meters' tamper flags as committed (and as the batch in flight leaves them), and this batch's changes
+        self.tamper_seen: Mapping[str, tuple[str, ...]] = {} if tamper_seen is None else tamper_seen
+        self.tamper: dict[str, tuple[str, ...]] = {}
         self.accounts: dict[str, PrepaidAccount] = {}
         self.versions: dict[str, int] = {}  # of the accounts, as read
         self.meters: dict[str, MeterState] = {}
@@ -246,9 +250,24 @@ class Batch:
         if relay is not None and relay != meter.relay and not late:
             meter.relay = relay
             meter.changed.update(relay=relay, last_success_at=reading.taken_at)
+        if reading.extra and (flags := reading.extra.get("tamper")) is not None and not late:
+            self._tamper(reading, spec.account_id, flags)
         if account is None:  # a meter of a closed account (until a move-in): nothing to bill or decide
             return []
         return self._decide(account, origin="automatic", reason="balance")
+
+    def _tamper(self, reading: Reading, account_id: str, flags: tuple[str, ...]) -> None:
+        """A MeterTamper event when the meter's tamper flags changed (``gateway.service.tamper``)."""
+        meter_id = reading.meter_id
+        known = self.tamper.get(meter_id)
+        if known is None:
+            known = self.tamper_seen.get(meter_id)
+        flags = tuple(flags)
+        if flags == known:
+            return
+        self.tamper[meter_id] = flags
+        if tamper_change(known, flags):
+            self._outbox(TAMPER_TOPIC, tamper_event(meter_id, account_id, flags, reading.taken_at))
 
     def _outbox(self, topic: str, payload: dict[str, Any]) -> None:
         """Queue an event; datetimes in ``payload`` are written as ISO 8601 UTC by the JSON column."""

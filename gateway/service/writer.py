@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from collections import ChainMap
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ from gateway.service.errors import GatewayStopping
 from gateway.service.freshness import Freshness
 from gateway.service.jobs import Exclusive, Job, ReadingJob
 from gateway.service.ports import BatchChanges, StaleWrite, Storage, UnitOfWork
+from gateway.service.tamper import TamperFlags
 
 __all__ = ["Writer"]
 
@@ -89,6 +91,7 @@ class Writer:
         self.items = 0
         self.cache = AccountCache()
         self.freshness = Freshness(catalog.reading_history_s)
+        self.tamper = TamperFlags()  # the meters' tamper flags as committed (gateway.service.tamper)
         self._known = Known()
         self._flying = 0  # jobs of the batch in flight (pipelined)
         self.alarmed: set[str] = set()  # accounts whose unreadable state has had its alarm
@@ -292,7 +295,7 @@ class Writer:
 
     async def _commit_locked(self, items: list[Item]) -> None:
         """Read, apply and write in one unit of work, the accounts locked from the moment they are read."""
-        batch = Batch(self.catalog, self.clock(), self.cache)
+        batch = Batch(self.catalog, self.clock(), self.cache, tamper_seen=self.tamper.seen)
         async with self.storage(background=all(isinstance(job, ReadingJob) for job, _ in items)) as uow:
             async def reader() -> UnitOfWork:
                 return uow
@@ -317,7 +320,8 @@ class Writer:
         them and make what to write, with no lock held. ``after``: the batch in flight, whose changes this one
         builds on."""
         exclusive = self.storage.exclusive
-        batch = Batch(self.catalog, self.clock(), self.cache, trust_cache=exclusive)
+        seen = self.tamper.seen if after is None or not after.tamper else ChainMap(after.tamper, self.tamper.seen)
+        batch = Batch(self.catalog, self.clock(), self.cache, trust_cache=exclusive, tamper_seen=seen)
         async with contextlib.AsyncExitStack() as stack:
             opened: list[UnitOfWork] = []
 
@@ -353,6 +357,7 @@ class Writer:
         self.items += len(prepared.items)
         self.alarmed.update(batch.alarms)
         self.freshness.stored(batch.stored)
+        self.tamper.committed(batch.tamper)
         for future, ok, value in prepared.results:
             if not future.done():
                 if ok:

@@ -60,10 +60,13 @@ def _energy(wh: int) -> bytes:
     return ENERGY.encode_scaled(min(wh // 10, 99_999_999))  # 0.01 kWh = 10 Wh, truncated like a register
 
 
-def read_register(meter: SimulatedDlt645Meter, di: int) -> bytes | None:
-    """The value bytes of a DI, or ``None`` when the meter has no such data."""
+def read_register(meter: SimulatedDlt645Meter, di: int, *, tamper: frozenset[str] = frozenset()) -> bytes | None:
+    """The value bytes of a DI, or ``None`` when the meter has no such data; ``tamper``: flags the fleet's fault
+    plan raises (status word 7)."""
     if di in meter.extra_registers:
         return meter.extra_registers[di]
+    if meter.missing_registers and di in meter.missing_registers:
+        return None
     by_rate = meter.energy_wh_by_rate
     if di == DI.ENERGY_FORWARD_TOTAL or di == DI.ENERGY_COMBINED_TOTAL:
         return _energy(sum(by_rate))
@@ -82,7 +85,9 @@ def read_register(meter: SimulatedDlt645Meter, di: int) -> bytes | None:
         return _scaled(POWER, meter.power_w / 1000)
     if di == DI.STATUS_WORD_3:
         return meter.status_word_3.to_bytes(2, "little")
-    if di in (DI.STATUS_WORD_1, 0x04000502, 0x04000504, 0x04000505, 0x04000506, 0x04000507):
+    if di == DI.STATUS_WORD_7:
+        return meter.status_word_7(tamper).to_bytes(2, "little")
+    if di in (DI.STATUS_WORD_1, 0x04000502, 0x04000504, 0x04000505, 0x04000506):
         return bytes(2)
     if di == DI.BALANCE:
         return MONEY.encode_scaled(max(0, meter.balance_fen))
@@ -223,7 +228,7 @@ class SimulatedBus:
                 di = parse_read_request(frame)
             except Dlt645CodecError:
                 return frame.error_reply(ErrorBits.OTHER, address=own)
-            value = read_register(meter, di)
+            value = read_register(meter, di, tamper=self.faults.tamper(index) if self.faults else frozenset())
             if value is None:
                 return frame.error_reply(ErrorBits.NO_DATA, address=own)
             return frame.reply(frame.data[:4] + value, address=own)

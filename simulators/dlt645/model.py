@@ -1,6 +1,6 @@
 """One simulated DL/T 645 meter: the shared protocol-independent meter (``simulators.meter``) plus what
 DL/T 645 adds: an address, the 1CH relay model of protocols.md §1.9, password and validity checks, the prepaid
-registers, a settable meter clock (08H) and per-meter fault injection.
+registers, status words 3 and 7 (relay, tamper), a settable meter clock (08H) and per-meter fault injection.
 
 Per-meter faults (``inject``) act on replies only: ``silence`` loses the reply of a request the meter has
 executed (like the fleet plan's ``mute``, not like ``no-answer``), ``bad_checksum``, ``garbage`` and ``slow``
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from drivers.dlt645.address import address_to_wire, normalize_address
-from drivers.dlt645.constants import ErrorBits, RemoteCommand, StatusWord3
+from drivers.dlt645.constants import ErrorBits, RemoteCommand, StatusWord3, StatusWord7
 from drivers.dlt645.messages import RemoteControlRequest
 from simulators.meter import Clock, SimulatedMeter
 
@@ -94,6 +94,7 @@ class SimulatedDlt645Meter:
         self.clock_offset = dt.timedelta(0)  # set by 08H time sync
         self.fault: FaultPlan | None = None
         self.extra_registers: dict[int, bytes] = {}  # DI -> raw value bytes, answered as-is
+        self.missing_registers: set[int] = set()  # DIs answered "no requested data" (a meter without them)
         self.commands: list[RemoteControlRequest] = []  # accepted 1CH commands, newest last
         self.refusals: list[tuple[int, int]] = []  # (N1, ERR) of refused 1CH commands
         self.protected = False
@@ -183,6 +184,17 @@ class SimulatedDlt645Meter:
             word |= StatusWord3.PRE_TRIP_ALARM
         if self.protected:
             word |= StatusWord3.PROTECTED
+        return int(word)
+
+    def status_word_7(self, injected: frozenset[str] = frozenset()) -> int:
+        """Status word 7 (04000507): the tamper bits (9 cover, 10 terminal cover) of the meter's tamper flags and
+        of ``injected`` (the fleet fault plan's)."""
+        flags = self.meter.tamper_flags | injected if injected else self.meter.tamper_flags
+        word = 0
+        if "cover_open" in flags:
+            word |= StatusWord7.COVER_OPEN
+        if "terminal_cover_open" in flags:
+            word |= StatusWord7.TERMINAL_COVER_OPEN
         return int(word)
 
     @property

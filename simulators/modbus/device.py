@@ -2,7 +2,7 @@
 
 A ``ModelLayout`` turns the model's registers into slots (an address range of one table and how to fill it from
 the meter), computed once per model. A ``MeterUnit`` answers reads by filling the slots a request touches from
-the meter at that moment, and turns a write of the relay command into ``meter.set_relay``; anything else written
+the meter at that moment (the tamper register from its tamper flags), and turns a write of the relay command into ``meter.set_relay``; anything else written
 is refused like a read-only register. Addresses the model does not map answer exception 2, as on a real meter.
 """
 
@@ -144,6 +144,9 @@ class ModelLayout:
                     fill=lambda m: [state.closed if m.relay_closed else state.open],
                 )
             )
+        if model.tamper is not None:
+            tamper = model.tamper
+            slots.append(_Slot(tamper.table, tamper.address, 1, fill=lambda m: [tamper.encode(m.tamper_flags)]))
         self.slots: dict[Table, list[_Slot]] = {t: [s for s in slots if s.table == t] for t in TABLES}
         # every mapped address -> (slot, offset in the slot); a later slot at the same address wins
         self._cells: dict[Table, dict[int, tuple[_Slot, int]]] = {t: {} for t in TABLES}

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 GATEWAY_TARGET_FAILED = 0x0B
 _READ_TABLES = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
 _READ_LIMIT = {1: 2000, 2: 2000, 3: 125, 4: 125}
+_NO_FLAGS: frozenset[str] = frozenset()
 _HEADER = struct.Struct(">HHHB")  # MBAP: transaction id, protocol id, length, unit id
 
 # (unit id, function code, address, values) after a write was applied
@@ -170,6 +171,7 @@ class ModbusServer:
                 return exception_pdu(fc, ILLEGAL_VALUE)
             if faults and faults.counter_reset_due(unit.index):
                 unit.meter.set_energy_wh(0)
+            unit.meter.tamper_injected = faults.tamper(unit.index) if faults else _NO_FLAGS
             values = unit.read(_READ_TABLES[fc], address, count)  # type: ignore[arg-type]
             if isinstance(values, int):
                 return exception_pdu(fc, values)

@@ -118,6 +118,7 @@ def test_the_one_pass_reading_equals_the_step_by_step_one(path):
         reading_from_replies,
         reading_from_values,
         relay_state_from_replies,
+        tamper_from_replies,
     )
 
     now = dt.datetime(2026, 11, 23, 8, 0, tzinfo=dt.UTC)
@@ -131,7 +132,8 @@ def test_the_one_pass_reading_equals_the_step_by_step_one(path):
                     for _ in range(r.count)] for r in model.read_plan.requests]
         try:
             expected = reading_from_values("m", decode_values(model, replies), taken_at=now,
-                                           relay=relay_state_from_replies(model, replies))
+                                           relay=relay_state_from_replies(model, replies),
+                                           tamper=tamper_from_replies(model, replies))
         except ValueError:
             with pytest.raises(ValueError):
                 reading_from_replies(model, "m", replies, taken_at=now)
