@@ -28,6 +28,7 @@ from gateway.service.catalog import MeterSpec
 from gateway.service.clock import Clock, SystemClock
 from gateway.service.polling.breaker import Breaker
 from gateway.service.polling.poller import BusPoller
+from gateway.service.polling.timeliness import DayTally, ReadingDaysStore, TimelinessFlusher
 from gateway.service.relay_runner import RelayRunner
 
 __all__ = ["BusSetup", "Scheduler", "cancel_and_wait"]
@@ -47,6 +48,7 @@ class BusSetup:
     close_allowed: bool = False  # DL/T 645 1BH: a reconnect ends armed
     breaker: dict[str, Any] | None = None  # this bus's Breaker keywords (backoff), over the scheduler's
     make_target: Callable[[MeterSpec], Any] | None = None  # a meter's spec -> the driver's description of it
+    poll_time_s: float = 0.0  # the longest a poll may take (timeout x tries): the grace of its reading timeliness
 
 
 @dataclass(slots=True)
@@ -72,11 +74,13 @@ class Scheduler:
         evaluate_every_s: how often deferred disconnects are re-checked.
         max_pending_total: readings of all buses that may wait in the writer at once.
         breaker: keyword arguments of each bus's ``Breaker`` (backoff, failure budget).
+        reading_days: where each bus's reading timeliness of the day is written (None: not counted).
     """
 
     def __init__(self, service: Any, buses: list[BusSetup], *, clock: Clock | None = None,
                  publish: Any = lambda message: None, limits: Limits | None = None, evaluate_every_s: float = 5.0,
-                 max_pending_total: int = 128, offline_after: int = 3, breaker: dict[str, Any] | None = None) -> None:
+                 max_pending_total: int = 128, offline_after: int = 3, breaker: dict[str, Any] | None = None,
+                 reading_days: ReadingDaysStore | None = None) -> None:
         self.service, self.clock = service, clock or SystemClock()
         self.evaluate_every_s = evaluate_every_s
         site = service.catalog.site
@@ -91,7 +95,9 @@ class Scheduler:
                                publish=publish, gap_s=setup.gap_s, offline_after=offline_after,
                                max_pending=per_bus,
                                breaker=Breaker(setup.bus_id, meters=len(setup.targets),
-                                               **(breaker or {}) | (setup.breaker or {})))
+                                               **(breaker or {}) | (setup.breaker or {})),
+                               timeliness=None if reading_days is None else DayTally(
+                                   setup.bus_id, site.tz, grace_s=setup.poll_time_s + setup.gap_s))
             runner = RelayRunner(poller, service, clock=self.clock, limits=limits, trips=self.trips,
                                  close_allowed=setup.close_allowed, publish=publish, rehome=self._rehome)
             bus = Bus(poller, runner, setup.make_target)
@@ -99,6 +105,9 @@ class Scheduler:
             self._by_id[setup.bus_id] = bus
             self._by_meter.update(dict.fromkeys(setup.targets, bus))
         self._tasks: list[asyncio.Task[Any]] = []
+        self.timeliness = None if reading_days is None or not buses else TimelinessFlusher(
+            lambda: [bus.poller.timeliness for bus in self.buses if bus.poller.timeliness is not None],
+            reading_days, self.clock)
 
     # --- message-bus handlers -------------------------------------------------------------------------------
     def route(self, message: CommandQueued) -> None:
@@ -193,6 +202,8 @@ class Scheduler:
             self._tasks.append(asyncio.create_task(bus.poller.run(), name=f"gateway[{name}].poll"))
             self._tasks.append(asyncio.create_task(bus.runner.run(), name=f"gateway[{name}].commands"))
         self._tasks.append(asyncio.create_task(self._evaluate_loop(), name="gateway.evaluate"))
+        if self.timeliness is not None:
+            self._tasks.append(asyncio.create_task(self.timeliness.run(), name="gateway.timeliness"))
         return self
 
     async def recover(self) -> None:
@@ -211,6 +222,11 @@ class Scheduler:
     async def __aexit__(self, *exc_info: object) -> None:
         await cancel_and_wait(self._tasks)
         self._tasks.clear()
+        if self.timeliness is not None:  # the day so far, polls to the last
+            try:
+                await self.timeliness.flush()
+            except Exception:
+                log.exception("could not write the reading timeliness at the stop")
         for bus in self.buses:
             with contextlib.suppress(Exception):
                 await bus.poller.driver.aclose()

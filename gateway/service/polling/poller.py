@@ -31,6 +31,7 @@ from gateway.service.polling.breaker import Breaker
 from gateway.service.polling.health import FailureWriter, MeterHealth
 from gateway.service.polling.schedule import PollSchedule
 from gateway.service.polling.stats import BusStats, Rates, bus_figures
+from gateway.service.polling.timeliness import DayTally
 
 __all__ = ["BusPoller"]
 
@@ -53,11 +54,13 @@ class BusPoller:
         offline_after: failures in a row after which a meter is offline (degraded before that).
         max_pending: readings of this bus that may wait in the writer at once.
         breaker: backoff, failure budget and bus state (default: ``Breaker`` with its defaults).
+        timeliness: the bus's reading timeliness of the day, kept if given.
     """
 
     def __init__(self, bus_id: str, driver: MeterDriver[Any], targets: dict[str, Any], service: Any, *,
                  clock: Clock, publish: Callable[[Message], None] = lambda message: None, gap_s: float = 0.0,
-                 offline_after: int = 3, max_pending: int = 64, breaker: Breaker | None = None) -> None:
+                 offline_after: int = 3, max_pending: int = 64, breaker: Breaker | None = None,
+                 timeliness: DayTally | None = None) -> None:
         self.bus_id, self.driver, self.targets, self.service = bus_id, driver, targets, service
         self.clock, self.publish, self.gap_s = clock, publish, gap_s
         self.offline_after, self.max_pending = offline_after, max_pending
@@ -74,6 +77,7 @@ class BusPoller:
         self._room = asyncio.Event()
         self._room.set()
         self._record_errors_logged = 0
+        self.timeliness = timeliness
         self.setup()
 
     def setup(self) -> None:
@@ -85,6 +89,8 @@ class BusPoller:
         self.meters.update({m: MeterHealth(m, intervals.get(m) or catalog.meters[m].poll_interval_s)
                             for m in self.targets})
         self.schedule.stagger(list(self.meters.values()), now)
+        if self.timeliness is not None:
+            self.timeliness.begin(((m.meter_id, m.interval) for m in self.meters.values()), now, self.clock.now())
 
     # --- meters joining, moving and leaving (while the bus runs, or before) ---------------------------------
     def add(self, meter_id: str, target: Any, interval: float) -> None:
@@ -100,6 +106,8 @@ class BusPoller:
         meter.interval = interval
         self.breaker.resize(len(self.targets))
         self.schedule.join(meter, self.clock.monotonic())
+        if self.timeliness is not None:
+            self.timeliness.join(meter_id, interval, self.clock.monotonic())
         self._changed.set()
 
     def remove(self, meter_id: str) -> None:
@@ -111,6 +119,8 @@ class BusPoller:
         self.failures.forget(meter_id)
         self.breaker.forget(meter_id)
         self.breaker.resize(len(self.targets))
+        if self.timeliness is not None:
+            self.timeliness.leave(meter_id, self.clock.monotonic())
 
     async def run(self) -> None:
         """Poll until cancelled; failures are written to the meters table beside it."""
@@ -153,6 +163,8 @@ class BusPoller:
             self.schedule.next_slot(meter, now)
             return
         if self.breaker.waiting(now):
+            if self.timeliness is not None:
+                self.timeliness.failed(now)
             self._failed(meter, f"bus {self.bus_id} down: {self.breaker.error}")
             self.schedule.next_slot(meter, now)
             return
@@ -178,6 +190,8 @@ class BusPoller:
                 meter.last_failure_s = end - now
                 self.breaker.spend(end - now, end)
                 self.breaker.failed(meter.meter_id, exc, end)
+                if self.timeliness is not None:
+                    self.timeliness.failed(end)
                 self._failed(meter, str(exc))
                 if isinstance(exc, ConnectError) or self.breaker.down:
                     self.schedule.next_slot(meter, end)  # the bus's backoff, not the meter's
@@ -240,6 +254,8 @@ class BusPoller:
         meter.polls += 1
         self.rates.poll(now)
         meter.last_success = now
+        if self.timeliness is not None:
+            self.timeliness.ok(meter.meter_id, now)
         self.breaker.answered()
         self._back(meter, reading.taken_at)
         if not unchanged:
