@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from gateway.adapters.database import create_engine, migrate
 from gateway.adapters.list_store import SqlListStore
 from gateway.adapters.read_store import SqlReadStore
+from gateway.adapters.report_rows import SqlReportStore
 from gateway.adapters.reading_days_rows import SqlReadingDays
 from gateway.adapters.own_loop import OwnLoopStorage
 from gateway.adapters.sql import SqlStorage
@@ -36,6 +37,7 @@ from gateway.service.fleet import Fleet
 from gateway.service.lifecycle import Lifecycle
 from gateway.service.lists import Lists
 from gateway.service.messagebus import MessageBus
+from gateway.service.reports import Reports
 from gateway.service.scheduler import BusSetup, Scheduler
 from gateway.settings import Settings
 from gateway.site import (build_bus, catalog_from_settings, check_models, default_models_dir, seed_from_settings,
@@ -63,6 +65,8 @@ class Gateway:
                                bus=self.messages)
         self.fleet = Fleet(self.service)
         self.service.lifecycle = Lifecycle(self.fleet)  # the fleet's changes, for the API
+        self.service.reports = Reports(SqlReportStore(SqlStorage(self.engine)), self.catalog,  # type: ignore[attr-defined]
+                                       self.service.clock)  # the daily reports, for the API
         self.service.lists = Lists(SqlListStore(SqlStorage(self.engine)), self.service.writer.freshness.latest)
         self.scheduler: Scheduler | None = None
         self.relay: Any = None  # the outbox relay, when events go out over MQTT

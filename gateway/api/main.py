@@ -9,7 +9,7 @@ from fastapi_offline import FastAPIOffline
 
 from gateway.api import problems
 from gateway.api.openapi import install_openapi
-from gateway.api.routes import accounts, audit, commands, fleet, health, meters, notices, payments
+from gateway.api.routes import accounts, audit, commands, fleet, health, meters, notices, payments, reports
 from gateway.api.security import Caller, FailedAuthLimiter, KeyRing
 from gateway.service.facade import Service
 
@@ -37,7 +37,7 @@ def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None
     app.add_middleware(_NoStore)
     app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes,
                        larger={fleet.IMPORT_PATH: max_import_bytes})  # a whole fleet's file
-    for module in (health, payments, fleet, accounts, meters, commands, notices, audit):
+    for module in (health, payments, fleet, accounts, meters, commands, notices, audit, reports):
         app.include_router(module.router)
     app.include_router(fleet.files)
     install_openapi(app, max_payment_fen=service.catalog.max_payment_fen)

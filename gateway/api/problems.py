@@ -40,6 +40,7 @@ from gateway.service.errors import (
     FleetConflict,
     FleetInvalid,
 )
+from gateway.service.reports import ReportRefused
 
 __all__ = ["PROBLEM", "PROBLEM_TYPES", "Problem", "ProblemType", "install", "problem", "responses"]
 
@@ -99,6 +100,10 @@ PROBLEM_TYPES = _types(
                 "place on a bus taken by another meter, a closed account, a relay command in progress, a meter that "
                 "did not answer); an imported row that is not well formed too. `errors` lists each one with its "
                 "row, kind and field. Nothing was changed."),
+    ProblemType("report-refused", 409, "Conflict",
+                "A report's parameters are well formed but refused: a range that is empty, reversed or longer than "
+                "366 days, a day that is not in the calendar, or a cursor that is not one of this report's "
+                "(docs/reports.md)."),
     ProblemType("conflict", 409, "Conflict",
                 "The request is well formed but the state of the account, the meter or the clock does not allow it "
                 "now (e.g. a hold that ends in the past, a re-base taken in the future)."),
@@ -148,6 +153,7 @@ _ERRORS: dict[type[Exception], str] = {
     CommandNotCancellable: "command-not-cancellable",
     CommandNotAllowed: "not-allowed",
     AccountUnreadable: "account-state-unreadable",
+    ReportRefused: "report-refused",
     AmountError: "validation-error",
     DomainError: "conflict",
     GatewayStopping: "unavailable",
@@ -284,6 +290,7 @@ _EXAMPLES = {
     "command-not-cancellable": "command 6f1c… is sent; only a queued command can be cancelled",
     "notice-not-retryable": "notice 12 is delivered; only a failed notice is tried again",
     "fleet-conflict": "meters row 3: unit_id: 12 on bus 'feeder-1' is M-0012's",
+    "report-refused": "the range is longer than 366 days; ask for several",
     "conflict": "the hold must end in the future",
     "account-state-unreadable": "account A-7: the stored state cannot be read (hold_until); an alarm was raised",
     "content-too-large": "Content Too Large",
