@@ -9,23 +9,29 @@ from fastapi_offline import FastAPIOffline
 
 from gateway.api import problems
 from gateway.api.openapi import install_openapi
-from gateway.api.routes import accounts, audit, commands, fleet, health, meters, notices, payments, reports
+from gateway.api.routes import (accounts, audit, commands, events, fleet, health, meters, metrics, notices, payments,
+                                 reports)
 from gateway.api.security import Caller, FailedAuthLimiter, KeyRing
+from gateway.service.event_stream import EventStream
 from gateway.service.facade import Service
+from gateway.service.metrics import GatewayMetrics
 
 __all__ = ["create_app"]
 
 
 def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None, max_body_bytes: int = 1_048_576,
                failed_auth_limit: int = 20, failed_auth_window_s: float = 60.0, key_cache_s: float = 30.0,
-               max_import_bytes: int = 67_108_864) -> FastAPI:
+               max_import_bytes: int = 67_108_864, event_stream: EventStream | None = None,
+               gateway_metrics: GatewayMetrics | None = None) -> FastAPI:
     """The API over ``service``; ``static_keys`` maps key SHA-256 → caller for the keys of the settings (the
-    database's keys are read through ``service.stored_keys``)."""
+    database's keys are read through ``service.stored_keys``); ``event_stream``: ``GET /v1/events`` (ended by
+    ``app.state.events.close()`` when the server stops); ``gateway_metrics``: ``GET /metrics``."""
     # The docs pages (/docs, /redoc) load their scripts from the package, never from a CDN.
     app = FastAPIOffline(title="meter-gateway", version="0.1.0", static_url="/docs-assets",
                          description="Remote prepaid and meter-control gateway: payments, accounts, meters, relay "
                                      "commands. Errors are application/problem+json; their types are in docs/api.md.")
     app.state.service = service
+    app.state.events, app.state.metrics = event_stream, gateway_metrics
 
     async def stored() -> dict[str, Caller]:
         return {digest: Caller(name, role, frozenset(sources) if sources is not None else None)
@@ -35,10 +41,16 @@ def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None
     app.state.auth_limiter = FailedAuthLimiter(limit=failed_auth_limit, window_s=failed_auth_window_s)
     problems.install(app)
     app.add_middleware(_NoStore)
+    if gateway_metrics is not None:
+        app.add_middleware(metrics.PaymentOutcomes, metrics=gateway_metrics)
     app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes,
                        larger={fleet.IMPORT_PATH: max_import_bytes})  # a whole fleet's file
     for module in (health, payments, fleet, accounts, meters, commands, notices, audit, reports):
         app.include_router(module.router)
+    if event_stream is not None:
+        app.include_router(events.router)
+    if gateway_metrics is not None:
+        app.include_router(metrics.router)
     app.include_router(fleet.files)
     install_openapi(app, max_payment_fen=service.catalog.max_payment_fen)
     return app

@@ -149,7 +149,7 @@ async def test_disconnections_with_their_reconnection_and_duration(gw: Any) -> N
                  command("c-before", "M-1", "open", "confirmed", day - dt.timedelta(minutes=1)),
                  command("c-armed", "M-2", "close", "armed", day + dt.timedelta(hours=20)),
                  command("c-still", "M-2", "open", "confirmed", day + dt.timedelta(days=1, hours=8), origin="operator",
-                         operator="Zhang Wei", reason="meter inspection"))
+                         operator="Zhang Wei", reason='meter inspection, "urgent"\nby phone'))
     gateway.test_clock.now = T0 + dt.timedelta(hours=1)
     params = dict(since="2026-11-21T00:00:00Z", until="2026-11-23T00:00:00Z")
     body = await report(client, "disconnections", **params)
@@ -158,11 +158,12 @@ async def test_disconnections_with_their_reconnection_and_duration(gw: Any) -> N
          "operator": None, "disconnected_at": "2026-11-21T10:00:00Z", "reconnected_at": "2026-11-21T12:00:00Z",
          "duration_s": 7200, "still_off": False},
         {"command_id": "c-still", "meter_id": "M-2", "account_id": "A-2", "origin": "operator",
-         "reason": "meter inspection", "operator": "Zhang Wei", "disconnected_at": "2026-11-22T08:00:00Z",
+         "reason": 'meter inspection, "urgent"\nby phone', "operator": "Zhang Wei",
+         "disconnected_at": "2026-11-22T08:00:00Z",
          "reconnected_at": None, "duration_s": 17 * 3600, "still_off": True}]
     assert body["totals"]["disconnections"] == 2
     assert await walk(client, "disconnections", 1, **params) == body["data"]
-    assert await as_csv(client, "disconnections", **params) == cells(body["data"])
+    assert await as_csv(client, "disconnections", **params) == cells(body["data"])  # quoted, as RFC 4180 says
     # until defaults to now; a range that holds neither is empty
     assert len((await report(client, "disconnections", since="2026-11-21T00:00:00Z"))["data"]) == 2
     assert (await report(client, "disconnections", since="2026-11-22T09:00:00+08:00",  # 01:00Z

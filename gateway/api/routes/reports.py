@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -120,19 +118,23 @@ async def _answer(report: Any, params: dict[str, Any], format: str, limit: int, 
 
 async def _csv(columns: list[str], first: dict[str, Any] | None,
                rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
-    """The header, then the rows, about 500 to a chunk."""
-    buffer = io.StringIO()
-    out = csv.writer(buffer, lineterminator="\r\n")
-    out.writerow(columns)
+    """The header, then the rows (RFC 4180, CRLF), in chunks of about 64 KiB."""
+    chunk = [_line(columns)]
+    size = 0
     if first is not None:
-        out.writerow([_cell(first[c]) for c in columns])
+        chunk.append(_line([_cell(first[c]) for c in columns]))
         async for data in rest:
-            out.writerow([_cell(data[c]) for c in columns])
-            if buffer.tell() > 65_536:
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-    yield buffer.getvalue()
+            line = _line([_cell(data[c]) for c in columns])
+            chunk.append(line)
+            size += len(line)
+            if size > 65_536:
+                yield "".join(chunk)
+                chunk, size = [], 0
+    yield "".join(chunk)
+
+
+def _line(cells: list[str]) -> str:
+    return ",".join('"' + c.replace('"', '""') + '"' if any(x in c for x in ',"\r\n') else c for c in cells) + "\r\n"
 
 
 def _cell(value: Any) -> str:
