@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from gateway.adapters.database import create_engine, migrate
 from gateway.adapters.list_store import SqlListStore
+from gateway.adapters.metric_rows import SqlEventSource, SqlMetricRows
 from gateway.adapters.read_store import SqlReadStore
 from gateway.adapters.report_rows import SqlReportStore
 from gateway.adapters.reading_days_rows import SqlReadingDays
@@ -28,15 +29,17 @@ from gateway.adapters.sqlite_pipeline import SqlitePipelineStorage
 from gateway.service.ports import Storage
 from gateway.api.main import create_app
 from gateway.api.security import Caller
-from gateway.domain.messages import (CommandQueued, DisconnectWithdrawn, Message, MeterAnswered, MeterPlaced,
-                                     MeterRetired)
+from gateway.domain.messages import (CommandFinished, CommandQueued, DisconnectWithdrawn, Message, MeterAnswered,
+                                     MeterPlaced, MeterRetired)
 from gateway.domain.notices import NoticePolicy
 from gateway.service.clock import SystemClock
 from gateway.service.facade import Service
 from gateway.service.fleet import Fleet
 from gateway.service.lifecycle import Lifecycle
 from gateway.service.lists import Lists
+from gateway.service.event_stream import EventStream
 from gateway.service.messagebus import MessageBus
+from gateway.service.metrics import GatewayMetrics
 from gateway.service.reports import Reports
 from gateway.service.scheduler import BusSetup, Scheduler
 from gateway.settings import Settings
@@ -73,6 +76,9 @@ class Gateway:
         self.discovery: Any = None  # Home Assistant discovery, when mqtt.home_assistant
         self.notices: Any = None  # the notice planner and dispatcher, when notices are on
         self.pruner: Any = None  # without MQTT: deletes old events from the outbox
+        self.events = EventStream(SqlEventSource(SqlStorage(self.engine)))  # GET /v1/events
+        self.metrics = GatewayMetrics(SqlMetricRows(SqlStorage(self.engine)), publishing=settings.mqtt is not None)
+        self.metrics.events = self.events
         self._stack = contextlib.AsyncExitStack()
 
     def _storage(self) -> Storage:
@@ -101,7 +107,7 @@ class Gateway:
         api = self.settings.api
         return create_app(self.service, static_keys=self.static_keys(), max_body_bytes=api.max_body_bytes,
                           failed_auth_limit=api.failed_auth_limit, failed_auth_window_s=api.failed_auth_window_s,
-                          key_cache_s=api.key_cache_s)
+                          key_cache_s=api.key_cache_s, event_stream=self.events, gateway_metrics=self.metrics)
 
     async def __aenter__(self) -> Gateway:
         if self.pipeline and self.settings.database.switch_interval_ms:
@@ -124,6 +130,7 @@ class Gateway:
             self._notify(self.settings.notices, self.catalog.notices)
         if self.settings.mqtt is None:
             self._prune_outbox()
+        await self._operations()
         buses = []
         models = site_models(self.settings, base_dir=self.base_dir)
         on_bus: dict[str, list[Any]] = {}
@@ -151,11 +158,13 @@ class Gateway:
                           *([lambda m: self.discovery.place(m.meter_id, catalog.meters[m.meter_id].model)]
                             if self.discovery is not None else [])],  # Home Assistant told
             MeterRetired: [lambda m: scheduler.remove_meter(m.meter_id)],  # polled no more
+            CommandFinished: [self.metrics.command_finished],  # its latency
         }
         for kind, found in handlers.items():
             for handler in found:
                 self.messages.register(kind, handler)
         self.scheduler = await self._stack.enter_async_context(scheduler)
+        self.metrics.scheduler = scheduler  # the buses' figures, at each scrape
         # Started after the scheduler so that they stop before it closes the drivers they use.
         for setup, bus in zip(buses, self.settings.buses if self.run_buses else [], strict=True):
             if bus.time_sync_s and bus.protocol.startswith("dlt645"):
@@ -232,6 +241,17 @@ class Gateway:
         self.pruner = OutboxPruner(self.uow, self.service.clock, retention_s=self.settings.engine.event_retention_s,
                                    keep_unnoticed=self.notices is not None)
         self._task("gateway.outbox.prune", self.pruner.run())
+
+    async def _operations(self) -> None:
+        """GET /metrics counts the ledger's entries from now on; GET /v1/events: the shared reader wakes at each
+        commit (it also looks every 0.25 s: other instances'), and stops with the gateway (the API server ends
+        the streams first: ``ApiServer.shutdown``)."""
+        await self.metrics.start()
+        writer = self.service.writer
+        committed = writer.on_commit
+        writer.on_commit = lambda: (committed(), self.events.wake())  # type: ignore[func-returns-value]
+        self._stack.callback(setattr, writer, "on_commit", committed)
+        self._stack.push_async_callback(self.events.aclose)
 
     def _task(self, name: str, work: Any) -> None:
         """Run ``work`` until the gateway stops (cancelled before the writer closes)."""

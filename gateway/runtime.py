@@ -43,6 +43,13 @@ class ApiServer(uvicorn.Server):
             for sig in signals:
                 loop.remove_signal_handler(sig)
 
+    async def shutdown(self, sockets: Any = None) -> None:
+        # uvicorn waits for open responses before it stops: end the live event streams (GET /v1/events) first
+        events = getattr(getattr(self.config.app, "state", None), "events", None)
+        if events is not None:
+            events.close()
+        await super().shutdown(sockets)
+
 
 def api_config(gateway: Gateway, **overrides: Any) -> uvicorn.Config:
     """The hardened uvicorn configuration of a gateway's API (``gateway.api.server.server_config``) from its

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from gateway.adapters import tables as t
+from gateway.adapters.alarm_rows import keeper_done
 from gateway.adapters.repositories import Repository, chunks
 from gateway.domain.timeutil import from_iso, to_iso
 from gateway.service import ports
@@ -97,6 +98,13 @@ class Outbox(Repository, ports.OutboxRepository):
             old = sa.select(c.id).where(c.published_at.is_not(None), c.published_at < before)
         if keep_unnoticed:  # notices on: an event also waits for the notice planner
             old = old.where(c.noticed_at.is_not(None))
+        done = await keeper_done(self.uow)
+        if done is not None:  # and for the alarm keeper (``gateway.service.alarms``)
+            old = old.where(c.id <= done)
+        # never the newest event: SQLite would give its id again (an id is the largest one there + 1), and the
+        # relay and the alarm keeper, past it, would miss the events that take the ids again
+        newest = t.outbox.alias("newest")
+        old = old.where(c.id < sa.select(sa.func.max(newest.c.id)).scalar_subquery())
         # at most ``limit`` rows per statement: a first prune of a large backlog does not hold the database
         result = await self.uow.execute(sa.delete(t.outbox).where(c.id.in_(old.order_by(c.id).limit(limit)
                                                                            .scalar_subquery())))

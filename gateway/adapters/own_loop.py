@@ -104,7 +104,7 @@ class OwnLoopUnitOfWork(ports.UnitOfWork):
         self._storage, self._inner = storage, inner
         self._last: concurrent.futures.Future[Any] | None = None
         # the repositories
-        for name in ("accounts", "meters", "payments", "commands", "ledger", "outbox", "notices", "fleet"):
+        for name in ("accounts", "meters", "payments", "commands", "ledger", "outbox", "notices", "fleet", "alarms"):
             setattr(self, name, _Forward(self, getattr(inner, name, None)))
 
     def step(self, coroutine: Coroutine[Any, Any, T]) -> Awaitable[T]:

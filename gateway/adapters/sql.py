@@ -25,6 +25,7 @@ from drivers.priority_lock import PriorityLock
 from gateway.adapters import tables as t
 from gateway.adapters.database import IMMEDIATE
 from gateway.adapters.account_rows import account_row
+from gateway.adapters.alarm_rows import Alarms
 from gateway.adapters.fleet_rows import Fleet
 from gateway.adapters.outbound_rows import Notices, Outbox
 from gateway.adapters.repositories import Accounts, Commands, Ledger, Meters, Payments, chunks, command_record
@@ -92,6 +93,7 @@ class SqlUnitOfWork(ports.UnitOfWork):
         self.outbox = Outbox(self)
         self.notices = Notices(self)
         self.fleet = Fleet(self)
+        self.alarms = Alarms(self)
 
     @property
     def conn(self) -> AsyncConnection:

@@ -40,6 +40,7 @@ from gateway.service.errors import (
     FleetConflict,
     FleetInvalid,
 )
+from gateway.service.alarms import AlarmNotOpen, UnknownAlarm
 from gateway.service.reports import ReportRefused
 
 __all__ = ["PROBLEM", "PROBLEM_TYPES", "Problem", "ProblemType", "install", "problem", "responses"]
@@ -104,6 +105,9 @@ PROBLEM_TYPES = _types(
                 "A report's parameters are well formed but refused: a range that is empty, reversed or longer than "
                 "366 days, a day that is not in the calendar, or a cursor that is not one of this report's "
                 "(docs/reports.md)."),
+    ProblemType("alarm-resolved", 409, "Conflict",
+                "The alarm is resolved: it is acknowledged or resolved no more (a new one is raised if its cause "
+                "comes back)."),
     ProblemType("conflict", 409, "Conflict",
                 "The request is well formed but the state of the account, the meter or the clock does not allow it "
                 "now (e.g. a hold that ends in the past, a re-base taken in the future)."),
@@ -146,6 +150,7 @@ def problem(slug: str, detail: str | None = None, *, headers: dict[str, str] | N
 _ERRORS: dict[type[Exception], str] = {
     UnknownAccount: "not-found", UnknownMeter: "not-found", DomainUnknownMeter: "not-found",
     UnknownPayment: "not-found", UnknownCommand: "not-found", UnknownNotice: "not-found",
+    UnknownAlarm: "not-found", AlarmNotOpen: "alarm-resolved",
     NoticeNotRetryable: "notice-not-retryable",
     PaymentConflict: "payment-conflict",
     EmergencyCreditRefused: "emergency-credit-refused",
@@ -291,6 +296,7 @@ _EXAMPLES = {
     "notice-not-retryable": "notice 12 is delivered; only a failed notice is tried again",
     "fleet-conflict": "meters row 3: unit_id: 12 on bus 'feeder-1' is M-0012's",
     "report-refused": "the range is longer than 366 days; ask for several",
+    "alarm-resolved": "alarm 42 is resolved already",
     "conflict": "the hold must end in the future",
     "account-state-unreadable": "account A-7: the stored state cannot be read (hold_until); an alarm was raised",
     "content-too-large": "Content Too Large",

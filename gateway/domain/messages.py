@@ -5,11 +5,13 @@ The service's message bus (``gateway.service.messagebus``) routes each to the ha
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from gateway.domain.relay import Command
 
-__all__ = ["CommandQueued", "DisconnectWithdrawn", "Message", "MeterAnswered", "MeterPlaced", "MeterRetired"]
+__all__ = ["CommandFinished", "CommandQueued", "DisconnectWithdrawn", "Message", "MeterAnswered", "MeterPlaced",
+           "MeterRetired"]
 
 
 class Message:
@@ -21,6 +23,14 @@ class CommandQueued(Message):
     """A relay command is durable and waits for its bus."""
 
     command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class CommandFinished(Message):
+    """The relay runner saved a command in a final state (confirmed, armed, failed, expired, withdrawn) at ``at``."""
+
+    command: Command
+    at: dt.datetime
 
 
 @dataclass(frozen=True, slots=True)

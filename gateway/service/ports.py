@@ -21,6 +21,7 @@ from gateway.domain.relay import Command
 from gateway.service.commands import CommandRecord
 
 if TYPE_CHECKING:
+    from gateway.service.alarm_port import AlarmRepository
     from gateway.service.fleet_port import FleetRepository
 
 __all__ = ["AccountRepository", "BatchChanges", "CommandRepository", "LedgerRepository", "MeterRepository",
@@ -298,6 +299,7 @@ class UnitOfWork(abc.ABC):
     outbox: OutboxRepository
     notices: NoticeRepository
     fleet: FleetRepository
+    alarms: AlarmRepository
 
     @abc.abstractmethod
     async def __aenter__(self) -> Self: ...

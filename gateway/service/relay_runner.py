@@ -30,7 +30,7 @@ from typing import Any
 
 from drivers.base import RelayAction
 from drivers.errors import CommandRefused, ConnectError, DriverError
-from gateway.domain.messages import DisconnectWithdrawn, Message
+from gateway.domain.messages import CommandFinished, DisconnectWithdrawn, Message
 from gateway.domain.policy import RateLimiter
 from gateway.domain.relay import (
     FINAL,
@@ -256,6 +256,7 @@ class RelayRunner:
             await uow.commit()
         if saved and new.state in FINAL:
             self._forget_meter(new.meter_id)  # its row's relay or relay fault changed
+            self.publish(CommandFinished(new, self.clock.now()))  # (its latency, for the metrics)
         if not saved or new.state in FINAL:
             self.active.pop(new.id, None)
         else:

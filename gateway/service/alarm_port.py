@@ -1,0 +1,142 @@
+"""The storage port of the alarms (table ``alarms``), the alarm keeper's cursor over the outbox, and the record
+the API shows. Adapters in ``gateway.adapters.alarm_rows``."""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.service.ports import OutboxEvent
+
+__all__ = ["ALARM_CURSOR", "AlarmRecord", "AlarmRepository", "Cursor"]
+
+ALARM_CURSOR = "alarm_keeper"  # the site_state row of the keeper's cursor (the outbox pruning reads its "done")
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRecord:
+    """A stored alarm."""
+
+    id: int
+    kind: str
+    subject: str
+    meter_id: str | None
+    account_id: str | None
+    severity: str
+    state: str  # open | acknowledged | resolved
+    detail: dict[str, Any] | None
+    raised_at: dt.datetime
+    last_seen_at: dt.datetime
+    times: int
+    updated_at: dt.datetime
+    event_id: int | None
+    acknowledged_at: dt.datetime | None
+    acknowledged_by: str | None
+    ack_reason: str | None
+    resolved_at: dt.datetime | None
+    resolved_by: str | None
+    resolve_reason: str | None
+
+
+@dataclass(slots=True)
+class Cursor:
+    """How far the keeper has looked at the outbox: every event up to ``high`` but the ``holes``.
+
+    On PostgreSQL an event's id is taken when it is written, not when its transaction commits: an id below one
+    already seen may still come (a transaction in flight), or never (rolled back). Such ids are kept as holes,
+    looked for again, and given up ``hole_wait`` after they were first missed. SQLite commits in id order: no
+    holes there. ``done``: every event up to it has been looked at (the pruning keeps the events above it).
+    """
+
+    high: int = 0
+    holes: dict[int, str] = field(default_factory=dict)  # id -> when it was first missed (ISO 8601)
+
+    @classmethod
+    def load(cls, state: dict[str, Any] | None) -> Cursor:
+        if not state:
+            return cls()
+        return cls(int(state.get("high", 0)), {int(i): str(at) for i, at in state.get("holes", [])})
+
+    def state(self) -> dict[str, Any]:
+        return {"high": self.high, "done": self.done, "holes": [[i, at] for i, at in sorted(self.holes.items())]}
+
+    @property
+    def done(self) -> int:
+        return min(self.holes) - 1 if self.holes else self.high
+
+    def copy(self) -> Cursor:
+        return Cursor(self.high, dict(self.holes))
+
+    def take(self, ids: list[int], now: dt.datetime, *, holes: bool, hole_wait: dt.timedelta,
+             max_gap: int = 1_000, max_holes: int = 10_000) -> None:
+        """The events ``ids`` were looked at (new ones, and holes that came)."""
+        for i in ids:
+            self.holes.pop(i, None)
+        new = sorted(i for i in ids if i > self.high)
+        if holes:
+            at, previous = now.isoformat(), self.high
+            for i in new:
+                if 1 < i - previous <= max_gap:  # (a larger gap: pruned long ago, not a transaction in flight)
+                    for missing in range(previous + 1, i):
+                        self.holes.setdefault(missing, at)
+                previous = i
+        if new:
+            self.high = new[-1]
+        oldest = (now - hole_wait).isoformat()
+        self.holes = {i: at for i, at in self.holes.items() if at > oldest}
+        if len(self.holes) > max_holes:
+            self.holes = dict(sorted(self.holes.items())[-max_holes:])
+
+
+class AlarmRepository(abc.ABC):
+    # --- the keeper's cursor and the events it reads ------------------------------------------------------
+    @abc.abstractmethod
+    async def cursor(self, *, lock: bool) -> dict[str, Any] | None:
+        """The keeper's stored cursor (None: never stored); with ``lock``, its row is created if missing and
+        locked until the commit (instances sharing the database take turns)."""
+
+    @abc.abstractmethod
+    async def put_cursor(self, state: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    async def events(self, after: int, holes: list[int], limit: int) -> tuple[list[int], list[OutboxEvent]]:
+        """The ids of up to ``limit`` outbox events above ``after`` and of those in ``holes`` that are there now,
+        and, in id order, the events among them that may concern alarms (balance events never do)."""
+
+    @abc.abstractmethod
+    async def newest_event(self) -> int:
+        """The id of the newest outbox event (0: none)."""
+
+    # --- alarms -------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def unresolved(self, kind: str, subject: str) -> AlarmRecord | None:
+        """The unresolved alarm of ``kind`` about ``subject`` (locked until the commit)."""
+
+    @abc.abstractmethod
+    async def matching(self, kinds: tuple[str, ...], *, subject: str | None, meter_id: str | None,
+                       account_id: str | None) -> list[AlarmRecord]:
+        """Unresolved alarms of one of ``kinds`` matching each of the other arguments that is not None."""
+
+    @abc.abstractmethod
+    async def add(self, row: dict[str, Any]) -> int | None:
+        """Store a new alarm (the table's columns but ``id``); its id, or None when an unresolved one of its
+        kind and subject is there already."""
+
+    @abc.abstractmethod
+    async def change(self, alarm_id: int, states: tuple[str, ...], values: dict[str, Any]) -> bool:
+        """Set ``values`` on the alarm if its state is one of ``states``; False if it is not (nothing changed)."""
+
+    @abc.abstractmethod
+    async def get(self, alarm_id: int, *, lock: bool = False) -> AlarmRecord | None: ...
+
+    @abc.abstractmethod
+    async def page(self, *, states: tuple[str, ...] | None, kind: str | None, severity: str | None,
+                   meter_id: str | None, account_id: str | None, before_id: int | None,
+                   limit: int) -> list[AlarmRecord]:
+        """Alarms, newest (highest id) first."""
+
+    @abc.abstractmethod
+    async def subjects(self, kind: str) -> set[str]:
+        """The subjects of the unresolved alarms of ``kind``."""

@@ -1,0 +1,263 @@
+"""Alarms as records (docs/alarms.md): the keeper that raises and resolves them from the outbox's events, and
+what an operator does with them (acknowledge, resolve by hand).
+
+The **keeper** (``AlarmKeeper.run``) reads the outbox's events after its cursor, asks ``gateway.domain.alarms``
+what each raises and resolves, and applies that to the ``alarms`` table: one unresolved alarm per (kind,
+subject), raised again -> ``times`` + 1 and ``last_seen_at``; resolved by "gateway" when an event ends its cause.
+Every change writes an audit row and an event on the topic ``alarms`` (``AlarmRaised``, ``AlarmAcknowledged``,
+``AlarmResolved``, which the keeper itself passes over), in the transaction that moves the cursor: an event is
+applied once, whatever crashes. Instances sharing a database take turns on the cursor's row (locked in that
+transaction), and the unique index of unresolved alarms keeps a second one from being made.
+
+Most events change no alarm: a batch of them is looked at in a read-only transaction first, and the cursor kept
+in memory (stored with the next change, or every ``persist_every`` events / ``persist_s``; the outbox pruning
+keeps the events above the stored cursor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway.domain.alarms import AlarmChanges, Raise, alarm_changes
+from gateway.service.alarm_port import AlarmRecord, Cursor
+from gateway.service.clock import wait_event
+from gateway.service.ports import OutboxEvent, Storage, UnitOfWork
+
+__all__ = ["AlarmDesk", "AlarmKeeper", "AlarmNotOpen", "UnknownAlarm", "alarm_shape"]
+
+log = logging.getLogger(__name__)
+
+GATEWAY = "gateway"  # who resolves an alarm whose cause ended
+UNRESOLVED = ("open", "acknowledged")
+
+
+class UnknownAlarm(LookupError):
+    """No alarm with that id."""
+
+
+class AlarmNotOpen(Exception):
+    """The alarm is resolved: it is acknowledged or resolved no more."""
+
+
+class AlarmKeeper:
+    """Raises and resolves alarms from the outbox's events until cancelled.
+
+    Args:
+        storage: the storage port.
+        account_of: the account of a meter (None if unknown), for alarms about a meter.
+        clock: aware UTC now.
+        holes: look again for ids skipped by transactions in flight (PostgreSQL; SQLite commits in id order).
+        batch: events read per transaction.
+        idle_s: how often an idle keeper looks for new events.
+        hole_wait_s: how long a skipped id is looked for.
+        persist_every, persist_s: store a cursor that changed no alarm after that many events or seconds.
+    """
+
+    def __init__(self, storage: Storage, account_of: Callable[[str], str | None], clock: Callable[[], dt.datetime],
+                 *, holes: bool, batch: int = 256, idle_s: float = 1.0, hole_wait_s: float = 60.0,
+                 persist_every: int = 5_000, persist_s: float = 300.0) -> None:
+        self.storage, self.account_of, self.clock = storage, account_of, clock
+        self.holes, self.batch, self.idle_s = holes, batch, idle_s
+        self.hole_wait = dt.timedelta(seconds=hole_wait_s)
+        self.persist_every, self.persist = persist_every, dt.timedelta(seconds=persist_s)
+        self.cursor: Cursor | None = None  # in memory: may be ahead of the stored one by events that changed nothing
+        self._stored_high, self._stored_at = 0, clock()
+        self._wake = asyncio.Event()
+        self.raised = self.resolved = self.looked_at = 0
+
+    def wake(self) -> None:
+        """New events were committed."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                done = await self.step()
+            except Exception:  # a database hiccup: logged, tried again (the loop must not die)
+                log.exception("alarms: the keeper failed; trying again")
+                done = 0
+                await asyncio.sleep(self.idle_s)
+            if done:
+                continue
+            self._wake.clear()
+            await wait_event(self._wake, self.idle_s)
+
+    async def step(self) -> int:
+        """Look at the next events; apply what they change. Returns how many events were looked at."""
+        async with self.storage(readonly=True) as uow:
+            if self.cursor is None:
+                self.cursor = Cursor.load(await uow.alarms.cursor(lock=False))
+                self._stored_high = self.cursor.high
+            cursor = self.cursor
+            if not cursor.holes and await uow.alarms.newest_event() <= cursor.high:
+                return 0
+            ids, events = await uow.alarms.events(cursor.high, list(cursor.holes)[:500], self.batch)
+            plans = [(event, alarm_changes(event.topic, event.payload)) for event in events]
+            changing = any(changes.raises for _, changes in plans) or await _any_match(uow, plans)
+        now = self.clock()
+        if not ids:
+            cursor.take([], now, holes=self.holes, hole_wait=self.hole_wait)
+            return 0
+        if not changing:
+            cursor.take(ids, now, holes=self.holes, hole_wait=self.hole_wait)
+            self.looked_at += len(ids)
+            if cursor.high - self._stored_high >= self.persist_every or now - self._stored_at >= self.persist:
+                await self._write(now)
+            return len(ids)
+        return await self._write(now)
+
+    async def _write(self, now: dt.datetime) -> int:
+        """Under the cursor's lock: read from where the stored (or this keeper's, if ahead) cursor is, apply the
+        events, store the cursor, commit."""
+        assert self.cursor is not None
+        async with self.storage(background=True) as uow:
+            stored = Cursor.load(await uow.alarms.cursor(lock=True))
+            cursor = stored if stored.high >= self.cursor.high else self.cursor.copy()
+            ids, events = await uow.alarms.events(cursor.high, list(cursor.holes)[:500], self.batch)
+            for event in events:
+                await self._apply(uow, event, alarm_changes(event.topic, event.payload), now)
+            cursor.take(ids, now, holes=self.holes, hole_wait=self.hole_wait)
+            await uow.alarms.put_cursor(cursor.state())
+            await uow.commit()
+        self.cursor, self._stored_high, self._stored_at = cursor, cursor.high, now
+        self.looked_at += len(ids)
+        return len(ids)
+
+    async def _apply(self, uow: UnitOfWork, event: OutboxEvent, changes: AlarmChanges, now: dt.datetime) -> None:
+        for resolution in changes.resolves:
+            for alarm in await uow.alarms.matching(resolution.kinds, subject=resolution.subject,
+                                                   meter_id=resolution.meter_id, account_id=resolution.account_id):
+                await _close(uow, alarm, GATEWAY, resolution.reason, now, event_id=event.id)
+                self.resolved += 1
+        for raised in changes.raises:
+            await self._raise(uow, event, raised, now)
+
+    async def _raise(self, uow: UnitOfWork, event: OutboxEvent, raised: Raise, now: dt.datetime) -> None:
+        seen = event.created_at
+        existing = await uow.alarms.unresolved(raised.kind, raised.subject)
+        if existing is not None:
+            times = existing.times + 1
+            await uow.alarms.change(existing.id, UNRESOLVED, dict(times=times, last_seen_at=seen, updated_at=now,
+                                                                  detail=raised.detail, event_id=event.id))
+            alarm_id, state, raised_at = existing.id, existing.state, existing.raised_at
+        else:
+            account = raised.account_id or (self.account_of(raised.meter_id) if raised.meter_id else None)
+            times, state, raised_at = 1, "open", seen
+            alarm_id = await uow.alarms.add(dict(
+                kind=raised.kind, subject=raised.subject, meter_id=raised.meter_id, account_id=account,
+                severity=raised.severity, state=state, detail=raised.detail, raised_at=seen, last_seen_at=seen,
+                times=1, updated_at=now, event_id=event.id))
+            if alarm_id is None:  # (cannot happen while instances take turns on the cursor: logged, not raised)
+                log.error("alarms: %s about %s is there already", raised.kind, raised.subject)
+                return
+        self.raised += 1
+        payload = {"type": "AlarmRaised", "alarm_id": alarm_id, "kind": raised.kind, "severity": raised.severity,
+                   "state": state, "subject": raised.subject, "meter_id": raised.meter_id,
+                   "account_id": raised.account_id or (existing.account_id if existing else None)
+                   or (self.account_of(raised.meter_id) if raised.meter_id else None),
+                   "times": times, "detail": raised.detail, "raised_at": raised_at, "event_id": event.id, "at": now}
+        await uow.add_outbox("alarms", payload, now)
+        await uow.audit(GATEWAY, "alarm.raised", raised.subject,
+                        {"alarm_id": alarm_id, "kind": raised.kind, "times": times, "event_id": event.id}, now)
+
+
+async def _any_match(uow: UnitOfWork, plans: list[tuple[OutboxEvent, AlarmChanges]]) -> bool:
+    """Whether a resolution of the batch ends an alarm stored now."""
+    for _, changes in plans:
+        for r in changes.resolves:
+            if await uow.alarms.matching(r.kinds, subject=r.subject, meter_id=r.meter_id, account_id=r.account_id):
+                return True
+    return False
+
+
+async def _close(uow: UnitOfWork, alarm: AlarmRecord, actor: str, reason: str, now: dt.datetime, *,
+                 event_id: int | None = None) -> None:
+    """Resolve ``alarm`` (unresolved, locked) with its audit row and event."""
+    await uow.alarms.change(alarm.id, UNRESOLVED, dict(state="resolved", resolved_at=now, resolved_by=actor,
+                                                        resolve_reason=reason[:500], updated_at=now))
+    await uow.add_outbox("alarms", _event("AlarmResolved", alarm, "resolved", now, by=actor, reason=reason,
+                                          event_id=event_id), now)
+    await uow.audit(actor, "alarm.resolved", alarm.subject,
+                    {"alarm_id": alarm.id, "kind": alarm.kind, "reason": reason[:500], "event_id": event_id}, now)
+
+
+def _event(kind: str, alarm: AlarmRecord, state: str, now: dt.datetime, **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "alarm_id": alarm.id, "kind": alarm.kind, "severity": alarm.severity, "state": state,
+            "subject": alarm.subject, "meter_id": alarm.meter_id, "account_id": alarm.account_id,
+            "times": alarm.times, **{k: v for k, v in extra.items() if v is not None}, "at": now}
+
+
+# --- what an operator does ----------------------------------------------------------------------------------
+class AlarmDesk:
+    """The alarms as the API shows them, and what an operator does with them (each change audited, with its
+    event)."""
+
+    def __init__(self, storage: Storage, clock: Callable[[], dt.datetime]) -> None:
+        self.storage, self.clock = storage, clock
+
+    async def acknowledge(self, alarm_id: int, *, actor: str, reason: str) -> dict[str, Any]:
+        """Acknowledge an alarm (it stays until resolved). An acknowledged one is left as it is (the first
+        acknowledgement counts); a resolved one: ``AlarmNotOpen``."""
+        now = self.clock()
+        async with self.storage() as uow:
+            alarm = await uow.alarms.get(alarm_id, lock=True)
+            if alarm is None:
+                raise UnknownAlarm(f"no alarm {alarm_id}")
+            if alarm.state == "resolved":
+                raise AlarmNotOpen(f"alarm {alarm_id} is resolved")
+            if alarm.state == "open":
+                await uow.alarms.change(alarm.id, ("open",), dict(state="acknowledged", acknowledged_at=now,
+                                                                  acknowledged_by=actor, ack_reason=reason,
+                                                                  updated_at=now))
+                await uow.add_outbox("alarms", _event("AlarmAcknowledged", alarm, "acknowledged", now, by=actor,
+                                                      reason=reason), now)
+                await uow.audit(actor, "alarm.acknowledge", alarm.subject,
+                                {"alarm_id": alarm.id, "kind": alarm.kind, "reason": reason}, now)
+                await uow.commit()
+            return alarm_shape(await self._found(uow, alarm_id))
+
+    async def resolve(self, alarm_id: int, *, actor: str, reason: str) -> dict[str, Any]:
+        """Resolve an alarm by hand; a resolved one: ``AlarmNotOpen``. Should its cause go on, the next event that
+        tells of it raises a new alarm."""
+        now = self.clock()
+        async with self.storage() as uow:
+            alarm = await uow.alarms.get(alarm_id, lock=True)
+            if alarm is None:
+                raise UnknownAlarm(f"no alarm {alarm_id}")
+            if alarm.state == "resolved":
+                raise AlarmNotOpen(f"alarm {alarm_id} is resolved already")
+            await _close(uow, alarm, actor, reason, now)
+            await uow.commit()
+            return alarm_shape(await self._found(uow, alarm_id))
+
+    async def get(self, alarm_id: int) -> dict[str, Any]:
+        async with self.storage(readonly=True) as uow:
+            return alarm_shape(await self._found(uow, alarm_id))
+
+    async def page(self, *, state: str | None = None, kind: str | None = None, severity: str | None = None,
+                   meter_id: str | None = None, account_id: str | None = None, before_id: int | None = None,
+                   limit: int = 100) -> dict[str, Any]:
+        """A page of alarms, newest first; ``state="unresolved"``: open and acknowledged ones."""
+        states = UNRESOLVED if state == "unresolved" else (state,) if state is not None else None
+        async with self.storage(readonly=True) as uow:
+            found = await uow.alarms.page(states=states, kind=kind, severity=severity, meter_id=meter_id,
+                                          account_id=account_id, before_id=before_id, limit=limit)
+        data = [alarm_shape(a) for a in found]
+        return {"data": data, "next_before_id": data[-1]["id"] if len(data) == limit else None}
+
+    @staticmethod
+    async def _found(uow: UnitOfWork, alarm_id: int) -> AlarmRecord:
+        alarm = await uow.alarms.get(alarm_id)
+        if alarm is None:
+            raise UnknownAlarm(f"no alarm {alarm_id}")
+        return alarm
+
+
+def alarm_shape(alarm: AlarmRecord) -> dict[str, Any]:
+    """An alarm as the API shows it."""
+    return {name: getattr(alarm, name) for name in AlarmRecord.__dataclass_fields__ if name != "event_id"}
+
