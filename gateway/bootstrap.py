@@ -32,6 +32,7 @@ from gateway.api.security import Caller
 from gateway.domain.messages import (CommandFinished, CommandQueued, DisconnectWithdrawn, Message, MeterAnswered,
                                      MeterPlaced, MeterRetired)
 from gateway.domain.notices import NoticePolicy
+from gateway.service.alarms import AlarmDesk
 from gateway.service.clock import SystemClock
 from gateway.service.facade import Service
 from gateway.service.fleet import Fleet
@@ -76,6 +77,9 @@ class Gateway:
         self.discovery: Any = None  # Home Assistant discovery, when mqtt.home_assistant
         self.notices: Any = None  # the notice planner and dispatcher, when notices are on
         self.pruner: Any = None  # without MQTT: deletes old events from the outbox
+        self.service.alarms = AlarmDesk(self.uow, self.service.clock)  # type: ignore[attr-defined]  # for the API
+        self.alarms: Any = None  # the alarm keeper (and ``stale``, the stale-data watch of this instance's meters)
+        self.stale: Any = None
         self.events = EventStream(SqlEventSource(SqlStorage(self.engine)))  # GET /v1/events
         self.metrics = GatewayMetrics(SqlMetricRows(SqlStorage(self.engine)), publishing=settings.mqtt is not None)
         self.metrics.events = self.events
@@ -130,6 +134,7 @@ class Gateway:
             self._notify(self.settings.notices, self.catalog.notices)
         if self.settings.mqtt is None:
             self._prune_outbox()
+        self._keep_alarms()
         await self._operations()
         buses = []
         models = site_models(self.settings, base_dir=self.base_dir)
@@ -164,6 +169,8 @@ class Gateway:
             for handler in found:
                 self.messages.register(kind, handler)
         self.scheduler = await self._stack.enter_async_context(scheduler)
+        if buses:
+            self._watch_stale(scheduler)
         self.metrics.scheduler = scheduler  # the buses' figures, at each scrape
         # Started after the scheduler so that they stop before it closes the drivers they use.
         for setup, bus in zip(buses, self.settings.buses if self.run_buses else [], strict=True):
@@ -233,6 +240,38 @@ class Gateway:
         self._stack.push_async_callback(channels.aclose)
         self._stack.callback(setattr, writer, "on_commit", published)
         self._task("gateway.notices", self.notices.run())
+
+    def _keep_alarms(self) -> None:
+        """Alarms as records: the keeper raises and resolves them from the outbox's events (every instance runs
+        one; they take turns on its cursor), woken by the writer's commits."""
+        from gateway.service.alarms import AlarmKeeper
+
+        catalog = self.catalog
+
+        def account_of(meter_id: str) -> str | None:
+            meter = catalog.meters.get(meter_id)
+            return meter.account_id if meter is not None else None
+
+        self.alarms = AlarmKeeper(self.uow, account_of, self.service.clock, holes=not self.uow.exclusive)
+        writer = self.service.writer
+        before = writer.on_commit
+        writer.on_commit = lambda: (before(), self.alarms.wake())  # type: ignore[func-returns-value]
+        self._stack.callback(setattr, writer, "on_commit", before)
+        self._task("gateway.alarms", self.alarms.run())
+
+    def _watch_stale(self, scheduler: Scheduler) -> None:
+        """Stale data: MeterStale / MeterFresh events for the meters this instance polls."""
+        from gateway.service.alarm_stale import StaleWatch
+
+        catalog = self.catalog
+
+        def last_answers() -> Any:
+            return ((m.meter_id, m.last_success_at) for bus in scheduler.buses for m in bus.poller.meters.values())
+
+        self.stale = StaleWatch(self.uow, last_answers, lambda: catalog.stale_after_s, self.service.clock,
+                                lambda meter_id: getattr(catalog.meters.get(meter_id), "account_id", None),
+                                every_s=min(30.0, max(1.0, catalog.stale_after_s / 4)))
+        self._task("gateway.alarms.stale", self.stale.run())
 
     def _prune_outbox(self) -> None:
         """Without MQTT, events are deleted by age (``engine.event_retention_s``): the outbox stays bounded."""
