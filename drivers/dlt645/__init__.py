@@ -9,6 +9,7 @@ from drivers.dlt645.constants import (
     Function,
     RemoteCommand,
     StatusWord3,
+    StatusWord7,
     describe_error,
     error_reasons,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "Function",
     "RemoteCommand",
     "StatusWord3",
+    "StatusWord7",
     "address_from_wire",
     "address_to_wire",
     "bcd_decode",

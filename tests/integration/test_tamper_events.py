@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from drivers.modbus import load_model
 from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway
 from gateway.settings import Settings
@@ -22,7 +23,6 @@ from simulators.dlt645 import Dlt645Simulator
 from simulators.faults import Fault, FaultKind, FaultPlan
 from simulators.meter import SimulatedMeter
 from simulators.modbus import DEFAULT_MODEL_PATH, ModbusFleet
-from drivers.modbus import load_model
 from tests.support import async_wait_until, free_port
 
 INTERVAL = 0.2
