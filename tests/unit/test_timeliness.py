@@ -194,7 +194,7 @@ def test_bytes_per_meter() -> None:
     ids = [f"M-{i:06d}" for i in range(100_000)]
     day = DayTally("b1", SHANGHAI)
     day.begin(((m, 60.0) for m in ids), 0.0, MORNING)
-    held = (sys.getsizeof(day._index) + sys.getsizeof(day._ids) + sum(
+    held = (sys.getsizeof(day._index) + sum(
         sys.getsizeof(cells) for cells in (day._last, day._gap, day._allowed, day._flags)))
     per_meter = held / len(ids)
     print(f"reading timeliness: {per_meter:.0f} bytes per meter")

@@ -6,16 +6,10 @@ failed. Readings that change nothing are not stored, so the readings table canno
 array cells), a few tens of bytes per meter. ``TimelinessFlusher`` hands each bus's row of the day to a
 ``ReadingDaysStore`` every minute, at the day's end and at shutdown.
 
-The rules (docs/scheduler.md, "Reading timeliness"):
-
-- a meter's gap is the time without a successful poll, counted from the latest of: the day's start (midnight in
-  the site's zone), the meter joining the bus, the gateway's start (its own downtime is not the meters' fault);
-  a meter is late when a gap, or the gap still open, grew longer than ``factor`` x its poll interval + the bus's
-  ``grace_s`` (one missed poll and a slow answer are tolerated, two missed polls in a row are not);
-- a meter counts for every bus it was on that day; a meter that left keeps what it had (its gap stops there);
-- polls are counted as they happen (``ok``, ``failed``) and written as increments, so a restart adds to the
-  morning's counts; the other figures are merged with the stored row by the store: the larger ``meters`` and
-  ``read``, the larger number of late meters (see ``ReadingDaysStore.add`` for the limits of that rule).
+The rules (docs/polling.md): a meter's gap without a successful poll is counted from the latest of the day's
+start (the site's midnight), its joining the bus and the gateway's start; it is late once a gap (or the gap still
+open) grew longer than ``factor`` x its poll interval + the bus's ``grace_s``, and stays late that day. Polls are
+written as increments; the other figures are merged with the stored row (``ReadingDaysStore.add``).
 """
 
 from __future__ import annotations
@@ -72,16 +66,13 @@ class ReadingDaysStore(abc.ABC):
 
         Within one run of a bus every figure only grows (a late meter stays late), so writing again is harmless.
         After a restart in the middle of a day the new run knows nothing of the morning's meters: the merge keeps
-        the morning's figures unless the afternoon's are larger. Limits: ``read`` and ``meters`` are lower
-        bounds (a meter read only in the morning and one read only in the afternoon count as one; so do a meter
-        retired in the morning and one added in the afternoon), ``on_time`` an upper bound (a meter late only in
-        the morning and one late only in the afternoon count as one late meter). They are exact when the same
-        meters stay on the bus and a meter late before the restart is late after it too (one that stopped
-        answering), the common case. Polls of the last minute before a crash (not a clean stop) are lost."""
+        the morning's figures unless the afternoon's are larger, so ``read`` and ``meters`` are lower bounds and
+        ``on_time`` an upper bound, exact when the same meters stay on the bus and a meter late before the
+        restart is late after it too (docs/polling.md, "A restart in the middle of a day")."""
 
 
 class _Day:
-    """The polls of one day of one bus: counted, and already written."""
+    """The polls of one day of one bus already written (and once it ended, all of them, and its figures)."""
 
     __slots__ = ("day", "ok", "failed", "ok_sent", "failed_sent", "final")
 
@@ -105,13 +96,13 @@ class DayTally:
 
     def __init__(self, bus_id: str, zone: ZoneInfo, *, factor: float = FACTOR, grace_s: float = 0.0) -> None:
         self.bus_id, self.zone, self.factor, self.grace_s = bus_id, zone, factor, grace_s
-        self._index: dict[str, int] = {}  # meter id -> its cell in the arrays
-        self._ids: list[str] = []
+        self._index: dict[str, int] = {}  # meter id -> its cell in the arrays (in the order they came)
         self._last = array("d")  # the last successful poll (or when its count started)
         self._gap = array("d")  # its longest closed gap today
         self._allowed = array("d")
         self._flags = bytearray()
         self._today = _Day("")
+        self.polls_ok = self.polls_failed = 0  # today's
         self._ended: list[_Day] = []  # ended days not written yet
         self._end_wall = dt.datetime.min.replace(tzinfo=dt.UTC)
         self.day_end = 0.0  # the day's end on the monotonic clock
@@ -122,11 +113,11 @@ class DayTally:
         for cells in (self._last, self._gap, self._allowed):
             del cells[:]
         self._index.clear()
-        self._ids.clear()
         self._flags.clear()
         self._ended.clear()
         day, self._end_wall = day_of(wall, self.zone)
         self._today = _Day(day)
+        self.polls_ok = self.polls_failed = 0
         self.day_end = now + (self._end_wall - wall).total_seconds()
         for meter_id, interval in meters:
             self.join(meter_id, interval, now)
@@ -135,8 +126,7 @@ class DayTally:
         """A meter joins the bus (or its interval changes): its gap is counted from now if it was not on it."""
         i = self._index.get(meter_id)
         if i is None:
-            self._index[meter_id] = len(self._ids)
-            self._ids.append(meter_id)
+            self._index[meter_id] = len(self._index)
             self._last.append(now)
             self._gap.append(0.0)
             self._allowed.append(interval * self.factor + self.grace_s)
@@ -165,20 +155,21 @@ class DayTally:
         i = self._index.get(meter_id)
         if i is None:
             return
-        gap = now - self._last[i]
+        last = self._last
+        gap = now - last[i]
         if gap > self._gap[i]:
             self._gap[i] = gap
             if gap > self._allowed[i]:
                 self._flags[i] |= _LATE
-        self._last[i] = now
+        last[i] = now
         self._flags[i] |= _READ
-        self._today.ok += 1
+        self.polls_ok += 1
 
     def failed(self, now: float) -> None:
         """A poll of a meter of the bus failed (or could not be made: the bus is down)."""
         if now >= self.day_end:
             self._roll(now)
-        self._today.failed += 1
+        self.polls_failed += 1
 
     # --- the day ------------------------------------------------------------------------------------------
     def _close(self, i: int, at: float) -> None:
@@ -194,11 +185,12 @@ class DayTally:
         while now >= self.day_end:
             end = self.day_end
             today = self._today
-            today.final = self.figures(end, final=True)
+            today.ok, today.failed, today.final = self.polls_ok, self.polls_failed, self.figures(end, final=True)
+            self.polls_ok = self.polls_failed = 0
             self._ended.append(today)
-            keep = [i for i in range(len(self._ids)) if not self._flags[i] & _LEFT]
-            self._ids = [self._ids[i] for i in keep]
-            self._index = {meter_id: n for n, meter_id in enumerate(self._ids)}
+            ids = list(self._index)
+            keep = [i for i in range(len(ids)) if not self._flags[i] & _LEFT]
+            self._index = {ids[i]: n for n, i in enumerate(keep)}
             self._allowed = array("d", (self._allowed[i] for i in keep))
             self._last = array("d", [end]) * len(keep)
             self._gap = array("d", [0.0]) * len(keep)
@@ -221,17 +213,17 @@ class DayTally:
 
     def figures(self, now: float, *, final: bool = False) -> DayRow:
         """The day's figures so far (a gap still open counts up to ``now``); polls since the last write."""
-        meters = len(self._ids)
+        meters = len(self._index)
         read = late = 0
-        last, gaps, allowed, flags = self._last, self._gap, self._allowed, self._flags
+        last, allowed, flags = self._last, self._allowed, self._flags
         for i in range(meters):
             flag = flags[i]
             read += flag & _READ
             if flag & _LATE or (not flag & _LEFT and now - last[i] > allowed[i]):
                 late += 1
         today = self._today
-        return DayRow(self.bus_id, today.day, meters, read, meters - late, today.ok - today.ok_sent,
-                      today.failed - today.failed_sent, final)
+        return DayRow(self.bus_id, today.day, meters, read, meters - late, self.polls_ok - today.ok_sent,
+                      self.polls_failed - today.failed_sent, final)
 
     def meter(self, meter_id: str, now: float) -> dict[str, float | bool] | None:
         """One meter's figures of the day (None if it was not on the bus today)."""
