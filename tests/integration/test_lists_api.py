@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from drivers.base import Reading
+from gateway.adapters import list_store
 from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway
 from gateway.domain.relay import supply_state
@@ -166,7 +167,7 @@ async def test_accounts_by_balance_class_protection_status_and_meter(gw: Any) ->
     assert (await _get(client, "/v1/accounts", meter_id="M-10"))["data"][0]["tariff"] == "dear"
 
 
-async def test_account_pages_walk_every_account_once(gw: Any) -> None:
+async def test_account_pages_walk_every_account_once(gw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     client, _ = gw
     for n in range(20):
         await _open(client, f"P-{n:02d}", [f"PM-{n:02d}"], 20 + n, opening_balance=f"{n}.00")
@@ -174,9 +175,13 @@ async def test_account_pages_walk_every_account_once(gw: Any) -> None:
     assert everything == sorted(everything) and len(everything) == 23
     for limit in (1, 3, 23):
         assert _ids(await _walk(client, "/v1/accounts", {"after": "next_after"}, limit=limit)) == everything
-    walked = _ids(await _walk(client, "/v1/accounts", {"after": "next_after"}, limit=4, balance_min="7",
-                              balance_max="14.50"))
-    assert walked == [i for i in everything if i == "A-1" or i.startswith("P-") and 7 <= int(i[2:]) <= 14]
+    in_range = [i for i in everything if i == "A-1" or i.startswith("P-") and 7 <= int(i[2:]) <= 14]
+    for wide in (1, 1000):  # the range read through the balance index, or by id (a wide range)
+        monkeypatch.setattr(list_store, "WIDE", wide)
+        walked = _ids(await _walk(client, "/v1/accounts", {"after": "next_after"}, limit=4, balance_min="7",
+                                  balance_max="14.50"))
+        assert walked == in_range, wide
+        assert _ids((await _get(client, "/v1/accounts", balance_max="0.99"))["data"]) == ["A-2", "P-00"]
     last = await _get(client, "/v1/accounts", limit=23)
     assert last["next_after"] is None  # exactly the last page: no empty page after it
 
