@@ -7,9 +7,9 @@ topic ``alarms`` in the reading's transaction: ``{"type": "MeterTamper", "meter_
 "at"}`` (``at``: when the meter was read), ``"flags": []`` when they clear.
 
 What the gateway saw is kept in memory, as committed: the first reading after a start that has flags raises them;
-one without flags raises nothing (there is nothing to clear, unless ``seed`` says an alarm is still open). A
-reading without tamper information changes nothing, and neither does a late one (taken before the meter's newest
-reading).
+one without flags raises nothing, except for a meter whose tamper alarm is still open from before the start (the
+gateway ``seed``s those at its start: a cover shut while it was stopped clears the alarm). A reading without
+tamper information changes nothing, and neither does a late one (taken before the meter's newest reading).
 """
 
 from __future__ import annotations
