@@ -44,13 +44,15 @@ class SqlReportStore(ReportStore):
     # --- arrears ------------------------------------------------------------------------------------------
     async def arrears(self, below_fen: int, *, after: str | None, limit: int) -> list[Row]:
         k, e, p = t.ledger.alias("k"), t.ledger.alias("e"), t.ledger.alias("p")
-        last_ok = (sa.select(sa.func.max(k.c.id))  # the last entry at or above the threshold
+        # each look-up walks the account's index range from one end and stops at its first match
+        last_ok = (sa.select(k.c.id)  # the last entry at or above the threshold
                    .where(k.c.account_id == _a.id, k.c.balance_after_fen >= below_fen)
-                   .correlate(t.accounts).scalar_subquery())
-        below_since = (sa.select(sa.func.min(e.c.created_at))
-                       .where(e.c.account_id == _a.id, e.c.id > sa.func.coalesce(last_ok, 0)).scalar_subquery())
-        last_payment = (sa.select(sa.func.max(p.c.id))
-                        .where(p.c.account_id == _a.id, p.c.kind == "payment").scalar_subquery())
+                   .order_by(k.c.id.desc()).limit(1).correlate(t.accounts).scalar_subquery())
+        below_since = (sa.select(e.c.created_at)  # the entry after it (ids grow with time)
+                       .where(e.c.account_id == _a.id, e.c.id > sa.func.coalesce(last_ok, 0))
+                       .order_by(e.c.id).limit(1).scalar_subquery())
+        last_payment = (sa.select(p.c.id).where(p.c.account_id == _a.id, p.c.kind == "payment")
+                        .order_by(p.c.id.desc()).limit(1).scalar_subquery())
         query = (sa.select(_a.id, _a.balance_fen, _a.supply, _a.credit_class, _a.protected,
                            below_since.label("below_since"), last_payment.label("payment_entry"))
                  .where(_a.status == "open", _a.balance_fen < below_fen))

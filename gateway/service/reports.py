@@ -107,7 +107,8 @@ class Reports:
         return self.catalog.site.tz
 
     # --- arrears ------------------------------------------------------------------------------------------
-    async def arrears(self, below_fen: int, *, limit: int, cursor: str | None = None) -> Page:
+    async def arrears(self, below_fen: int, *, limit: int, cursor: str | None = None, totals: bool = True
+                      ) -> Page:
         """Open accounts whose balance is below ``below_fen``, by id."""
         after = _decode(cursor, "arrears", (str,))
         now = self.clock()
@@ -119,14 +120,16 @@ class Reports:
                  "last_payment_at": r.last_payment_at,
                  "last_payment": None if r.last_payment_fen is None else format_fen(r.last_payment_fen)}
                 for r in rows]
-        totals = await self.store.arrears_totals(below_fen)
-        return Page(data, _next("arrears", rows, limit, lambda r: (r.id,)),
-                    {"accounts": totals.accounts, "balance": format_fen(int(totals.balance_fen or 0)),
-                     "below": format_fen(below_fen), "as_of": now})
+        page = Page(data, _next("arrears", rows, limit, lambda r: (r.id,)))
+        if totals:
+            sums = await self.store.arrears_totals(below_fen)
+            page.totals = {"accounts": sums.accounts, "balance": format_fen(int(sums.balance_fen or 0)),
+                           "below": format_fen(below_fen), "as_of": now}
+        return page
 
     # --- disconnections -----------------------------------------------------------------------------------
     async def disconnections(self, since: dt.datetime, until: dt.datetime | None, *, limit: int,
-                             cursor: str | None = None) -> Page:
+                             cursor: str | None = None, totals: bool = True) -> Page:
         """Confirmed disconnects in [since, until), each with its reconnection and how long the supply was off."""
         now = self.clock()
         until = until or now
@@ -144,13 +147,15 @@ class Reports:
                          "disconnected_at": r.disconnected_at, "reconnected_at": r.reconnected_at,
                          "duration_s": max(int((end - r.disconnected_at).total_seconds()), 0),
                          "still_off": r.reconnected_at is None})
-        count = await self.store.disconnection_count(since, until, created_after=created_after)
-        return Page(data, _next("disconnections", rows, limit,
-                                lambda r: (r.disconnected_at.isoformat(), r.id)),
-                    {"disconnections": count, "since": since, "until": until, "as_of": now})
+        page = Page(data, _next("disconnections", rows, limit, lambda r: (r.disconnected_at.isoformat(), r.id)))
+        if totals:
+            count = await self.store.disconnection_count(since, until, created_after=created_after)
+            page.totals = {"disconnections": count, "since": since, "until": until, "as_of": now}
+        return page
 
     # --- payments -----------------------------------------------------------------------------------------
-    async def payments(self, first: str, last: str, *, limit: int, cursor: str | None = None) -> Page:
+    async def payments(self, first: str, last: str, *, limit: int, cursor: str | None = None,
+                       totals: bool = True) -> Page:
         """Payments received per site-local day (``first`` to ``last``, inclusive), source and channel."""
         start_day, end_day = _days(first, last)
         after = _decode(cursor, "payments", (str, str, str))
@@ -170,12 +175,15 @@ class Reports:
                 keys.append(key)
             day += dt.timedelta(days=1)
         next_cursor = _encode("payments", keys[-1]) if len(data) == limit else None
-        totals = {"count": 0, "total_fen": 0, "reversed_count": 0, "reversed_fen": 0}
-        for g in await self.store.payment_groups(self._bounds(start_day)[0], self._bounds(end_day)[1]):
-            for name in totals:
-                totals[name] += getattr(g, name) or 0
-        return Page(data, next_cursor, {**_payment_sums(**totals), "since": start_day.isoformat(),
-                                        "until": end_day.isoformat(), "time_zone": str(self.tz)})
+        page = Page(data, next_cursor)
+        if totals:
+            sums = {"count": 0, "total_fen": 0, "reversed_count": 0, "reversed_fen": 0}
+            for g in await self.store.payment_groups(self._bounds(start_day)[0], self._bounds(end_day)[1]):
+                for name in sums:
+                    sums[name] += getattr(g, name) or 0
+            page.totals = {**_payment_sums(**sums), "since": start_day.isoformat(), "until": end_day.isoformat(),
+                           "time_zone": str(self.tz)}
+        return page
 
     def _bounds(self, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
         """A site-local day as UTC [start, end) (23 or 25 hours where the zone changes its clocks)."""
@@ -185,22 +193,24 @@ class Reports:
 
     # --- reading timeliness -------------------------------------------------------------------------------
     async def timeliness(self, first: str, last: str, *, bus: str | None = None, limit: int,
-                         cursor: str | None = None) -> Page:
+                         cursor: str | None = None, totals: bool = True) -> Page:
         """Per bus and site-local day: meters, the share read (抄表成功率), the share read on time, polls."""
         start_day, end_day = _days(first, last)
         after = _decode(cursor, "reading-timeliness", (str, str))
         rows = await self.store.reading_days(start_day.isoformat(), end_day.isoformat(), bus=bus,
                                              after=None if after is None else (after[0], after[1]), limit=limit)
         data = [{"day": r.day, "bus": r.bus_id, **_timeliness(r)} for r in rows]
-        totals = await self.store.reading_totals(start_day.isoformat(), end_day.isoformat(), bus=bus)
-        return Page(data, _next("reading-timeliness", rows, limit, lambda r: (r.day, r.bus_id)),
-                    {**_timeliness(totals), "since": start_day.isoformat(), "until": end_day.isoformat(),
-                     "time_zone": str(self.tz)})
+        page = Page(data, _next("reading-timeliness", rows, limit, lambda r: (r.day, r.bus_id)))
+        if totals:
+            sums = await self.store.reading_totals(start_day.isoformat(), end_day.isoformat(), bus=bus)
+            page.totals = {**_timeliness(sums), "since": start_day.isoformat(), "until": end_day.isoformat(),
+                           "time_zone": str(self.tz)}
+        return page
 
     # --- consumption --------------------------------------------------------------------------------------
     async def consumption(self, *, account_id: str | None = None, period: str | None = None,
                           since: dt.datetime | None = None, until: dt.datetime | None = None, limit: int,
-                          cursor: str | None = None) -> Page:
+                          cursor: str | None = None, totals: bool = True) -> Page:
         """Energy and charges per account and billing period, from the ledger's charges (those made in
         [since, until) when given)."""
         if since is not None or until is not None:  # a range: the other end by default, at most MAX_DAYS
@@ -214,19 +224,21 @@ class Reports:
         data = [{"account_id": r.account_id, "period": r.period, "energy_wh": int(r.energy_wh or 0),
                  "charges": format_fen(int(r.charges_fen or 0)), "entries": r.entries,
                  "first_charge_at": r.first_at, "last_charge_at": r.last_at} for r in rows]
-        totals = await self.store.consumption_totals(**query)
-        return Page(data, _next("consumption", rows, limit, lambda r: (r.account_id, r.period)),
-                    {"accounts": totals.accounts, "energy_wh": int(totals.energy_wh or 0),
-                     "charges": format_fen(int(totals.charges_fen or 0))})
+        page = Page(data, _next("consumption", rows, limit, lambda r: (r.account_id, r.period)))
+        if totals:
+            sums = await self.store.consumption_totals(**query)
+            page.totals = {"accounts": sums.accounts, "energy_wh": int(sums.energy_wh or 0),
+                           "charges": format_fen(int(sums.charges_fen or 0))}
+        return page
 
     # --- whole reports ------------------------------------------------------------------------------------
     @staticmethod
     async def rows(report: Callable[..., Awaitable[Page]], /, *, cursor: str | None = None, **params: Any
                    ) -> AsyncIterator[dict[str, Any]]:
         """Every row of ``report`` (one of the methods above, called with ``params``) from ``cursor`` on, read
-        ``CHUNK`` rows at a time."""
+        ``CHUNK`` rows at a time, without the totals."""
         while True:
-            page = await report(**params, limit=CHUNK, cursor=cursor)
+            page = await report(**params, limit=CHUNK, cursor=cursor, totals=False)
             for row in page.rows:
                 yield row
             cursor = page.next_cursor
