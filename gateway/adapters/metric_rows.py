@@ -1,7 +1,7 @@
 """The queries of the operations figures on SQLAlchemy Core: the live event stream's reads of the outbox
 (``gateway.service.event_stream.EventSource``) and what ``/metrics`` counts in the database
 (``gateway.service.metrics.MetricRows``). Each is cheap at 100,000 accounts: an index range, a primary-key range
-or one pass over the accounts table (docs/metrics.md)."""
+or (``fleet``, at most twice a minute) one pass over the accounts and commands (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -44,16 +44,23 @@ class SqlMetricRows(MetricRows):
     def __init__(self, storage: SqlStorage) -> None:
         self.storage = storage
 
-    async def figures(self, *, ledger_after: int | None, outbox: bool) -> StoredFigures:
-        a, cmd, n, al, le = t.accounts.c, t.commands.c, t.notices.c, t.alarms.c, t.ledger.c
-        async with self.storage.reading() as conn:
+    async def fleet(self) -> tuple[dict[tuple[str, str], tuple[int, int]], dict[tuple[str, str], int]]:
+        a, cmd = t.accounts.c, t.commands.c
+        async with self.storage.reading() as conn:  # one pass over each table
             accounts = {(row.status, row.supply): (int(row.n), int(row.balance or 0)) for row in await conn.execute(
                 sa.select(a.status, a.supply, sa.func.count().label("n"), sa.func.sum(a.balance_fen).label("balance"))
                 .group_by(a.status, a.supply))}
-            # active commands through the (meter, state) index; the final ones are history (counted as they end)
             commands = {(row.state, row.action): int(row.n) for row in await conn.execute(
                 sa.select(cmd.state, cmd.action, sa.func.count().label("n")).where(cmd.state.in_(ACTIVE_COMMANDS))
                 .group_by(cmd.state, cmd.action))}
+        return accounts, commands
+
+    async def figures(self, *, ledger_after: int | None, outbox: bool) -> StoredFigures:
+        a, n, al, le = t.accounts.c, t.notices.c, t.alarms.c, t.ledger.c
+        async with self.storage.reading() as conn:
+            # the balance index covers the sum: no pass over the accounts' rows
+            count, balance = (await conn.execute(sa.select(sa.func.count(), sa.func.sum(a.balance_fen))
+                                                 .select_from(t.accounts))).one()
             notices = {row.state: int(row.n) for row in await conn.execute(
                 sa.select(n.state, sa.func.count().label("n")).where(n.state.in_(NOTICE_BACKLOG)).group_by(n.state))}
             alarms = {(row.kind, row.severity, row.state): int(row.n) for row in await conn.execute(
@@ -66,8 +73,8 @@ class SqlMetricRows(MetricRows):
                     sa.select(le.kind, sa.func.count().label("n"), sa.func.sum(sa.func.abs(le.amount_fen)).label("fen"))
                     .where(le.id > ledger_after, le.id <= newest_entry).group_by(le.kind))}
             unpublished = await self._unpublished(conn) if outbox else None
-        return StoredFigures(accounts=accounts, commands=commands, notices=notices, alarms=alarms, ledger=ledger,
-                             ledger_to=newest_entry, unpublished=unpublished)
+        return StoredFigures(accounts_total=int(count), balance_total=int(balance or 0), notices=notices,
+                             alarms=alarms, ledger=ledger, ledger_to=newest_entry, unpublished=unpublished)
 
     async def newest_ledger_entry(self) -> int:
         async with self.storage.reading() as conn:

@@ -50,8 +50,9 @@ async def test_polls_move_and_a_confirmed_command_is_timed(tmp_path: Path) -> No
                    for i in (1, 2)],
     })
     async with ModbusFleet(model, meters=2, host="127.0.0.1", port=sim_port, seed=7), \
-            running_gateway(settings, tmp_path), \
+            running_gateway(settings, tmp_path) as gateway, \
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=5) as client:
+        gateway.metrics.fleet_every_s = 0  # the active commands at every scrape (30 s apart by default)
         first: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
 
         async def polled() -> bool:

@@ -41,12 +41,18 @@ async def test_any_key_may_scrape_none_may_not(tmp_path: Path) -> None:
 
 
 async def test_payments_balances_and_the_ledger_move(tmp_path: Path) -> None:
-    async with api_client(site(tmp_path), tmp_path) as (client, _):
+    async with api_client(site(tmp_path), tmp_path) as (client, gw):
         before = await scrape(client)
         assert value(before, "gateway_balance_fen", status="open", supply="connected") == 1000 - 500 + 100
+        assert value(before, "gateway_balance_total_fen") == 600 and value(before, "gateway_accounts_total_count") == 3
         assert value(before, "gateway_ledger_entries_total", kind="payment") == 0  # counted from the start
         billing = auth("billing")
         assert (await client.post("/v1/payments", json=PAY, headers=billing)).status_code == 201
+        paid = await scrape(client)
+        assert value(paid, "gateway_balance_total_fen") == 1100  # at every scrape
+        assert value(paid, "gateway_balance_fen", status="open", supply="connected") == 600  # recounted every 30 s
+        gw.metrics.fleet_every_s = 0
+        assert value(await scrape(client), "gateway_balance_fen", status="open", supply="connected") == 1100
         assert (await client.post("/v1/payments", json=PAY, headers=billing)).status_code == 200
         assert (await client.post("/v1/payments", json={**PAY, "amount": "6.00"}, headers=billing)).status_code == 409
         assert (await client.post("/v1/payments", json={**PAY, "payment_id": "P-2", "account_id": "A-9"},
@@ -64,6 +70,7 @@ async def test_payments_balances_and_the_ledger_move(tmp_path: Path) -> None:
         assert value(after, "gateway_ledger_amount_fen_total", kind="payment") == 500
         assert value(after, "gateway_ledger_amount_fen_total", kind="reversal") == 500
         assert value(after, "gateway_balance_fen", status="open", supply="connected") == 600  # paid and reversed
+        assert value(after, "gateway_balance_total_fen") == 600
         again = await scrape(client)  # counted once, not again at the next scrape
         assert value(again, "gateway_ledger_entries_total", kind="payment") == 1
         assert value(again, "gateway_scrape_duration_seconds") > 0
@@ -74,7 +81,7 @@ async def test_commands_alarms_and_notices(tmp_path: Path) -> None:
         queued = await client.post("/v1/meters/M-1/disconnect", json={"reason": "unsafe wiring"},
                                    headers=auth("operator"))
         assert queued.status_code == 202, queued.text
-        samples = await scrape(client)
+        samples = await scrape(client)  # (the first scrape counts the commands)
         assert value(samples, "gateway_commands_active", state="queued", action="open") == 1
         assert value(samples, "gateway_commands_active", state="queued", action="close") == 0
 
