@@ -91,13 +91,13 @@ class Scheduler:
         self._by_meter: dict[str, Bus] = {}
         per_bus = max(2, max_pending_total // max(len(buses), 1))
         for setup in buses:  # (each poller gets a copy of its targets: they change as meters come and go)
+            bus_breaker = Breaker(setup.bus_id, meters=len(setup.targets), **(breaker or {}) | (setup.breaker or {}))
             poller = BusPoller(setup.bus_id, setup.driver, dict(setup.targets), service, clock=self.clock,
                                publish=publish, gap_s=setup.gap_s, offline_after=offline_after,
-                               max_pending=per_bus,
-                               breaker=Breaker(setup.bus_id, meters=len(setup.targets),
-                                               **(breaker or {}) | (setup.breaker or {})),
+                               max_pending=per_bus, breaker=bus_breaker,
                                timeliness=None if reading_days is None else DayTally(
-                                   setup.bus_id, site.tz, grace_s=setup.poll_time_s + setup.gap_s))
+                                   setup.bus_id, site.tz, retry_s=bus_breaker.backoff_base_s,
+                                   grace_s=setup.poll_time_s + setup.gap_s))
             runner = RelayRunner(poller, service, clock=self.clock, limits=limits, trips=self.trips,
                                  close_allowed=setup.close_allowed, publish=publish, rehome=self._rehome)
             bus = Bus(poller, runner, setup.make_target)

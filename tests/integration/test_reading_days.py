@@ -80,7 +80,7 @@ async def test_a_running_gateway_writes_its_bus_row_of_the_day_and_a_restart_add
         polls, failures = poller.counters.polls, poller.counters.failures
         async with Gateway(config, base_dir=tmp_path, run_buses=False) as gw:
             row = (await stored(gw))[("bus", day)]
-        # the stop wrote the polls up to the last; M-3 never answered for longer than 2 x 0.2 s + 0.2 s: late
+        # the stop wrote the polls up to the last; M-3 never answered for longer than 0.2 s + 0.5 s + 0.2 s: late
         assert (row["meters"], row["read"], row["on_time"]) == (3, 2, 2)
         assert (row["polls_ok"], row["polls_failed"]) == (polls, failures)
 

@@ -77,6 +77,17 @@ def test_a_day_with_gaps() -> None:
     assert day.figures(421).on_time == 1  # a late meter stays late all day, however well it answers later
 
 
+def test_one_failed_poll_retried_after_the_buss_backoff_is_tolerated() -> None:
+    day = DayTally("b1", SHANGHAI, retry_s=10.0, grace_s=1.0)  # the bus retries a failed meter after 10 s
+    day.begin([("A", 2.0), ("B", 60.0)], 0.0, MORNING)
+    assert (day.allowed(2.0), day.allowed(60.0)) == (13.0, 121.0)  # 2 s + 10 s + 1 s; 2 x 60 s + 1 s
+    polled(day, "A", 1, 3, 15, 17)  # one failure at 5 s, its retry at 15 s
+    assert day.figures(17).on_time == 2
+    polled(day, "B", 30)
+    polled(day, "A", 40)  # two failures (retried after 10 s, then 20 s)
+    assert day.figures(40).on_time == 1
+
+
 def test_a_meter_that_joins_mid_day_is_counted_from_its_joining_and_one_that_leaves_keeps_its_day() -> None:
     day = tally({"A": 60})
     polled(day, "A", 30, 90, 150)

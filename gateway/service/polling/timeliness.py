@@ -8,7 +8,8 @@ array cells), a few tens of bytes per meter. ``TimelinessFlusher`` hands each bu
 
 The rules (docs/polling.md): a meter's gap without a successful poll is counted from the latest of the day's
 start (the site's midnight), its joining the bus and the gateway's start; it is late once a gap (or the gap still
-open) grew longer than ``factor`` x its poll interval + the bus's ``grace_s``, and stays late that day. Polls are
+open) grew longer than ``allowed(interval)``: one failed poll, retried after the bus's backoff, is tolerated,
+two are not; it stays late that day. Polls are
 written as increments; the other figures are merged with the stored row (``ReadingDaysStore.add``).
 """
 
@@ -90,12 +91,15 @@ class DayTally:
     Args:
         bus_id: the bus.
         zone: the site's time zone (its days).
-        factor: a meter is late after ``factor`` x its poll interval + ``grace_s`` without a successful reading.
-        grace_s: what one poll of the bus may take (its timeout, times its tries).
+        factor: a meter is late after ``factor`` x its poll interval without a successful reading...
+        retry_s: ...or its interval + this, if longer (the bus's first backoff after a failure)...
+        grace_s: ...+ this (what one poll of the bus may take: its timeout, times its tries).
     """
 
-    def __init__(self, bus_id: str, zone: ZoneInfo, *, factor: float = FACTOR, grace_s: float = 0.0) -> None:
-        self.bus_id, self.zone, self.factor, self.grace_s = bus_id, zone, factor, grace_s
+    def __init__(self, bus_id: str, zone: ZoneInfo, *, factor: float = FACTOR, retry_s: float = 0.0,
+                 grace_s: float = 0.0) -> None:
+        self.bus_id, self.zone = bus_id, zone
+        self.factor, self.retry_s, self.grace_s = factor, retry_s, grace_s
         self._index: dict[str, int] = {}  # meter id -> its cell in the arrays (in the order they came)
         self._last = array("d")  # the last successful poll (or when its count started)
         self._gap = array("d")  # its longest closed gap today
@@ -129,13 +133,17 @@ class DayTally:
             self._index[meter_id] = len(self._index)
             self._last.append(now)
             self._gap.append(0.0)
-            self._allowed.append(interval * self.factor + self.grace_s)
+            self._allowed.append(self.allowed(interval))
             self._flags.append(0)
             return
-        self._allowed[i] = interval * self.factor + self.grace_s
+        self._allowed[i] = self.allowed(interval)
         if self._flags[i] & _LEFT:  # back on the bus: the time it was away is not held against it
             self._flags[i] &= ~_LEFT
             self._last[i] = now
+
+    def allowed(self, interval: float) -> float:
+        """The longest a meter polled every ``interval`` may go without a successful reading and be on time."""
+        return max(interval * self.factor, interval + self.retry_s) + self.grace_s
 
     def leave(self, meter_id: str, now: float) -> None:
         """A meter leaves the bus: it keeps its figures of the day, its open gap ends here."""
