@@ -2,8 +2,8 @@
 100,000 accounts and meters, a ledger of 1,000,000 entries, 200,000 commands (a few hundred active), 300,000
 outbox events (10,000 waiting for MQTT), 100,000 notices and 5,000 alarms. Each scrape is timed whole (the
 database's figures and the text; the first of a series also counts the accounts by status and supply and the
-active commands, which later scrapes take from it for 30 s); the target is well under a second. The baseline is a bare ``SELECT 1`` on the
-same engine.
+active commands, which later scrapes take from it for 30 s); the target is well under a second. The baseline
+is a bare ``SELECT 1`` on the same engine.
 
     .venv/bin/python bench/metrics_scrape.py [--accounts 100000]
 """
@@ -84,8 +84,8 @@ async def run(accounts: int, scrapes: int) -> None:
             metrics = GatewayMetrics(SqlMetricRows(storage), publishing=publishing)
             await metrics.start()
             with sqlite3.connect(path) as db:  # new entries between scrapes: 10,000 (a busy minute)
-                db.executemany("INSERT INTO ledger_entries (account_id, kind, amount_fen, balance_after_fen, created_at) "
-                               "VALUES (?, 'charge', 7, 0, '2026-12-03T00:00:00+00:00')",
+                db.executemany("INSERT INTO ledger_entries (account_id, kind, amount_fen, balance_after_fen, "
+                               "created_at) VALUES (?, 'charge', 7, 0, '2026-12-03T00:00:00+00:00')",
                                ((f"A-{i}",) for i in range(10_000)))
             times = []
             for _ in range(scrapes):

@@ -232,7 +232,7 @@ class EventStream:
 
     async def _read(self) -> None:
         """Hand new events out while anybody listens."""
-        idle = 0
+        idle, failing = 0, False
         try:
             while self.subscriptions and not self.closed:
                 self._wake.clear()
@@ -246,9 +246,11 @@ class EventStream:
                                 log.warning("event stream: outbox ids start again at 1 (the table was emptied)")
                                 self.position = 0
                                 continue
+                    failing = False
                 except Exception:  # the database is unavailable for a moment: the streams wait, and try again
-                    log.exception("event stream: reading the outbox failed")
-                    events = []
+                    if not failing:
+                        log.exception("event stream: reading the outbox failed (logged once until it reads again)")
+                    failing, events = True, []
                 for event in events:
                     for subscription in list(self.subscriptions):
                         subscription.push(event)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from gateway.domain.messages import CommandFinished
 __all__ = ["CONTENT_TYPE", "GatewayMetrics", "MetricRows", "StoredFigures"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+log = logging.getLogger(__name__)
+
 LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 7200)  # seconds, queued -> final
 
 
@@ -80,8 +83,8 @@ class GatewayMetrics:
         self.scheduler: Any = None  # this instance's buses (``Scheduler``), once they run
         self.events: Any = None  # the live event stream (its clients)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.payments = Counter("gateway_payments", "Payment and reversal requests by outcome", ["operation", "outcome"],
-                                registry=self.registry)
+        self.payments = Counter("gateway_payments", "Payment and reversal requests by outcome",
+                                ["operation", "outcome"], registry=self.registry)
         self.command_latency = Histogram(
             "gateway_command_latency_seconds", "Relay commands from queued to their final state (the relay runner's)",
             ["action", "state"], buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -91,6 +94,7 @@ class GatewayMetrics:
         self._accounts: dict[tuple[str, str], tuple[int, int]] = {}
         self._commands: dict[tuple[str, str], int] = {}
         self._fleet_at = -1e18
+        self.database_up = True
         self._scrape_s = 0.0
         self._lock = asyncio.Lock()
         self.registry.register(_Live(self))
@@ -111,21 +115,29 @@ class GatewayMetrics:
         self.command_latency.labels(command.action.value, command.state.value).observe(latency)
 
     # --- a scrape ---------------------------------------------------------------------------------------------
+    async def _read(self) -> None:
+        stored = await self.rows.figures(ledger_after=self._ledger_from, outbox=self.publishing)
+        if time.monotonic() - self._fleet_at >= self.fleet_every_s:
+            self._accounts, self._commands = await self.rows.fleet()
+            self._fleet_at = time.monotonic()
+        if self._ledger_from is not None:
+            for kind, (entries, fen) in stored.ledger.items():
+                tally = self._ledger.setdefault(kind, [0, 0])
+                tally[0] += entries
+                tally[1] += fen
+        self._ledger_from = stored.ledger_to
+        self._stored = stored
+
     async def render(self) -> bytes:
         """The figures in the Prometheus text format."""
         async with self._lock:  # one scrape at a time: each reads the ledger from where the last one ended
             started = time.perf_counter()
-            stored = await self.rows.figures(ledger_after=self._ledger_from, outbox=self.publishing)
-            if time.monotonic() - self._fleet_at >= self.fleet_every_s:
-                self._accounts, self._commands = await self.rows.fleet()
-                self._fleet_at = time.monotonic()
-            if self._ledger_from is not None:
-                for kind, (entries, fen) in stored.ledger.items():
-                    tally = self._ledger.setdefault(kind, [0, 0])
-                    tally[0] += entries
-                    tally[1] += fen
-            self._ledger_from = stored.ledger_to
-            self._stored = stored
+            try:
+                await self._read()
+                self.database_up = True
+            except Exception:  # the database is unavailable: the buses' figures still go out, the stored ones
+                log.exception("metrics: reading the database failed")  # as last read, and database_up 0
+                self.database_up = False
             body = generate_latest(self.registry)
             self._scrape_s = time.perf_counter() - started
             return body
@@ -186,6 +198,8 @@ class _Live(Collector):
                                     value=len(m.events.subscriptions))
         yield GaugeMetricFamily("gateway_scrape_duration_seconds", "How long the previous scrape took",
                                 value=m._scrape_s)
+        yield GaugeMetricFamily("gateway_database_up", "1 when this scrape read the database; 0: the stored "
+                                "figures are the last ones read", value=1 if m.database_up else 0)
 
     @staticmethod
     def _buses(scheduler: Any) -> Any:
@@ -223,7 +237,8 @@ class _Live(Collector):
             health = list(bus.poller.meters.values())
             busy_s, tries = sum(h.busy_s for h in health), sum(h.tries for h in health)
             mean = busy_s / tries if tries else 0.0
-            figures["_utilisation"] = round(figures["demand_polls_per_s"] * (mean + bus.poller.gap_s), 4) if tries else 0.0
+            demand = figures["demand_polls_per_s"]
+            figures["_utilisation"] = round(demand * (mean + bus.poller.gap_s), 4) if tries else 0.0
             polls.add_metric([name, "ok"], figures["polls"])
             polls.add_metric([name, "failed"], figures["failures"])
             polls.add_metric([name, "skipped"], figures["skipped"])
