@@ -4,6 +4,9 @@ the Modbus tamper register over Modbus TCP. Flags are raised and cleared through
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from drivers.base import RelayState
@@ -13,10 +16,12 @@ from drivers.errors import MeterTimeout
 from drivers.modbus import ModbusMeter, ModbusTcpDriver, load_model
 from drivers.transports import SerialTransport, TcpTransport
 from simulators.dlt645 import Dlt645Simulator, make_meters
+from simulators.control_client import SimulatorControl
 from simulators.faults import Fault, FaultKind, FaultPlan
 from simulators.modbus import DEFAULT_MODEL_PATH, ModbusFleet
 from tests.conftest import REPO_ROOT
-from tests.support import free_port
+from tests.integration.test_simulator_control import cli
+from tests.support import free_port, wait_for_port
 
 GENERIC = load_model(DEFAULT_MODEL_PATH)
 SDM120 = load_model(REPO_ROOT / "config" / "meters" / "eastron-sdm120.yaml")
@@ -157,3 +162,33 @@ async def test_modbus_a_model_without_a_tamper_register_has_no_tamper_informatio
     ):
         fleet.faults.add(Fault(FaultKind.COVER_OPEN), meters=[0])  # nowhere to show it
         assert "tamper" not in (await driver.read(ModbusMeter("m1", 1, SDM120))).extra
+
+
+@pytest.mark.parametrize("protocol", ["dlt645", "modbus"])
+async def test_the_simulator_process_raises_flags_from_faults_and_its_control_interface(
+        tmp_path: Path, protocol: str) -> None:
+    """``meter-gateway simulate ... --faults 'cover-open@1'``, then the control interface opens and shuts covers."""
+    port, control_port = free_port(), free_port()
+    where = ["--tcp", f"127.0.0.1:{port}"] if protocol == "dlt645" else ["--port", str(port)]
+    with cli(tmp_path / "simulator.log", protocol, *where, "--meters", "2", "--faults", "cover-open@1",
+             "--control", f"127.0.0.1:{control_port}"):
+        await asyncio.to_thread(wait_for_port, port)
+        await asyncio.to_thread(wait_for_port, control_port)
+        control = SimulatorControl(f"http://127.0.0.1:{control_port}")
+        if protocol == "dlt645":
+            driver: Dlt645Driver | ModbusTcpDriver = Dlt645Driver(TcpTransport("127.0.0.1", port), timeout=0.5)
+            m0, m1 = Dlt645Meter("m0", "000000000001"), Dlt645Meter("m1", "000000000002")
+        else:
+            driver = ModbusTcpDriver("127.0.0.1", port)
+            m0, m1 = ModbusMeter("m0", 1, GENERIC), ModbusMeter("m1", 2, GENERIC)  # type: ignore[assignment]
+        async with driver:
+            assert (await driver.read(m0)).extra["tamper"] == ()  # type: ignore[arg-type]
+            assert (await driver.read(m1)).extra["tamper"] == ("cover_open",)  # type: ignore[arg-type]
+            state = await asyncio.to_thread(control.open_cover, 0, terminal=True)
+            assert state["tamper"] == ["terminal_cover_open"] and state["faults"] == ["terminal-cover-open"]
+            assert (await driver.read(m0)).extra["tamper"] == ("terminal_cover_open",)  # type: ignore[arg-type]
+            await asyncio.to_thread(control.open_cover, 1, False)
+            await asyncio.to_thread(control.open_cover, 0, False, terminal=True)
+            assert (await driver.read(m0)).extra["tamper"] == ()  # type: ignore[arg-type]
+            assert (await driver.read(m1)).extra["tamper"] == ()  # type: ignore[arg-type]
+            assert (await asyncio.to_thread(control.meter, 1))["tamper"] == []
