@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -133,11 +134,18 @@ async def _csv(columns: list[str], first: dict[str, Any] | None,
     yield "".join(chunk)
 
 
+_SPECIAL = re.compile(r'[,"\r\n]')
+
+
 def _line(cells: list[str]) -> str:
-    return ",".join('"' + c.replace('"', '""') + '"' if any(x in c for x in ',"\r\n') else c for c in cells) + "\r\n"
+    if _SPECIAL.search("".join(cells)) is None:  # most rows: nothing to quote
+        return ",".join(cells) + "\r\n"
+    return ",".join('"' + c.replace('"', '""') + '"' if _SPECIAL.search(c) else c for c in cells) + "\r\n"
 
 
 def _cell(value: Any) -> str:
+    if value.__class__ is str:
+        return value  # type: ignore[no-any-return]
     if value is None:
         return ""
     if isinstance(value, bool):
