@@ -158,7 +158,7 @@ class Reports:
         """Payments received per site-local day (``first`` to ``last``, inclusive), source and channel."""
         start_day, end_day = _days(first, last)
         after = _decode(cursor, "payments", (str, str, str))
-        day = start_day if after is None else _day(after[0])
+        day = start_day if after is None else max(start_day, _day(after[0]))  # (a cursor is a client's string)
         data: list[dict[str, Any]] = []
         keys: list[Key] = []
         while day <= end_day and len(data) < limit:
@@ -289,11 +289,11 @@ def _day(text: str) -> dt.date:
 def _time(text: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(text)
-    except ValueError:
+        if value.tzinfo is None:
+            raise ValueError(text)
+        return value.astimezone(dt.UTC)
+    except (ValueError, OverflowError):  # not a time, or none that converts to UTC
         raise ReportRefused("the cursor is not one of this report's") from None
-    if value.tzinfo is None:
-        raise ReportRefused("the cursor is not one of this report's")
-    return value
 
 
 def _next(report: str, rows: list[Row], limit: int, key: Callable[[Row], Key]) -> str | None:

@@ -124,3 +124,19 @@ async def test_cursors_of_other_reports_or_shapes_are_refused(cursor: str) -> No
         await reports(FakeStore([])).arrears(0, limit=10, cursor=cursor)
     with pytest.raises(ReportRefused, match="cursor"):
         await reports(FakeStore([])).payments("2026-11-22", "2026-11-23", limit=10, cursor=cursor)
+
+
+async def test_a_cursor_is_held_to_its_report_s_range() -> None:
+    import base64
+    import json
+
+    def cursor(*key: str) -> str:
+        return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+    store = FakeStore([(utc(2026, 11, 20, 2), "billing", "alipay", 100), (utc(2026, 11, 22, 2), "billing", "a", 1)])
+    page = await reports(store).payments("2026-11-22", "2026-11-22", limit=10,
+                                         cursor=cursor("payments", "2026-11-01", "", ""))
+    assert [r["day"] for r in page.rows] == ["2026-11-22"]  # nothing from before the range
+    with pytest.raises(ReportRefused, match="cursor"):  # a time that converts to no UTC time
+        await reports(store).disconnections(NOW - dt.timedelta(days=1), NOW, limit=10,
+                                            cursor=cursor("disconnections", "0001-01-01T00:00:00+14:00", "c"))
