@@ -154,7 +154,7 @@ class BusPoller:
             except Exception:  # a bug or a storage failure must not stop the bus, nor make it spin
                 log.exception("bus %s: poll of %s failed", self.bus_id, meter_id)
                 if self.meters.get(meter_id) is meter and meter.due == due:  # (else placed again, or gone)
-                    self.schedule.at(meter, self.clock.monotonic() + meter.interval)
+                    self.schedule.at(meter, self.clock.monotonic() + max(meter.interval, AFTER_A_BUG_S))
 
     async def _poll(self, meter: MeterHealth, now: float) -> None:
         if meter.pending:  # its previous reading is still being recorded: skip this poll, don't queue it
