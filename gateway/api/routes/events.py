@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from gateway.api.deps import AnyCaller
 from gateway.api.fields import INT63
@@ -23,6 +23,11 @@ from gateway.service.ports import OutboxEvent
 router = APIRouter(prefix="/v1/events", tags=["events"], route_class=StrictJsonRoute)
 
 EventId = Annotated[int, Field(ge=0, le=INT63)]
+# a header has no null: the document says a string of digits, exactly what is accepted
+_DIGITS = "^[0-9]{1,18}$"
+LastEventId = Annotated[str | None, Field(pattern=_DIGITS), WithJsonSchema(
+    {"type": "string", "pattern": _DIGITS, "examples": ["4711"],
+     "description": "the stream's resume point: the last id received (wins over `after`)"})]
 TOPIC = r"^[^\x00-\x1f\x7f]{1,200}$"
 
 
@@ -71,15 +76,14 @@ async def list_events(request: Request, caller: AnyCaller,
                       topic: Annotated[str | None, Query(pattern=TOPIC, examples=["accounts/A-1/"],
                                                          description="only topics starting so")] = None,
                       limit: Annotated[int, Query(ge=1, le=1000, description="JSON: events per page")] = 100,
-                      last_event_id: Annotated[EventId | None, Header(
-                          alias="Last-Event-ID", description="the stream's resume point (wins over `after`)")] = None,
+                      last_event_id: Annotated[LastEventId, Header(alias="Last-Event-ID")] = None,
                       ) -> Any:
     """The outbox's events: a page as JSON, or a server-sent-events stream (`Accept: text/event-stream`)."""
     events: EventStream = request.app.state.events
+    resume = int(last_event_id) if last_event_id is not None else after
     if "text/event-stream" in request.headers.get("accept", ""):
-        resume = last_event_id if last_event_id is not None else after
         return SseResponse(await events.subscribe(after=resume, topic=topic), heartbeat_s=events.heartbeat_s)
-    page = await events.page(after=after if last_event_id is None else last_event_id, topic=topic, limit=limit)
+    page = await events.page(after=resume, topic=topic, limit=limit)
     return EventList(data=[_public(e) for e in page.events], next_after=page.next_after,
                      gap=None if page.gap is None else GapPublic(after=page.gap.after, oldest=page.gap.oldest,
                                                                  newest=page.gap.newest))
