@@ -26,6 +26,7 @@ from gateway.adapters.reading_days_rows import SqlReadingDays
 from gateway.adapters.own_loop import OwnLoopStorage
 from gateway.adapters.sql import SqlStorage
 from gateway.adapters.sqlite_pipeline import SqlitePipelineStorage
+from gateway.adapters.sqlite_reads import SqliteReadStore
 from gateway.service.ports import Storage
 from gateway.api.main import create_app
 from gateway.api.security import Caller
@@ -65,8 +66,7 @@ class Gateway:
         self.uow = self._storage()
         self.clock = SystemClock()
         self.messages = MessageBus()
-        self.service = Service(self.uow, self.catalog, clock or self.clock.now, reads=SqlReadStore(SqlStorage(self.engine)),
-                               bus=self.messages)
+        self.service = Service(self.uow, self.catalog, clock or self.clock.now, reads=self._reads(), bus=self.messages)
         self.fleet = Fleet(self.service)
         self.service.lifecycle = Lifecycle(self.fleet)  # the fleet's changes, for the API
         self.service.reports = Reports(SqlReportStore(SqlStorage(self.engine)), self.catalog,  # type: ignore[attr-defined]
@@ -94,6 +94,12 @@ class Gateway:
         if self.settings.database.own_loop:
             return OwnLoopStorage(lambda: SqlStorage(create_engine(url)))
         return SqlStorage(self.engine)
+
+    def _reads(self) -> SqlReadStore:
+        """The read models' store: portable, or on SQLite with ``database.sqlite_direct_reads`` the direct one."""
+        if self.settings.database.sqlite_direct_reads and self.engine.dialect.name == "sqlite":
+            return SqliteReadStore(SqlStorage(self.engine), self.engine.url.database or "")
+        return SqlReadStore(SqlStorage(self.engine))
 
     def _db_url(self) -> str:
         url = self.settings.database.url
@@ -126,6 +132,8 @@ class Gateway:
         await migrate(self.engine)
         self.service.writer.start()
         self._stack.push_async_callback(self.service.writer.aclose)
+        if isinstance(self.service.views.store, SqliteReadStore):
+            self._stack.callback(self.service.views.store.close)
         await self.prepare_fleet()
         self._task("gateway.fleet.refresh", self.fleet.run())  # changes made by other instances
         if self.settings.mqtt is not None:

@@ -30,11 +30,13 @@ def pg_cluster():
 
 @pytest.fixture(params=["sqlite", "sqlite-pipeline", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, object]:
-    """The ``database`` settings of a storage test: on SQLite (a file) the portable path and the pipeline
-    (``database.sqlite_pipeline``), and on PostgreSQL (a fresh database in the throwaway cluster)."""
+    """The ``database`` settings of a storage test: on SQLite (a file) the portable path and the fast path (the
+    pipeline and the direct reads: ``database.sqlite_pipeline``, ``sqlite_direct_reads``), and on PostgreSQL (a
+    fresh database in the throwaway cluster)."""
     if request.param == "postgresql":
         return {"url": str(request.getfixturevalue("pg_cluster").create_database())}
-    return {"url": f"sqlite:///{tmp_path / 'gw.db'}", "sqlite_pipeline": request.param == "sqlite-pipeline"}
+    fast = request.param == "sqlite-pipeline"
+    return {"url": f"sqlite:///{tmp_path / 'gw.db'}", "sqlite_pipeline": fast, "sqlite_direct_reads": fast}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

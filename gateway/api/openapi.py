@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from gateway.api.deps import BEARER
 from gateway.api.problems import PROBLEM_SCHEMA
 from gateway.domain.money import amount_pattern
 
@@ -26,6 +27,7 @@ def install_openapi(app: FastAPI, *, max_payment_fen: int) -> None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes, tags=app.openapi_tags)
             schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+            _security(schema)
             patterns = {"positive": amount_pattern(max_payment_fen),
                         "signed": amount_pattern(max_payment_fen, allow_negative=True)}
             _amounts(schema, patterns)
@@ -33,6 +35,15 @@ def install_openapi(app: FastAPI, *, max_payment_fen: int) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _security(schema: dict[str, Any]) -> None:
+    """Every operation needs a key (``Authorization: Bearer``) unless it says otherwise (``security: []``)."""
+    schema["components"]["securitySchemes"] = dict(BEARER)
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict):
+                operation.setdefault("security", [{name: []} for name in BEARER])
 
 
 def _amounts(node: Any, patterns: dict[str, str]) -> None:
