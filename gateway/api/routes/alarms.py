@@ -48,7 +48,7 @@ async def get_alarm(alarm_id: AlarmId, service: ServiceDep, caller: AnyCaller) -
 
 
 @router.post("/{alarm_id}/acknowledge", response_model=AlarmPublic,
-             responses=responses(*AUTHENTICATED, "not-found", "alarm-resolved"))
+             responses=responses(*AUTHENTICATED, "not-found", "alarm-resolved", "content-too-large"))
 async def acknowledge(alarm_id: AlarmId, body: AlarmAction, service: ServiceDep,
                       caller: OperatorCaller) -> AlarmPublic:
     """Acknowledge an alarm with a reason (operator): it stays until resolved; acknowledging it again changes
@@ -58,7 +58,7 @@ async def acknowledge(alarm_id: AlarmId, body: AlarmAction, service: ServiceDep,
 
 
 @router.post("/{alarm_id}/resolve", response_model=AlarmPublic,
-             responses=responses(*AUTHENTICATED, "not-found", "alarm-resolved"))
+             responses=responses(*AUTHENTICATED, "not-found", "alarm-resolved", "content-too-large"))
 async def resolve(alarm_id: AlarmId, body: AlarmAction, service: ServiceDep, caller: OperatorCaller) -> AlarmPublic:
     """Resolve an alarm by hand with a reason (operator); if its cause goes on, the next event that tells of it
     raises a new one."""
