@@ -17,7 +17,6 @@ from gateway.service.ports import OutboxEvent
 
 __all__ = ["SqlEventSource", "SqlMetricRows"]
 
-ACTIVE_COMMANDS = ("queued", "sending", "sent")
 OPEN_ALARMS = ("open", "acknowledged")
 NOTICE_BACKLOG = ("pending", "failed")
 
@@ -51,8 +50,7 @@ class SqlMetricRows(MetricRows):
                 sa.select(a.status, a.supply, sa.func.count().label("n"), sa.func.sum(a.balance_fen).label("balance"))
                 .group_by(a.status, a.supply))}
             commands = {(row.state, row.action): int(row.n) for row in await conn.execute(
-                sa.select(cmd.state, cmd.action, sa.func.count().label("n")).where(cmd.state.in_(ACTIVE_COMMANDS))
-                .group_by(cmd.state, cmd.action))}
+                sa.select(cmd.state, cmd.action, sa.func.count().label("n")).group_by(cmd.state, cmd.action))}
         return accounts, commands
 
     async def figures(self, *, ledger_after: int | None, outbox: bool) -> StoredFigures:

@@ -55,8 +55,8 @@ class MetricRows(abc.ABC):
 
     @abc.abstractmethod
     async def fleet(self) -> tuple[dict[tuple[str, str], tuple[int, int]], dict[tuple[str, str], int]]:
-        """Accounts by (status, supply): (count, balance fen); active commands by (state, action): count. One
-        pass over each table: read at most every ``fleet_every_s``."""
+        """Accounts by (status, supply): (count, balance fen); commands by (state, action): count. One pass over
+        each table: read at most every ``fleet_every_s``."""
 
     @abc.abstractmethod
     async def figures(self, *, ledger_after: int | None, outbox: bool) -> StoredFigures:
@@ -180,6 +180,11 @@ class _Live(Collector):
             for action in ("open", "close"):
                 commands.add_metric([state, action], m._commands.get((state, action), 0))
         yield commands
+        stored = GaugeMetricFamily("gateway_commands", "Relay commands stored, by state and action (recounted "
+                                   "every 30 s)", labels=["state", "action"])
+        for (state, action), n in sorted(m._commands.items()):
+            stored.add_metric([state, action], n)
+        yield stored
         notices = GaugeMetricFamily("gateway_notices", "Notices waiting (pending) and dead letters (failed)",
                                     labels=["state"])
         for state in ("pending", "failed"):

@@ -84,6 +84,7 @@ async def test_commands_alarms_and_notices(tmp_path: Path) -> None:
         samples = await scrape(client)  # (the first scrape counts the commands)
         assert value(samples, "gateway_commands_active", state="queued", action="open") == 1
         assert value(samples, "gateway_commands_active", state="queued", action="close") == 0
+        assert value(samples, "gateway_commands", state="queued", action="open") == 1
 
         now = dt.datetime.now(dt.UTC)
         command = Command("c-1", "M-1", Action.OPEN, "operator", State.CONFIRMED, now - dt.timedelta(seconds=3),
