@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 import sqlalchemy as sa
 
 from drivers.modbus import load_model
@@ -65,7 +66,10 @@ def settings(tmp_path: Path, port: int) -> Settings:
 async def test_a_running_gateway_writes_its_bus_row_of_the_day_and_a_restart_adds_to_it(tmp_path: Path) -> None:
     fleet = ModbusFleet(load_model(DEFAULT_MODEL_PATH), meters=2, port=free_port())
     config = settings(tmp_path, fleet.port)
-    day, _ = day_of(dt.datetime.now(dt.UTC), ZoneInfo(config.site.timezone))
+    now = dt.datetime.now(dt.UTC)
+    day, end = day_of(now, ZoneInfo(config.site.timezone))
+    if end - now < dt.timedelta(minutes=1):
+        pytest.skip("the site's midnight would fall within the test (its rows are of one day)")
     async with fleet:
         async with Gateway(config, base_dir=tmp_path) as gw:
             assert gw.scheduler is not None and gw.scheduler.timeliness is not None
