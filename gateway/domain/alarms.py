@@ -5,17 +5,17 @@ unresolved alarm per (kind, subject). ``alarm_changes`` reads one outbox event (
 and says what it raises and what it resolves; the alarm keeper (``gateway.service.alarms``) applies that to the
 stored alarms. Pure: no I/O, no clock.
 
-| kind                | severity | raised by                                  | resolved by                                   |
-| ------------------- | -------- | ------------------------------------------ | --------------------------------------------- |
-| tamper              | critical | MeterTamper with flags                     | MeterTamper without flags                     |
-| account_unreadable  | critical | AccountUnreadable                          | an operator (once the account is repaired)    |
-| meter_offline       | major    | MeterHealth offline                        | MeterHealth online                            |
-| command_failed      | major    | CommandFailed (not confirmed, or refused)  | a later command of the meter confirmed/armed  |
-| reading_quarantined | major    | ReadingQuarantined                         | QuarantineResolved                            |
-| outbox_overflow     | major    | OutboxOverflow (events were left out)      | an operator                                   |
-| meter_stale         | minor    | MeterStale                                 | MeterFresh                                    |
-| disconnect_refused  | minor    | DisconnectDeferred (a guardrail's refusal) | DisconnectRequired, DisconnectWithdrawn       |
-| notice_failed       | minor    | NoticeFailed (a dead letter)               | a later notice to the contact delivered       |
+| kind                | severity | raised by                            | resolved by                             |
+| ------------------- | -------- | ------------------------------------ | --------------------------------------- |
+| tamper              | critical | MeterTamper with flags               | MeterTamper without flags               |
+| account_unreadable  | critical | AccountUnreadable                    | an operator (the account repaired)      |
+| meter_offline       | major    | MeterHealth offline                  | MeterHealth online                      |
+| command_failed      | major    | CommandFailed (unconfirmed, refused) | a later command confirmed or armed      |
+| reading_quarantined | major    | ReadingQuarantined                   | QuarantineResolved                      |
+| outbox_overflow     | major    | OutboxOverflow (events left out)     | an operator                             |
+| meter_stale         | minor    | MeterStale                           | MeterFresh                              |
+| disconnect_refused  | minor    | DisconnectDeferred (a guardrail)     | DisconnectRequired, DisconnectWithdrawn |
+| notice_failed       | minor    | NoticeFailed (a dead letter)         | a later notice to it delivered          |
 
 A meter detached or replaced ends the alarms about that meter; an account closed, those about the account.
 """

@@ -212,3 +212,19 @@ async def test_stale_watch_raises_and_resolves_meter_stale(tmp_path: Path) -> No
         assert await later.once() == ([], ["M-2"])
         await settle(gw.alarms)
         assert {a.state for a in await rows(gw, t.alarms)} == {"resolved"}
+
+
+async def test_the_running_gateway_watches_the_meters_it_polls(tmp_path: Path) -> None:
+    """bootstrap wires the stale watch to the bus scheduler: a meter that never answered (its bus leads
+    nowhere) is stale once the limit has passed since the start."""
+    clock = SetClock(T0)
+    async with Gateway(site(tmp_path), base_dir=tmp_path, clock=clock) as gw:
+        gw.alarms.idle_s = 3600
+        assert gw.stale is not None and gw.stale.every_s == 30
+        assert await gw.stale.once() == ([], [])
+        clock.now = T0 + dt.timedelta(minutes=11)
+        stale, fresh = await gw.stale.once()
+        assert sorted(stale) == ["M-1", "M-2"] and fresh == []
+        await settle(gw.alarms)
+        assert {(a.kind, a.subject, a.account_id) for a in await rows(gw, t.alarms, t.alarms.c.kind == "meter_stale")
+                } == {("meter_stale", "M-1", "A-1"), ("meter_stale", "M-2", "A-2")}
