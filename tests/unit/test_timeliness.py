@@ -127,6 +127,19 @@ def test_midnight_is_the_sites_midnight() -> None:
     assert [row.day for row in other.rows(70)] == ["2026-11-23"]
 
 
+def test_meters_joining_and_leaving_after_midnight_belong_to_the_new_day() -> None:
+    day = tally({"A": 20, "B": 20, "C": 20}, at=dt.datetime(2026, 11, 23, 15, 59, tzinfo=dt.UTC))  # 23:59 there
+    day.leave("A", 30)  # left before midnight: gone the next day, and its cell with it
+    day.leave("C", 65)  # midnight passed at 60 s, nothing polled since: the day ends first
+    day.join("N", 20, 70)
+    polled(day, "B", 75)
+    ended, today = day.rows(75)
+    assert (ended.day, ended.meters, ended.final) == ("2026-11-23", 3, True)
+    assert (today.day, today.meters, today.read) == ("2026-11-24", 3, 1)  # B, C (left at 65 s) and N
+    assert day.meter("A", 75) is None and day.meter("C", 75)["longest_gap_s"] == 5.0  # type: ignore[index]
+    assert day.meter("N", 75)["longest_gap_s"] == 5.0  # type: ignore[index]  # counted from its joining
+
+
 def test_a_day_of_the_site_can_be_23_or_25_hours_long() -> None:
     berlin = ZoneInfo("Europe/Berlin")
     assert day_of(dt.datetime(2026, 3, 29, 1, tzinfo=dt.UTC), berlin) == (

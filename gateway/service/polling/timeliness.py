@@ -128,6 +128,8 @@ class DayTally:
 
     def join(self, meter_id: str, interval: float, now: float) -> None:
         """A meter joins the bus (or its interval changes): its gap is counted from now if it was not on it."""
+        if now >= self.day_end:
+            self._roll(now)
         i = self._index.get(meter_id)
         if i is None:
             self._index[meter_id] = len(self._index)
@@ -147,11 +149,11 @@ class DayTally:
 
     def leave(self, meter_id: str, now: float) -> None:
         """A meter leaves the bus: it keeps its figures of the day, its open gap ends here."""
+        if now >= self.day_end:
+            self._roll(now)
         i = self._index.get(meter_id)
         if i is None or self._flags[i] & _LEFT:
             return
-        if now >= self.day_end:
-            self._roll(now)
         self._close(i, now)
         self._flags[i] |= _LEFT
 
