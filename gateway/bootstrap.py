@@ -143,6 +143,7 @@ class Gateway:
         if self.settings.mqtt is None:
             self._prune_outbox()
         self._keep_alarms()
+        await self._seed_tamper()
         await self._operations()
         buses = []
         models = site_models(self.settings, base_dir=self.base_dir)
@@ -266,6 +267,12 @@ class Gateway:
         writer.on_commit = lambda: (before(), self.alarms.wake())  # type: ignore[func-returns-value]
         self._stack.callback(setattr, writer, "on_commit", before)
         self._task("gateway.alarms", self.alarms.run())
+
+    async def _seed_tamper(self) -> None:
+        """Meters whose tamper alarm is still open from before the start: their next reading raises or clears it
+        even without flags (gateway.service.tamper)."""
+        async with self.uow(readonly=True) as uow:
+            self.service.writer.tamper.seed(dict.fromkeys(await uow.alarms.subjects("tamper")))
 
     def _watch_stale(self, scheduler: Scheduler) -> None:
         """Stale data: MeterStale / MeterFresh events for the meters this instance polls."""

@@ -1,7 +1,9 @@
-"""A simulated meter's cover opened and closed while a real gateway polls it (real sockets, a real SQLite file):
-the MeterTamper event in the outbox on the topic ``alarms`` with its flags, ``"flags": []`` when it closes, and
-no new event while the flags stay as they are. The meter uses no energy, so its unchanged readings are not
-stored (``gateway.service.freshness``): the change of flags alone must go through a transaction."""
+"""A simulated meter's cover opened and closed while a real gateway polls it (real sockets; a real SQLite file
+on both write paths, a throwaway PostgreSQL database): the MeterTamper event in the outbox on the topic
+``alarms`` with its flags, ``"flags": []`` when it closes, and no new event while the flags stay as they are.
+The meter uses no energy, so its unchanged readings are not stored (``gateway.service.freshness``): the change
+of flags alone must go through a transaction. And across a restart: a tamper alarm still open is cleared by the
+first reading without flags."""
 
 from __future__ import annotations
 
@@ -52,9 +54,13 @@ class Site:
         await async_wait_until(lambda: self.requests() - start >= n * 8, timeout=10, what=f"{n} more polls")
 
 
-def _settings(tmp_path: Path, bus: dict[str, Any], meter: dict[str, Any], pipeline: bool) -> Settings:
+def _settings(tmp_path: Path, bus: dict[str, Any], meter: dict[str, Any], storage: str) -> Settings:
+    """``storage``: a SQLite file on the portable write path (``sqlite``) or the pipeline (``pipeline``), or a
+    PostgreSQL URL."""
+    database = ({"url": f"sqlite:///{tmp_path / 'gw.db'}", "sqlite_pipeline": storage == "pipeline"}
+                if storage in ("sqlite", "pipeline") else {"url": storage})
     return Settings.model_validate({
-        "database": {"url": f"sqlite:///{tmp_path / 'gw.db'}", "sqlite_pipeline": pipeline},
+        "database": database,
         "tariffs": {"flat": {"kind": "flat", "price": "1.0000"}},
         "accounts": [{"id": "A-1", "tariff": "flat", "opening_balance": "100.00"}],
         "buses": [{"id": "bus", **bus}],
@@ -63,31 +69,35 @@ def _settings(tmp_path: Path, bus: dict[str, Any], meter: dict[str, Any], pipeli
 
 
 @asynccontextmanager
-async def _modbus(tmp_path: Path, pipeline: bool) -> AsyncIterator[Site]:
+async def _modbus(tmp_path: Path, storage: str) -> AsyncIterator[Site]:
     port = free_port()
     async with ModbusFleet(load_model(DEFAULT_MODEL_PATH), meters=1, port=port) as fleet:
         settings = _settings(tmp_path, {"protocol": "modbus-tcp", "host": "127.0.0.1", "port": port},
-                             {"unit_id": 1}, pipeline)
+                             {"unit_id": 1}, storage)
         async with Gateway(settings, base_dir=tmp_path) as gateway:
             # a Modbus poll is 2 requests: 8 requests are 4 polls
             yield Site(gateway, fleet.faults, fleet.units[1].meter, lambda: fleet.requests)
 
 
 @asynccontextmanager
-async def _dlt645(tmp_path: Path, pipeline: bool) -> AsyncIterator[Site]:
+async def _dlt645(tmp_path: Path, storage: str) -> AsyncIterator[Site]:
     port = free_port()
     async with Dlt645Simulator(meters=1, tcp=f"127.0.0.1:{port}") as sim:
         settings = _settings(tmp_path, {"protocol": "dlt645-tcp", "host": "127.0.0.1", "port": port,
-                                        "timeout_s": 0.5}, {"address": sim.meters[0].address}, pipeline)
+                                        "timeout_s": 0.5}, {"address": sim.meters[0].address}, storage)
         async with Gateway(settings, base_dir=tmp_path) as gateway:
             # a DL/T 645 poll is 8 requests (energy block, voltage, current, power, balance, overdraft, words 3, 7)
             yield Site(gateway, sim.faults, sim.meters[0].meter, lambda: sim.bus.requests_seen)
 
 
-@pytest.mark.parametrize(("protocol", "pipeline"), [("modbus", False), ("modbus", True), ("dlt645", False)])
-async def test_cover_opened_and_closed_makes_one_event_each(tmp_path: Path, protocol: str, pipeline: bool) -> None:
+@pytest.mark.parametrize(("protocol", "storage"), [("modbus", "sqlite"), ("modbus", "pipeline"),
+                                                   ("modbus", "postgresql"), ("dlt645", "sqlite")])
+async def test_cover_opened_and_closed_makes_one_event_each(tmp_path: Path, protocol: str, storage: str,
+                                                            request: pytest.FixtureRequest) -> None:
+    if storage == "postgresql":
+        storage = str(request.getfixturevalue("pg_cluster").create_database())
     serve = _modbus if protocol == "modbus" else _dlt645
-    async with serve(tmp_path, pipeline) as site:
+    async with serve(tmp_path, storage) as site:
         site.meter.set_power_w(0)  # no energy used: unchanged readings are not stored
         await async_wait_until(site.stored, timeout=10, what="a first reading stored")
         await site.polls(3)
@@ -129,3 +139,32 @@ async def _count(site: Site, n: int) -> bool:
 async def _cleared(site: Site) -> bool:
     events = await site.events()
     return bool(events) and events[-1]["flags"] == []
+
+
+async def _tamper_alarms(gateway: Gateway) -> list[tuple[str, str]]:
+    async with gateway.uow(readonly=True) as uow:
+        rows = await uow.execute(sa.select(t.alarms.c.subject, t.alarms.c.state).where(t.alarms.c.kind == "tamper")
+                                 .order_by(t.alarms.c.id))
+        return [(row.subject, row.state) for row in rows]
+
+
+async def test_a_cover_closed_while_the_gateway_was_stopped_clears_its_alarm_at_the_next_start(
+        tmp_path: Path) -> None:
+    """The flags the gateway saw are kept in memory; at a start, a meter with a tamper alarm still open is
+    cleared by its first reading without flags (else the alarm would stay open for good)."""
+    port = free_port()
+    plan = FaultPlan.parse("cover-open@0")
+    settings = _settings(tmp_path, {"protocol": "modbus-tcp", "host": "127.0.0.1", "port": port}, {"unit_id": 1},
+                         "sqlite")
+    async with ModbusFleet(load_model(DEFAULT_MODEL_PATH), meters=1, port=port, faults=plan):
+        async with Gateway(settings, base_dir=tmp_path) as gateway:
+            await async_wait_until(lambda: _has(gateway, ("M-1", "open")), timeout=10, what="tamper alarm raised")
+        plan.clear()  # the cover is shut while the gateway is stopped
+        async with Gateway(settings, base_dir=tmp_path) as gateway:
+            await async_wait_until(lambda: _has(gateway, ("M-1", "resolved")), timeout=10,
+                                   what="tamper alarm resolved")
+            assert await _tamper_alarms(gateway) == [("M-1", "resolved")]
+
+
+async def _has(gateway: Gateway, alarm: tuple[str, str]) -> bool:
+    return alarm in await _tamper_alarms(gateway)
