@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.domain.messages import CommandFinished
 from gateway.domain.relay import Action, Command, State
+from gateway.bootstrap import Gateway
 from tests.integration.api_support import api_client, auth, site
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -40,40 +44,51 @@ async def test_any_key_may_scrape_none_may_not(tmp_path: Path) -> None:
             assert value(await scrape(client, role), "gateway_accounts", status="open", supply="connected") == 3
 
 
-async def test_payments_balances_and_the_ledger_move(tmp_path: Path) -> None:
-    async with api_client(site(tmp_path), tmp_path) as (client, gw):
-        before = await scrape(client)
-        assert value(before, "gateway_balance_fen", status="open", supply="connected") == 1000 - 500 + 100
-        assert value(before, "gateway_balance_total_fen") == 600 and value(before, "gateway_accounts_total_count") == 3
-        assert value(before, "gateway_ledger_entries_total", kind="payment") == 0  # counted from the start
-        billing = auth("billing")
-        assert (await client.post("/v1/payments", json=PAY, headers=billing)).status_code == 201
-        paid = await scrape(client)
-        assert value(paid, "gateway_balance_total_fen") == 1100  # at every scrape
-        assert value(paid, "gateway_balance_fen", status="open", supply="connected") == 600  # recounted every 30 s
-        gw.metrics.fleet_every_s = 0
-        assert value(await scrape(client), "gateway_balance_fen", status="open", supply="connected") == 1100
-        assert (await client.post("/v1/payments", json=PAY, headers=billing)).status_code == 200
-        assert (await client.post("/v1/payments", json={**PAY, "amount": "6.00"}, headers=billing)).status_code == 409
-        assert (await client.post("/v1/payments", json={**PAY, "payment_id": "P-2", "account_id": "A-9"},
-                                  headers=billing)).status_code == 404
-        assert (await client.post("/v1/payments/billing/P-1/reversal", json={"reason": "bounced"},
-                                  headers=billing)).status_code == 201
-        after = await scrape(client)
-        for operation, outcome, n in (("payment", "recorded", 1), ("payment", "duplicate", 1),
-                                      ("payment", "conflict", 1), ("payment", "refused", 1),
-                                      ("reversal", "recorded", 1), ("reversal", "duplicate", 0)):
-            assert value(after, "gateway_payments_total", operation=operation, outcome=outcome) == n, (operation,
-                                                                                                        outcome)
-        assert value(after, "gateway_ledger_entries_total", kind="payment") == 1
-        assert value(after, "gateway_ledger_entries_total", kind="reversal") == 1
-        assert value(after, "gateway_ledger_amount_fen_total", kind="payment") == 500
-        assert value(after, "gateway_ledger_amount_fen_total", kind="reversal") == 500
-        assert value(after, "gateway_balance_fen", status="open", supply="connected") == 600  # paid and reversed
-        assert value(after, "gateway_balance_total_fen") == 600
-        again = await scrape(client)  # counted once, not again at the next scrape
-        assert value(again, "gateway_ledger_entries_total", kind="payment") == 1
-        assert value(again, "gateway_scrape_duration_seconds") > 0
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def either(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    settings = site(tmp_path)
+    if request.param == "postgresql":
+        url = str(request.getfixturevalue("pg_cluster").create_database())
+        settings = settings.model_copy(update={"database": settings.database.model_copy(update={"url": url})})
+    async with Gateway(settings, base_dir=tmp_path, run_buses=False) as gateway:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway.app()), base_url="http://gw") as c:
+            yield c, gateway
+
+
+async def test_payments_balances_and_the_ledger_move(either: tuple[httpx.AsyncClient, Any]) -> None:
+    client, gw = either
+    before = await scrape(client)
+    assert value(before, "gateway_balance_fen", status="open", supply="connected") == 1000 - 500 + 100
+    assert value(before, "gateway_balance_total_fen") == 600 and value(before, "gateway_accounts_total_count") == 3
+    assert value(before, "gateway_ledger_entries_total", kind="payment") == 0  # counted from the start
+    billing = auth("billing")
+    assert (await client.post("/v1/payments", json=PAY, headers=billing)).status_code == 201
+    paid = await scrape(client)
+    assert value(paid, "gateway_balance_total_fen") == 1100  # at every scrape
+    assert value(paid, "gateway_balance_fen", status="open", supply="connected") == 600  # recounted every 30 s
+    gw.metrics.fleet_every_s = 0
+    assert value(await scrape(client), "gateway_balance_fen", status="open", supply="connected") == 1100
+    assert (await client.post("/v1/payments", json=PAY, headers=billing)).status_code == 200
+    assert (await client.post("/v1/payments", json={**PAY, "amount": "6.00"}, headers=billing)).status_code == 409
+    assert (await client.post("/v1/payments", json={**PAY, "payment_id": "P-2", "account_id": "A-9"},
+                              headers=billing)).status_code == 404
+    assert (await client.post("/v1/payments/billing/P-1/reversal", json={"reason": "bounced"},
+                              headers=billing)).status_code == 201
+    after = await scrape(client)
+    for operation, outcome, n in (("payment", "recorded", 1), ("payment", "duplicate", 1),
+                                  ("payment", "conflict", 1), ("payment", "refused", 1),
+                                  ("reversal", "recorded", 1), ("reversal", "duplicate", 0)):
+        assert value(after, "gateway_payments_total", operation=operation, outcome=outcome) == n, (operation,
+                                                                                                    outcome)
+    assert value(after, "gateway_ledger_entries_total", kind="payment") == 1
+    assert value(after, "gateway_ledger_entries_total", kind="reversal") == 1
+    assert value(after, "gateway_ledger_amount_fen_total", kind="payment") == 500
+    assert value(after, "gateway_ledger_amount_fen_total", kind="reversal") == 500
+    assert value(after, "gateway_balance_fen", status="open", supply="connected") == 600  # paid and reversed
+    assert value(after, "gateway_balance_total_fen") == 600
+    again = await scrape(client)  # counted once, not again at the next scrape
+    assert value(again, "gateway_ledger_entries_total", kind="payment") == 1
+    assert value(again, "gateway_scrape_duration_seconds") > 0
 
 
 async def test_commands_alarms_and_notices(tmp_path: Path) -> None:
