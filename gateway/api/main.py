@@ -27,7 +27,10 @@ def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None
     database's keys are read through ``service.stored_keys``); ``event_stream``: ``GET /v1/events`` (ended by
     ``app.state.events.close()`` when the server stops); ``gateway_metrics``: ``GET /metrics``."""
     # The docs pages (/docs, /redoc) load their scripts from the package, never from a CDN.
+    # No OpenTelemetry: the gateway's figures are its Prometheus metrics; FastAPI would otherwise ask the
+    # OpenTelemetry providers on every request whether it should trace it.
     app = FastAPIOffline(title="meter-gateway", version="0.1.0", static_url="/docs-assets",
+                         telemetry={"tracing": False, "metrics": False, "logs": False},
                          description="Remote prepaid and meter-control gateway: payments, accounts, meters, relay "
                                      "commands. Errors are application/problem+json; their types are in docs/api.md.")
     app.state.service = service
