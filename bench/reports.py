@@ -4,10 +4,11 @@ the report adds is the ledger's look-ups: since when each account is below, its 
 
 The database is a SQLite file (WAL) migrated by the gateway and filled with sqlite3: ``--accounts`` open
 accounts, ``--arrears`` of them (a share) below zero, the others at or above it, each with a ledger of an opening
-entry, charges and now and then a payment over 180 days (``--entries`` on average), and the payments table. The report is read whole (every row, in
-the chunks the CSV answer reads) and as the first JSON page (1,000 rows); over HTTP in process (httpx's ASGI
-transport, the gateway's own app and key check), as CSV (whole) and JSON (first page). Each figure is the median
-of ``--runs`` runs, after one warm-up run.
+entry, charges and now and then a payment over 180 days (``--entries`` on average), and the payments table. The
+report is read whole (every row, in the chunks the CSV answer reads) and as the first JSON page (1,000 rows); over
+HTTP in process (httpx's ASGI transport, the gateway's own app and key check), as CSV (whole) and JSON (first
+page). Each figure is the median of ``--runs`` runs after one warm-up run: wall time, and the CPU time of the
+process (its database thread included), the steadier figure on a shared machine.
 
 Usage: python bench/reports.py [--accounts 100000] [--arrears 0.12] [--entries 10] [--runs 5]
 """
