@@ -130,6 +130,12 @@ async def test_arrears_lists_accounts_below_the_threshold_since_when_and_their_l
     # pages of one walk the same rows; the CSV has the same cells
     assert await walk(client, "arrears", 1, below="20.00") == every["data"]
     assert await as_csv(client, "arrears", below="20.00") == cells(every["data"])
+    # a closed account is in no arrears list
+    async with gateway.service.uow() as uow:
+        await uow.execute(sa.update(t.accounts).where(t.accounts.c.id == "A-2").values(status="closed"))
+        await uow.commit()
+    closed = await report(client, "arrears")
+    assert [r["account_id"] for r in closed["data"]] == ["A-3"] and closed["totals"]["accounts"] == 1
 
 
 async def test_disconnections_with_their_reconnection_and_duration(gw: Any) -> None:
