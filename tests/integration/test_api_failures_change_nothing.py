@@ -4,6 +4,7 @@ as it was, and the account in the writer's memory too (the next change does not 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,8 @@ async def test_every_failing_write_changes_nothing(tmp_path: Path) -> None:
 
 
 def _fault(db: Path, table: str, when: str) -> None:
-    """An unexpected database error: a trigger that aborts matching inserts (like a full disk would)."""
+    """An unexpected database error: a trigger that aborts matching inserts (like a full disk would). Run in a
+    thread: it waits for the write lock, which a task of the gateway (the alarm keeper) may hold meanwhile."""
     with sqlite3.connect(db) as conn:
         conn.execute(f"CREATE TRIGGER fault_{table} BEFORE INSERT ON {table} WHEN {when} "
                      "BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
@@ -143,7 +145,7 @@ async def test_an_unexpected_error_rolls_back(tmp_path: Path, table: str, when: 
         queued = (await client.post("/v1/meters/M-2/reconnect", json={"reason": "x"},
                                     headers=auth("operator"))).json()["command_id"]
         path = path.format(queued=queued)
-        _fault(tmp_path / "gw.db", table, when)
+        await asyncio.to_thread(_fault, tmp_path / "gw.db", table, when)
         before = snapshot(tmp_path / "gw.db")
         response = await _send(client, method, path, role, body)
         assert response.status_code == 500, response.text
@@ -181,7 +183,7 @@ async def test_a_bulk_command_reports_an_unexpected_error_per_meter(tmp_path: Pa
     """A bulk command is one decision per meter: a meter that meets an unexpected error gets nothing and says so;
     the others go ahead."""
     async with api_client(site(tmp_path), tmp_path) as (client, _):
-        _fault(tmp_path / "gw.db", "commands", "NEW.meter_id = 'M-1'")
+        await asyncio.to_thread(_fault, tmp_path / "gw.db", "commands", "NEW.meter_id = 'M-1'")
         response = await client.post("/v1/commands/bulk", headers=auth("operator"), json={
             "action": "reconnect", "meter_ids": ["M-1", "M-3"], "reason": "x"})
         assert response.status_code == 200, response.text
