@@ -7,6 +7,7 @@
     jobs           the writer's jobs (payment, reversal, reading, account change)
     account_cache  the writer's accounts in memory; ledger rows and outbox messages from what accounts recorded
     freshness      which readings to store (a reading that changes nothing is not)
+    tamper         the meters' tamper flags as last seen; a change is a MeterTamper event
     views          read models for the API, over the ``ReadStore`` port
     operator       manual relay commands and their cancellation
     commands       relay command records and their events

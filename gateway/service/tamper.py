@@ -41,10 +41,6 @@ class TamperFlags:
         if changes:
             self.seen.update(changes)
 
-    def forget(self, meter_id: str) -> None:
-        """A meter that left the fleet."""
-        self.seen.pop(meter_id, None)
-
 
 def tamper_change(known: tuple[str, ...] | None, flags: tuple[str, ...]) -> bool:
     """Whether ``flags`` (a meter's new reading) make an event, given the last ones seen (None: none since the
