@@ -81,8 +81,11 @@ async def _fill(engine: Any, args: argparse.Namespace) -> None:
                 target = f"c-{i % max(args.commands, 1):08d}" if action == "command.cancel" else (
                     f"M-{i % args.accounts:06d}" if action == "meter.change" else f"A-{i % args.accounts:06d}")
                 detail = {"meter_id": f"M-{i % args.accounts:06d}"} if action == "command.open" else None
-                rows.append(dict(at=T0 + dt.timedelta(seconds=i), actor=f"key-{i % 20}", action=action,
-                                 target=target, detail=detail))
+                actor = f"key-{i % 20}"
+                if i % 100_000 == 17:  # a key that changed little, with an action nobody else takes
+                    actor, action = "key-rare", "account.adjustment"
+                rows.append(dict(at=T0 + dt.timedelta(seconds=i), actor=actor, action=action, target=target,
+                                 detail=detail))
             await conn.execute(sa.insert(t.audit_log), rows)
         await conn.execute(sa.text("ANALYZE"))
 
@@ -137,6 +140,8 @@ async def main(args: argparse.Namespace) -> None:
                 before=T0 + dt.timedelta(seconds=args.commands // 20), before_id="c-00000005", limit=limit)),
             "audit: newest page": lambda: lists.audit(AuditFilter(limit=limit)),
             "audit: actor": lambda: lists.audit(AuditFilter(actor="key-7", limit=limit)),
+            "audit: a rare actor": lambda: lists.audit(AuditFilter(actor="key-rare", limit=limit)),
+            "audit: a rare action": lambda: lists.audit(AuditFilter(action="account.adjustment", limit=limit)),
             "audit: account (own, meters', commands')": lambda: lists.audit(
                 AuditFilter(account_id=f"A-{n // 2:06d}", limit=limit)),
             "audit: meter (own, commands', named)": lambda: lists.audit(
@@ -144,6 +149,11 @@ async def main(args: argparse.Namespace) -> None:
             "audit: action prefix command.": lambda: lists.audit(AuditFilter(action="command.", limit=limit)),
             "audit: a day (since, until)": lambda: lists.audit(AuditFilter(
                 since=T0 + dt.timedelta(days=3), until=T0 + dt.timedelta(days=4), limit=limit)),
+            "audit: a day and an actor": lambda: lists.audit(AuditFilter(
+                actor="key-7", since=T0 + dt.timedelta(days=3), until=T0 + dt.timedelta(days=4), limit=limit)),
+            "audit: a day and an account": lambda: lists.audit(AuditFilter(
+                account_id=f"A-{n // 2:06d}", since=T0 + dt.timedelta(days=3), until=T0 + dt.timedelta(days=4),
+                limit=limit)),
         }
         for name, call in cases.items():
             ms, count = await _time(call, args.repeat)

@@ -1,16 +1,18 @@
 """The lists' storage (``gateway.service.lists.ListStore``) on SQLAlchemy Core: SQLite or PostgreSQL.
 
 Every filter is a condition of the query, and every page a keyset (``id > after``, ``id < before_id``, or
-``(created_at, id) < (before, before_id)`` for commands), so a page costs the same at the end of a long list as
-at its start. The indexes: accounts by id and balance (``ix_accounts_balance``), meters by account, commands by
-meter and by time, the audit log by target, actor and time (migration 0007).
+``(time, id) < (before, before_id)`` for commands and the audit log, newest first by time), so a page costs the
+same at the end of a long list as at its start. The indexes: accounts by id and balance (``ix_accounts_balance``),
+meters by account, commands by meter and by time, the audit log by target, actor and time (migration 0007).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapters import tables as t
 from gateway.adapters.outbound_rows import notice_record
@@ -22,7 +24,7 @@ from gateway.service.ports import NoticeRecord
 __all__ = ["SqlListStore", "account_state", "protected"]
 
 _a, _m, _c, _log = t.accounts.c, t.meters.c, t.commands.c, t.audit_log.c
-WIDE = 2000  # a balance range with at least this many accounts is read in the order of the ids
+WIDE = 2000  # a balance range (an actor) with at least this many rows is read in the list's order
 
 
 def protected() -> sa.ColumnElement[bool]:
@@ -72,6 +74,19 @@ def _balance(which: AccountFilter) -> Callable[[sa.ColumnElement[int]], sa.Colum
     return within
 
 
+async def _wide(conn: AsyncConnection, table: sa.Table, where: sa.ColumnElement[bool]) -> bool:
+    """Whether at least WIDE rows of ``table`` meet ``where`` (counted through the index that answers it, up to
+    WIDE)."""
+    probe = sa.select(sa.literal(1)).select_from(table).where(where).limit(WIDE).subquery()
+    return (await conn.execute(sa.select(sa.func.count()).select_from(probe))).scalar_one() >= WIDE
+
+
+def _older(time: sa.ColumnElement[Any], key: sa.ColumnElement[Any], at: Any, before: Any
+           ) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:
+    """``(time, key) < (at, before)``, written so that an index on ``time`` answers it as a range."""
+    return time <= at, sa.or_(time < at, key < before)
+
+
 def _equal(query: sa.Select[tuple[object, ...]], pairs: tuple[tuple[sa.ColumnElement[object], object], ...]
            ) -> sa.Select[tuple[object, ...]]:
     for column, value in pairs:
@@ -112,8 +127,7 @@ class SqlListStore(ListStore):
                 # A narrow range: the balance index finds its few rows, then they are sorted by id. A wide one:
                 # walking the accounts by id finds a page soonest, and the planner (SQLite's at least) can't
                 # tell the two apart; a look at up to WIDE rows of the range through the index tells.
-                wide = (await conn.execute(sa.select(sa.func.count()).select_from(
-                    sa.select(_a.id).where(balance(_a.balance_fen)).limit(WIDE).subquery()))).scalar_one() >= WIDE
+                wide = await _wide(conn, t.accounts, balance(_a.balance_fen))
                 query = query.where(balance(_a.balance_fen + 0 if wide else _a.balance_fen))
             rows = list((await conn.execute(query.order_by(_a.id).limit(limit))).all())
             meters: dict[str, list[Row]] = {}
@@ -150,8 +164,8 @@ class SqlListStore(ListStore):
         if which.before_id is not None:  # a stable cursor: (time, id); alone, the time is that command's
             at = which.before if which.before is not None else (
                 sa.select(_c.created_at).where(_c.id == which.before_id).scalar_subquery())
-            query = query.where(sa.or_(_c.created_at < at, sa.and_(_c.created_at == at, _c.id < which.before_id)))
-        elif which.before is not None:  # the time alone (the older cursor): later commands of that very time are passed over
+            query = query.where(*_older(_c.created_at, _c.id, at, which.before_id))
+        elif which.before is not None:  # the time alone (the older cursor): commands of that very time are skipped
             query = query.where(_c.created_at < which.before)
         async with self.storage.reading() as conn:
             rows = (await conn.execute(query.order_by(_c.created_at.desc(), _c.id.desc()).limit(limit))).all()
@@ -172,19 +186,18 @@ class SqlListStore(ListStore):
         return [notice_record(row) for row in rows]
 
     async def audit(self, which: AuditFilter, limit: int) -> list[Row]:
-        """Each way a row may concern the account or meter is a query of its own that an index answers (the
-        target's, the actor's or the primary key); the pages are merged by id."""
+        """Newest first: by time, then id. Each way a row may concern the account or meter is a query of its own
+        that an index answers (the target's, the actor's or the time's); their pages are merged."""
         query = sa.select(t.audit_log)
-        if which.actor is not None:
-            query = query.where(_log.actor == which.actor)
         if which.action is not None:
             query = query.where(_action(which.action))
         if which.since is not None:
             query = query.where(_log.at >= which.since)
         if which.until is not None:
             query = query.where(_log.at < which.until)
-        if which.before_id is not None:
-            query = query.where(_log.id < which.before_id)
+        if which.before_id is not None:  # the cursor's row, then the rows after it (at, id)
+            at = sa.select(_log.at).where(_log.id == which.before_id).scalar_subquery()
+            query = query.where(*_older(_log.at, _log.id, at, which.before_id))
         branches = [query]
         if which.account_id is not None:
             branches = [query.where(where) for where in _of_account(which.account_id)]
@@ -192,10 +205,16 @@ class SqlListStore(ListStore):
             branches = [branch.where(where) for branch in branches for where in _of_meter(which.meter_id)]
         found: dict[int, Row] = {}
         async with self.storage.reading() as conn:
+            if which.actor is not None:
+                # A key with few rows: its index finds them, then they are sorted by time. A busy one (the
+                # gateway's own): walking the time index finds a page soonest; up to WIDE of its rows tell.
+                wide = await _wide(conn, t.audit_log, _log.actor == which.actor)
+                actor = _log.actor.concat("") if wide else _log.actor  # (an expression no index answers)
+                branches = [branch.where(actor == which.actor) for branch in branches]
             for branch in branches:
-                for row in await conn.execute(branch.order_by(_log.id.desc()).limit(limit)):
+                for row in await conn.execute(branch.order_by(_log.at.desc(), _log.id.desc()).limit(limit)):
                     found[row.id] = row
-        return [found[key] for key in sorted(found, reverse=True)[:limit]]
+        return sorted(found.values(), key=lambda row: (row.at, row.id), reverse=True)[:limit]
 
 
 def _of_account(account_id: str) -> list[sa.ColumnElement[bool]]:

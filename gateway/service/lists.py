@@ -90,7 +90,7 @@ class AuditFilter:
     action: str | None = None  # exact, or a prefix when it ends with "." ("command.")
     since: dt.datetime | None = None  # at or after
     until: dt.datetime | None = None  # before
-    before_id: int | None = None
+    before_id: int | None = None  # page: the entries after this one (newest first)
     limit: int = 100
 
 
@@ -117,7 +117,8 @@ class ListStore(abc.ABC):
 
     @abc.abstractmethod
     async def audit(self, which: AuditFilter, limit: int) -> list[Row]:
-        """Audit rows (id, at, actor, action, target, detail), newest (highest id) first."""
+        """Audit rows (id, at, actor, action, target, detail), newest first (ties: the larger id first); after
+        ``before_id``: the rows after that one in this order."""
 
 
 def _more(rows: list[Any], limit: int) -> tuple[list[Any], Any | None]:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.adapters import list_store
 from gateway.bootstrap import Gateway
 from tests.integration.api_support import auth, site
 
@@ -94,7 +95,8 @@ async def _walk(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]
     raise AssertionError("the pages never end")
 
 
-async def test_the_audit_log_by_actor_account_meter_action_and_time(gw: Any) -> None:
+async def test_the_audit_log_by_actor_account_meter_action_and_time(gw: Any, monkeypatch: pytest.MonkeyPatch
+                                                                     ) -> None:
     client, clock = gw
     made = await _changes(client, clock)
     everything = (await _audit(client, limit=1000))["data"]
@@ -109,7 +111,10 @@ async def test_the_audit_log_by_actor_account_meter_action_and_time(gw: Any) -> 
                     "action": "account.hold", "target": "A-1",
                     "detail": {"until": "2026-11-24T00:00:00+00:00", "reason": "promised"}}
 
-    assert await _actions(client, actor="operator-key") == ["command.cancel", "command.open", "account.hold"]
+    for wide in (1, 2000):  # a key with many rows (read through the time index) or few (through its own)
+        monkeypatch.setattr(list_store, "WIDE", wide)
+        assert await _actions(client, actor="operator-key") == ["command.cancel", "command.open", "account.hold"]
+        assert await _actions(client, actor="operator-key", meter_id="M-1") == ["command.cancel", "command.open"]
     assert await _actions(client, actor="billing-key") == ["payment.reverse"]
     assert await _actions(client, actor="nobody") == []
     # an account: its own rows, and its meters' and their commands' (the cancel's target is the command)
@@ -172,3 +177,17 @@ async def test_an_audit_filter_outside_its_schema_is_refused(gw: Any, query: str
     client, _ = gw
     answer = await client.get(f"/v1/audit?{query}", headers=OPERATOR)
     assert answer.status_code == 422 and answer.headers["content-type"] == "application/problem+json", answer.text
+
+
+async def test_newest_first_is_by_time_and_a_cursor_keeps_that_order(gw: Any) -> None:
+    client, clock = gw
+    for minute, url, body, headers in (
+            (5, "/v1/accounts/A-1/hold", {"until": "2026-11-24T00:00:00Z", "reason": "promised"}, OPERATOR),
+            (1, "/v1/accounts/A-2/protection", {"protected": False, "reason": "moved out"}, ADMIN),  # clock set back
+            (3, "/v1/accounts/A-3/protection", {"protected": True, "reason": "clinic"}, ADMIN)):
+        clock.now = T0 + dt.timedelta(minutes=minute)
+        assert (await client.put(url, json=body, headers=headers)).status_code == 200
+    rows = _changes_only((await _audit(client, since="2026-11-23T00:01:00Z"))["data"])
+    assert [(r["target"], r["at"][11:16]) for r in rows] == [("A-1", "00:05"), ("A-3", "00:03"), ("A-2", "00:01")]
+    walked = _changes_only(await _walk(client, limit=1, since="2026-11-23T00:01:00Z"))
+    assert [r["id"] for r in walked] == [r["id"] for r in rows]

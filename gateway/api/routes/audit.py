@@ -33,9 +33,11 @@ async def list_audit(
         since: Annotated[Timestamp | None, Query(description="at or after this")] = None,
         until: Annotated[Timestamp | None, Query(description="before this")] = None,
         limit: Annotated[int, Query(ge=1, le=1000, examples=[100])] = 100,
-        before_id: Annotated[RowId | None, Query(description="page: entries before this id")] = None,
+        before_id: Annotated[RowId | None, Query(description="page: the entries after this one (the last of the "
+                                                             "previous page)")] = None,
         ) -> AuditList:
-    """The audit log, newest first, filtered: actor, account, meter, action, time (operator or admin)."""
+    """The audit log, newest first (by time, then id), filtered: actor, account, meter, action, time (operator or
+    admin)."""
     which = AuditFilter(actor=actor, account_id=account_id, meter_id=meter_id, action=action, since=since,
                         until=until, before_id=before_id, limit=limit)
     return AuditList.model_validate(await service.lists.audit(which))
