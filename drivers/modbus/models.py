@@ -259,7 +259,8 @@ class MeterModel(_Strict):
 
     @cached_property
     def read_plan(self) -> ReadPlan[str]:
-        """Requests that read every quantity, the relay state and the tamper register, merged as far as the model allows."""
+        """Requests that read every quantity, the relay state and the tamper register, merged as far as the
+        model allows."""
         items = {name: (s.table, s.address, s.length) for name, s in self.registers.items()}
         if self.relay is not None:
             items[RELAY_STATE] = (self.relay.state.table, self.relay.state.address, 1)

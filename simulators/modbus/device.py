@@ -2,8 +2,9 @@
 
 A ``ModelLayout`` turns the model's registers into slots (an address range of one table and how to fill it from
 the meter), computed once per model. A ``MeterUnit`` answers reads by filling the slots a request touches from
-the meter at that moment (the tamper register from its tamper flags), and turns a write of the relay command into ``meter.set_relay``; anything else written
-is refused like a read-only register. Addresses the model does not map answer exception 2, as on a real meter.
+the meter at that moment (the tamper register from its tamper flags), and turns a write of the relay command
+into ``meter.set_relay``; anything else written is refused like a read-only register. Addresses the model does
+not map answer exception 2, as on a real meter.
 """
 
 from __future__ import annotations
