@@ -17,7 +17,7 @@ from gateway.bootstrap import Gateway
 from gateway.service.alarm_stale import StaleWatch
 from gateway.service.alarms import AlarmKeeper
 from gateway.settings import Settings
-from tests.support import SetClock
+from tests.support import SetClock, async_wait_until
 
 T0 = dt.datetime(2026, 12, 3, 2, 0, tzinfo=dt.UTC)
 
@@ -228,3 +228,33 @@ async def test_the_running_gateway_watches_the_meters_it_polls(tmp_path: Path) -
         await settle(gw.alarms)
         assert {(a.kind, a.subject, a.account_id) for a in await rows(gw, t.alarms, t.alarms.c.kind == "meter_stale")
                 } == {("meter_stale", "M-1", "A-1"), ("meter_stale", "M-2", "A-2")}
+
+
+async def test_two_gateways_on_one_postgresql_database_raise_each_alarm_once(pg_cluster: Any, tmp_path: Path) -> None:
+    """Two instances (two engines, their keepers running on their own) on one PostgreSQL database: every event is
+    applied once (the cursor's row lock and its holes), whatever instance looks first."""
+    settings = site(tmp_path, {"url": str(pg_cluster.create_database())})
+    async with Gateway(settings, run_buses=False, base_dir=tmp_path) as one, \
+            Gateway(settings, run_buses=False, base_dir=tmp_path) as two:
+        one.alarms.idle_s = two.alarms.idle_s = 0.01
+        one.alarms.batch, two.alarms.batch = 3, 5
+
+        async def burst(gw: Gateway, meter: str) -> None:
+            for n in range(10):
+                await write(gw, offline(meter), ("alarms", {"type": "CommandFailed", "command_id": f"{meter}-{n}",
+                                                            "meter_id": meter, "action": "open", "error": "x"}),
+                            offline(meter, "online"))
+
+        await asyncio.gather(burst(one, "M-1"), burst(two, "M-2"))
+
+        async def settled() -> bool:
+            found = await rows(one, t.alarms)
+            return sum(a.times for a in found if a.kind == "command_failed") == 20 and \
+                sum(1 for a in found if a.kind == "meter_offline" and a.state == "resolved") == 20
+
+        await async_wait_until(settled, timeout=20, what="both keepers to apply every event")
+        found = await rows(one, t.alarms)
+        assert sorted((a.kind, a.subject, a.state, a.times) for a in found) == sorted(
+            [("meter_offline", "M-1", "resolved", 1)] * 10 + [("meter_offline", "M-2", "resolved", 1)] * 10
+            + [("command_failed", "M-1", "open", 10), ("command_failed", "M-2", "open", 10)])
+        assert len([e for e in await alarm_events(one) if e["type"] == "AlarmRaised"]) == 40
