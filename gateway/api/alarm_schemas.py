@@ -42,7 +42,7 @@ class AlarmPublic(BaseModel):
     severity: str = Field(description="critical, major or minor")
     state: str = Field(description="open, acknowledged or resolved")
     subject: str = Field(description="what it is about: a meter, an account, `account/contact/channel` of a "
-                                     "notice, or `outbox`")
+                                     "notice, `account/final_warning`, or `outbox`")
     meter_id: str | None
     account_id: str | None
     detail: dict[str, Any] | None = Field(description="what the event that raised it (last) said")

@@ -16,6 +16,7 @@ stored alarms. Pure: no I/O, no clock.
 | meter_stale         | minor    | MeterStale                           | MeterFresh                              |
 | disconnect_refused  | minor    | DisconnectDeferred (a guardrail)     | DisconnectRequired, DisconnectWithdrawn |
 | notice_failed       | minor    | NoticeFailed (a dead letter)         | a later notice to it delivered          |
+| notice_failed       | minor    | FinalWarningUndelivered              | FinalWarningDelivered                   |
 
 A meter detached or replaced ends the alarms about that meter; an account closed, those about the account.
 """
@@ -41,6 +42,7 @@ METER_KINDS = ("tamper", "meter_offline", "command_failed", "reading_quarantined
 ACCOUNT_KINDS = ("account_unreadable", "disconnect_refused", "notice_failed")  # about an account
 OWN_EVENTS = frozenset({"AlarmRaised", "AlarmAcknowledged", "AlarmResolved"})  # the keeper's own: never alarms
 OUTBOX_SUBJECT = "outbox"
+FINAL_WARNING = "final_warning"  # notice_failed about an account's final warning: "A-1/final_warning"
 _TEXT = 500  # the most characters of a payload's text kept in an alarm's detail
 
 
@@ -211,6 +213,15 @@ def _notice_state(topic: str, p: Mapping[str, Any]) -> AlarmChanges:
                             subject=notice_subject(account, contact, channel)))
 
 
+def _final_warning(topic: str, p: Mapping[str, Any]) -> AlarmChanges:
+    account = _str(p, "account_id")
+    subject = f"{account}/{FINAL_WARNING}" if account else None
+    if p.get("type") == "FinalWarningDelivered":
+        return _resolve(Resolve(("notice_failed",), f"the final warning reached {p.get('to')}", subject=subject))
+    return _raise("notice_failed", subject, account_id=account, notice="final_warning",
+                  issued_at=_text(p.get("issued_at")), balance_fen=p.get("balance_fen"))
+
+
 def _unreadable(topic: str, p: Mapping[str, Any]) -> AlarmChanges:
     account = _str(p, "account_id")
     return _raise("account_unreadable", account, account_id=account, error=_text(p.get("error")))
@@ -235,6 +246,7 @@ _RULES = {
     "ReadingQuarantined": _quarantined, "QuarantineResolved": _quarantine_resolved,
     "DisconnectDeferred": _deferred, "DisconnectRequired": _disconnect_over, "DisconnectWithdrawn": _disconnect_over,
     "NoticeFailed": _notice_failed, "NoticeState": _notice_state,
+    "FinalWarningUndelivered": _final_warning, "FinalWarningDelivered": _final_warning,
     "AccountUnreadable": _unreadable, "OutboxOverflow": _overflow,
     "MeterDetached": _meter_gone, "MeterReplaced": _meter_gone, "AccountClosed": _account_closed,
 }

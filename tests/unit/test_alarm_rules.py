@@ -30,6 +30,8 @@ RAISES: list[tuple[str, dict[str, Any], tuple[str, str, str | None, str | None]]
      ("disconnect_refused", "A-1", None, "A-1")),
     ("alarms", {"type": "NoticeFailed", "account_id": "A-1", "contact": "Li", "channel": "sms", "notice_id": 1},
      ("notice_failed", "A-1/Li/sms", None, "A-1")),
+    ("accounts/A-1/events", {"type": "FinalWarningUndelivered", "account_id": "A-1", "balance_fen": -10},
+     ("notice_failed", "A-1/final_warning", None, "A-1")),
     ("alarms", {"type": "AccountUnreadable", "account_id": "A-1", "error": "x"},
      ("account_unreadable", "A-1", None, "A-1")),
     ("alarms", {"type": "OutboxOverflow", "left_out": 3}, ("outbox_overflow", "outbox", None, None)),
@@ -53,6 +55,8 @@ RESOLVES: list[tuple[str, dict[str, Any], tuple[tuple[str, ...], str | None, str
      (("disconnect_refused",), "A-1", None, None)),
     ("accounts/A-1/notices", {"type": "NoticeState", "account_id": "A-1", "contact": "Li", "channel": "sms",
                               "state": "delivered"}, (("notice_failed",), "A-1/Li/sms", None, None)),
+    ("accounts/A-1/events", {"type": "FinalWarningDelivered", "account_id": "A-1", "to": "customer:Li"},
+     (("notice_failed",), "A-1/final_warning", None, None)),
     ("accounts/A-1/events", {"type": "MeterDetached", "account_id": "A-1", "meter_id": "M-1"},
      (METER_KINDS, None, "M-1", None)),
     ("accounts/A-1/events", {"type": "MeterReplaced", "account_id": "A-1", "old_meter_id": "M-1",
@@ -116,7 +120,7 @@ _VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_s
                              "CommandState", "ReadingQuarantined", "QuarantineResolved", "DisconnectDeferred",
                              "DisconnectRequired", "DisconnectWithdrawn", "NoticeFailed", "NoticeState",
                              "AccountUnreadable", "OutboxOverflow", "MeterDetached", "MeterReplaced",
-                             "AccountClosed", *OWN_EVENTS]),
+                             "AccountClosed", "FinalWarningUndelivered", "FinalWarningDelivered", *OWN_EVENTS]),
        topic=st.text(max_size=30), payload=st.dictionaries(st.text(max_size=15), _VALUES, max_size=8))
 def test_any_payload_gives_well_formed_changes(kind: str, topic: str, payload: dict[str, Any]) -> None:
     """Whatever an event carries (a malformed one too), the rules never fail, and what they give names a known
