@@ -12,7 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.adapters import tables as t
 
 from gateway.domain.messages import CommandFinished
 from gateway.domain.relay import Action, Command, State
@@ -89,6 +92,19 @@ async def test_payments_balances_and_the_ledger_move(either: tuple[httpx.AsyncCl
     again = await scrape(client)  # counted once, not again at the next scrape
     assert value(again, "gateway_ledger_entries_total", kind="payment") == 1
     assert value(again, "gateway_scrape_duration_seconds") > 0
+
+    gw.metrics.publishing = True  # as with MQTT on: the events after the newest published one wait
+    events = [row.id for row in await _outbox(gw)]
+    assert len(events) >= 2 and value(await scrape(client), "gateway_outbox_unpublished") == len(events)
+    async with gw.engine.begin() as conn:
+        await conn.execute(sa.update(t.outbox).where(t.outbox.c.id <= events[1])
+                           .values(published_at=dt.datetime.now(dt.UTC)))
+    assert value(await scrape(client), "gateway_outbox_unpublished") == len(events) - 2
+
+
+async def _outbox(gw: Any) -> list[Any]:
+    async with gw.engine.connect() as conn:
+        return list(await conn.execute(sa.select(t.outbox.c.id).order_by(t.outbox.c.id)))
 
 
 async def test_commands_alarms_and_notices(tmp_path: Path) -> None:
