@@ -1,6 +1,6 @@
-"""GET /metrics of a gateway on a real SQLite file, parsed with prometheus_client's own parser: figures that move
-with a payment (and its outcomes), a reversal, a queued command, a finished command, alarms and notices; any key
-may scrape, none may not."""
+"""GET /metrics of a gateway on a real SQLite file (and PostgreSQL for the money), parsed with prometheus_client's
+own parser: figures that move with a payment (and its outcomes), a reversal, the MQTT backlog, a queued command, a
+finished command, alarms and notices; any key may scrape, none may not."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.adapters import tables as t
-
+from gateway.bootstrap import Gateway
 from gateway.domain.messages import CommandFinished
 from gateway.domain.relay import Action, Command, State
-from gateway.bootstrap import Gateway
 from tests.integration.api_support import api_client, auth, site
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
