@@ -69,7 +69,7 @@ class Gateway:
         self.service = Service(self.uow, self.catalog, clock or self.clock.now, reads=self._reads(), bus=self.messages)
         self.fleet = Fleet(self.service)
         self.service.lifecycle = Lifecycle(self.fleet)  # the fleet's changes, for the API
-        self.service.reports = Reports(SqlReportStore(SqlStorage(self.engine)), self.catalog,  # type: ignore[attr-defined]
+        self.service.reports = Reports(SqlReportStore(SqlStorage(self.engine)), self.catalog,
                                        self.service.clock)  # the daily reports, for the API
         self.service.lists = Lists(SqlListStore(SqlStorage(self.engine)), self.service.writer.freshness.latest)
         self.scheduler: Scheduler | None = None
@@ -77,7 +77,7 @@ class Gateway:
         self.discovery: Any = None  # Home Assistant discovery, when mqtt.home_assistant
         self.notices: Any = None  # the notice planner and dispatcher, when notices are on
         self.pruner: Any = None  # without MQTT: deletes old events from the outbox
-        self.service.alarms = AlarmDesk(self.uow, self.service.clock)  # type: ignore[attr-defined]  # for the API
+        self.service.alarms = AlarmDesk(self.uow, self.service.clock)  # for the API
         self.alarms: Any = None  # the alarm keeper (and ``stale``, the stale-data watch of this instance's meters)
         self.stale: Any = None
         self.events = EventStream(SqlEventSource(SqlStorage(self.engine)))  # GET /v1/events

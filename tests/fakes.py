@@ -160,23 +160,8 @@ class FakeReadStore(ReadStore):
     async def readings(self, meter_id: str, *, limit: int, before_id: int | None) -> list[SimpleNamespace]:
         return self._page([r for r in self.reading_rows if r.meter_id == meter_id], limit, before_id)
 
-    async def commands(self, *, meter_id: str | None, state: str | None, before: dt.datetime | None,
-                       limit: int) -> list[CommandRecord]:
-        rows = [c for c in self.command_records if (meter_id is None or c.meter_id == meter_id)
-                and (state is None or c.state == state) and (before is None or c.created_at < before)]
-        rows.sort(key=lambda c: c.id)
-        rows.sort(key=lambda c: c.created_at, reverse=True)
-        return rows[:limit]
-
     async def command(self, command_id: str) -> CommandRecord | None:
         return next((c for c in self.command_records if c.id == command_id), None)
-
-    async def notices(self, *, state: str | None, account_id: str | None, kind: str | None,
-                      before_id: int | None, limit: int) -> list[NoticeRecord]:
-        rows = [n for n in self.notice_records if (state is None or n.state == state)
-                and (account_id is None or n.account_id == account_id) and (kind is None or n.kind == kind)
-                and (before_id is None or n.id < before_id)]
-        return sorted(rows, key=lambda n: -n.id)[:limit]
 
     async def notice(self, notice_id: int) -> NoticeRecord | None:
         return next((n for n in self.notice_records if n.id == notice_id), None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 
 import sqlalchemy as sa
 
@@ -54,37 +53,10 @@ class SqlReadStore(ReadStore):
         async with self.storage.reading() as conn:
             return list((await conn.execute(query.order_by(table.c.id.desc()).limit(limit))).all())
 
-    async def commands(self, *, meter_id: str | None, state: str | None, before: dt.datetime | None,
-                       limit: int) -> list[CommandRecord]:
-        c = t.commands.c
-        query = sa.select(t.commands)
-        if meter_id is not None:
-            query = query.where(c.meter_id == meter_id)
-        if state is not None:
-            query = query.where(c.state == state)
-        if before is not None:
-            query = query.where(c.created_at < before)
-        async with self.storage.reading() as uow:
-            rows = (await uow.execute(query.order_by(c.created_at.desc(), c.id).limit(limit))).all()
-        return [command_record(row) for row in rows]
-
     async def command(self, command_id: str) -> CommandRecord | None:
         async with self.storage.reading() as uow:
             row = (await uow.execute(sa.select(t.commands).where(t.commands.c.id == command_id))).one_or_none()
         return None if row is None else command_record(row)
-
-    async def notices(self, *, state: str | None, account_id: str | None, kind: str | None,
-                      before_id: int | None, limit: int) -> list[NoticeRecord]:
-        c = t.notices.c
-        query = sa.select(t.notices)
-        for column, value in ((c.state, state), (c.account_id, account_id), (c.kind, kind)):
-            if value is not None:
-                query = query.where(column == value)
-        if before_id is not None:
-            query = query.where(c.id < before_id)
-        async with self.storage.reading() as uow:
-            rows = (await uow.execute(query.order_by(c.id.desc()).limit(limit))).all()
-        return [notice_record(row) for row in rows]
 
     async def notice(self, notice_id: int) -> NoticeRecord | None:
         async with self.storage.reading() as uow:

@@ -284,6 +284,7 @@ reading_days = sa.Table(
 sa.Index("ix_audit_target", audit_log.c.target, audit_log.c.id)
 sa.Index("ix_audit_actor", audit_log.c.actor, audit_log.c.id)
 sa.Index("ix_audit_at", audit_log.c.at)
+sa.Index("ix_audit_action", audit_log.c.action, audit_log.c.at)
 sa.Index("ix_payments_received", payments.c.received_at)
 sa.Index("ix_commands_created", commands.c.created_at)
 sa.Index("ix_accounts_balance", accounts.c.balance_fen)

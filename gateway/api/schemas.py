@@ -372,8 +372,3 @@ class NoticeList(BaseModel):
     next_before_id: int | None = Field(description="pass as `before_id` for the next page; null on the last")
 
 
-class CommandList(BaseModel):
-    model_config = _example(data=[_COMMAND], next_before=None)
-
-    data: list[CommandPublic]
-    next_before: str | None = Field(description="pass as `before` for the next page; null on the last")

@@ -49,7 +49,11 @@ class Service:
         self.bus = bus or MessageBus()  # the reactions to what the service does (handlers: see bootstrap)
         self.writer = Writer(storage, catalog, self.clock, on_commands=self._announce)
         self.views = Views(reads, catalog, self.writer.freshness.latest)  # what the API shows
-        self.lifecycle: Any = None  # the fleet's changes (gateway.service.lifecycle; bootstrap sets it)
+        # what bootstrap adds for the API (None: that part of the API is not there)
+        self.lifecycle: Any = None  # the fleet's changes (gateway.service.lifecycle)
+        self.lists: Any = None  # lists and the audit log (gateway.service.lists)
+        self.reports: Any = None  # the daily reports (gateway.service.reports)
+        self.alarms: Any = None  # alarms: listed, acknowledged, resolved (gateway.service.alarms.AlarmDesk)
 
     # --- payments -----------------------------------------------------------------------------------------
     async def record_payment(self, *, source: str, payment_id: str, account_id: str, amount_fen: int,

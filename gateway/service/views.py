@@ -9,7 +9,6 @@ changed nothing is not stored, yet it is the meter's latest).
 from __future__ import annotations
 
 import abc
-import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,17 +65,7 @@ class ReadStore(abc.ABC):
         """Stored readings of the meter, newest (highest id) first."""
 
     @abc.abstractmethod
-    async def commands(self, *, meter_id: str | None, state: str | None, before: dt.datetime | None,
-                       limit: int) -> list[CommandRecord]:
-        """Relay commands, newest first (ties by id)."""
-
-    @abc.abstractmethod
     async def command(self, command_id: str) -> CommandRecord | None: ...
-
-    @abc.abstractmethod
-    async def notices(self, *, state: str | None, account_id: str | None, kind: str | None,
-                      before_id: int | None, limit: int) -> list[NoticeRecord]:
-        """Notices, newest (highest id) first."""
 
     @abc.abstractmethod
     async def notice(self, notice_id: int) -> NoticeRecord | None: ...
@@ -197,26 +186,11 @@ class Views:
         return {"data": [_reading_shape(r, billed=r.billed) for r in rows],
                 "next_before_id": rows[-1].id if len(rows) == limit else None}
 
-    async def commands(self, *, meter_id: str | None = None, state: str | None = None,
-                       before: dt.datetime | None = None, limit: int = 100) -> dict[str, Any]:
-        """A page of relay commands, newest first."""
-        data = [command_shape(r) for r in await self.store.commands(meter_id=meter_id, state=state, before=before,
-                                                                     limit=limit)]
-        last = _page(data, limit, "created_at")
-        return {"data": data, "next_before": None if last is None else last.isoformat()}
-
     async def command(self, command_id: str) -> dict[str, Any]:
         record = await self.store.command(command_id)
         if record is None:
             raise UnknownCommand(f"no command {command_id!r}")
         return command_shape(record)
-
-    async def notices(self, *, state: str | None = None, account_id: str | None = None, kind: str | None = None,
-                      before_id: int | None = None, limit: int = 100) -> dict[str, Any]:
-        """A page of notices, newest first (``state="failed"``: the dead letters)."""
-        data = [notice_shape(r) for r in await self.store.notices(state=state, account_id=account_id, kind=kind,
-                                                                   before_id=before_id, limit=limit)]
-        return {"data": data, "next_before_id": _page(data, limit, "id")}
 
     async def notice(self, notice_id: int) -> dict[str, Any]:
         record = await self.store.notice(notice_id)

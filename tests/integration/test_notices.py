@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from drivers.base import Reading
 from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway
+from gateway.service.lists import NoticeFilter
 from gateway.settings import Settings, hash_key
 from tests.receiver import Receiver, receiver
 from tests.support import SetClock, async_wait_until
@@ -83,7 +84,7 @@ async def reading(gw: Gateway, clock: SetClock, energy_wh: int, *, before_s: flo
 
 
 async def notices(gw: Gateway, **filters: Any) -> list[dict[str, Any]]:
-    return (await gw.service.views.notices(**filters))["data"]  # type: ignore[no-any-return]
+    return (await gw.service.lists.notices(NoticeFilter(**filters)))["data"]  # type: ignore[no-any-return]
 
 
 async def test_a_payment_is_told_by_a_signed_webhook_once(tmp_path: Path, sms: Receiver) -> None:

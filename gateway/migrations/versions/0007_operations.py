@@ -63,6 +63,7 @@ def upgrade() -> None:
     op.create_index("ix_audit_target", "audit_log", ["target", "id"])
     op.create_index("ix_audit_actor", "audit_log", ["actor", "id"])
     op.create_index("ix_audit_at", "audit_log", ["at"])
+    op.create_index("ix_audit_action", "audit_log", ["action", "at"])
     op.create_index("ix_payments_received", "payments", ["received_at"])
     op.create_index("ix_commands_created", "commands", ["created_at"])
     op.create_index("ix_accounts_balance", "accounts", ["balance_fen"])
@@ -71,6 +72,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for index, table in (("ix_accounts_balance", "accounts"), ("ix_commands_created", "commands"),
                          ("ix_payments_received", "payments"), ("ix_audit_at", "audit_log"),
+                         ("ix_audit_action", "audit_log"),
                          ("ix_audit_actor", "audit_log"), ("ix_audit_target", "audit_log")):
         op.drop_index(index, table_name=table)
     op.drop_table("reading_days")
