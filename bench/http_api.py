@@ -9,7 +9,10 @@ payment id per payment.
 Targets (issue "The operations surface"): authenticated reads (an account, a meter) at least 0.7 of `/healthz`;
 distinct durable payments at least 2,000/s with p99 < 100 ms.
 
-Usage: python bench/http_api.py [--accounts 1000] [--seconds 10] [--connections 50]
+Each figure is measured twice: on the portable storage (the default) and on the SQLite fast path
+(`database.sqlite_pipeline` and `database.sqlite_direct_reads`), a gateway process of its own each.
+
+Usage: python bench/http_api.py [--accounts 1000] [--seconds 10] [--connections 50] [--only portable|fast]
 """
 
 from __future__ import annotations
@@ -98,19 +101,13 @@ def wrk(url: str, seconds: int, connections: int, script: Path | None) -> dict[s
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--accounts", type=int, default=1000, help="accounts, one polled meter each")
-    parser.add_argument("--seconds", type=int, default=10, help="each wrk run")
-    parser.add_argument("--connections", type=int, default=50)
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed (apt-get install wrk)")
+def measure(args: argparse.Namespace, *, fast: bool) -> list[tuple[str, dict[str, float]]]:
+    """Start a simulated fleet and a gateway, drive wrk against it; the figures of each route."""
     buses = -(-args.accounts // PER_PORT)
     sim_ports, api_port = [free_port() for _ in range(buses)], free_port()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        cfg = config(tmp, accounts=args.accounts, sim_ports=sim_ports, api_port=api_port)
+        cfg = config(tmp, accounts=args.accounts, sim_ports=sim_ports, api_port=api_port, fast=fast)
         cli = [sys.executable, "-m", "gateway.cli"]
         procs = [subprocess.Popen([*cli, "simulate", "modbus", "--meters", str(PER_PORT), "--port", str(port)],
                                   cwd=tmp, stdout=subprocess.DEVNULL, stderr=(tmp / f"sim{port}.log").open("wb"))
@@ -143,15 +140,32 @@ def main() -> None:
         finally:
             for proc in procs:
                 stop_process(proc)
-    healthz = rows[0][1]["rps"]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--accounts", type=int, default=1000, help="accounts, one polled meter each")
+    parser.add_argument("--seconds", type=int, default=10, help="each wrk run")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--only", choices=("portable", "fast"), help="measure one storage only")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install wrk)")
     print(f"wrk, {args.connections} connections, {args.seconds} s each; {args.accounts} accounts and meters, "
           "polled every 10 s")
-    print(f"{'':32} {'req/s':>8} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>8}  target")
     targets = {"GET /v1/accounts/{id}": "ratio >= 0.70", "GET /v1/meters/{id}": "ratio >= 0.70",
                "POST /v1/payments (distinct)": ">= 2000/s, p99 < 100 ms"}
-    for label, fig in rows:
-        print(f"{label:32} {fig['rps']:8.0f} {fig['rps'] / healthz:6.2f} {fig['p50']:7.1f} {fig['p99']:7.1f} "
-              f"{fig['bad'] + fig['errors']:8.0f}  {targets.get(label, '')}")
+    for fast in (False, True):
+        if args.only is not None and args.only != ("fast" if fast else "portable"):
+            continue
+        rows = measure(args, fast=fast)
+        healthz = rows[0][1]["rps"]
+        print("\n" + ("SQLite fast path (sqlite_pipeline, sqlite_direct_reads)" if fast else "portable storage"))
+        print(f"{'':32} {'req/s':>8} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>8}  target")
+        for label, fig in rows:
+            print(f"{label:32} {fig['rps']:8.0f} {fig['rps'] / healthz:6.2f} {fig['p50']:7.1f} {fig['p99']:7.1f} "
+                  f"{fig['bad'] + fig['errors']:8.0f}  {targets.get(label, '')}")
 
 
 if __name__ == "__main__":
