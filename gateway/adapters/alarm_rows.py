@@ -47,14 +47,26 @@ class Alarms(Repository, AlarmRepository):
                         key=lambda e: e.id)
         return ids, events
 
+    async def add_events(self, rows: list[dict[str, Any]]) -> None:
+        await self.uow.insert(t.outbox, rows)
+
+    async def add_audits(self, rows: list[dict[str, Any]]) -> None:
+        await self.uow.insert(t.audit_log, rows)
+
     async def newest_event(self) -> int:
         return int((await self.uow.execute(sa.select(sa.func.max(t.outbox.c.id)))).scalar() or 0)
 
-    async def unresolved(self, kind: str, subject: str) -> AlarmRecord | None:
+    async def unresolved_many(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], AlarmRecord]:
         a = t.alarms.c
-        row = (await self.uow.execute(sa.select(t.alarms).where(
-            a.kind == kind, a.subject == subject, a.state.in_(_UNRESOLVED)).with_for_update())).first()
-        return alarm_record(row) if row is not None else None
+        kinds, subjects = sorted({k for k, _ in pairs}), sorted({s for _, s in pairs})
+        found: dict[tuple[str, str], AlarmRecord] = {}
+        for start, size in chunks(len(subjects), 1):
+            rows = await self.uow.execute(sa.select(t.alarms).where(
+                a.kind.in_(kinds), a.subject.in_(subjects[start:start + size]), a.state.in_(_UNRESOLVED))
+                .order_by(a.id).with_for_update())
+            found.update(((row.kind, row.subject), alarm_record(row)) for row in rows
+                         if (row.kind, row.subject) in pairs)
+        return found
 
     async def matching(self, kinds: tuple[str, ...], *, subject: str | None, meter_id: str | None,
                        account_id: str | None) -> list[AlarmRecord]:

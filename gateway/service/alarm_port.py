@@ -106,13 +106,21 @@ class AlarmRepository(abc.ABC):
         and, in id order, the events among them that may concern alarms (balance events never do)."""
 
     @abc.abstractmethod
+    async def add_events(self, rows: list[dict[str, Any]]) -> None:
+        """Write outbox events (``topic``, ``payload``, ``created_at``) in one statement."""
+
+    @abc.abstractmethod
+    async def add_audits(self, rows: list[dict[str, Any]]) -> None:
+        """Write audit rows (``at``, ``actor``, ``action``, ``target``, ``detail``) in one statement."""
+
+    @abc.abstractmethod
     async def newest_event(self) -> int:
         """The id of the newest outbox event (0: none)."""
 
     # --- alarms -------------------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def unresolved(self, kind: str, subject: str) -> AlarmRecord | None:
-        """The unresolved alarm of ``kind`` about ``subject`` (locked until the commit)."""
+    async def unresolved_many(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], AlarmRecord]:
+        """The unresolved alarms of these (kind, subject) pairs, by pair (locked until the commit)."""
 
     @abc.abstractmethod
     async def matching(self, kinds: tuple[str, ...], *, subject: str | None, meter_id: str | None,

@@ -35,13 +35,14 @@ class StaleWatch:
         clock: aware UTC now.
         account_of: a meter's account (for the event).
         every_s: how often it looks.
+        chunk: events written per transaction.
     """
 
     def __init__(self, storage: Storage, meters: LastAnswers, stale_after_s: Callable[[], float],
                  clock: Callable[[], dt.datetime], account_of: Callable[[str], str | None], *,
-                 every_s: float = 30.0) -> None:
+                 every_s: float = 30.0, chunk: int = 1_000) -> None:
         self.storage, self.meters, self.stale_after_s, self.clock = storage, meters, stale_after_s, clock
-        self.account_of, self.every_s = account_of, every_s
+        self.account_of, self.every_s, self.chunk = account_of, every_s, chunk
         self.started = clock()
         self.told: set[str] = set()  # meters this watch said were stale (their alarm may not be raised yet)
         self.stale = self.fresh = 0  # events written
@@ -77,17 +78,19 @@ class StaleWatch:
         self.told &= seen  # (meters that left this instance)
         if not stale and not fresh:
             return [], []
-        async with self.storage(background=True) as uow:
-            for meter_id, last in stale:
-                await uow.add_outbox(f"meters/{meter_id}/events", {
-                    "type": "MeterStale", "meter_id": meter_id, "account_id": self.account_of(meter_id),
-                    "last_success_at": last, "stale_after_s": limit, "at": now}, now)
-            for meter_id in fresh:
-                await uow.add_outbox(f"meters/{meter_id}/events", {
-                    "type": "MeterFresh", "meter_id": meter_id, "account_id": self.account_of(meter_id),
-                    "at": now}, now)
-            await uow.commit()
-        self.told = (self.told | {m for m, _ in stale}) - set(fresh)
+        rows = [(meter_id, True, dict(topic=f"meters/{meter_id}/events", created_at=now, payload={
+            "type": "MeterStale", "meter_id": meter_id, "account_id": self.account_of(meter_id),
+            "last_success_at": last, "stale_after_s": limit, "at": now})) for meter_id, last in stale]
+        rows += [(meter_id, False, dict(topic=f"meters/{meter_id}/events", created_at=now, payload={
+            "type": "MeterFresh", "meter_id": meter_id, "account_id": self.account_of(meter_id), "at": now}))
+            for meter_id in fresh]
+        for start in range(0, len(rows), self.chunk):  # a bus gone quiet: short transactions, one statement each
+            chunk = rows[start:start + self.chunk]
+            async with self.storage(background=True) as uow:
+                await uow.alarms.add_events([row for _, _, row in chunk])
+                await uow.commit()
+            self.told = (self.told | {m for m, is_stale, _ in chunk if is_stale}) - {
+                m for m, is_stale, _ in chunk if not is_stale}
         self.stale += len(stale)
         self.fresh += len(fresh)
         return [m for m, _ in stale], fresh

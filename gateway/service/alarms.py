@@ -17,6 +17,7 @@ keeps the events above the stored cursor).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -118,8 +119,13 @@ class AlarmKeeper:
             stored = Cursor.load(await uow.alarms.cursor(lock=True))
             cursor = stored if stored.high >= self.cursor.high else self.cursor.copy()
             ids, events = await uow.alarms.events(cursor.high, list(cursor.holes)[:500], self.batch)
-            for event in events:
-                await self._apply(uow, event, alarm_changes(event.topic, event.payload), now)
+            plans = [(event, alarm_changes(event.topic, event.payload)) for event in events]
+            pairs = {(r.kind, r.subject) for _, changes in plans for r in changes.raises}
+            batch = _Batch(await uow.alarms.unresolved_many(pairs) if pairs else {})
+            for event, changes in plans:
+                await self._apply(uow, event, changes, now, batch)
+            await uow.alarms.add_events(batch.outbox)  # (one statement each: a bus gone quiet raises hundreds)
+            await uow.alarms.add_audits(batch.audits)
             cursor.take(ids, now, holes=self.holes, hole_wait=self.hole_wait)
             await uow.alarms.put_cursor(cursor.state())
             await uow.commit()
@@ -127,42 +133,59 @@ class AlarmKeeper:
         self.looked_at += len(ids)
         return len(ids)
 
-    async def _apply(self, uow: UnitOfWork, event: OutboxEvent, changes: AlarmChanges, now: dt.datetime) -> None:
+    async def _apply(self, uow: UnitOfWork, event: OutboxEvent, changes: AlarmChanges, now: dt.datetime,
+                     batch: _Batch) -> None:
         for resolution in changes.resolves:
             for alarm in await uow.alarms.matching(resolution.kinds, subject=resolution.subject,
                                                    meter_id=resolution.meter_id, account_id=resolution.account_id):
-                await _close(uow, alarm, GATEWAY, resolution.reason, now, event_id=event.id)
+                await _close(uow, alarm, GATEWAY, resolution.reason, now, batch, event_id=event.id)
+                batch.unresolved.pop((alarm.kind, alarm.subject), None)
                 self.resolved += 1
         for raised in changes.raises:
-            await self._raise(uow, event, raised, now)
+            await self._raise(uow, event, raised, now, batch)
 
-    async def _raise(self, uow: UnitOfWork, event: OutboxEvent, raised: Raise, now: dt.datetime) -> None:
-        seen = event.created_at
-        existing = await uow.alarms.unresolved(raised.kind, raised.subject)
+    async def _raise(self, uow: UnitOfWork, event: OutboxEvent, raised: Raise, now: dt.datetime,
+                     batch: _Batch) -> None:
+        seen, key = event.created_at, (raised.kind, raised.subject)
+        existing = batch.unresolved.get(key)
         if existing is not None:
-            times = existing.times + 1
-            await uow.alarms.change(existing.id, UNRESOLVED, dict(times=times, last_seen_at=seen, updated_at=now,
-                                                                  detail=raised.detail, event_id=event.id))
-            alarm_id, state, raised_at = existing.id, existing.state, existing.raised_at
+            alarm = dataclasses.replace(existing, times=existing.times + 1, last_seen_at=seen, updated_at=now,
+                                        detail=raised.detail, event_id=event.id)
+            await uow.alarms.change(alarm.id, UNRESOLVED, dict(times=alarm.times, last_seen_at=seen, updated_at=now,
+                                                               detail=raised.detail, event_id=event.id))
         else:
             account = raised.account_id or (self.account_of(raised.meter_id) if raised.meter_id else None)
-            times, state, raised_at = 1, "open", seen
-            alarm_id = await uow.alarms.add(dict(
-                kind=raised.kind, subject=raised.subject, meter_id=raised.meter_id, account_id=account,
-                severity=raised.severity, state=state, detail=raised.detail, raised_at=seen, last_seen_at=seen,
-                times=1, updated_at=now, event_id=event.id))
+            row = dict(kind=raised.kind, subject=raised.subject, meter_id=raised.meter_id, account_id=account,
+                       severity=raised.severity, state="open", detail=raised.detail, raised_at=seen,
+                       last_seen_at=seen, times=1, updated_at=now, event_id=event.id)
+            alarm_id = await uow.alarms.add(row)
             if alarm_id is None:  # (cannot happen while instances take turns on the cursor: logged, not raised)
                 log.error("alarms: %s about %s is there already", raised.kind, raised.subject)
                 return
+            alarm = AlarmRecord(id=alarm_id, **row, acknowledged_at=None, acknowledged_by=None, ack_reason=None,
+                                resolved_at=None, resolved_by=None, resolve_reason=None)
+        batch.unresolved[key] = alarm
         self.raised += 1
-        payload = {"type": "AlarmRaised", "alarm_id": alarm_id, "kind": raised.kind, "severity": raised.severity,
-                   "state": state, "subject": raised.subject, "meter_id": raised.meter_id,
-                   "account_id": raised.account_id or (existing.account_id if existing else None)
-                   or (self.account_of(raised.meter_id) if raised.meter_id else None),
-                   "times": times, "detail": raised.detail, "raised_at": raised_at, "event_id": event.id, "at": now}
-        await uow.add_outbox("alarms", payload, now)
-        await uow.audit(GATEWAY, "alarm.raised", raised.subject,
-                        {"alarm_id": alarm_id, "kind": raised.kind, "times": times, "event_id": event.id}, now)
+        batch.event(_event("AlarmRaised", alarm, alarm.state, now, detail=raised.detail, raised_at=alarm.raised_at,
+                           event_id=event.id), now)
+        batch.audit(GATEWAY, "alarm.raised", raised.subject,
+                    {"alarm_id": alarm.id, "kind": raised.kind, "times": alarm.times, "event_id": event.id}, now)
+
+
+class _Batch:
+    """What a keeper's transaction has found and writes: the unresolved alarms of the batch's raises (as they
+    change), and the events and audit rows, written at its end."""
+
+    def __init__(self, unresolved: dict[tuple[str, str], AlarmRecord]) -> None:
+        self.unresolved = unresolved
+        self.outbox: list[dict[str, Any]] = []
+        self.audits: list[dict[str, Any]] = []
+
+    def event(self, payload: dict[str, Any], now: dt.datetime) -> None:
+        self.outbox.append(dict(topic="alarms", payload=payload, created_at=now))
+
+    def audit(self, actor: str, action: str, target: str, detail: dict[str, Any], now: dt.datetime) -> None:
+        self.audits.append(dict(at=now, actor=actor, action=action, target=target, detail=detail))
 
 
 async def _any_match(uow: UnitOfWork, plans: list[tuple[OutboxEvent, AlarmChanges]]) -> bool:
@@ -174,15 +197,18 @@ async def _any_match(uow: UnitOfWork, plans: list[tuple[OutboxEvent, AlarmChange
     return False
 
 
-async def _close(uow: UnitOfWork, alarm: AlarmRecord, actor: str, reason: str, now: dt.datetime, *,
-                 event_id: int | None = None) -> None:
-    """Resolve ``alarm`` (unresolved, locked) with its audit row and event."""
+async def _close(uow: UnitOfWork, alarm: AlarmRecord, actor: str, reason: str, now: dt.datetime,
+                 batch: _Batch | None = None, *, event_id: int | None = None) -> None:
+    """Resolve ``alarm`` (unresolved, locked) with its audit row and event (written now, or with ``batch``)."""
     await uow.alarms.change(alarm.id, UNRESOLVED, dict(state="resolved", resolved_at=now, resolved_by=actor,
                                                         resolve_reason=reason[:500], updated_at=now))
-    await uow.add_outbox("alarms", _event("AlarmResolved", alarm, "resolved", now, by=actor, reason=reason,
-                                          event_id=event_id), now)
-    await uow.audit(actor, "alarm.resolved", alarm.subject,
-                    {"alarm_id": alarm.id, "kind": alarm.kind, "reason": reason[:500], "event_id": event_id}, now)
+    writes = batch or _Batch({})
+    writes.event(_event("AlarmResolved", alarm, "resolved", now, by=actor, reason=reason, event_id=event_id), now)
+    writes.audit(actor, "alarm.resolved", alarm.subject,
+                 {"alarm_id": alarm.id, "kind": alarm.kind, "reason": reason[:500], "event_id": event_id}, now)
+    if batch is None:
+        await uow.alarms.add_events(writes.outbox)
+        await uow.alarms.add_audits(writes.audits)
 
 
 def _event(kind: str, alarm: AlarmRecord, state: str, now: dt.datetime, **extra: Any) -> dict[str, Any]:
