@@ -24,7 +24,7 @@ numbering).
 
 **Latency** (``--latency`` payments, one every ``--spacing`` s on average on a fixed schedule, each through
 ``Service.record_payment`` to another account): from the commit of a payment to the arrival of its
-``PaymentReceived`` event at the subscriber. The commit time is taken in the writer's ``on_commit`` hook,
+``PaymentReceived`` event at the subscriber. The commit time is taken by the writer's first commit listener,
 which the writer calls synchronously right after a batch's transaction has committed and its callers' futures
 are resolved, before the relay is woken (this script wraps the hook and ``writer.submit`` to know which
 payments a commit carried; the gateway's code is unchanged). So the figure covers waking the relay, its outbox
@@ -376,7 +376,7 @@ async def latency(root: Path, port: int, args: argparse.Namespace, *, interval: 
     out: dict[str, Any] = {"name": name, "interval": interval}
     async with Gateway(settings, run_buses=busy, base_dir=root) as gw:
         writer = gw.service.writer
-        submit, wake = writer.submit, writer.on_commit
+        submit = writer.submit
 
         def watched_submit(job: Any) -> Any:
             future = submit(job)
@@ -389,10 +389,9 @@ async def latency(root: Path, port: int, args: argparse.Namespace, *, interval: 
             for pid in [pid for pid, future in waiting.items() if future.done()]:
                 committed[pid] = now
                 del waiting[pid]
-            wake()
 
         writer.submit = watched_submit  # type: ignore[method-assign]
-        writer.on_commit = on_commit
+        writer._committed.insert(0, on_commit)  # (the first listener: before the relay wakes)
         # Warm-up: polling reaches its steady state, and the relay is through the start's burst (every meter's
         # state, every meter's first reading) before the window opens.
         began = time.monotonic()

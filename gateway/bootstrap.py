@@ -206,7 +206,7 @@ class Gateway:
                                   password=mqtt.password, tls_ca=self._path(mqtt.tls_ca), identifier=mqtt.client_id)
         self.relay = OutboxRelay(self.uow, publisher, self.service.clock, retention_s=mqtt.retention_s,
                                  max_waiting=mqtt.max_waiting)
-        self.service.writer.on_commit = self.relay.wake
+        stop_waking = self.service.writer.listen(self.relay.wake)
         self.service.writer.outbox_full = self.relay
         discovery, self.discovery = None, None
         if mqtt.home_assistant:  # registered before the connection: its subscription is made at each one
@@ -220,7 +220,7 @@ class Gateway:
         relay = asyncio.create_task(self.relay.run(), name="gateway.outbox")
 
         async def stop() -> None:
-            self.service.writer.on_commit = lambda: None
+            stop_waking()
             self.service.writer.outbox_full = None
             for task in (relay, discovery):
                 if task is not None:
@@ -240,14 +240,11 @@ class Gateway:
         channels = Channels.from_settings(settings.channels)
         self.notices = NoticeService(self.uow, self.catalog, policy, channels, self.service.clock,
                                      self.service.final_warning_delivered)
-        writer = self.service.writer
-        published = writer.on_commit
-        writer.on_commit = lambda: (published(), self.notices.wake())  # type: ignore[func-returns-value]
         if self.relay is not None:
             self.relay.keep_unnoticed = True  # an event waits for the planner too before it is pruned
-        # at the stop, in this order: the loops, the writer's hook, the channels' connections
+        # at the stop, in this order: the loops, the writer's listener, the channels' connections
         self._stack.push_async_callback(channels.aclose)
-        self._stack.callback(setattr, writer, "on_commit", published)
+        self._stack.callback(self.service.writer.listen(self.notices.wake))
         self._task("gateway.notices", self.notices.run())
 
     def _keep_alarms(self) -> None:
@@ -262,10 +259,7 @@ class Gateway:
             return meter.account_id if meter is not None else None
 
         self.alarms = AlarmKeeper(self.uow, account_of, self.service.clock, holes=not self.uow.exclusive)
-        writer = self.service.writer
-        before = writer.on_commit
-        writer.on_commit = lambda: (before(), self.alarms.wake())  # type: ignore[func-returns-value]
-        self._stack.callback(setattr, writer, "on_commit", before)
+        self._stack.callback(self.service.writer.listen(self.alarms.wake))
         self._task("gateway.alarms", self.alarms.run())
 
     async def _seed_tamper(self) -> None:
@@ -301,10 +295,7 @@ class Gateway:
         commit (it also looks every 0.25 s: other instances'), and stops with the gateway (the API server ends
         the streams first: ``ApiServer.shutdown``)."""
         await self.metrics.start()
-        writer = self.service.writer
-        committed = writer.on_commit
-        writer.on_commit = lambda: (committed(), self.events.wake())  # type: ignore[func-returns-value]
-        self._stack.callback(setattr, writer, "on_commit", committed)
+        self._stack.callback(self.service.writer.listen(self.events.wake))
         self._stack.push_async_callback(self.events.aclose)
 
     def _task(self, name: str, work: Any) -> None:

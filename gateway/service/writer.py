@@ -95,7 +95,7 @@ class Writer:
         self._known = Known()
         self._flying = 0  # jobs of the batch in flight (pipelined)
         self.alarmed: set[str] = set()  # accounts whose unreadable state has had its alarm
-        self.on_commit: Callable[[], None] = _nothing  # called after each commit (the outbox relay's wake)
+        self._committed: list[Callable[[], None]] = []  # called after each commit: ``listen``
         self.outbox_full: Any = None  # the outbox relay, when events go out: while it is full, no events are added
 
     # --- the callers' side ---------------------------------------------------------------------------------
@@ -115,6 +115,16 @@ class Writer:
     def forget_account(self, account_id: str) -> None:
         """The account's row was written outside the writer (``Exclusive`` work): read it again."""
         self.cache.entries.pop(account_id, None)
+
+    def listen(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` after each commit (the readers of the outbox: they wake up for its new events);
+        returns what stops that."""
+        self._committed.append(listener)
+        return lambda: self._committed.remove(listener)
+
+    def _wake_listeners(self) -> None:
+        for listener in self._committed:
+            listener()
 
     def alone(self, work: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
         """Run ``work`` while the writer stands still (``Exclusive``), ahead of waiting readings; returns its
@@ -235,7 +245,7 @@ class Writer:
                 future.set_result(result)
         finally:
             self._flying = 0
-        self.on_commit()  # its transaction may have added events
+        self._wake_listeners()  # its transaction may have added events
 
     async def _land(self, flight: _Flight) -> bool:
         """Wait for the batch in flight; False if it failed (its jobs are then retried)."""
@@ -366,7 +376,7 @@ class Writer:
                     future.set_exception(value)
         if batch.commands:
             self.on_commands(batch.commands)
-        self.on_commit()
+        self._wake_listeners()
 
     @staticmethod
     async def _apply(batch: Batch, items: list[Item], *, pause_every: int = 0) -> Results:
@@ -382,9 +392,6 @@ class Writer:
                 results.append((future, False, exc))
         return results
 
-
-def _nothing() -> None:
-    return None
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
