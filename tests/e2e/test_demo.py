@@ -181,6 +181,15 @@ def readme_bodies() -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+def readme_reads() -> list[tuple[str, str]]:
+    """The operations step of the README's tour: (key's role, path) of each GET, as a user copies them."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    step = text[text.index("What the operations center sees"):]
+    step = step[:step.index("Lists, filters and the audit log")]
+    return [(role.lower(), path) for role, path in
+            re.findall(r'curl -sN? -H "Authorization: Bearer \$(\w+)".*?\$GW([^" ]+)', step)]
+
+
 def test_the_readme_tour_opens_an_account_and_swaps_a_meter_on_the_demo(tmp_path: Path) -> None:
     data_dir, port = tmp_path / "demo", free_port()
     log = tmp_path / "demo.log"
@@ -208,5 +217,15 @@ def test_the_readme_tour_opens_an_account_and_swaps_a_meter_on_the_demo(tmp_path
         command = lambda: httpx.get(f"{base}/v1/commands/{swapped['command_id']}", headers=viewer).json()  # noqa: E731
         wait_until(lambda: command()["state"] == "confirmed", timeout=20, what="the new meter's relay read back")
         wait_until(lambda: meter("M-10")["last_reading"] is not None, timeout=10, what="M-10's reading")
+        # the operations step: each read answers (the event stream as its JSON page: no Accept: text/event-stream)
+        reads = readme_reads()
+        assert len(reads) == 6 and ("operator", "/v1/audit?limit=5") in reads
+        for role, path in reads:
+            answer = httpx.get(base + path, headers={"Authorization": f"Bearer {k[role]}"}, timeout=10)
+            assert answer.status_code == 200, (path, answer.text)
+            if path == "/metrics":
+                assert "gateway_polls_total" in answer.text
+            if path.startswith("/v1/reports/arrears"):
+                assert answer.headers["content-type"].startswith("text/csv")
     finally:
         assert stop(proc) == 0
