@@ -273,12 +273,13 @@ async def test_the_document_lists_problems_as_problem_json(client: httpx.AsyncCl
 def _has_example(doc: dict[str, Any], operation: dict[str, Any]) -> bool:
     success = [a for c, a in operation["responses"].items() if c.startswith("2")]
     for answer in success:
-        schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
-        ref = schema.get("$ref", "")
-        if ref and "examples" in doc["components"]["schemas"][ref.rsplit("/", 1)[-1]]:
-            return True
-        if "examples" in schema or "example" in answer.get("content", {}).get("application/json", {}):
-            return True
+        for content in answer.get("content", {}).values():  # JSON, or text (/metrics)
+            schema = content.get("schema", {})
+            ref = schema.get("$ref", "")
+            if ref and "examples" in doc["components"]["schemas"][ref.rsplit("/", 1)[-1]]:
+                return True
+            if "examples" in schema or "example" in content:
+                return True
     return not any("examples" not in p.get("schema", p) for p in operation.get("parameters", [])) and bool(
         operation.get("parameters"))
 

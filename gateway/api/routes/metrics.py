@@ -18,7 +18,7 @@ _EXAMPLE = ('# HELP gateway_polls_total Polls since the start, by bus and outcom
             'gateway_polls_total{bus="feeder-1",outcome="ok"} 4711.0\n')
 
 
-@router.get("/metrics", response_class=Response, include_in_schema=False,  # not the JSON API: docs/metrics.md
+@router.get("/metrics", response_class=Response,  # in the document (and so fuzzed), answering text: docs/metrics.md
             responses={200: {"description": "the Prometheus text format (version 0.0.4)",
                              "content": {"text/plain": {"schema": {"type": "string"}, "example": _EXAMPLE}}},
                        **responses(*AUTHENTICATED)})
