@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import urllib.parse
 from collections import namedtuple
 from typing import Any
 
@@ -60,8 +61,8 @@ class SqliteReadStore(SqlReadStore):
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
-                                 check_same_thread=False)
+            db = sqlite3.connect(f"file:{urllib.parse.quote(self.path)}?mode=ro", uri=True, isolation_level=None,
+                                 check_same_thread=False)  # (quoted: a path may hold "#", "?" or "%")
             db.execute("PRAGMA busy_timeout=0")  # never wait on the event loop: busy → the portable way
             self._db = db
         return self._db

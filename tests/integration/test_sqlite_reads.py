@@ -83,3 +83,17 @@ async def test_a_direct_read_that_fails_goes_the_portable_way(gateway: Any, tmp_
     assert (await direct.meter("M-1", "A-1")).meter is not None and direct.fallbacks == 2
     direct.path = path
     assert _fields((await direct.account("A-1")).account) == expected and direct.fallbacks == 2
+
+
+async def test_a_database_whose_path_holds_uri_characters_is_read_directly(gateway: Any, tmp_path: Path) -> None:
+    odd = tmp_path / "site #1 100% ?"
+    odd.mkdir()
+    gateway.service.views.store.close()
+    for name in ("gw.db", "gw.db-wal", "gw.db-shm"):
+        if (tmp_path / name).exists():
+            (odd / name).write_bytes((tmp_path / name).read_bytes())
+    direct = SqliteReadStore(SqlStorage(gateway.engine), str(odd / "gw.db"))
+    try:
+        assert (await direct.account("A-1")).account is not None and direct.fallbacks == 0
+    finally:
+        direct.close()
