@@ -174,8 +174,8 @@ async def test_a_serial_port_that_goes_away_and_comes_back_is_polled_again(tmp_p
     try:
         fleet = ModbusSerialFleet(GENERIC, meters=2, port=simulator_end, baudrate=19200)
         bus = {"protocol": "modbus-rtu", "device": gateway_end, "baudrate": 19200, "timeout_s": 0.2}
+        await fleet.start()  # (answering before the bus opens: started after, the bus could be backing off then)
         async with gateway(site(tmp_path, bus, 2, interval=0.1), tmp_path) as (_, runner):
-            await fleet.start()
             await async_wait_until(lambda: runner.stats()["online"] == 2, timeout=10, what="every meter online")
             await fleet.stop()
             cable.close()  # the cable is pulled: socat and its ptys go away...
