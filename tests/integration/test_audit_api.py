@@ -15,17 +15,10 @@ import pytest
 from gateway.adapters import list_store
 from gateway.bootstrap import Gateway
 from tests.integration.api_support import auth, site
+from tests.support import SetClock
 
 T0 = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)
 OPERATOR, ADMIN, PROV, BILLING = auth("operator"), auth("admin"), auth("provisioning"), auth("billing")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -34,13 +27,13 @@ async def gw(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tu
     if request.param == "postgresql":
         url = str(request.getfixturevalue("pg_cluster").create_database())
         settings = settings.model_copy(update={"database": settings.database.model_copy(update={"url": url})})
-    clock = Clock()
+    clock = SetClock(T0)
     async with Gateway(settings, base_dir=tmp_path, run_buses=False, clock=clock) as gateway:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway.app()), base_url="http://gw") as c:
             yield c, clock
 
 
-async def _changes(client: httpx.AsyncClient, clock: Clock) -> dict[str, str]:
+async def _changes(client: httpx.AsyncClient, clock: SetClock) -> dict[str, str]:
     """A change a minute through the API, by four keys; returns the ids it made."""
     steps: list[tuple[str, str, dict[str, Any] | None, dict[str, str]]] = [
         ("put", "/v1/accounts/A-1/hold", {"until": "2026-11-24T00:00:00Z", "reason": "promised"}, OPERATOR),

@@ -14,17 +14,10 @@ from drivers.base import Reading
 from gateway.adapters import tables as t
 from gateway.service.verify import check_ledger
 from tests.integration.api_support import api_client, auth, site, snapshot
+from tests.support import SetClock
 
 T0 = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)
 PROV = auth("provisioning")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 async def _gateway(tmp_path: Path, database: dict[str, Any] | None = None) -> Any:
@@ -32,7 +25,7 @@ async def _gateway(tmp_path: Path, database: dict[str, Any] | None = None) -> An
     if database is not None:
         settings = settings.model_copy(update={"database": settings.database.model_copy(update=database)})
     settings.tariffs["dear"] = {"kind": "flat", "price": "1.0000"}
-    clock = Clock()
+    clock = SetClock(T0)
     from gateway.bootstrap import Gateway
     import httpx
 

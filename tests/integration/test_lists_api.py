@@ -19,17 +19,10 @@ from gateway.bootstrap import Gateway
 from gateway.domain.relay import supply_state
 from gateway.service.lists import SUPPLY_STATES
 from tests.integration.api_support import auth, site
+from tests.support import SetClock
 
 T0 = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)
 VIEWER, OPERATOR, ADMIN, PROV = auth("viewer"), auth("operator"), auth("admin"), auth("provisioning")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -38,7 +31,7 @@ async def gw(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tu
     if request.param == "postgresql":
         url = str(request.getfixturevalue("pg_cluster").create_database())
         settings = settings.model_copy(update={"database": settings.database.model_copy(update={"url": url})})
-    clock = Clock()
+    clock = SetClock(T0)
     async with Gateway(settings, base_dir=tmp_path, run_buses=False, clock=clock) as gateway:
         gateway.test_clock = clock  # type: ignore[attr-defined]
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway.app()), base_url="http://gw") as c:

@@ -18,17 +18,10 @@ from drivers.base import Reading
 from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway
 from tests.integration.api_support import auth, site
+from tests.support import SetClock
 
 T0 = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)
 VIEW = auth("viewer")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -37,7 +30,7 @@ async def gw(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "postgresql":
         url = str(request.getfixturevalue("pg_cluster").create_database())
         settings = settings.model_copy(update={"database": settings.database.model_copy(update={"url": url})})
-    clock = Clock()
+    clock = SetClock(T0)
     async with Gateway(settings, base_dir=tmp_path, run_buses=False, clock=clock) as gateway:
         transport = httpx.ASGITransport(app=gateway.app())
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
