@@ -197,6 +197,17 @@ async def _any_match(uow: UnitOfWork, plans: list[tuple[OutboxEvent, AlarmChange
     return False
 
 
+async def _unresolved(uow: UnitOfWork, alarm_id: int, resolved: str) -> AlarmRecord:
+    """The alarm ``alarm_id``, locked for a change by hand: ``UnknownAlarm``, or ``AlarmNotOpen`` when it is resolved
+    (``resolved``: how the refusal says so)."""
+    alarm = await uow.alarms.get(alarm_id, lock=True)
+    if alarm is None:
+        raise UnknownAlarm(f"no alarm {alarm_id}")
+    if alarm.state == "resolved":
+        raise AlarmNotOpen(f"alarm {alarm_id} {resolved}")
+    return alarm
+
+
 async def _close(uow: UnitOfWork, alarm: AlarmRecord, actor: str, reason: str, now: dt.datetime,
                  batch: _Batch | None = None, *, event_id: int | None = None) -> None:
     """Resolve ``alarm`` (unresolved, locked) with its audit row and event (written now, or with ``batch``)."""
@@ -230,11 +241,7 @@ class AlarmDesk:
         acknowledgement counts); a resolved one: ``AlarmNotOpen``."""
         now = self.clock()
         async with self.storage() as uow:
-            alarm = await uow.alarms.get(alarm_id, lock=True)
-            if alarm is None:
-                raise UnknownAlarm(f"no alarm {alarm_id}")
-            if alarm.state == "resolved":
-                raise AlarmNotOpen(f"alarm {alarm_id} is resolved")
+            alarm = await _unresolved(uow, alarm_id, "is resolved")
             if alarm.state == "open":
                 await uow.alarms.change(alarm.id, ("open",), dict(state="acknowledged", acknowledged_at=now,
                                                                   acknowledged_by=actor, ack_reason=reason,
@@ -251,11 +258,7 @@ class AlarmDesk:
         tells of it raises a new alarm."""
         now = self.clock()
         async with self.storage() as uow:
-            alarm = await uow.alarms.get(alarm_id, lock=True)
-            if alarm is None:
-                raise UnknownAlarm(f"no alarm {alarm_id}")
-            if alarm.state == "resolved":
-                raise AlarmNotOpen(f"alarm {alarm_id} is resolved already")
+            alarm = await _unresolved(uow, alarm_id, "is resolved already")
             await _close(uow, alarm, actor, reason, now)
             await uow.commit()
             return alarm_shape(await self._found(uow, alarm_id))
