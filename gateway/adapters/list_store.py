@@ -8,6 +8,7 @@ meters by account, commands by meter and by time, the audit log by target, actor
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -95,6 +96,16 @@ def _equal(query: sa.Select[tuple[object, ...]], pairs: tuple[tuple[sa.ColumnEle
     return query
 
 
+def _within(query: sa.Select[tuple[object, ...]], column: sa.ColumnElement[dt.datetime], since: dt.datetime | None,
+            until: dt.datetime | None) -> sa.Select[tuple[object, ...]]:
+    """Rows whose ``column`` is at or after ``since`` and before ``until`` (each when given)."""
+    if since is not None:
+        query = query.where(column >= since)
+    if until is not None:
+        query = query.where(column < until)
+    return query
+
+
 def _action(action: str) -> sa.ColumnElement[bool]:
     """One action, or every action under a prefix ending in ``.`` (``command.``: a range on the column, which
     needs no escaping of LIKE's wildcards; ``/`` is the character after ``.``)."""
@@ -157,10 +168,7 @@ class SqlListStore(ListStore):
     async def commands(self, which: CommandFilter, limit: int) -> list[CommandRecord]:
         query = _equal(sa.select(t.commands), ((_c.meter_id, which.meter_id), (_c.state, which.state),
                                                (_c.origin, which.origin)))
-        if which.since is not None:
-            query = query.where(_c.created_at >= which.since)
-        if which.until is not None:
-            query = query.where(_c.created_at < which.until)
+        query = _within(query, _c.created_at, which.since, which.until)
         if which.before_id is not None:  # a stable cursor: (time, id); alone, the time is that command's
             at = which.before if which.before is not None else (
                 sa.select(_c.created_at).where(_c.id == which.before_id).scalar_subquery())
@@ -175,10 +183,7 @@ class SqlListStore(ListStore):
         c = t.notices.c
         query = _equal(sa.select(t.notices), ((c.state, which.state), (c.account_id, which.account_id),
                                               (c.kind, which.kind)))
-        if which.since is not None:
-            query = query.where(c.created_at >= which.since)
-        if which.until is not None:
-            query = query.where(c.created_at < which.until)
+        query = _within(query, c.created_at, which.since, which.until)
         if which.before_id is not None:
             query = query.where(c.id < which.before_id)
         async with self.storage.reading() as conn:
@@ -191,10 +196,7 @@ class SqlListStore(ListStore):
         query = sa.select(t.audit_log)
         if which.action is not None:
             query = query.where(_action(which.action))
-        if which.since is not None:
-            query = query.where(_log.at >= which.since)
-        if which.until is not None:
-            query = query.where(_log.at < which.until)
+        query = _within(query, _log.at, which.since, which.until)
         if which.before_id is not None:  # the cursor's row, then the rows after it (at, id)
             at = sa.select(_log.at).where(_log.id == which.before_id).scalar_subquery()
             query = query.where(*_older(_log.at, _log.id, at, which.before_id))
