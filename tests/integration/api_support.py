@@ -3,8 +3,9 @@ and a snapshot of every table to prove that a request changed nothing."""
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,22 @@ def site(tmp_path: Path, **api: Any) -> Settings:
     })
 
 
+def on_database(settings: Settings, request: Any) -> Settings:
+    """``settings`` on the storage of a test parametrised ``"sqlite"`` (its file) or ``"postgresql"`` (a fresh
+    database in the throwaway cluster)."""
+    if request.param != "postgresql":
+        return settings
+    url = str(request.getfixturevalue("pg_cluster").create_database())
+    return settings.model_copy(update={"database": settings.database.model_copy(update={"url": url})})
+
+
 @asynccontextmanager
-async def api_client(settings: Settings, base_dir: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
+async def api_client(settings: Settings, base_dir: Path, *, clock: Callable[[], dt.datetime] | None = None
+                     ) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
+    """An API client of a gateway on ``settings`` (its clock, when given, is ``gateway.test_clock`` too)."""
     # run_buses=False: no bus runner picks commands up, so their states stay where the API left them
-    async with Gateway(settings, base_dir=base_dir, run_buses=False) as gw:
+    async with Gateway(settings, base_dir=base_dir, run_buses=False, clock=clock) as gw:
+        gw.test_clock = clock  # type: ignore[attr-defined]
         transport = httpx.ASGITransport(app=gw.app())
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
             yield c, gw

@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from gateway.adapters import list_store
-from gateway.bootstrap import Gateway
-from tests.integration.api_support import auth, site
+from tests.integration.api_support import api_client, auth, on_database, site
 from tests.support import SetClock
 
 T0 = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)
@@ -23,14 +22,9 @@ OPERATOR, ADMIN, PROV, BILLING = auth("operator"), auth("admin"), auth("provisio
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def gw(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    settings = site(tmp_path)
-    if request.param == "postgresql":
-        url = str(request.getfixturevalue("pg_cluster").create_database())
-        settings = settings.model_copy(update={"database": settings.database.model_copy(update={"url": url})})
     clock = SetClock(T0)
-    async with Gateway(settings, base_dir=tmp_path, run_buses=False, clock=clock) as gateway:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway.app()), base_url="http://gw") as c:
-            yield c, clock
+    async with api_client(on_database(site(tmp_path), request), tmp_path, clock=clock) as (c, _):
+        yield c, clock
 
 
 async def _changes(client: httpx.AsyncClient, clock: SetClock) -> dict[str, str]:

@@ -18,7 +18,7 @@ from gateway.adapters import tables as t
 from gateway.bootstrap import Gateway
 from gateway.domain.relay import supply_state
 from gateway.service.lists import SUPPLY_STATES
-from tests.integration.api_support import auth, site
+from tests.integration.api_support import api_client, auth, on_database, site
 from tests.support import SetClock
 
 T0 = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)
@@ -27,15 +27,8 @@ VIEWER, OPERATOR, ADMIN, PROV = auth("viewer"), auth("operator"), auth("admin"),
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def gw(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
-    settings = site(tmp_path)
-    if request.param == "postgresql":
-        url = str(request.getfixturevalue("pg_cluster").create_database())
-        settings = settings.model_copy(update={"database": settings.database.model_copy(update={"url": url})})
-    clock = SetClock(T0)
-    async with Gateway(settings, base_dir=tmp_path, run_buses=False, clock=clock) as gateway:
-        gateway.test_clock = clock  # type: ignore[attr-defined]
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway.app()), base_url="http://gw") as c:
-            yield c, gateway
+    async with api_client(on_database(site(tmp_path), request), tmp_path, clock=SetClock(T0)) as pair:
+        yield pair
 
 
 async def _execute(gateway: Gateway, *statements: Any) -> None:

@@ -16,10 +16,9 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.adapters import tables as t
-from gateway.bootstrap import Gateway
 from gateway.domain.messages import CommandFinished
 from gateway.domain.relay import Action, Command, State
-from tests.integration.api_support import api_client, auth, site
+from tests.integration.api_support import api_client, auth, on_database, site
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 PAY = {"source": "billing", "payment_id": "P-1", "account_id": "A-1", "amount": "5.00"}
@@ -48,13 +47,8 @@ async def test_any_key_may_scrape_none_may_not(tmp_path: Path) -> None:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def either(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    settings = site(tmp_path)
-    if request.param == "postgresql":
-        url = str(request.getfixturevalue("pg_cluster").create_database())
-        settings = settings.model_copy(update={"database": settings.database.model_copy(update={"url": url})})
-    async with Gateway(settings, base_dir=tmp_path, run_buses=False) as gateway:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway.app()), base_url="http://gw") as c:
-            yield c, gateway
+    async with api_client(on_database(site(tmp_path), request), tmp_path) as pair:
+        yield pair
 
 
 async def test_payments_balances_and_the_ledger_move(either: tuple[httpx.AsyncClient, Any]) -> None:

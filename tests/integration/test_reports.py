@@ -16,8 +16,7 @@ import sqlalchemy as sa
 
 from drivers.base import Reading
 from gateway.adapters import tables as t
-from gateway.bootstrap import Gateway
-from tests.integration.api_support import auth, site
+from tests.integration.api_support import api_client, auth, on_database, site
 from tests.support import SetClock
 
 T0 = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)
@@ -26,16 +25,8 @@ VIEW = auth("viewer")
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def gw(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    settings = site(tmp_path)
-    if request.param == "postgresql":
-        url = str(request.getfixturevalue("pg_cluster").create_database())
-        settings = settings.model_copy(update={"database": settings.database.model_copy(update={"url": url})})
-    clock = SetClock(T0)
-    async with Gateway(settings, base_dir=tmp_path, run_buses=False, clock=clock) as gateway:
-        transport = httpx.ASGITransport(app=gateway.app())
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            gateway.test_clock = clock
-            yield client, gateway
+    async with api_client(on_database(site(tmp_path), request), tmp_path, clock=SetClock(T0)) as pair:
+        yield pair
 
 
 async def insert(gateway: Any, table: sa.Table, *rows: dict[str, Any]) -> None:

@@ -13,19 +13,13 @@ import pytest
 import sqlalchemy as sa
 
 from gateway.adapters import tables as t
-from gateway.bootstrap import Gateway
-from tests.integration.api_support import auth, site
+from tests.integration.api_support import api_client, auth, on_database, site
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def either(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    settings = site(tmp_path)
-    if request.param == "postgresql":
-        url = str(request.getfixturevalue("pg_cluster").create_database())
-        settings = settings.model_copy(update={"database": settings.database.model_copy(update={"url": url})})
-    async with Gateway(settings, base_dir=tmp_path, run_buses=False) as gateway:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway.app()), base_url="http://gw") as c:
-            yield c, gateway
+    async with api_client(on_database(site(tmp_path), request), tmp_path) as pair:
+        yield pair
 
 
 async def page(client: httpx.AsyncClient, **params: Any) -> dict[str, Any]:
