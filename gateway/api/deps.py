@@ -17,8 +17,8 @@ from gateway.api.security import Caller, FailedAuthLimiter, KeyRing
 from gateway.service.facade import Service
 from gateway.settings import hash_key
 
-__all__ = ["BEARER", "AdminCaller", "AnyCaller", "BillingCaller", "Caller", "OperatorCaller", "ProvisioningCaller",
-           "ServiceDep", "current_caller", "require"]
+__all__ = ["BEARER", "READ_ROLES", "AdminCaller", "AnyCaller", "BillingCaller", "Caller", "OperatorCaller",
+           "ProvisioningCaller", "ServiceDep", "current_caller", "require"]
 
 BEARER = {"HTTPBearer": {"type": "http", "scheme": "bearer",
                          "description": "an API key: `Authorization: Bearer KEY`"}}  # the document's scheme
@@ -67,7 +67,8 @@ def require(*roles: str):  # type: ignore[no-untyped-def]
     return check
 
 
-AnyCaller = Annotated[Caller, Depends(require("viewer", "billing", "operator", "provisioning"))]
+READ_ROLES = frozenset({"viewer", "billing", "operator", "provisioning", "admin"})  # who may read (every role)
+AnyCaller = Annotated[Caller, Depends(require(*READ_ROLES))]
 BillingCaller = Annotated[Caller, Depends(require("billing"))]
 OperatorCaller = Annotated[Caller, Depends(require("operator"))]
 AdminCaller = Annotated[Caller, Depends(require("admin"))]

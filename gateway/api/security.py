@@ -45,6 +45,13 @@ class KeyRing:
         self._lock = asyncio.Lock()
         self.loads = 0  # how often the stored keys were read
 
+    def cached(self, digest: str) -> Caller | None:
+        """The caller of a key known now, without reading storage: None when unknown or when ``lookup`` would
+        read the stored keys again first."""
+        if self._clock() - self._loaded_at >= self.refresh_s:
+            return None
+        return self._static.get(digest) or self._stored.get(digest)
+
     async def lookup(self, digest: str) -> Caller | None:
         caller = self._static.get(digest) or self._stored.get(digest)
         age = self._clock() - self._loaded_at
