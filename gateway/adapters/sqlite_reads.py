@@ -4,9 +4,9 @@ The portable read store (``gateway.adapters.read_store``) runs each statement th
 a statement is several hand-overs between the event loop and aiosqlite's thread (a cursor, the statement, its
 rows, closing it), and the thread waits for the GIL of a busy loop each time. A point read by primary key in
 SQLite takes microseconds, less than one hand-over: here the reads of one account or one meter run on the event
-loop itself, on a ``sqlite3`` connection of their own opened read-only, each in one read transaction (WAL: a
-reader never waits for the writer and sees every commit before it began, so a read after a payment's answer sees
-the payment).
+loop itself, on a ``sqlite3`` connection of their own opened read-only, each one statement, so one read
+transaction (WAL: a reader never waits for the writer and sees every commit before it began, so a read after a
+payment's answer sees the payment).
 
 Should SQLite be busy anyway (a checkpoint's rare exclusive moment), the read goes the portable way, which waits.
 Everything else (pages of rows, reports) stays portable. Rows come back with the attributes and the Python types
@@ -30,13 +30,18 @@ from gateway.service.views import AccountRows, MeterRows
 
 __all__ = ["SqliteReadStore"]
 
-_ACCOUNT = "SELECT id, balance_fen, supply, deferred_reason, state, updated_at FROM accounts WHERE id = ?"
-_RELAYS = "SELECT id, relay, relay_fault FROM meters WHERE account_id = ? AND status = 'active' ORDER BY id"
-_METER = ("SELECT id, account_id, relay, relay_fault, health, consecutive_failures, last_error, last_success_at "
-          "FROM meters WHERE id = ?")
-_NEWEST = ("SELECT id, taken_at, energy_wh, power_w, voltage_v, current_a, relay, billed FROM readings "
-           "WHERE meter_id = ? ORDER BY taken_at DESC, id DESC LIMIT 1")
-_STATE = "SELECT state FROM accounts WHERE id = ?"
+# One statement each: a statement is its own read transaction (one snapshot), and each statement run is a turn
+# of the GIL given up and taken back.
+_ACCOUNT = ("SELECT a.id, a.balance_fen, a.supply, a.deferred_reason, a.state, a.updated_at, "
+            "m.id, m.relay, m.relay_fault FROM accounts a "
+            "LEFT JOIN meters m ON m.account_id = a.id AND m.status = 'active' "  # (a retired meter's relay is
+            "WHERE a.id = ? ORDER BY m.id")                                       # no longer the account's)
+_METER = ("SELECT (SELECT state FROM accounts WHERE id = :account), "
+          "m.id, m.account_id, m.relay, m.relay_fault, m.health, m.consecutive_failures, m.last_error, "
+          "m.last_success_at, r.id, r.taken_at, r.energy_wh, r.power_w, r.voltage_v, r.current_a, r.relay, r.billed "
+          "FROM (SELECT 1) LEFT JOIN meters m ON m.id = :meter "
+          "LEFT JOIN (SELECT id, taken_at, energy_wh, power_w, voltage_v, current_a, relay, billed FROM readings "
+          "WHERE meter_id = :meter ORDER BY taken_at DESC, id DESC LIMIT 1) r ON 1")  # the newest taken
 
 AccountRow = namedtuple("AccountRow", "id balance_fen supply deferred_reason state updated_at")
 RelayRow = namedtuple("RelayRow", "id relay relay_fault")
@@ -72,40 +77,35 @@ class SqliteReadStore(SqlReadStore):
             self._db.close()
             self._db = None
 
-    def _read(self, *statements: tuple[str, tuple[Any, ...], bool]) -> list[Any] | None:
-        """Run ``(sql, parameters, all_rows)`` statements in one read transaction; None when SQLite is busy."""
+    def _read(self, sql: str, parameters: Any) -> list[Any] | None:
+        """The rows of one statement (its own read transaction); None when SQLite is busy."""
         try:
-            db = self._conn()
-            db.execute("BEGIN")
-            try:
-                return [db.execute(sql, args).fetchall() if many else db.execute(sql, args).fetchone()
-                        for sql, args, many in statements]
-            finally:
-                db.execute("COMMIT")
+            return self._conn().execute(sql, parameters).fetchall()
         except sqlite3.OperationalError:
             self.close()  # (a fresh connection next time, whatever state this one was left in)
             self.fallbacks += 1
             return None
 
     async def account(self, account_id: str) -> AccountRows:
-        rows = self._read((_ACCOUNT, (account_id,), False), (_RELAYS, (account_id,), True))
+        rows = self._read(_ACCOUNT, (account_id,))
         if rows is None:
             return await super().account(account_id)
-        row, meters = rows
-        if row is None:
+        if not rows:
             return AccountRows(None, [])
+        row = rows[0]
         account = AccountRow(row[0], row[1], row[2], row[3], _json(row[4]), _utc(row[5]))
-        return AccountRows(account, [RelayRow(*m) for m in meters])
+        return AccountRows(account, [RelayRow(*r[6:9]) for r in rows if r[6] is not None])
 
     async def meter(self, meter_id: str, account_id: str) -> MeterRows:
-        rows = self._read((_METER, (meter_id,), False), (_NEWEST, (meter_id,), False),
-                          (_STATE, (account_id,), False))
+        rows = self._read(_METER, {"account": account_id, "meter": meter_id})
         if rows is None:
             return await super().meter(meter_id, account_id)
-        row, newest, state = rows
-        meter = None if row is None else MeterRow(*row[:7], _utc(row[7]))
-        reading = None if newest is None else ReadingRow(newest[0], _utc(newest[1]), *newest[2:7], bool(newest[7]))
-        return MeterRows(meter, reading, None if state is None else _json(state[0]))
+        [row] = rows
+        state, meter, newest = row[0], row[1:9], row[9:17]
+        return MeterRows(None if meter[0] is None else MeterRow(*meter[:7], _utc(meter[7])),
+                         None if newest[0] is None else ReadingRow(newest[0], _utc(newest[1]), *newest[2:7],
+                                                                   bool(newest[7])),
+                         None if state is None else _json(state))
 
 
 def _json(text: Any) -> Any:
