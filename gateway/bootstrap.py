@@ -113,12 +113,12 @@ class Gateway:
         return {k.sha256: Caller(k.name, k.role, frozenset(k.sources) if k.sources is not None else None)
                 for k in self.settings.api.keys}
 
-    def app(self, *, hot_reads: bool = True) -> FastAPI:
+    def app(self, *, hot_paths: bool = True) -> FastAPI:
         api = self.settings.api
         return create_app(self.service, static_keys=self.static_keys(), max_body_bytes=api.max_body_bytes,
                           failed_auth_limit=api.failed_auth_limit, failed_auth_window_s=api.failed_auth_window_s,
                           key_cache_s=api.key_cache_s, event_stream=self.events, gateway_metrics=self.metrics,
-                          hot_reads=hot_reads)
+                          hot_paths=hot_paths)
 
     async def __aenter__(self) -> Gateway:
         if self.pipeline and self.settings.database.switch_interval_ms:

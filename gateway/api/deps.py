@@ -17,7 +17,7 @@ from gateway.api.security import Caller, FailedAuthLimiter, KeyRing
 from gateway.service.facade import Service
 from gateway.settings import hash_key
 
-__all__ = ["BEARER", "READ_ROLES", "AdminCaller", "AnyCaller", "BillingCaller", "Caller", "OperatorCaller",
+__all__ = ["BEARER", "BILLING_ROLES", "READ_ROLES", "AdminCaller", "AnyCaller", "BillingCaller", "Caller", "OperatorCaller",
            "ProvisioningCaller", "ServiceDep", "current_caller", "require"]
 
 BEARER = {"HTTPBearer": {"type": "http", "scheme": "bearer",
@@ -69,7 +69,8 @@ def require(*roles: str):  # type: ignore[no-untyped-def]
 
 READ_ROLES = frozenset({"viewer", "billing", "operator", "provisioning", "admin"})  # who may read (every role)
 AnyCaller = Annotated[Caller, Depends(require(*READ_ROLES))]
-BillingCaller = Annotated[Caller, Depends(require("billing"))]
+BILLING_ROLES = frozenset({"billing", "admin"})  # who may post payments
+BillingCaller = Annotated[Caller, Depends(require(*BILLING_ROLES))]
 OperatorCaller = Annotated[Caller, Depends(require("operator"))]
 AdminCaller = Annotated[Caller, Depends(require("admin"))]
 ProvisioningCaller = Annotated[Caller, Depends(require("provisioning"))]  # accounts and meters (billing systems, CIS)

@@ -8,7 +8,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi_offline import FastAPIOffline
 
 from gateway.api import problems
-from gateway.api.hot_reads import HotReads
+from gateway.api.hot_paths import HotPaths
 from gateway.api.openapi import install_openapi
 from gateway.api.routes import (accounts, alarms, audit, commands, events, fleet, health, meters, metrics, notices,
                                  payments, reports)
@@ -23,12 +23,12 @@ __all__ = ["create_app"]
 def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None, max_body_bytes: int = 1_048_576,
                failed_auth_limit: int = 20, failed_auth_window_s: float = 60.0, key_cache_s: float = 30.0,
                max_import_bytes: int = 67_108_864, event_stream: EventStream | None = None,
-               gateway_metrics: GatewayMetrics | None = None, hot_reads: bool = True) -> FastAPI:
+               gateway_metrics: GatewayMetrics | None = None, hot_paths: bool = True) -> FastAPI:
     """The API over ``service``; ``static_keys`` maps key SHA-256 → caller for the keys of the settings (the
     database's keys are read through ``service.stored_keys``); ``event_stream``: ``GET /v1/events`` (ended by
-    ``app.state.events.close()`` when the server stops); ``gateway_metrics``: ``GET /metrics``; ``hot_reads``: the
-    plain reads of one account or meter answered before the stack (``gateway.api.hot_reads``; False: every
-    request through the routes)."""
+    ``app.state.events.close()`` when the server stops); ``gateway_metrics``: ``GET /metrics``; ``hot_paths``: the
+    plain reads of one account or meter and plain payments answered before the stack (``gateway.api.hot_paths``;
+    False: every request through the routes)."""
     # The docs pages (/docs, /redoc) load their scripts from the package, never from a CDN.
     # No OpenTelemetry: the gateway's figures are its Prometheus metrics; FastAPI would otherwise ask the
     # OpenTelemetry providers on every request whether it should trace it.
@@ -51,8 +51,9 @@ def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None
         app.add_middleware(metrics.PaymentOutcomes, metrics=gateway_metrics)
     app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes,
                        larger={fleet.IMPORT_PATH: max_import_bytes})  # a whole fleet's file
-    if hot_reads:  # outermost: the plain reads of one account or meter, answered before the stack
-        app.add_middleware(HotReads, service=service, keys=app.state.keys, limiter=app.state.auth_limiter)
+    if hot_paths:  # outermost: the plain reads of one account or meter and plain payments, before the stack
+        app.add_middleware(HotPaths, service=service, keys=app.state.keys, limiter=app.state.auth_limiter,
+                           metrics=gateway_metrics)
     # the most requested first: a request is matched against the routes in this order
     for module in (health, accounts, meters, payments, commands, fleet, notices, alarms, audit, reports):
         app.include_router(module.router)

@@ -46,11 +46,12 @@ class KeyRing:
         self.loads = 0  # how often the stored keys were read
 
     def cached(self, digest: str) -> Caller | None:
-        """The caller of a key known now, without reading storage: None when unknown or when ``lookup`` would
-        read the stored keys again first."""
-        if self._clock() - self._loaded_at >= self.refresh_s:
-            return None
-        return self._static.get(digest) or self._stored.get(digest)
+        """The caller of a key known now, without reading storage: a key of the settings, or a stored key
+        while the stored keys are fresh; None when unknown or when ``lookup`` would read them again first."""
+        static = self._static.get(digest)
+        if static is not None or self._clock() - self._loaded_at >= self.refresh_s:
+            return static
+        return self._stored.get(digest)
 
     async def lookup(self, digest: str) -> Caller | None:
         caller = self._static.get(digest) or self._stored.get(digest)

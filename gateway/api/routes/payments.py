@@ -11,10 +11,13 @@ from gateway.api.problems import AUTHENTICATED, Problem, responses
 from gateway.api.schemas import PaymentCreate, PaymentPublic, ReversalCreate
 from gateway.domain.money import format_fen, parse_yuan
 
+__all__ = ["payment_public", "router"]
+
 router = APIRouter(prefix="/v1/payments", tags=["payments"], route_class=StrictJsonRoute)
 
 
-def _public(r: dict[str, Any]) -> PaymentPublic:
+def payment_public(r: dict[str, Any]) -> PaymentPublic:
+    """A payment's record as the API shows it."""
     return PaymentPublic(source=r["source"], payment_id=r["payment_id"], account_id=r["account_id"],
                          amount=format_fen(r["amount_fen"]), paid_at=r["paid_at"], channel=r["channel"],
                          balance=format_fen(r["balance_after_fen"]), received_at=r["received_at"],
@@ -46,7 +49,7 @@ async def create_payment(body: PaymentCreate, response: Response, service: Servi
                                           paid_at=body.paid_at, channel=body.channel, recorded_by=caller.name)
     if not result.created:
         response.status_code = 200
-    return _public(result.record)
+    return payment_public(result.record)
 
 
 @router.post("/{source}/{payment_id:path}/reversal", status_code=201, response_model=PaymentPublic,
@@ -65,4 +68,4 @@ async def reverse_payment(source: Annotated[Source, Path()], payment_id: Annotat
                                            reversed_by=caller.name)
     if not result.created:
         response.status_code = 200
-    return _public(result.record)
+    return payment_public(result.record)

@@ -1,4 +1,4 @@
-"""The hot reads (gateway.api.hot_reads) answer exactly as the documented routes do, byte for byte, and leave
+"""The hot reads (gateway.api.hot_paths) answer exactly as the documented routes do, byte for byte, and leave
 everything but a plain authorised read of a known account or meter to those routes.
 
 Two apps over the same gateway: one with the hot reads (the gateway's), one without (every request through
@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from gateway.adapters import tables as t
-from gateway.api.hot_reads import HotReads
+from gateway.api.hot_paths import HotPaths
 from gateway.bootstrap import Gateway
 from gateway.settings import hash_key
 from tests.integration.api_support import KEYS, auth, on_database, site
@@ -36,7 +36,7 @@ async def apps(request: Any, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncC
     database = settings.database.model_copy(update={"sqlite_direct_reads": request.param == "sqlite-direct"})
     async with Gateway(settings.model_copy(update={"database": database}), base_dir=tmp_path,
                        run_buses=False) as gw:
-        hot_app, plain_app = gw.app(), gw.app(hot_reads=False)
+        hot_app, plain_app = gw.app(), gw.app(hot_paths=False)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hot_app), base_url="http://gw") as hot, \
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=plain_app), base_url="http://gw") as plain:
             await _vary(hot)
@@ -55,10 +55,10 @@ async def _vary(client: httpx.AsyncClient) -> None:
     assert cut.status_code == 202, cut.text
 
 
-def _hot(client: httpx.AsyncClient) -> HotReads:
-    """The hot app's HotReads middleware (built with its stack at the first request)."""
+def _hot(client: httpx.AsyncClient) -> HotPaths:
+    """The hot app's HotPaths middleware (built with its stack at the first request)."""
     layer: Any = client._transport.app.middleware_stack  # type: ignore[attr-defined]
-    while not isinstance(layer, HotReads):
+    while not isinstance(layer, HotPaths):
         layer = layer.app
     return layer
 
@@ -146,7 +146,7 @@ async def test_a_stored_key_once_the_route_has_read_it(apps: Any) -> None:
         await uow.commit()
     # new apps: key rings that have not read the stored keys yet
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app()), base_url="http://gw") as hot, \
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app(hot_reads=False)), base_url="http://gw") as plain:
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app(hot_paths=False)), base_url="http://gw") as plain:
         keys = hot._transport.app.state.keys  # type: ignore[attr-defined]
         assert keys.cached(hash_key("k-erp")) is None
         for _ in range(3):
