@@ -26,6 +26,7 @@ import orjson
 
 from gateway.adapters.read_store import SqlReadStore
 from gateway.adapters.sql import SqlStorage
+from gateway.service.ports import PaymentKey
 from gateway.service.views import AccountRows, MeterRows
 
 __all__ = ["SqliteReadStore"]
@@ -42,6 +43,12 @@ _METER = ("SELECT (SELECT state FROM accounts WHERE id = :account), "
           "FROM (SELECT 1) LEFT JOIN meters m ON m.id = :meter "
           "LEFT JOIN (SELECT id, taken_at, energy_wh, power_w, voltage_v, current_a, relay, billed FROM readings "
           "WHERE meter_id = :meter ORDER BY taken_at DESC, id DESC LIMIT 1) r ON 1")  # the newest taken
+
+_PAYMENT_COLUMNS = ("source", "payment_id", "account_id", "amount_fen", "paid_at", "channel", "balance_after_fen",
+                    "received_at", "reversed_at", "reversal_reason", "recorded_by", "reversed_by")
+_PAYMENT_TIMES = ("paid_at", "received_at", "reversed_at")
+_PAYMENTS = f"SELECT {', '.join(_PAYMENT_COLUMNS)} FROM payments WHERE (source, payment_id) IN (VALUES {{}})"
+_PAYMENTS_AT_ONCE = 256  # keys per statement (two parameters each)
 
 AccountRow = namedtuple("AccountRow", "id balance_fen supply deferred_reason state updated_at")
 RelayRow = namedtuple("RelayRow", "id relay relay_fault")
@@ -106,6 +113,22 @@ class SqliteReadStore(SqlReadStore):
                          None if newest[0] is None else ReadingRow(newest[0], _utc(newest[1]), *newest[2:7],
                                                                    bool(newest[7])),
                          None if state is None else _json(state))
+
+
+    def stored_payments(self, keys: set[PaymentKey]) -> dict[PaymentKey, dict[str, Any]] | None:
+        ordered = sorted(keys)
+        out: dict[PaymentKey, dict[str, Any]] = {}
+        for start in range(0, len(ordered), _PAYMENTS_AT_ONCE):
+            part = ordered[start:start + _PAYMENTS_AT_ONCE]
+            rows = self._read(_PAYMENTS.format(", ".join(["(?, ?)"] * len(part))), [v for key in part for v in key])
+            if rows is None:
+                return None
+            for row in rows:
+                record = dict(zip(_PAYMENT_COLUMNS, row, strict=True))
+                for name in _PAYMENT_TIMES:
+                    record[name] = _utc(record[name])
+                out[(record["source"], record["payment_id"])] = record
+        return out
 
 
 def _json(text: Any) -> Any:

@@ -72,13 +72,17 @@ class Batch:
 
     async def load(self, reader: Callable[[], Awaitable[UnitOfWork]], jobs: list[Job],
                    known: Known | None = None, *,
-                   in_flight: dict[PaymentKey, dict[str, Any]] | None = None, lock: bool = False) -> None:
+                   in_flight: dict[PaymentKey, dict[str, Any]] | None = None, lock: bool = False,
+                   stored_payments: Callable[[set[PaymentKey]], dict[PaymentKey, Any] | None] | None = None
+                   ) -> None:
         """Read what the jobs need; ``reader()`` opens the unit of work to read with, only if something must be
         read. ``known``: meters and the rate limiter as the writer's last batch left them (SQLite only).
-        ``in_flight``: payments of the batch being committed (not readable yet)."""
+        ``in_flight``: payments of the batch being committed (not readable yet). ``stored_payments``: reads the
+        stored payments at once when it can (``ReadStore.stored_payments``; None: it can't)."""
         payment_keys = {(j.source, j.payment_id) for j in jobs if isinstance(j, PaymentJob | ReversalJob)}
         if payment_keys:
-            self.payments = await (await reader()).payments.get(payment_keys)
+            found = None if stored_payments is None else stored_payments(payment_keys)
+            self.payments = found if found is not None else await (await reader()).payments.get(payment_keys)
             for key in payment_keys & (in_flight or {}).keys():
                 self.payments.setdefault(key, dict(in_flight[key]))  # type: ignore[index]
         account_ids: set[str] = set()

@@ -47,7 +47,8 @@ class Service:
         self.catalog = catalog
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.bus = bus or MessageBus()  # the reactions to what the service does (handlers: see bootstrap)
-        self.writer = Writer(storage, catalog, self.clock, on_commands=self._announce)
+        self.writer = Writer(storage, catalog, self.clock, on_commands=self._announce,
+                             stored_payments=reads.stored_payments)
         self.views = Views(reads, catalog, self.writer.freshness.latest)  # what the API shows
         # what bootstrap adds for the API (None: that part of the API is not there)
         self.lifecycle: Any = None  # the fleet's changes (gateway.service.lifecycle)

@@ -19,7 +19,7 @@ from gateway.service.account_cache import domain_account
 from gateway.service.catalog import Catalog
 from gateway.service.commands import CommandRecord
 from gateway.service.errors import UnknownAccount, UnknownCommand, UnknownMeter, UnknownNotice
-from gateway.service.ports import NoticeRecord
+from gateway.service.ports import NoticeRecord, PaymentKey
 
 __all__ = ["AccountRows", "MeterRows", "ReadStore", "Views", "command_shape"]
 
@@ -73,6 +73,12 @@ class ReadStore(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise unless storage answers."""
+
+    def stored_payments(self, keys: set[PaymentKey]) -> dict[PaymentKey, dict[str, Any]] | None:
+        """The stored payments of ``keys`` (as ``PaymentRepository.get`` gives them), read at once, without a
+        hand-over to a database thread, by a store that can (SQLite's direct reads); None: read them in a unit
+        of work. The writer's lookups of a batch's payment ids (``gateway.service.batch``)."""
+        return None
 
 
 def command_shape(record: CommandRecord) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from gateway.service.commands import CommandRecord
 from gateway.service.errors import GatewayStopping
 from gateway.service.freshness import Freshness
 from gateway.service.jobs import Exclusive, Job, ReadingJob
-from gateway.service.ports import BatchChanges, StaleWrite, Storage, UnitOfWork
+from gateway.service.ports import BatchChanges, PaymentKey, StaleWrite, Storage, UnitOfWork
 from gateway.service.tamper import TamperFlags
 
 __all__ = ["Writer"]
@@ -74,12 +74,17 @@ class Writer:
         max_batch: the most jobs one transaction takes.
         max_readings: the most readings one transaction takes (a batch holds SQLite's write lock while it
             commits, and a relay command's short transaction waits for at most that).
+        stored_payments: reads a batch's stored payments at once when it can (``ReadStore.stored_payments``:
+            SQLite's direct reads), so that a batch of payments to accounts in memory waits for no hand-over
+            before it is written; used when this process is the only writer (``Storage.exclusive``).
     """
 
     def __init__(self, storage: Storage, catalog: Catalog, clock: Callable[[], dt.datetime], *,
                  on_commands: Callable[[list[CommandRecord]], None], max_batch: int = 512,
-                 max_readings: int = 256) -> None:
+                 max_readings: int = 256,
+                 stored_payments: Callable[[set[PaymentKey]], dict[PaymentKey, Any] | None] | None = None) -> None:
         self.storage, self.catalog, self.clock = storage, catalog, clock
+        self.stored_payments = stored_payments if storage.exclusive else None
         self.on_commands = on_commands
         self.max_batch = max_batch
         self.max_readings = max_readings
@@ -341,7 +346,8 @@ class Writer:
                 return opened[0]
 
             await batch.load(reader, [job for job, _ in items], self._known if exclusive else None,
-                             in_flight=after.payments if after is not None else None)
+                             in_flight=after.payments if after is not None else None,
+                             stored_payments=self.stored_payments)
         batch.alarm_unreadable(self.alarmed)
         results = await self._apply(batch, items, pause_every=32)
         changes = self._changes(batch)

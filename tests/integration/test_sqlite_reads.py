@@ -97,3 +97,35 @@ async def test_a_database_whose_path_holds_uri_characters_is_read_directly(gatew
         assert (await direct.account("A-1")).account is not None and direct.fallbacks == 0
     finally:
         direct.close()
+
+
+async def test_the_writers_payment_lookups_are_the_portable_ones(gateway: Any) -> None:
+    service = gateway.service
+    for n in range(300):  # more than one statement's worth of keys
+        await service.record_payment(source="billing", payment_id=f"P-{n}", account_id=f"A-{1 + n % 3}",
+                                     amount_fen=100 + n, paid_at=T0 if n % 2 else None, channel="cash")
+    await service.reverse_payment(source="billing", payment_id="P-7", reason="bounced", reversed_by="admin-key")
+    keys = {("billing", f"P-{n}") for n in range(0, 320, 3)} | {("elsewhere", "P-1")}
+    async with service.uow(readonly=True) as uow:
+        portable = await uow.payments.get(keys)
+    direct = service.views.store.stored_payments(keys)
+    assert direct == portable and len(direct) == 100
+    assert direct[("billing", "P-3")]["paid_at"] == T0 and direct[("billing", "P-0")]["paid_at"] is None
+    assert service.writer.stored_payments is not None  # the writer looks them up so
+
+
+async def test_a_payment_posted_again_is_found_by_the_direct_lookup(gateway: Any, monkeypatch: Any) -> None:
+    service = gateway.service
+    first = await service.record_payment(source="billing", payment_id="P-1", account_id="A-1", amount_fen=500)
+    looked: list[int] = []
+    lookup = service.writer.stored_payments
+
+    def counted(keys: Any) -> Any:
+        found = lookup(keys)
+        looked.append(len(found))
+        return found
+
+    monkeypatch.setattr(service.writer, "stored_payments", counted)
+    again = await service.record_payment(source="billing", payment_id="P-1", account_id="A-1", amount_fen=500)
+    assert (first.created, again.created, again.record) == (True, False, first.record)
+    assert looked == [1]
