@@ -9,12 +9,14 @@ import sqlalchemy as sa
 
 from gateway.adapters import tables as t
 from gateway.adapters.repositories import Repository, chunks
+from gateway.domain.alarms import AlarmKey
 from gateway.service.alarm_port import ALARM_CURSOR, AlarmRecord, AlarmRepository
 from gateway.service.ports import OutboxEvent
 
 __all__ = ["Alarms", "alarm_record", "keeper_done"]
 
 _UNRESOLVED = ("open", "acknowledged")
+_WANTED = t.outbox.c.topic.not_like("%/balance")  # payments and charges: the bulk of the outbox, never an alarm
 
 
 class Alarms(Repository, AlarmRepository):
@@ -32,7 +34,7 @@ class Alarms(Repository, AlarmRepository):
         c = t.outbox.c
         ids = [row[0] for row in await self.uow.execute(
             sa.select(c.id).where(c.id > after).order_by(c.id).limit(limit))]
-        wanted = c.topic.not_like("%/balance")  # payments and charges: the bulk of the outbox, never an alarm
+        wanted = _WANTED
         found: list[Any] = []
         if ids:
             found += await self.uow.execute(sa.select(c.id, c.topic, c.payload, c.created_at).where(
@@ -47,14 +49,27 @@ class Alarms(Repository, AlarmRepository):
                         key=lambda e: e.id)
         return ids, events
 
+    async def events_after(self, after: int, limit: int) -> tuple[int, list[OutboxEvent]]:
+        c = t.outbox.c
+        newest = int((await self.uow.execute(sa.select(sa.func.max(c.id)))).scalar() or 0)
+        if newest <= after:
+            return after, []
+        rows = list(await self.uow.execute(sa.select(c.id, c.topic, c.payload, c.created_at).where(
+            c.id > after, c.id <= newest, _WANTED).order_by(c.id).limit(limit)))
+        high = rows[-1].id if len(rows) == limit else newest
+        return high, [OutboxEvent(row.id, row.topic, row.payload, row.created_at) for row in rows]
+
     async def add_events(self, rows: list[dict[str, Any]]) -> None:
         await self.uow.insert(t.outbox, rows)
 
     async def add_audits(self, rows: list[dict[str, Any]]) -> None:
         await self.uow.insert(t.audit_log, rows)
 
-    async def newest_event(self) -> int:
-        return int((await self.uow.execute(sa.select(sa.func.max(t.outbox.c.id)))).scalar() or 0)
+    async def unresolved_keys(self, kinds: set[str]) -> set[AlarmKey]:
+        a = t.alarms.c
+        rows = await self.uow.execute(sa.select(a.kind, a.subject, a.meter_id, a.account_id).where(
+            a.kind.in_(sorted(kinds)), a.state.in_(_UNRESOLVED)))
+        return {(row.kind, row.subject, row.meter_id, row.account_id) for row in rows}
 
     async def unresolved_many(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], AlarmRecord]:
         a = t.alarms.c

@@ -23,7 +23,7 @@ A meter detached or replaced ends the alarms about that meter; an account closed
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,9 @@ class Raise:
         return _SEVERITY[self.kind]
 
 
+AlarmKey = tuple[str, str, str | None, str | None]  # an alarm's kind, subject, meter_id, account_id
+
+
 @dataclass(frozen=True, slots=True)
 class Resolve:
     """The unresolved alarms to end: of one of ``kinds``, matching each of ``subject``, ``meter_id`` and
@@ -76,6 +79,42 @@ class Resolve:
     subject: str | None = None
     meter_id: str | None = None
     account_id: str | None = None
+
+    def ends(self, key: AlarmKey) -> bool:
+        """Whether this ends an unresolved alarm of ``key``: (kind, subject, meter_id, account_id)."""
+        kind, subject, meter_id, account_id = key
+        return (kind in self.kinds and self.subject in (None, subject) and self.meter_id in (None, meter_id)
+                and self.account_id in (None, account_id))
+
+
+class Unresolved:
+    """The keys of unresolved alarms, indexed for ``ends``: whether a resolution ends one of them."""
+
+    def __init__(self, keys: Iterable[AlarmKey] = ()) -> None:
+        self._by: tuple[dict[str | None, set[AlarmKey]], ...] = ({}, {}, {})  # by subject, meter, account
+        self._all: set[AlarmKey] = set()
+        for key in keys:
+            self.add(key)
+
+    def add(self, key: AlarmKey) -> None:
+        self._all.add(key)
+        for index, value in zip(self._by, key[1:], strict=True):
+            index.setdefault(value, set()).add(key)
+
+    def discard(self, key: AlarmKey) -> None:
+        self._all.discard(key)
+        for index, value in zip(self._by, key[1:], strict=True):
+            index.get(value, set()).discard(key)
+
+    def ends(self, resolution: Resolve) -> bool:
+        """Whether ``resolution`` ends one of the alarms."""
+        candidates = self._all
+        for index, value in zip(self._by, (resolution.subject, resolution.meter_id, resolution.account_id),
+                                strict=True):
+            if value is not None:
+                candidates = index.get(value, set())
+                break
+        return any(resolution.ends(key) for key in candidates)
 
 
 @dataclass(frozen=True, slots=True)

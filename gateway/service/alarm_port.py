@@ -8,6 +8,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.domain.alarms import AlarmKey
 from gateway.service.ports import OutboxEvent
 
 __all__ = ["ALARM_CURSOR", "AlarmRecord", "AlarmRepository", "Cursor"]
@@ -106,6 +107,12 @@ class AlarmRepository(abc.ABC):
         and, in id order, the events among them that may concern alarms (balance events never do)."""
 
     @abc.abstractmethod
+    async def events_after(self, after: int, limit: int) -> tuple[int, list[OutboxEvent]]:
+        """Where ids are committed in order (SQLite): up to ``limit`` events above ``after`` that may concern
+        alarms, in id order, and the id up to which every event was looked at (``after``: none new). The events
+        that never concern alarms are passed over by the database, not read."""
+
+    @abc.abstractmethod
     async def add_events(self, rows: list[dict[str, Any]]) -> None:
         """Write outbox events (``topic``, ``payload``, ``created_at``) in one statement."""
 
@@ -114,8 +121,9 @@ class AlarmRepository(abc.ABC):
         """Write audit rows (``at``, ``actor``, ``action``, ``target``, ``detail``) in one statement."""
 
     @abc.abstractmethod
-    async def newest_event(self) -> int:
-        """The id of the newest outbox event (0: none)."""
+    async def unresolved_keys(self, kinds: set[str]) -> set[AlarmKey]:
+        """(kind, subject, meter_id, account_id) of every unresolved alarm of one of ``kinds`` (not locked): what
+        the keeper matches a batch's resolutions against before it asks ``matching`` for the alarms."""
 
     # --- alarms -------------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from gateway.domain.alarms import AlarmChanges, Raise, alarm_changes
+from gateway.domain.alarms import AlarmChanges, AlarmKey, Raise, Unresolved, alarm_changes
 from gateway.service.alarm_port import AlarmRecord, Cursor
 from gateway.service.clock import wait_event
 from gateway.service.ports import OutboxEvent, Storage, UnitOfWork
@@ -54,21 +54,25 @@ class AlarmKeeper:
         holes: look again for ids skipped by transactions in flight (PostgreSQL; SQLite commits in id order).
         batch: events read per transaction.
         idle_s: how often an idle keeper looks for new events.
+        settle_s: how long a woken keeper waits for more commits before it looks (its reads would otherwise
+            compete with every batch of a busy writer for the database).
         hole_wait_s: how long a skipped id is looked for.
         persist_every, persist_s: store a cursor that changed no alarm after that many events or seconds.
     """
 
     def __init__(self, storage: Storage, account_of: Callable[[str], str | None], clock: Callable[[], dt.datetime],
-                 *, holes: bool, batch: int = 256, idle_s: float = 1.0, hole_wait_s: float = 60.0,
+                 *, holes: bool, batch: int = 256, idle_s: float = 1.0, settle_s: float = 0.2,
+                 hole_wait_s: float = 60.0,
                  persist_every: int = 5_000, persist_s: float = 300.0) -> None:
         self.storage, self.account_of, self.clock = storage, account_of, clock
-        self.holes, self.batch, self.idle_s = holes, batch, idle_s
+        self.holes, self.batch, self.idle_s, self.settle_s = holes, batch, idle_s, settle_s
+        self._more = False  # the last look stopped at ``batch``: there may be more now
         self.hole_wait = dt.timedelta(seconds=hole_wait_s)
         self.persist_every, self.persist = persist_every, dt.timedelta(seconds=persist_s)
         self.cursor: Cursor | None = None  # in memory: may be ahead of the stored one by events that changed nothing
         self._stored_high, self._stored_at = 0, clock()
         self._wake = asyncio.Event()
-        self.raised = self.resolved = self.looked_at = 0
+        self.raised = self.resolved = 0
 
     def wake(self) -> None:
         """New events were committed."""
@@ -82,10 +86,11 @@ class AlarmKeeper:
                 log.exception("alarms: the keeper failed; trying again")
                 done = 0
                 await asyncio.sleep(self.idle_s)
-            if done:
+            if done and self._more:
                 continue
             self._wake.clear()
             await wait_event(self._wake, self.idle_s)
+            await asyncio.sleep(self.settle_s)  # commits come in bursts: one look after a burst, not one per commit
 
     async def step(self) -> int:
         """Look at the next events; apply what they change. Returns how many events were looked at."""
@@ -94,9 +99,7 @@ class AlarmKeeper:
                 self.cursor = Cursor.load(await uow.alarms.cursor(lock=False))
                 self._stored_high = self.cursor.high
             cursor = self.cursor
-            if not cursor.holes and await uow.alarms.newest_event() <= cursor.high:
-                return 0
-            ids, events = await uow.alarms.events(cursor.high, list(cursor.holes)[:500], self.batch)
+            ids, events = await self._events(uow, cursor)
             plans = [(event, alarm_changes(event.topic, event.payload)) for event in events]
             changing = any(changes.raises for _, changes in plans) or await _any_match(uow, plans)
         now = self.clock()
@@ -105,7 +108,6 @@ class AlarmKeeper:
             return 0
         if not changing:
             cursor.take(ids, now, holes=self.holes, hole_wait=self.hole_wait)
-            self.looked_at += len(ids)
             if cursor.high - self._stored_high >= self.persist_every or now - self._stored_at >= self.persist:
                 await self._write(now)
             return len(ids)
@@ -118,10 +120,11 @@ class AlarmKeeper:
         async with self.storage(background=True) as uow:
             stored = Cursor.load(await uow.alarms.cursor(lock=True))
             cursor = stored if stored.high >= self.cursor.high else self.cursor.copy()
-            ids, events = await uow.alarms.events(cursor.high, list(cursor.holes)[:500], self.batch)
+            ids, events = await self._events(uow, cursor)
             plans = [(event, alarm_changes(event.topic, event.payload)) for event in events]
             pairs = {(r.kind, r.subject) for _, changes in plans for r in changes.raises}
-            batch = _Batch(await uow.alarms.unresolved_many(pairs) if pairs else {})
+            batch = _Batch(await uow.alarms.unresolved_many(pairs) if pairs else {},
+                           await _unresolved_keys(uow, plans))
             for event, changes in plans:
                 await self._apply(uow, event, changes, now, batch)
             await uow.alarms.add_events(batch.outbox)  # (one statement each: a bus gone quiet raises hundreds)
@@ -130,16 +133,29 @@ class AlarmKeeper:
             await uow.alarms.put_cursor(cursor.state())
             await uow.commit()
         self.cursor, self._stored_high, self._stored_at = cursor, cursor.high, now
-        self.looked_at += len(ids)
         return len(ids)
+
+    async def _events(self, uow: UnitOfWork, cursor: Cursor) -> tuple[list[int], list[OutboxEvent]]:
+        """The ids looked at next (where ids commit in order: only the highest) and the events among them that
+        may concern alarms."""
+        if self.holes:
+            ids, events = await uow.alarms.events(cursor.high, list(cursor.holes)[:500], self.batch)
+            self._more = len(ids) >= self.batch
+            return ids, events
+        high, events = await uow.alarms.events_after(cursor.high, self.batch)
+        self._more = len(events) >= self.batch
+        return [high] if high > cursor.high else [], events
 
     async def _apply(self, uow: UnitOfWork, event: OutboxEvent, changes: AlarmChanges, now: dt.datetime,
                      batch: _Batch) -> None:
         for resolution in changes.resolves:
+            if not batch.keys.ends(resolution):
+                continue  # (most resolutions end nothing: a meter answering that was never offline)
             for alarm in await uow.alarms.matching(resolution.kinds, subject=resolution.subject,
                                                    meter_id=resolution.meter_id, account_id=resolution.account_id):
                 await _close(uow, alarm, GATEWAY, resolution.reason, now, batch, event_id=event.id)
                 batch.unresolved.pop((alarm.kind, alarm.subject), None)
+                batch.keys.discard(_key(alarm))
                 self.resolved += 1
         for raised in changes.raises:
             await self._raise(uow, event, raised, now, batch)
@@ -165,6 +181,7 @@ class AlarmKeeper:
             alarm = AlarmRecord(id=alarm_id, **row, acknowledged_at=None, acknowledged_by=None, ack_reason=None,
                                 resolved_at=None, resolved_by=None, resolve_reason=None)
         batch.unresolved[key] = alarm
+        batch.keys.add(_key(alarm))
         self.raised += 1
         batch.event(_event("AlarmRaised", alarm, alarm.state, now, detail=raised.detail, raised_at=alarm.raised_at,
                            event_id=event.id), now)
@@ -174,10 +191,12 @@ class AlarmKeeper:
 
 class _Batch:
     """What a keeper's transaction has found and writes: the unresolved alarms of the batch's raises (as they
-    change), and the events and audit rows, written at its end."""
+    change), the keys of the unresolved alarms its resolutions may end (as they change), and the events and audit
+    rows, written at its end."""
 
-    def __init__(self, unresolved: dict[tuple[str, str], AlarmRecord]) -> None:
+    def __init__(self, unresolved: dict[tuple[str, str], AlarmRecord], keys: Unresolved | None = None) -> None:
         self.unresolved = unresolved
+        self.keys = keys if keys is not None else Unresolved()
         self.outbox: list[dict[str, Any]] = []
         self.audits: list[dict[str, Any]] = []
 
@@ -189,12 +208,19 @@ class _Batch:
 
 
 async def _any_match(uow: UnitOfWork, plans: list[tuple[OutboxEvent, AlarmChanges]]) -> bool:
-    """Whether a resolution of the batch ends an alarm stored now."""
-    for _, changes in plans:
-        for r in changes.resolves:
-            if await uow.alarms.matching(r.kinds, subject=r.subject, meter_id=r.meter_id, account_id=r.account_id):
-                return True
-    return False
+    """Whether a resolution of the batch ends an alarm stored now (one query, matched in memory)."""
+    keys = await _unresolved_keys(uow, plans)
+    return any(keys.ends(r) for _, changes in plans for r in changes.resolves)
+
+
+async def _unresolved_keys(uow: UnitOfWork, plans: list[tuple[OutboxEvent, AlarmChanges]]) -> Unresolved:
+    """The unresolved alarms of the kinds the batch's resolutions end (none: no query)."""
+    kinds = {kind for _, changes in plans for r in changes.resolves for kind in r.kinds}
+    return Unresolved(await uow.alarms.unresolved_keys(kinds) if kinds else ())
+
+
+def _key(alarm: AlarmRecord) -> AlarmKey:
+    return alarm.kind, alarm.subject, alarm.meter_id, alarm.account_id
 
 
 async def _unresolved(uow: UnitOfWork, alarm_id: int, resolved: str) -> AlarmRecord:

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.domain.alarms import (ACCOUNT_KINDS, KINDS, METER_KINDS, OWN_EVENTS, SEVERITIES, Raise, Resolve,
-                                   alarm_changes, severity)
+                                   Unresolved, alarm_changes, severity)
 from gateway.service.alarm_port import Cursor
 
 RAISES: list[tuple[str, dict[str, Any], tuple[str, str, str | None, str | None]]] = [
@@ -169,3 +169,37 @@ def test_cursor_done_never_passes_an_event_not_looked_at(ids: list[int]) -> None
         seen.update(batch)
         assert all(i in seen for i in range(1, cursor.done + 1) if i in ids)
         assert all(i not in seen for i in cursor.holes)
+
+
+_names = st.sampled_from(["M-1", "M-2", "A-1", "A-2", "x"])
+_keys = st.tuples(st.sampled_from(["meter_offline", "tamper", "disconnect_refused"]), _names,
+                  st.none() | _names, st.none() | _names)
+_resolutions = st.builds(Resolve, kinds=st.lists(st.sampled_from(["meter_offline", "tamper", "disconnect_refused"]),
+                                                 min_size=1, max_size=2).map(tuple),
+                         reason=st.just("why"), subject=st.none() | _names, meter_id=st.none() | _names,
+                         account_id=st.none() | _names)
+
+
+@given(keys=st.sets(_keys, max_size=12), gone=st.sets(_keys, max_size=4),
+       resolutions=st.lists(_resolutions, max_size=8))
+def test_the_index_of_unresolved_alarms_ends_what_matching_them_one_by_one_ends(
+        keys: set[Any], gone: set[Any], resolutions: list[Resolve]) -> None:
+    index = Unresolved(keys)
+    for key in gone:  # resolved meanwhile
+        index.discard(key)
+    left = keys - gone
+    for resolution in resolutions:
+        assert index.ends(resolution) == any(resolution.ends(key) for key in left), resolution
+    for key in gone:  # raised again
+        index.add(key)
+    for resolution in resolutions:
+        assert index.ends(resolution) == any(resolution.ends(key) for key in keys | gone), resolution
+
+
+def test_a_resolution_ends_an_alarm_matching_each_field_it_gives() -> None:
+    key = ("meter_offline", "M-1", "M-1", "A-1")
+    assert Resolve(("meter_offline",), "up", subject="M-1").ends(key)
+    assert Resolve(("meter_offline", "tamper"), "up", meter_id="M-1", account_id="A-1").ends(key)
+    assert not Resolve(("tamper",), "up", subject="M-1").ends(key)
+    assert not Resolve(("meter_offline",), "up", subject="M-1", account_id="A-2").ends(key)
+    assert Resolve(("meter_offline",), "up").ends(key)  # nothing given: every one of its kinds
