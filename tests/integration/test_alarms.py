@@ -258,3 +258,19 @@ async def test_two_gateways_on_one_postgresql_database_raise_each_alarm_once(pg_
             [("meter_offline", "M-1", "resolved", 1)] * 10 + [("meter_offline", "M-2", "resolved", 1)] * 10
             + [("command_failed", "M-1", "open", 10), ("command_failed", "M-2", "open", 10)])
         assert len([e for e in await alarm_events(one) if e["type"] == "AlarmRaised"]) == 40
+
+
+async def test_a_keeper_reading_one_event_at_a_time_passes_over_the_balance_events(tmp_path: Path,
+                                                                                   database: dict[str, Any]) -> None:
+    async with Gateway(site(tmp_path, database), run_buses=False, base_dir=tmp_path, clock=SetClock(T0)) as gw:
+        gw.alarms.idle_s = 3600  # the running loop sleeps; the test drives the keeper
+        balance = ("accounts/A-1/balance", {"type": "PaymentReceived", "account_id": "A-1"})
+        tamper = ("alarms", {"type": "MeterTamper", "meter_id": "M-1", "account_id": "A-1", "flags": ["cover_open"]})
+        await write(gw, offline("M-1"), *[balance] * 300, offline("M-2"), *[balance] * 300, tamper, *[balance] * 10)
+        keeper = AlarmKeeper(gw.uow, lambda meter_id: None, gw.service.clock, holes=not gw.uow.exclusive, batch=1)
+        await settle(keeper)
+        assert [(a.kind, a.subject) for a in await rows(gw, t.alarms)] == [
+            ("meter_offline", "M-1"), ("meter_offline", "M-2"), ("tamper", "M-1")]
+        async with gw.uow(readonly=True) as uow:
+            newest = (await uow.execute(sa.select(sa.func.max(t.outbox.c.id)))).scalar()
+        assert keeper.cursor is not None and keeper.cursor.high == newest  # (its own three AlarmRaised too)
