@@ -33,7 +33,7 @@ from gateway.api.security import Caller
 from gateway.domain.messages import (CommandFinished, CommandQueued, DisconnectWithdrawn, Message, MeterAnswered,
                                      MeterPlaced, MeterRetired)
 from gateway.domain.notices import NoticePolicy
-from gateway.service.alarms import AlarmDesk
+from gateway.service.alarm_desk import AlarmDesk
 from gateway.service.clock import SystemClock
 from gateway.service.facade import Service
 from gateway.service.fleet import Fleet

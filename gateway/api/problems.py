@@ -40,7 +40,7 @@ from gateway.service.errors import (
     FleetConflict,
     FleetInvalid,
 )
-from gateway.service.alarms import AlarmNotOpen, UnknownAlarm
+from gateway.service.alarm_desk import AlarmNotOpen, UnknownAlarm
 from gateway.service.reports import ReportRefused
 
 __all__ = ["PROBLEM", "PROBLEM_TYPES", "Problem", "ProblemType", "install", "problem", "responses"]

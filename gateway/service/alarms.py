@@ -1,5 +1,5 @@
-"""Alarms as records (docs/alarms.md): the keeper that raises and resolves them from the outbox's events, and
-what an operator does with them (acknowledge, resolve by hand).
+"""Alarms as records (docs/alarms.md): the keeper that raises and resolves them from the outbox's events (what an
+operator does with them: ``gateway.service.alarm_desk``).
 
 The **keeper** (``AlarmKeeper.run``) reads the outbox's events after its cursor, asks ``gateway.domain.alarms``
 what each raises and resolves, and applies that to the ``alarms`` table: one unresolved alarm per (kind,
@@ -28,20 +28,12 @@ from gateway.service.alarm_port import AlarmRecord, Cursor
 from gateway.service.clock import wait_event
 from gateway.service.ports import OutboxEvent, Storage, UnitOfWork
 
-__all__ = ["AlarmDesk", "AlarmKeeper", "AlarmNotOpen", "UnknownAlarm", "alarm_shape"]
+__all__ = ["UNRESOLVED", "AlarmKeeper", "alarm_event", "close_alarm"]
 
 log = logging.getLogger(__name__)
 
 GATEWAY = "gateway"  # who resolves an alarm whose cause ended
 UNRESOLVED = ("open", "acknowledged")
-
-
-class UnknownAlarm(LookupError):
-    """No alarm with that id."""
-
-
-class AlarmNotOpen(Exception):
-    """The alarm is resolved: it is acknowledged or resolved no more."""
 
 
 class AlarmKeeper:
@@ -153,7 +145,7 @@ class AlarmKeeper:
                 continue  # (most resolutions end nothing: a meter answering that was never offline)
             for alarm in await uow.alarms.matching(resolution.kinds, subject=resolution.subject,
                                                    meter_id=resolution.meter_id, account_id=resolution.account_id):
-                await _close(uow, alarm, GATEWAY, resolution.reason, now, batch, event_id=event.id)
+                await close_alarm(uow, alarm, GATEWAY, resolution.reason, now, batch, event_id=event.id)
                 batch.unresolved.pop((alarm.kind, alarm.subject), None)
                 batch.keys.discard(_key(alarm))
                 self.resolved += 1
@@ -183,7 +175,7 @@ class AlarmKeeper:
         batch.unresolved[key] = alarm
         batch.keys.add(_key(alarm))
         self.raised += 1
-        batch.event(_event("AlarmRaised", alarm, alarm.state, now, detail=raised.detail, raised_at=alarm.raised_at,
+        batch.event(alarm_event("AlarmRaised", alarm, alarm.state, now, detail=raised.detail, raised_at=alarm.raised_at,
                            event_id=event.id), now)
         batch.audit(GATEWAY, "alarm.raised", raised.subject,
                     {"alarm_id": alarm.id, "kind": raised.kind, "times": alarm.times, "event_id": event.id}, now)
@@ -223,24 +215,13 @@ def _key(alarm: AlarmRecord) -> AlarmKey:
     return alarm.kind, alarm.subject, alarm.meter_id, alarm.account_id
 
 
-async def _unresolved(uow: UnitOfWork, alarm_id: int, resolved: str) -> AlarmRecord:
-    """The alarm ``alarm_id``, locked for a change by hand: ``UnknownAlarm``, or ``AlarmNotOpen`` when it is resolved
-    (``resolved``: how the refusal says so)."""
-    alarm = await uow.alarms.get(alarm_id, lock=True)
-    if alarm is None:
-        raise UnknownAlarm(f"no alarm {alarm_id}")
-    if alarm.state == "resolved":
-        raise AlarmNotOpen(f"alarm {alarm_id} {resolved}")
-    return alarm
-
-
-async def _close(uow: UnitOfWork, alarm: AlarmRecord, actor: str, reason: str, now: dt.datetime,
+async def close_alarm(uow: UnitOfWork, alarm: AlarmRecord, actor: str, reason: str, now: dt.datetime,
                  batch: _Batch | None = None, *, event_id: int | None = None) -> None:
     """Resolve ``alarm`` (unresolved, locked) with its audit row and event (written now, or with ``batch``)."""
     await uow.alarms.change(alarm.id, UNRESOLVED, dict(state="resolved", resolved_at=now, resolved_by=actor,
                                                         resolve_reason=reason[:500], updated_at=now))
     writes = batch or _Batch({})
-    writes.event(_event("AlarmResolved", alarm, "resolved", now, by=actor, reason=reason, event_id=event_id), now)
+    writes.event(alarm_event("AlarmResolved", alarm, "resolved", now, by=actor, reason=reason, event_id=event_id), now)
     writes.audit(actor, "alarm.resolved", alarm.subject,
                  {"alarm_id": alarm.id, "kind": alarm.kind, "reason": reason[:500], "event_id": event_id}, now)
     if batch is None:
@@ -248,71 +229,7 @@ async def _close(uow: UnitOfWork, alarm: AlarmRecord, actor: str, reason: str, n
         await uow.alarms.add_audits(writes.audits)
 
 
-def _event(kind: str, alarm: AlarmRecord, state: str, now: dt.datetime, **extra: Any) -> dict[str, Any]:
+def alarm_event(kind: str, alarm: AlarmRecord, state: str, now: dt.datetime, **extra: Any) -> dict[str, Any]:
     return {"type": kind, "alarm_id": alarm.id, "kind": alarm.kind, "severity": alarm.severity, "state": state,
             "subject": alarm.subject, "meter_id": alarm.meter_id, "account_id": alarm.account_id,
             "times": alarm.times, **{k: v for k, v in extra.items() if v is not None}, "at": now}
-
-
-# --- what an operator does ----------------------------------------------------------------------------------
-class AlarmDesk:
-    """The alarms as the API shows them, and what an operator does with them (each change audited, with its
-    event)."""
-
-    def __init__(self, storage: Storage, clock: Callable[[], dt.datetime]) -> None:
-        self.storage, self.clock = storage, clock
-
-    async def acknowledge(self, alarm_id: int, *, actor: str, reason: str) -> dict[str, Any]:
-        """Acknowledge an alarm (it stays until resolved). An acknowledged one is left as it is (the first
-        acknowledgement counts); a resolved one: ``AlarmNotOpen``."""
-        now = self.clock()
-        async with self.storage() as uow:
-            alarm = await _unresolved(uow, alarm_id, "is resolved")
-            if alarm.state == "open":
-                await uow.alarms.change(alarm.id, ("open",), dict(state="acknowledged", acknowledged_at=now,
-                                                                  acknowledged_by=actor, ack_reason=reason,
-                                                                  updated_at=now))
-                await uow.add_outbox("alarms", _event("AlarmAcknowledged", alarm, "acknowledged", now, by=actor,
-                                                      reason=reason), now)
-                await uow.audit(actor, "alarm.acknowledge", alarm.subject,
-                                {"alarm_id": alarm.id, "kind": alarm.kind, "reason": reason}, now)
-                await uow.commit()
-            return alarm_shape(await self._found(uow, alarm_id))
-
-    async def resolve(self, alarm_id: int, *, actor: str, reason: str) -> dict[str, Any]:
-        """Resolve an alarm by hand; a resolved one: ``AlarmNotOpen``. Should its cause go on, the next event that
-        tells of it raises a new alarm."""
-        now = self.clock()
-        async with self.storage() as uow:
-            alarm = await _unresolved(uow, alarm_id, "is resolved already")
-            await _close(uow, alarm, actor, reason, now)
-            await uow.commit()
-            return alarm_shape(await self._found(uow, alarm_id))
-
-    async def get(self, alarm_id: int) -> dict[str, Any]:
-        async with self.storage(readonly=True) as uow:
-            return alarm_shape(await self._found(uow, alarm_id))
-
-    async def page(self, *, state: str | None = None, kind: str | None = None, severity: str | None = None,
-                   meter_id: str | None = None, account_id: str | None = None, before_id: int | None = None,
-                   limit: int = 100) -> dict[str, Any]:
-        """A page of alarms, newest first; ``state="unresolved"``: open and acknowledged ones."""
-        states = UNRESOLVED if state == "unresolved" else (state,) if state is not None else None
-        async with self.storage(readonly=True) as uow:
-            found = await uow.alarms.page(states=states, kind=kind, severity=severity, meter_id=meter_id,
-                                          account_id=account_id, before_id=before_id, limit=limit)
-        data = [alarm_shape(a) for a in found]
-        return {"data": data, "next_before_id": data[-1]["id"] if len(data) == limit else None}
-
-    @staticmethod
-    async def _found(uow: UnitOfWork, alarm_id: int) -> AlarmRecord:
-        alarm = await uow.alarms.get(alarm_id)
-        if alarm is None:
-            raise UnknownAlarm(f"no alarm {alarm_id}")
-        return alarm
-
-
-def alarm_shape(alarm: AlarmRecord) -> dict[str, Any]:
-    """An alarm as the API shows it."""
-    return {name: getattr(alarm, name) for name in AlarmRecord.__dataclass_fields__ if name != "event_id"}
-

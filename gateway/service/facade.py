@@ -54,7 +54,7 @@ class Service:
         self.lifecycle: Any = None  # the fleet's changes (gateway.service.lifecycle)
         self.lists: Any = None  # lists and the audit log (gateway.service.lists)
         self.reports: Any = None  # the daily reports (gateway.service.reports)
-        self.alarms: Any = None  # alarms: listed, acknowledged, resolved (gateway.service.alarms.AlarmDesk)
+        self.alarms: Any = None  # alarms: listed, acknowledged, resolved (gateway.service.alarm_desk.AlarmDesk)
 
     # --- payments -----------------------------------------------------------------------------------------
     async def record_payment(self, *, source: str, payment_id: str, account_id: str, amount_fen: int,

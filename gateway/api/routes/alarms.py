@@ -12,7 +12,7 @@ from gateway.api.deps import AnyCaller, OperatorCaller, ServiceDep
 from gateway.api.fields import Name, RowId
 from gateway.api.jsonbody import StrictJsonRoute
 from gateway.api.problems import AUTHENTICATED, responses
-from gateway.service.alarms import AlarmDesk
+from gateway.service.alarm_desk import AlarmDesk
 from gateway.service.facade import Service
 
 router = APIRouter(prefix="/v1/alarms", tags=["alarms"], route_class=StrictJsonRoute)
