@@ -1,15 +1,20 @@
 """How the gateway's HTTP API is served: a hardened uvicorn configuration.
 
-uvicorn (h11 protocol) has no deadline for *receiving* a request: a connection that never sends a byte
-stays open forever, and its keep-alive timer is cancelled by the first byte of the next request, so a
-slowloris client (one header byte every few seconds) or a trickled body holds a socket indefinitely.
-``GuardedH11Protocol`` adds one deadline: from the moment a connection opens, and again from the moment
-each response completes, the next request (head *and* body) must be completely received within
-``request_timeout`` seconds, or the connection is closed. uvicorn's ``timeout_keep_alive`` still applies.
+The API is served by uvicorn's httptools protocol (the C parser llhttp): parsing a request and writing its
+answer there costs a fraction of what the pure-Python h11 protocol costs. ``GuardedHttpToolsProtocol`` adds
+two protections uvicorn lacks.
 
-h11's ``max_incomplete_event_size`` only bounds a head that is still *incomplete* in its buffer: a head
-larger than the limit that arrives in one read is accepted. The protocol therefore also measures the
-head itself and answers ``431`` when it exceeds ``h11_max_incomplete_event_size``.
+A deadline for *receiving* a request: uvicorn's keep-alive timer is cancelled by any byte, so a connection
+that never sends one stays open until keep-alive ends, and a slowloris client (one header byte every few
+seconds) or a trickled body holds a socket indefinitely. From the moment a connection opens, and again from
+the moment each response completes, the next request (head *and* body) must be completely received within
+``request_timeout`` seconds, or the connection is closed (``408`` first when part of a request came and no
+answer has begun). uvicorn's ``timeout_keep_alive`` still applies.
+
+A strict limit on the size of a request head: llhttp has none, and httptools buffers a header's name and
+value until it is whole. The protocol counts the bytes of each head (request line to blank line) as they
+arrive, across reads and across pipelined requests, and answers ``431`` and closes when a head exceeds
+``max_head_bytes``; the head never reaches the application.
 
 ``server_config`` builds the gateway's ``uvicorn.Config``; ``plaintext_warning`` flags clear-text API keys.
 """
@@ -21,86 +26,189 @@ import ipaddress
 import re
 from typing import Any
 
-import h11
+import httptools
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
-_COMPLETE_STATES = (h11.DONE, h11.MUST_CLOSE, h11.ERROR, h11.CLOSED)
-_HEAD_END = re.compile(rb"\n\r?\n")  # how h11 finds the blank line that ends a request head
+DEFAULT_MAX_HEAD_BYTES = 16384
+_HEAD_END = b"\r\n\r\n"  # llhttp (strict) ends a head with CRLF CRLF only: a bare LF is refused with 400
+_EMPTY_LINES = re.compile(rb"[\r\n]*")
 _408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
 class GatewayServerConfig(uvicorn.Config):
-    """``uvicorn.Config`` plus ``request_timeout``: seconds allowed to receive one complete request.
+    """``uvicorn.Config`` plus the limits ``GuardedHttpToolsProtocol`` reads.
 
     Args:
-        request_timeout: Deadline in seconds, read by ``GuardedH11Protocol``; other arguments go to uvicorn.
+        request_timeout: Seconds allowed to receive one complete request (head and body).
+        max_head_bytes: Largest request head accepted, in bytes (None: no limit).
+        *args, **kwargs: Go to uvicorn.
     """
 
-    def __init__(self, *args: Any, request_timeout: float = DEFAULT_REQUEST_TIMEOUT, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_head_bytes: int | None = DEFAULT_MAX_HEAD_BYTES,
+        **kwargs: Any,
+    ) -> None:
         if request_timeout <= 0:
             raise ValueError("request_timeout must be positive")
         self.request_timeout = float(request_timeout)
+        self.max_head_bytes = max_head_bytes
         super().__init__(*args, **kwargs)
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a whole-request receive deadline and a strict request-head size limit.
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop llhttp before an oversized head reaches the application."""
 
-    The deadline is ``config.request_timeout`` (a ``GatewayServerConfig``; a plain ``uvicorn.Config``
-    gets ``DEFAULT_REQUEST_TIMEOUT``). Completion is read from h11's ``their_state``.
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a whole-request receive deadline and a strict limit on head size.
+
+    The limits are ``config.request_timeout`` and ``config.max_head_bytes`` (a ``GatewayServerConfig``; a
+    plain ``uvicorn.Config`` gets the defaults).
+
+    Where a head lies: llhttp reports no byte offsets, so each read is followed along. A head that starts a
+    read (or continues one) starts at its first byte; one that follows a request in the same read
+    (pipelining) starts where that request's body ends: the body's start plus the bytes ``on_body`` gave,
+    exact for a ``Content-Length`` body or none. After a chunked body the framing bytes are unknown, so the
+    head is taken to start at that lower bound and to end at the end of the read: an overestimate (never
+    under), only for a request pipelined behind a chunked one.
     """
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.request_timeout = float(getattr(config, "request_timeout", DEFAULT_REQUEST_TIMEOUT))
-        self.max_head_bytes: int | None = config.h11_max_incomplete_event_size
+        self.max_head_bytes: int | None = getattr(config, "max_head_bytes", DEFAULT_MAX_HEAD_BYTES)
         self._deadline: asyncio.TimerHandle | None = None
+        self._received = 0  # requests completely received ...
+        self._answered = 0  # ... and responses completed: more received means the next request is here
+        self._refused = False
+        # Following the head through the reads (see the class docstring):
+        self._data = b""  # the read being parsed
+        self._in_head = True  # between two requests or inside a head (not yet on_headers_complete)
+        self._carried = 0  # bytes of the current head received in earlier reads
+        self._tail = b""  # its last 3 bytes (a CRLF CRLF may straddle two reads)
+        self._head_start = 0  # where the current head starts in this read (negative: in an earlier one)
+        self._exact = True  # False: the head follows a chunked body in this read (_head_start: a lower bound)
+        self._begun = False  # on_message_begin seen for the current head
+        self._body_start = 0  # where the current body starts in this read
+        self._body_seen = 0  # body bytes on_body gave in this read
+        self._chunked = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
 
-    def data_received(self, data: bytes) -> None:
-        # Only while waiting for a head: bytes arriving mid-response are checked in on_response_complete.
-        if self.conn.their_state is h11.IDLE and self._head_too_big(data):
-            self._refuse(_431)
-            return
-        super().data_received(data)
-        # complete, or upgraded to WebSocket (then the transport is no longer ours to police)
-        if self.conn.their_state in _COMPLETE_STATES or self.transport.get_protocol() is not self:
-            self._disarm()
-
-    def on_response_complete(self) -> None:
-        # Pipelined bytes buffered while their_state was DONE become the next head here: check them too.
-        if self.conn.their_state is h11.DONE and self._head_too_big(b""):
-            self._refuse(_431)
-        super().on_response_complete()  # may start the next cycle and parse pipelined data
-        if self.transport.is_closing() or self.conn.their_state in _COMPLETE_STATES:
-            self._disarm()
-        else:
-            self._arm()
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
-    def _head_too_big(self, data: bytes) -> bool:
-        """Whether the request head now being received (h11's buffer plus ``data``) exceeds the limit."""
-        if self.max_head_bytes is None:
-            return False
-        buffered = self.conn.trailing_data[0] + data
-        if len(buffered) <= self.max_head_bytes:
-            return False
-        match = _HEAD_END.search(buffered)
-        return (match.end() if match else len(buffered)) > self.max_head_bytes
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's, plus the bookkeeping of where heads lie and the refusal of one too large
+        if self._refused:
+            return
+        self._unset_keepalive_if_required()
+        self._data = data
+        self._head_start, self._exact = -self._carried, True
+        self._body_start = self._body_seen = 0
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if not self._refused:  # an exception from uvicorn's callbacks: uvicorn's answer
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserError:
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._in_head:  # a head is incomplete at the end of this read: count what came of it
+            start = self._head_start
+            if start >= 0 and self._exact:
+                start = _skip_crlf(data, start)
+            elif start >= 0 and not self._begun:
+                start = len(data)  # after a chunked body: nothing of the next request yet
+            self._carried = len(data) - start
+            self._tail = ((self._tail if start < 0 else b"") + data[max(start, 0) :])[-3:]
+            if self._over_limit(self._carried):
+                self._refuse()
 
-    def _refuse(self, response: bytes) -> None:
-        if not self.transport.is_closing():
+    def on_message_begin(self) -> None:
+        self._begun = True
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        end = self._head_end()
+        if self._over_limit(end - self._head_start):
+            self._refuse()
+            raise _HeadTooLarge  # stops llhttp: nothing more of this connection is parsed
+        self._in_head, self._carried, self._tail = False, 0, b""
+        # after a chunked body, only a lower bound stays one: that of the head
+        self._body_start, self._body_seen = (end if self._exact else self._head_start), 0
+        self._chunked = any(name == b"transfer-encoding" for name, _ in self.headers)
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._received += 1
+        if self._received > self._answered:
+            self._disarm()  # complete; its answer is pending
+        # else it was answered before it was whole: the deadline armed then now runs for the next request
+        self._in_head, self._begun = True, False
+        self._head_start = self._body_start + self._body_seen
+        self._exact = self._exact and not self._chunked
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._answered += 1
+        super().on_response_complete()  # may start the next pipelined request
+        if self._refused:
+            self._refuse()  # answers 431 once every request before the refused head is answered
+        if self.transport.is_closing() or self._received > self._answered:
+            self._disarm()  # closing, or the next request is already here
+        else:
+            self._arm()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()  # the transport is no longer ours to police
+        super().handle_websocket_upgrade()
+
+    def _head_end(self) -> int:
+        """Where, in this read, the head just completed ends (past its CRLF CRLF)."""
+        data = self._data
+        if not self._exact:
+            return len(data)  # an upper bound: see the class docstring
+        if self._head_start < 0:  # began in an earlier read
+            found = (self._tail + data).find(_HEAD_END)
+            return len(data) if found < 0 else found + 4 - len(self._tail)
+        found = data.find(_HEAD_END, _skip_crlf(data, self._head_start))
+        return len(data) if found < 0 else found + 4
+
+    def _over_limit(self, size: int) -> bool:
+        return self.max_head_bytes is not None and size > self.max_head_bytes
+
+    def _refuse(self) -> None:
+        """431 and close; after the answers to the requests before the head, when some are pending."""
+        if not self._refused:
+            self._refused = True
             self.logger.warning("Request head larger than %s bytes refused.", self.max_head_bytes)
-            self.transport.write(response)
+            self.flow.pause_reading()
+        pending = self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
+        if not pending and not self.transport.is_closing():
+            self.transport.write(_431)
             self.transport.close()
 
     def _arm(self) -> None:
@@ -114,14 +222,22 @@ class GuardedH11Protocol(H11Protocol):
 
     def _on_deadline(self) -> None:
         self._deadline = None
-        if self.transport.is_closing() or self.conn.their_state in _COMPLETE_STATES:
+        if self.transport.is_closing():
             return
-        partial = self.conn.their_state is h11.SEND_BODY or bool(self.conn.trailing_data[0])
-        no_response_yet = self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)  # SEND_BODY: app began one
-        if partial and no_response_yet:
+        if self._in_head:  # the responses before are complete (armed then): a partial head has no answer
+            partial, answering = self._carried > 0, False
+        else:  # a head came, its body did not
+            partial, answering = True, self.cycle is not None and self.cycle.response_started
+        if partial and not answering and not self._refused:
             self.logger.info("Request not received within %ss: 408.", self.request_timeout)
             self.transport.write(_408)
         self.transport.close()  # connection_lost tells a running app that the client is gone
+
+
+def _skip_crlf(data: bytes, start: int) -> int:
+    """``start`` moved past the empty lines llhttp allows before a request."""
+    match = _EMPTY_LINES.match(data, start)
+    return match.end() if match else start
 
 
 def server_config(
@@ -148,12 +264,12 @@ def server_config(
         request_timeout_s: Seconds to receive a whole request (head and body), counted from the
             connection opening and from each completed response.
         keepalive_timeout_s: uvicorn's idle time allowed between requests on a kept-alive connection.
-        max_header_bytes: Largest request head accepted; larger heads are refused (431/400).
+        max_header_bytes: Largest request head accepted, in bytes; a larger one is refused (431).
         log_level: uvicorn log level.
         **extra: Further ``uvicorn.Config`` keywords; they override the values chosen here.
 
     Returns:
-        A ``GatewayServerConfig`` (a ``uvicorn.Config``) using ``GuardedH11Protocol``.
+        A ``GatewayServerConfig`` (a ``uvicorn.Config``) using ``GuardedHttpToolsProtocol``.
 
     Raises:
         ValueError: If only one of ``tls_certfile`` and ``tls_keyfile`` is given.
@@ -163,9 +279,8 @@ def server_config(
     options: dict[str, Any] = {
         "host": host,
         "port": port,
-        "http": GuardedH11Protocol,
+        "http": GuardedHttpToolsProtocol,
         "lifespan": "off",
-        "h11_max_incomplete_event_size": max_header_bytes,
         "timeout_keep_alive": keepalive_timeout_s,
         "server_header": False,
         "log_level": log_level,
@@ -173,7 +288,9 @@ def server_config(
         "ssl_keyfile": tls_keyfile,
     }
     options.update(extra)
-    return GatewayServerConfig(app, request_timeout=request_timeout_s, **options)
+    return GatewayServerConfig(
+        app, request_timeout=request_timeout_s, max_head_bytes=max_header_bytes, **options
+    )
 
 
 def is_loopback(host: str) -> bool:
