@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import logging
 import signal
 from collections.abc import Iterator
@@ -74,6 +75,10 @@ async def serve(settings: Settings, *, base_dir: Path, banner: str | None = None
         log.warning(warning)
     async with Gateway(settings, base_dir=base_dir) as gateway:
         server = ApiServer(api_config(gateway))
+        # What the start made (the catalog, the models, the libraries) lives as long as the process: kept out of
+        # the garbage collector's full passes, which would otherwise walk it every few seconds under load, each
+        # time holding every request for ~90 ms (100,000 meters: longer). Objects made later are collected as ever.
+        gc.freeze()
         scheme = "https" if api.tls_certfile else "http"
         log.info("API on %s://%s:%s (OpenAPI at /docs)", scheme, api.host, api.port)
         if banner:
