@@ -5,6 +5,7 @@ finds an account changed by another writer is done again from the stored row."""
 from __future__ import annotations
 
 import asyncio
+import time
 import datetime as dt
 from decimal import Decimal
 
@@ -70,3 +71,41 @@ async def test_a_batch_that_keeps_finding_its_rows_changed_is_done_under_row_loc
     await writer.aclose()
     assert result.created and result.record["balance_after_fen"] == 1_100
     assert storage.accounts["A-1"][1]["balance_fen"] == 1_100
+
+
+class _SlowBatch:
+    """A batch whose jobs each take 0.5 ms of CPU to apply."""
+
+    def run(self, job: object) -> object:
+        end = time.perf_counter() + 0.0005
+        while time.perf_counter() < end:
+            pass
+        return job
+
+
+async def test_applying_a_long_batch_lets_the_event_loop_run_every_budget_but_not_a_short_one() -> None:
+    turns = 0
+
+    async def other_work() -> None:  # what waits for the loop meanwhile (a relay command, an HTTP request)
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+
+    async def turns_during(jobs: int, budget: float) -> int:
+        before = turns
+        items = [(n, loop.create_future()) for n in range(jobs)]
+        results = await Writer._apply(_SlowBatch(), items, pause_after_s=budget)  # type: ignore[arg-type]
+        assert [value for _, ok, value in results if ok] == list(range(jobs))
+        return turns - before
+
+    try:
+        assert await turns_during(40, 0.002) >= 5  # 20 ms of work: the loop ran at least every ~2 ms
+        assert await turns_during(2, 0.002) == 0  # 1 ms of work: done without waiting for a turn of the loop
+        assert await turns_during(40, 0.0) == 0  # no budget: one go
+    finally:
+        task.cancel()
