@@ -289,3 +289,22 @@ async def test_every_role_reads_reports_and_no_key_none(gw: Any, role: str) -> N
     assert (await client.get(url, headers=auth(role))).status_code == 200
     assert (await client.get(url)).status_code == 401
     assert (await client.get(url, headers={"Authorization": "Bearer nope"})).status_code == 401
+
+
+async def test_csv_text_a_spreadsheet_would_run_is_escaped_and_amounts_stay_numbers(gw: Any) -> None:
+    client, gateway = gw
+    at = T0 - dt.timedelta(hours=2)
+    reasons = ['=HYPERLINK("http://x","pay")', "+1 2", "-cmd", "@SUM(A1)", "\tx", "plain", "-12.34"]
+    await insert(gateway, t.commands, *[
+        dict(id=f"c-{n}", meter_id="M-3", action="open", origin="operator", operator="=op", reason=reason,
+             state="confirmed", created_at=at + dt.timedelta(minutes=n), updated_at=at + dt.timedelta(minutes=n),
+             expires_at=at + dt.timedelta(minutes=n + 9)) for n, reason in enumerate(reasons)])
+    rows = await as_csv(client, "disconnections", since="2026-11-22T00:00:00Z")
+    assert [(r["reason"], r["operator"]) for r in rows] == [
+        ("\'=HYPERLINK(\"http://x\",\"pay\")", "'=op"), ("'+1 2", "'=op"), ("'-cmd", "'=op"), ("'@SUM(A1)", "'=op"),
+        ("'\tx", "'=op"), ("plain", "'=op"), ("-12.34", "'=op")]
+    # the same report as JSON: the text as stored
+    body = await report(client, "disconnections", since="2026-11-22T00:00:00Z")
+    assert [r["reason"] for r in body["data"]] == reasons
+    arrears = await as_csv(client, "arrears", below="1000.00")
+    assert any(r["balance"].startswith("-") and r["balance"][1:2].isdigit() for r in arrears)  # a number still

@@ -143,8 +143,14 @@ def _line(cells: list[str]) -> str:
     return ",".join('"' + c.replace('"', '""') + '"' if _SPECIAL.search(c) else c for c in cells) + "\r\n"
 
 
+_FORMULA = re.compile(r"[=+\-@\t\r]")  # what a spreadsheet takes for the start of a formula
+_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")  # an amount ("-12.34") stays a number
+
+
 def _cell(value: Any) -> str:
     if value.__class__ is str:
+        if _FORMULA.match(value) and _NUMBER.fullmatch(value) is None:
+            return "'" + value  # text that a spreadsheet would run (CSV injection): shown as the text it is
         return value  # type: ignore[no-any-return]
     if value is None:
         return ""
