@@ -17,8 +17,8 @@ from gateway.api.security import Caller, FailedAuthLimiter, KeyRing
 from gateway.service.facade import Service
 from gateway.settings import hash_key
 
-__all__ = ["BEARER", "BILLING_ROLES", "READ_ROLES", "AdminCaller", "AnyCaller", "BillingCaller", "Caller", "OperatorCaller",
-           "ProvisioningCaller", "ServiceDep", "current_caller", "require"]
+__all__ = ["BEARER", "BILLING_ROLES", "READ_ROLES", "AdminCaller", "AnyCaller", "BillingCaller", "Caller",
+           "OperatorCaller", "ProvisioningCaller", "ServiceDep", "current_caller", "require"]
 
 BEARER = {"HTTPBearer": {"type": "http", "scheme": "bearer",
                          "description": "an API key: `Authorization: Bearer KEY`"}}  # the document's scheme

@@ -1,7 +1,7 @@
-"""gateway.api.server through real sockets against a real uvicorn server (httptools protocol): request
-deadline (idle, slowloris, slow body, re-armed after each response), keep-alive, pipelining, request-head
-size limit (in one read, across reads, behind pipelined requests), TLS, and the loopback / plain-text warning
-helpers."""
+"""gateway.api.server and gateway.api.guarded_protocol through real sockets against a real uvicorn server
+(httptools protocol): request deadline (idle, slowloris, slow body, re-armed after each response), keep-alive,
+pipelining, request-head size limit (in one read, across reads, behind pipelined requests), TLS, and the
+loopback / plain-text warning helpers."""
 
 from __future__ import annotations
 
@@ -20,13 +20,8 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 
-from gateway.api.server import (
-    GatewayServerConfig,
-    GuardedHttpToolsProtocol,
-    is_loopback,
-    plaintext_warning,
-    server_config,
-)
+from gateway.api.guarded_protocol import GuardedHttpToolsProtocol
+from gateway.api.server import GatewayServerConfig, is_loopback, plaintext_warning, server_config
 from tests.support import async_wait_until, free_port, require_tool
 
 HEAD = b"GET /ok HTTP/1.1\r\nHost: test\r\n\r\n"

@@ -146,7 +146,8 @@ async def test_a_stored_key_once_the_route_has_read_it(apps: Any) -> None:
         await uow.commit()
     # new apps: key rings that have not read the stored keys yet
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app()), base_url="http://gw") as hot, \
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app(hot_paths=False)), base_url="http://gw") as plain:
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app(hot_paths=False)),
+                              base_url="http://gw") as plain:
         keys = hot._transport.app.state.keys  # type: ignore[attr-defined]
         assert keys.cached(hash_key("k-erp")) is None
         for _ in range(3):
