@@ -206,7 +206,7 @@ class Gateway:
         publisher = MqttPublisher(host=mqtt.host, port=mqtt.port, prefix=mqtt.prefix, username=mqtt.username,
                                   password=mqtt.password, tls_ca=self._path(mqtt.tls_ca), identifier=mqtt.client_id)
         self.relay = OutboxRelay(self.uow, publisher, self.service.clock, retention_s=mqtt.retention_s,
-                                 max_waiting=mqtt.max_waiting)
+                                 max_waiting=mqtt.max_waiting, holes=not self.uow.exclusive)
         stop_waking = self.service.writer.listen(self.relay.wake)
         self.service.writer.outbox_full = self.relay
         discovery, self.discovery = None, None
@@ -240,7 +240,7 @@ class Gateway:
 
         channels = Channels.from_settings(settings.channels)
         self.notices = NoticeService(self.uow, self.catalog, policy, channels, self.service.clock,
-                                     self.service.final_warning_delivered)
+                                     self.service.final_warning_delivered, holes=not self.uow.exclusive)
         if self.relay is not None:
             self.relay.keep_unnoticed = True  # an event waits for the planner too before it is pruned
         # at the stop, in this order: the loops, the writer's listener, the channels' connections

@@ -4,6 +4,7 @@ sequence numbers, the publishing instance's lease, pruning) and the notices to c
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,11 +23,22 @@ RELAY_LEASE = "outbox_relay"  # the site_state row of the instance that publishe
 
 
 class Outbox(Repository, ports.OutboxRepository):
-    async def pending(self, after_id: int, limit: int) -> list[OutboxEvent]:
+    async def pending(self, after_id: int, limit: int, holes: Sequence[int] = ()) -> list[OutboxEvent]:
+        return await self._unmarked(t.outbox.c.published_at, after_id, limit, holes)
+
+    async def _unmarked(self, mark: sa.Column[Any], after_id: int, limit: int,
+                        holes: Sequence[int]) -> list[OutboxEvent]:
+        """The events without ``mark`` above ``after_id`` (up to ``limit``) and among ``holes``, in id order."""
         c = t.outbox.c
-        rows = await self.uow.execute(sa.select(c.id, c.topic, c.payload, c.created_at).where(
-            c.id > after_id, c.published_at.is_(None)).order_by(c.id).limit(limit))
-        return [OutboxEvent(row.id, row.topic, row.payload, row.created_at) for row in rows]
+        columns = (c.id, c.topic, c.payload, c.created_at)
+        rows = list(await self.uow.execute(sa.select(*columns).where(c.id > after_id, mark.is_(None))
+                                           .order_by(c.id).limit(limit)))
+        ordered = sorted(holes)
+        for start, size in chunks(len(ordered), 1):
+            rows += await self.uow.execute(sa.select(*columns).where(c.id.in_(ordered[start:start + size]),
+                                                                     mark.is_(None)))
+        return sorted((OutboxEvent(row.id, row.topic, row.payload, row.created_at) for row in rows),
+                      key=lambda event: event.id)
 
     async def waiting(self) -> int:
         c = t.outbox.c
@@ -120,11 +132,8 @@ class Outbox(Repository, ports.OutboxRepository):
             state={"holder": holder, "until": to_iso(until)}))
         return True
 
-    async def unnoticed(self, after_id: int, limit: int) -> list[OutboxEvent]:
-        c = t.outbox.c
-        rows = await self.uow.execute(sa.select(c.id, c.topic, c.payload, c.created_at).where(
-            c.id > after_id, c.noticed_at.is_(None)).order_by(c.id).limit(limit))
-        return [OutboxEvent(row.id, row.topic, row.payload, row.created_at) for row in rows]
+    async def unnoticed(self, after_id: int, limit: int, holes: Sequence[int] = ()) -> list[OutboxEvent]:
+        return await self._unmarked(t.outbox.c.noticed_at, after_id, limit, holes)
 
     async def noticed(self, ids: list[int], at: dt.datetime) -> None:
         c = t.outbox.c

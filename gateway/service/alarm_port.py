@@ -1,14 +1,16 @@
-"""The storage port of the alarms (table ``alarms``), the alarm keeper's cursor over the outbox, and the record
-the API shows. Adapters in ``gateway.adapters.alarm_rows``."""
+"""The storage port of the alarms (table ``alarms``) and the record the API shows. Adapters in
+``gateway.adapters.alarm_rows``. (The keeper's cursor over the outbox, ``Cursor``, is in
+``gateway.service.outbox_cursor``, shared with the other readers of the outbox; named here too.)"""
 
 from __future__ import annotations
 
 import abc
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.domain.alarms import AlarmKey
+from gateway.service.outbox_cursor import Cursor
 from gateway.service.ports import OutboxEvent
 
 __all__ = ["ALARM_CURSOR", "AlarmRecord", "AlarmRepository", "Cursor"]
@@ -39,56 +41,6 @@ class AlarmRecord:
     resolved_at: dt.datetime | None
     resolved_by: str | None
     resolve_reason: str | None
-
-
-@dataclass(slots=True)
-class Cursor:
-    """How far the keeper has looked at the outbox: every event up to ``high`` but the ``holes``.
-
-    On PostgreSQL an event's id is taken when it is written, not when its transaction commits: an id below one
-    already seen may still come (a transaction in flight), or never (rolled back). Such ids are kept as holes,
-    looked for again, and given up ``hole_wait`` after they were first missed. SQLite commits in id order: no
-    holes there. ``done``: every event up to it has been looked at (the pruning keeps the events above it).
-    """
-
-    high: int = 0
-    holes: dict[int, str] = field(default_factory=dict)  # id -> when it was first missed (ISO 8601)
-
-    @classmethod
-    def load(cls, state: dict[str, Any] | None) -> Cursor:
-        if not state:
-            return cls()
-        return cls(int(state.get("high", 0)), {int(i): str(at) for i, at in state.get("holes", [])})
-
-    def state(self) -> dict[str, Any]:
-        return {"high": self.high, "done": self.done, "holes": [[i, at] for i, at in sorted(self.holes.items())]}
-
-    @property
-    def done(self) -> int:
-        return min(self.holes) - 1 if self.holes else self.high
-
-    def copy(self) -> Cursor:
-        return Cursor(self.high, dict(self.holes))
-
-    def take(self, ids: list[int], now: dt.datetime, *, holes: bool, hole_wait: dt.timedelta,
-             max_gap: int = 1_000, max_holes: int = 10_000) -> None:
-        """The events ``ids`` were looked at (new ones, and holes that came)."""
-        for i in ids:
-            self.holes.pop(i, None)
-        new = sorted(i for i in ids if i > self.high)
-        if holes:
-            at, previous = now.isoformat(), self.high
-            for i in new:
-                if 1 < i - previous <= max_gap:  # (a larger gap: pruned long ago, not a transaction in flight)
-                    for missing in range(previous + 1, i):
-                        self.holes.setdefault(missing, at)
-                previous = i
-        if new:
-            self.high = new[-1]
-        oldest = (now - hole_wait).isoformat()
-        self.holes = {i: at for i, at in self.holes.items() if at > oldest}
-        if len(self.holes) > max_holes:
-            self.holes = dict(sorted(self.holes.items())[-max_holes:])
 
 
 class AlarmRepository(abc.ABC):

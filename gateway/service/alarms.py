@@ -24,8 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.domain.alarms import AlarmChanges, AlarmKey, Raise, Unresolved, alarm_changes
-from gateway.service.alarm_port import AlarmRecord, Cursor
+from gateway.service.alarm_port import AlarmRecord
 from gateway.service.clock import wait_event
+from gateway.service.outbox_cursor import Cursor
 from gateway.service.ports import OutboxEvent, Storage, UnitOfWork
 
 __all__ = ["UNRESOLVED", "AlarmKeeper", "alarm_event", "close_alarm"]
@@ -131,7 +132,7 @@ class AlarmKeeper:
         """The ids looked at next (where ids commit in order: only the highest) and the events among them that
         may concern alarms."""
         if self.holes:
-            ids, events = await uow.alarms.events(cursor.high, list(cursor.holes)[:500], self.batch)
+            ids, events = await uow.alarms.events(cursor.high, cursor.missing(), self.batch)
             self._more = len(ids) >= self.batch
             return ids, events
         high, events = await uow.alarms.events_after(cursor.high, self.batch)

@@ -6,7 +6,8 @@ Two loops (``NoticeService.run``):
   MQTT's), asks the site's ``NoticePolicy`` which notices each makes (low balance, exhausted, disconnected,
   reconnected, payment received, final warning undelivered), and stores them with the events' mark in one
   transaction. A notice's dedup key (event, kind, contact) is unique: an event looked at twice (a crash before the
-  mark) makes its notices once.
+  mark) makes its notices once. Where ids may commit out of order (PostgreSQL: instances sharing the database),
+  the ids it skipped are looked for again for a while (``gateway.service.outbox_cursor``).
 - **dispatcher**: takes the notices that are due, one attempt each (claimed first, so two instances never send
   one notice at once; a crash during the attempt leaves it due again after a lease; one recipient's notices in
   the order of their events, different recipients at once), and records the outcome:
@@ -31,6 +32,7 @@ from gateway.domain.notices import NoticePolicy, PlannedNotice, notice_kind
 from gateway.service.catalog import AccountSpec, Catalog
 from gateway.service.clock import wait_event
 from gateway.service.outbound import DeliveryFailed, Notifier
+from gateway.service.outbox_cursor import Cursor
 from gateway.service.ports import NoticeRecord, OutboxEvent, Storage, UnitOfWork
 
 __all__ = ["FinalWarningDelivered", "NoticeService"]
@@ -55,19 +57,35 @@ class NoticeService:
         idle_s: how often an idle loop looks for work.
         lease_s: how long a notice being tried is not due again (a crash during the attempt).
         concurrency: notices tried at once.
+        holes: the planner looks again for ids skipped by transactions in flight (PostgreSQL; SQLite commits in
+            id order).
+        hole_wait_s: how long a skipped id is looked for.
     """
 
     def __init__(self, storage: Storage, catalog: Catalog, policy: NoticePolicy, notifier: Notifier,
                  clock: Callable[[], dt.datetime], final_warning_delivered: FinalWarningDelivered, *,
-                 batch: int = 256, idle_s: float = 0.2, lease_s: float = 300, concurrency: int = 8) -> None:
+                 batch: int = 256, idle_s: float = 0.2, lease_s: float = 300, concurrency: int = 8,
+                 holes: bool = False, hole_wait_s: float = 60.0) -> None:
         self.storage, self.catalog, self.policy, self.notifier, self.clock = storage, catalog, policy, notifier, clock
         self.final_warning_delivered = final_warning_delivered
         self.batch, self.idle_s, self.lease = batch, idle_s, dt.timedelta(seconds=lease_s)
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._due = asyncio.Event()
-        self.after_id = 0  # the newest event looked at by this planner
+        self.cursor = Cursor()  # the events looked at by this planner (in memory: the marks are in storage)
+        self.holes, self.hole_wait = holes, dt.timedelta(seconds=hole_wait_s)
         self.planned = self.delivered = self.failed = self.too_old = 0
+
+    @property
+    def after_id(self) -> int:
+        """The newest event looked at by this planner (its cursor's ``high``: the name callers that move the
+        planner by hand, the tests, use)."""
+        return self.cursor.high
+
+    @after_id.setter
+    def after_id(self, value: int) -> None:
+        """Look at the events above ``value`` from now on (and at no skipped id below it)."""
+        self.cursor = Cursor(value)
 
     def wake(self) -> None:
         """New events were committed."""
@@ -94,13 +112,14 @@ class NoticeService:
     async def plan(self) -> int:
         """Look at the next events; store the notices they make. Returns how many events were looked at."""
         async with self.storage(readonly=True) as uow:
-            events = await uow.outbox.unnoticed(self.after_id, self.batch)
+            events = await uow.outbox.unnoticed(self.cursor.high, self.batch, self.cursor.missing())
             telling = [(event, spec) for event in events if (spec := self._account_of(event)) is not None]
             balances = await self._balances(uow, {spec.id for event, spec in telling
                                                   if "balance_fen" not in event.payload})
-        if not events:
-            return 0
         now = self.clock()
+        if not events:
+            self.cursor.take([], now, holes=self.holes, hole_wait=self.hole_wait)  # (holes expire)
+            return 0
         planned: list[PlannedNotice] = []
         for event, spec in telling:
             if now - event.created_at > self.policy.max_event_age:
@@ -112,7 +131,7 @@ class NoticeService:
             stored = await uow.notices.add([_row(n, now) for n in planned])
             await uow.outbox.noticed([e.id for e in events], now)
             await uow.commit()
-        self.after_id = events[-1].id
+        self.cursor.take([e.id for e in events], now, holes=self.holes, hole_wait=self.hole_wait)
         self.planned += stored
         if stored:
             self._due.set()

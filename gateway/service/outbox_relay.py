@@ -12,6 +12,10 @@ relay, newest reading: ``gateway.service.meter_state``), published again when a 
 reading or a relay command's ``CommandState`` changes it, once per batch; every meter's state at the start.
 Published events are deleted after ``retention_s``.
 
+Where instances share a PostgreSQL database, an event's id is taken when it is written and its transaction may
+commit after one holding a higher id: the relay's ``Cursor`` keeps the ids it skipped as holes and looks for them
+again for ``hole_wait_s`` (such an event goes out late, after higher ids). SQLite commits in id order: no holes.
+
 The outbox does not grow without bound while the publisher is down: at ``max_waiting`` events the relay raises
 the alarm (a log line) and the writer stops adding events (``full``), keeping the oldest; the number left out is
 counted, and an ``OutboxOverflow`` alarm with that count is published once the outbox has room again. The
@@ -35,6 +39,7 @@ from gateway.service.meter_state import MeterStates, is_state_topic, state_topic
 from gateway.service.clock import wait_event
 from gateway.service.housekeeping import prune_outbox
 from gateway.service.outbound import Publisher, PublisherUnavailable
+from gateway.service.outbox_cursor import Cursor
 from gateway.service.ports import OutboxEvent, Storage
 
 __all__ = ["OutboxRelay"]
@@ -57,15 +62,19 @@ class OutboxRelay:
         retention_s: how long published events are kept.
         max_waiting: the most events kept waiting for the publisher.
         lease_s: how long this relay's turn to publish lasts unless renewed (instances sharing a database).
+        holes: look again for ids skipped by transactions in flight (PostgreSQL; SQLite commits in id order).
+        hole_wait_s: how long a skipped id is looked for.
     """
 
     def __init__(self, storage: Storage, publisher: Publisher, clock: Callable[[], dt.datetime], *,
                  batch: int = 256, idle_s: float = 0.05, retry_s: float = 1.0, retention_s: float = 86_400,
-                 max_waiting: int = 1_000_000, lease_s: float = 15.0) -> None:
+                 max_waiting: int = 1_000_000, lease_s: float = 15.0, holes: bool = False,
+                 hole_wait_s: float = 60.0) -> None:
         self.storage, self.publisher, self.clock = storage, publisher, clock
         self.batch, self.idle_s, self.retry_s = batch, idle_s, retry_s
         self.retention = dt.timedelta(seconds=retention_s)
-        self.after_id = 0  # the newest event published by this relay
+        self.cursor = Cursor()  # the events published by this relay (in memory: the marks are in storage)
+        self.holes, self.hole_wait = holes, dt.timedelta(seconds=hole_wait_s)
         self.readings_after: int | None = None  # the newest reading published (read from storage at the start)
         self.published = 0
         self.max_waiting = max_waiting
@@ -104,10 +113,12 @@ class OutboxRelay:
             if not self._seeded:
                 self.states.seed(*await uow.outbox.meter_snapshot(), at=self.clock())
                 self._seeded = True
-            events = await uow.outbox.pending(self.after_id, self.batch)
+            events = await uow.outbox.pending(self.cursor.high, self.batch, self.cursor.missing())
             readings = await uow.outbox.readings(self.readings_after, self.batch)
         if readings:
             replaying = await self._publish(readings, replaying, readings=True)
+        if not events:
+            self.cursor.take([], self.clock(), holes=self.holes, hole_wait=self.hole_wait)  # (holes expire)
         if not events and not readings:
             if self.states.dirty:  # changed states not published yet (at the start: every meter's)
                 replaying = await self._publish([], replaying)
@@ -134,7 +145,7 @@ class OutboxRelay:
             took = await uow.outbox.lease(self.holder, now, now + self.lease)
             await uow.commit()
         if took and not self._leading:
-            self.after_id, self.readings_after, self._seeded, self._sequences = 0, None, False, {}
+            self.cursor, self.readings_after, self._seeded, self._sequences = Cursor(), None, False, {}
             self.states = MeterStates()
             log.info("outbox: this instance publishes the events (%s)", self.holder)
         elif self._leading and not took:
@@ -211,7 +222,7 @@ class OutboxRelay:
                 if readings:
                     self.readings_after = done[-1]
                 elif done:
-                    self.after_id = done[-1]
+                    self.cursor.take(done, self.clock(), holes=self.holes, hole_wait=self.hole_wait)
                 self.published += len(done)
         return replaying
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
@@ -162,8 +163,9 @@ class OutboxEvent:
 
 class OutboxRepository(abc.ABC):
     @abc.abstractmethod
-    async def pending(self, after_id: int, limit: int) -> list[OutboxEvent]:
-        """Events not published yet with an id above ``after_id``, in id order."""
+    async def pending(self, after_id: int, limit: int, holes: Sequence[int] = ()) -> list[OutboxEvent]:
+        """Up to ``limit`` events not published yet with an id above ``after_id``, and those of ``holes`` (ids
+        skipped below it: ``gateway.service.outbox_cursor``) not published yet, all in id order."""
 
     @abc.abstractmethod
     async def waiting(self) -> int:
@@ -211,8 +213,9 @@ class OutboxRepository(abc.ABC):
 
     # The notice planner is a destination of its own: it marks the events it has looked at apart from MQTT.
     @abc.abstractmethod
-    async def unnoticed(self, after_id: int, limit: int) -> list[OutboxEvent]:
-        """Events the notice planner has not looked at, with an id above ``after_id``, in id order."""
+    async def unnoticed(self, after_id: int, limit: int, holes: Sequence[int] = ()) -> list[OutboxEvent]:
+        """Up to ``limit`` events the notice planner has not looked at with an id above ``after_id``, and those
+        of ``holes`` it has not looked at, all in id order."""
 
     @abc.abstractmethod
     async def noticed(self, ids: list[int], at: dt.datetime) -> None:
