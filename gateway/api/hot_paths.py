@@ -52,8 +52,9 @@ class HotPaths:
     on the rest."""
 
     def __init__(self, app: Any, *, service: Service, keys: KeyRing, limiter: FailedAuthLimiter,
-                 metrics: GatewayMetrics | None = None) -> None:
+                 metrics: GatewayMetrics | None = None, max_body_bytes: int = _MAX_BODY) -> None:
         self.app, self.service, self.keys, self.limiter, self.metrics = app, service, keys, limiter, metrics
+        self.max_body = min(_MAX_BODY, max_body_bytes)  # never more than the route would take (api.max_body_bytes)
         self.answered = 0  # requests answered here (tests check the path was taken)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -100,7 +101,7 @@ class HotPaths:
         """Record a plain payment and answer it (None); else what the route receives its request from (the body
         read here, handed on)."""
         head = _head(scope)
-        if head is None or head[1] is None or not 0 < head[1] <= _MAX_BODY or head[2] != b"application/json":
+        if head is None or head[1] is None or not 0 < head[1] <= self.max_body or head[2] != b"application/json":
             return receive
         caller = self._caller(scope, head[0], BILLING_ROLES)
         if caller is None:

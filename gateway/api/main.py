@@ -53,7 +53,7 @@ def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None
                        larger={fleet.IMPORT_PATH: max_import_bytes})  # a whole fleet's file
     if hot_paths:  # outermost: the plain reads of one account or meter and plain payments, before the stack
         app.add_middleware(HotPaths, service=service, keys=app.state.keys, limiter=app.state.auth_limiter,
-                           metrics=gateway_metrics)
+                           metrics=gateway_metrics, max_body_bytes=max_body_bytes)
     # the most requested first: a request is matched against the routes in this order
     for module in (health, accounts, meters, payments, commands, fleet, notices, alarms, audit, reports):
         app.include_router(module.router)

@@ -120,3 +120,15 @@ def _counts(gw: Gateway) -> dict[tuple[str, str], float]:
     assert gw.metrics is not None
     return {(s.labels["operation"], s.labels["outcome"]): s.value for m in gw.metrics.payments.collect()
             for s in m.samples if s.name.endswith("_total")}
+
+
+async def test_a_body_the_site_takes_no_more_is_refused_by_the_route(tmp_path: Path) -> None:
+    async with Gateway(site(tmp_path, max_body_bytes=1024), base_dir=tmp_path, run_buses=False) as gw:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app()), base_url="http://gw") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            body = b'{"source": "billing", "payment_id": "P-1", "account_id": "A-1", "amount": "1.00"}'
+            padded = await client.post("/v1/payments", content=body + b" " * 1500,
+                                       headers={**auth("billing"), **JSON})
+            assert padded.status_code == 413 and _answered(client) == 0  # (the hot path takes up to 4 KB)
+            plain = await client.post("/v1/payments", content=body, headers={**auth("billing"), **JSON})
+            assert plain.status_code == 201 and _answered(client) == 1
