@@ -86,7 +86,8 @@ class AlarmKeeper:
             await asyncio.sleep(self.settle_s)  # commits come in bursts: one look after a burst, not one per commit
 
     async def step(self) -> int:
-        """Look at the next events; apply what they change. Returns how many events were looked at."""
+        """Look at the next events; apply what they change. Returns how many ids it looked at (where ids commit
+        in order, only the newest counts: 1); 0 when there was nothing new."""
         async with self.storage(readonly=True) as uow:
             if self.cursor is None:
                 self.cursor = Cursor.load(await uow.alarms.cursor(lock=False))
