@@ -17,31 +17,40 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from drivers.dlt645 import run_time_sync
 from gateway.adapters.database import create_engine, migrate
 from gateway.adapters.list_store import SqlListStore
 from gateway.adapters.metric_rows import SqlEventSource, SqlMetricRows
-from gateway.adapters.read_store import SqlReadStore
-from gateway.adapters.report_rows import SqlReportStore
-from gateway.adapters.reading_days_rows import SqlReadingDays
+from gateway.adapters.mqtt import MqttPublisher
+from gateway.adapters.notifiers import Channels
 from gateway.adapters.own_loop import OwnLoopStorage
+from gateway.adapters.read_store import SqlReadStore
+from gateway.adapters.reading_days_rows import SqlReadingDays
+from gateway.adapters.report_rows import SqlReportStore
 from gateway.adapters.sql import SqlStorage
 from gateway.adapters.sqlite_pipeline import SqlitePipelineStorage
 from gateway.adapters.sqlite_reads import SqliteReadStore
-from gateway.service.ports import Storage
 from gateway.api.main import create_app
 from gateway.api.security import Caller
 from gateway.domain.messages import (CommandFinished, CommandQueued, DisconnectWithdrawn, Message, MeterAnswered,
                                      MeterPlaced, MeterRetired)
 from gateway.domain.notices import NoticePolicy
 from gateway.service.alarm_desk import AlarmDesk
+from gateway.service.alarm_stale import StaleWatch
+from gateway.service.alarms import AlarmKeeper
 from gateway.service.clock import SystemClock
+from gateway.service.event_stream import EventStream
 from gateway.service.facade import Service
 from gateway.service.fleet import Fleet
+from gateway.service.housekeeping import OutboxPruner
 from gateway.service.lifecycle import Lifecycle
 from gateway.service.lists import Lists
-from gateway.service.event_stream import EventStream
 from gateway.service.messagebus import MessageBus
+from gateway.service.meter_state import HomeAssistantDiscovery
 from gateway.service.metrics import GatewayMetrics
+from gateway.service.notices import NoticeService
+from gateway.service.outbox_relay import OutboxRelay
+from gateway.service.ports import Storage
 from gateway.service.reports import Reports
 from gateway.service.scheduler import BusSetup, Scheduler
 from gateway.settings import Settings
@@ -200,9 +209,6 @@ class Gateway:
 
     async def _publish(self, mqtt: Any) -> None:
         """Events out: the MQTT connection, and the outbox relay that feeds it (stopped before the writer)."""
-        from gateway.adapters.mqtt import MqttPublisher
-        from gateway.service.outbox_relay import OutboxRelay
-
         publisher = MqttPublisher(host=mqtt.host, port=mqtt.port, prefix=mqtt.prefix, username=mqtt.username,
                                   password=mqtt.password, tls_ca=self._path(mqtt.tls_ca), identifier=mqtt.client_id)
         self.relay = OutboxRelay(self.uow, publisher, self.service.clock, retention_s=mqtt.retention_s,
@@ -211,8 +217,6 @@ class Gateway:
         self.service.writer.outbox_full = self.relay
         discovery, self.discovery = None, None
         if mqtt.home_assistant:  # registered before the connection: its subscription is made at each one
-            from gateway.service.meter_state import HomeAssistantDiscovery
-
             self.discovery = HomeAssistantDiscovery(
                 publisher, [(m.id, m.model) for m in self.catalog.meters.values()],
                 discovery_prefix=mqtt.discovery_prefix, node=mqtt.prefix)
@@ -235,9 +239,6 @@ class Gateway:
 
     def _notify(self, settings: Any, policy: NoticePolicy) -> None:
         """Notices out: the planner and dispatcher (stopped before the writer), and their channels."""
-        from gateway.adapters.notifiers import Channels
-        from gateway.service.notices import NoticeService
-
         channels = Channels.from_settings(settings.channels)
         self.notices = NoticeService(self.uow, self.catalog, policy, channels, self.service.clock,
                                      self.service.final_warning_delivered, holes=not self.uow.exclusive)
@@ -251,8 +252,6 @@ class Gateway:
     def _keep_alarms(self) -> None:
         """Alarms as records: the keeper raises and resolves them from the outbox's events (every instance runs
         one; they take turns on its cursor), woken by the writer's commits."""
-        from gateway.service.alarms import AlarmKeeper
-
         catalog = self.catalog
 
         def account_of(meter_id: str) -> str | None:
@@ -271,8 +270,6 @@ class Gateway:
 
     def _watch_stale(self, scheduler: Scheduler) -> None:
         """Stale data: MeterStale / MeterFresh events for the meters this instance polls."""
-        from gateway.service.alarm_stale import StaleWatch
-
         catalog = self.catalog
 
         def last_answers() -> Any:
@@ -285,8 +282,6 @@ class Gateway:
 
     def _prune_outbox(self) -> None:
         """Without MQTT, events are deleted by age (``engine.event_retention_s``): the outbox stays bounded."""
-        from gateway.service.housekeeping import OutboxPruner
-
         self.pruner = OutboxPruner(self.uow, self.service.clock, retention_s=self.settings.engine.event_retention_s,
                                    keep_unnoticed=self.notices is not None)
         self._task("gateway.outbox.prune", self.pruner.run())
@@ -314,7 +309,6 @@ class Gateway:
         return None if name is None else str((self.base_dir / name).resolve())
 
     def _time_sync(self, bus_id: str, driver: Any, interval: float) -> None:
-        from drivers.dlt645 import run_time_sync
 
         self._task(f"gateway[{bus_id}].timesync", run_time_sync(driver, interval=interval))
 
