@@ -54,10 +54,14 @@ class Outbox(Repository, ports.OutboxRepository):
             out.update((row.topic, row.seq) for row in rows)
         return out
 
-    async def readings(self, after_id: int, limit: int) -> list[OutboxEvent]:
+    async def readings(self, after_id: int, limit: int, holes: Sequence[int] = ()) -> list[OutboxEvent]:
         c = t.readings.c
-        rows = await self.uow.execute(sa.select(t.readings).where(c.id > after_id).order_by(c.id).limit(limit))
-        return [self._reading(row) for row in rows]
+        rows = list(await self.uow.execute(sa.select(t.readings).where(c.id > after_id).order_by(c.id)
+                                           .limit(limit)))
+        ordered = sorted(holes)  # (a reading has no published mark: a hole found is published, then not asked)
+        for start, size in chunks(len(ordered), 1):
+            rows += await self.uow.execute(sa.select(t.readings).where(c.id.in_(ordered[start:start + size])))
+        return sorted((self._reading(row) for row in rows), key=lambda reading: reading.id)
 
     @staticmethod
     def _reading(row: Any) -> OutboxEvent:

@@ -14,7 +14,8 @@ Published events are deleted after ``retention_s``.
 
 Where instances share a PostgreSQL database, an event's id is taken when it is written and its transaction may
 commit after one holding a higher id: the relay's ``Cursor`` keeps the ids it skipped as holes and looks for them
-again for ``hole_wait_s`` (such an event goes out late, after higher ids). SQLite commits in id order: no holes.
+again for ``hole_wait_s`` (such an event goes out late, after higher ids); readings likewise, with a ``Cursor``
+of their own. SQLite commits in id order: no holes.
 
 The outbox does not grow without bound while the publisher is down: at ``max_waiting`` events the relay raises
 the alarm (a log line) and the writer stops adding events (``full``), keeping the oldest; the number left out is
@@ -75,7 +76,10 @@ class OutboxRelay:
         self.retention = dt.timedelta(seconds=retention_s)
         self.cursor = Cursor()  # the events published by this relay (in memory: the marks are in storage)
         self.holes, self.hole_wait = holes, dt.timedelta(seconds=hole_wait_s)
-        self.readings_after: int | None = None  # the newest reading published (read from storage at the start)
+        # the readings published by this relay: None until read from storage at the start. Storage keeps only
+        # the highest reading id published, so the holes of a previous run are not looked for after a restart
+        # (a restart more than hole_wait_s later would have given them up anyway)
+        self.readings_cursor: Cursor | None = None
         self.published = 0
         self.max_waiting = max_waiting
         self.full = False  # the outbox holds max_waiting events: the writer adds no more (see ``left_out``)
@@ -89,6 +93,11 @@ class OutboxRelay:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # this relay, in the lease
         self.lease = dt.timedelta(seconds=lease_s)
         self._leading, self._renew_at = False, 0.0
+
+    @property
+    def readings_after(self) -> int | None:
+        """The newest reading published (None: not read from storage yet)."""
+        return None if self.readings_cursor is None else self.readings_cursor.high
 
     def wake(self) -> None:
         """New events were committed."""
@@ -108,17 +117,20 @@ class OutboxRelay:
     async def _turn(self, replaying: bool) -> bool:
         """One batch of readings and events (or, with none, the idle chores and a wait for new ones)."""
         async with self.storage(readonly=True) as uow:
-            if self.readings_after is None:
-                self.readings_after = await uow.outbox.readings_published()
+            if self.readings_cursor is None:
+                self.readings_cursor = Cursor(await uow.outbox.readings_published())
             if not self._seeded:
                 self.states.seed(*await uow.outbox.meter_snapshot(), at=self.clock())
                 self._seeded = True
             events = await uow.outbox.pending(self.cursor.high, self.batch, self.cursor.missing())
-            readings = await uow.outbox.readings(self.readings_after, self.batch)
+            read = self.readings_cursor
+            readings = await uow.outbox.readings(read.high, self.batch, read.missing())
         if readings:
             replaying = await self._publish(readings, replaying, readings=True)
+        else:
+            read.take([], self.clock(), holes=self.holes, hole_wait=self.hole_wait)  # (holes expire)
         if not events:
-            self.cursor.take([], self.clock(), holes=self.holes, hole_wait=self.hole_wait)  # (holes expire)
+            self.cursor.take([], self.clock(), holes=self.holes, hole_wait=self.hole_wait)
         if not events and not readings:
             if self.states.dirty:  # changed states not published yet (at the start: every meter's)
                 replaying = await self._publish([], replaying)
@@ -145,7 +157,7 @@ class OutboxRelay:
             took = await uow.outbox.lease(self.holder, now, now + self.lease)
             await uow.commit()
         if took and not self._leading:
-            self.cursor, self.readings_after, self._seeded, self._sequences = Cursor(), None, False, {}
+            self.cursor, self.readings_cursor, self._seeded, self._sequences = Cursor(), None, False, {}
             self.states = MeterStates()
             log.info("outbox: this instance publishes the events (%s)", self.holder)
         elif self._leading and not took:
@@ -168,7 +180,8 @@ class OutboxRelay:
     async def _publish(self, events: list[OutboxEvent], replaying: bool, *, readings: bool = False) -> bool:
         """Publish in order until the publisher fails; mark what went out. Returns whether events now wait (to
         be flagged as replayed). Then the states of the meters the events changed."""
-        states = self.states
+        states, cursor = self.states, self.readings_cursor if readings else self.cursor
+        assert cursor is not None  # (readings: read from storage by ``_turn`` first)
         apply = states.reading if readings else states.event
         for event in events:
             apply(event)
@@ -213,16 +226,15 @@ class OutboxRelay:
         finally:
             if done or numbered:
                 async with self.storage(background=True) as uow:
-                    if readings:
-                        await uow.outbox.published([], self.clock(), numbered, readings_to=done[-1])
+                    if readings:  # the highest id published: a hole that came late is below it
+                        to = max(done[-1], cursor.high)
+                        await uow.outbox.published([], self.clock(), numbered, readings_to=to)
                     else:
                         await uow.outbox.published(done, self.clock(), numbered)
                     await uow.commit()
                 sequences.update(numbered)
-                if readings:
-                    self.readings_after = done[-1]
-                elif done:
-                    self.cursor.take(done, self.clock(), holes=self.holes, hole_wait=self.hole_wait)
+                if done:
+                    cursor.take(done, self.clock(), holes=self.holes, hole_wait=self.hole_wait)
                 self.published += len(done)
         return replaying
 

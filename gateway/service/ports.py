@@ -172,9 +172,10 @@ class OutboxRepository(abc.ABC):
         """How many events are not published yet."""
 
     @abc.abstractmethod
-    async def readings(self, after_id: int, limit: int) -> list[OutboxEvent]:
-        """Stored readings above ``after_id`` in id order, as events (``meters/{meter}/reading``): readings are
-        published from their table, not written to the outbox twice."""
+    async def readings(self, after_id: int, limit: int, holes: Sequence[int] = ()) -> list[OutboxEvent]:
+        """Up to ``limit`` stored readings above ``after_id``, and those of ``holes`` (ids skipped below it:
+        ``gateway.service.outbox_cursor``) stored since, all in id order, as events (``meters/{meter}/reading``):
+        readings are published from their table, not written to the outbox twice."""
 
     @abc.abstractmethod
     async def readings_published(self) -> int:

@@ -1,7 +1,7 @@
 """The outbox's readers on PostgreSQL when ids commit out of order (instances sharing one database): an event
 whose transaction took its id first but commits after a higher id was read is still published by the outbox
 relay (to a real mosquitto) and still planned by the notice planner, on the next pass, not skipped until a
-restart (the readers' ``Cursor`` keeps the skipped id as a hole)."""
+restart (the readers' ``Cursor`` keeps the skipped id as a hole); a stored reading likewise is still published."""
 
 from __future__ import annotations
 
@@ -74,19 +74,63 @@ async def test_the_relay_publishes_an_event_committed_after_a_higher_id(pg_url: 
                 second = await add_event(other, "tests/holes", {"type": "Test", "n": "second"})
                 await other.commit()
             assert first < second
-            await async_wait_until(lambda: [p["n"] for p in sub.on("gw-test/tests/holes")] == ["second"],
-                                   timeout=15, what="the relay to publish the higher id")
-            assert gw.relay.cursor.high >= second and first in gw.relay.cursor.holes
+            relay = gw.relay  # (published, then taken by its cursor once marked: wait for both)
+            await async_wait_until(lambda: [p["n"] for p in sub.on("gw-test/tests/holes")] == ["second"]
+                                   and relay.cursor.high >= second, timeout=15,
+                                   what="the relay to publish the higher id")
+            assert first in relay.cursor.holes
             await held.commit()
-        await async_wait_until(lambda: len(sub.on("gw-test/tests/holes")) == 2, timeout=15,
-                               what="the relay to publish the event committed late")
+        await async_wait_until(lambda: len(sub.on("gw-test/tests/holes")) == 2 and first not in relay.cursor.holes,
+                               timeout=15, what="the relay to publish the event committed late")
         published = sub.on("gw-test/tests/holes")
         assert [(p["n"], p["event_id"]) for p in published] == [("second", second), ("first", first)]
-        assert first not in gw.relay.cursor.holes
         async with gw.uow(readonly=True) as uow:  # marked, so never published again
             marked = (await uow.execute(sa.select(t.outbox.c.published_at).where(
                 t.outbox.c.id.in_([first, second])))).scalars().all()
         assert len(marked) == 2 and all(at is not None for at in marked)
+
+
+async def add_reading(uow: Any, meter_id: str, energy_wh: int) -> int:
+    """Store a reading in ``uow``'s transaction (not committed); its id, taken now."""
+    result = await uow.execute(sa.insert(t.readings).values(meter_id=meter_id, taken_at=T0, energy_wh=energy_wh,
+                                                            billed=False).returning(t.readings.c.id))
+    return int(result.scalar_one())
+
+
+@pytest.mark.tool("mosquitto")
+async def test_the_relay_publishes_a_reading_committed_after_a_higher_id(pg_url: str, broker: Broker,
+                                                                         tmp_path: Path) -> None:
+    settings = site(pg_url, mqtt={"host": "127.0.0.1", "port": broker.port, "prefix": "gw-test"},
+                    buses=[{"id": "b", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": 1}],
+                    meters=[{"id": "M-1", "bus": "b", "unit_id": 1, "account": "A-1"}])  # (buses not run)
+    async with Gateway(settings, run_buses=False, base_dir=tmp_path) as gw, \
+            Listener(broker.port, "gw-test/meters/M-1/reading") as sub:
+        relay, topic = gw.relay, "gw-test/meters/M-1/reading"
+        assert relay is not None and relay.holes  # PostgreSQL: ids may commit out of order
+        # the relay's start point first (the newest reading stored then): a reading stored before it is history
+        await async_wait_until(lambda: relay.readings_after is not None, timeout=15,
+                               what="the relay to read where readings go on from")
+        async with gw.uow() as held:  # a transaction in flight: it takes its id first, commits last
+            first = await add_reading(held, "M-1", 1_000)
+            async with gw.uow() as other:
+                second = await add_reading(other, "M-1", 1_010)
+                await other.commit()
+            assert first < second
+            # (published, then taken by the relay's cursor once stored: wait for both)
+            await async_wait_until(lambda: [p["reading_id"] for p in sub.on(topic)] == [second]
+                                   and relay.readings_after == second, timeout=15,
+                                   what="the relay to publish the higher reading")
+            cursor = relay.readings_cursor
+            assert cursor is not None and first in cursor.holes
+            await held.commit()
+        await async_wait_until(lambda: len(sub.on(topic)) == 2 and first not in cursor.holes, timeout=15,
+                               what="the relay to publish the reading committed late")
+        published = sub.on(topic)
+        assert [(p["reading_id"], p["energy_wh"], p["seq"]) for p in published] == [(second, 1_010, 1),
+                                                                                   (first, 1_000, 2)]
+        assert relay.readings_after == second
+        async with gw.uow(readonly=True) as uow:  # what a restart goes on from: the highest published, not N
+            assert await uow.outbox.readings_published() == second
 
 
 async def test_the_planner_plans_for_an_event_committed_after_a_higher_id(pg_url: str, sms: Receiver,
