@@ -155,9 +155,13 @@ async def test_the_planner_plans_for_an_event_committed_after_a_higher_id(pg_url
                 second = await add_event(other, "accounts/A-1/balance", low)
                 await other.commit()
             assert first < second
-            await async_wait_until(lambda: _has(planned, second), timeout=15,
-                                   what="the planner to plan for the higher id")
-            assert gw.notices.cursor.high >= second and first in gw.notices.cursor.holes
+            notices = gw.notices  # (planned, then taken by its cursor once committed: wait for both)
+
+            async def planned_second() -> bool:
+                return await _has(planned, second) and notices.cursor.high >= second
+
+            await async_wait_until(planned_second, timeout=15, what="the planner to plan for the higher id")
+            assert first in notices.cursor.holes
             assert first not in await planned()
             await held.commit()
         await async_wait_until(lambda: _has(planned, first), timeout=15,
