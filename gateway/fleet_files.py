@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from gateway.api.jsonbody import strict_loads
+from gateway.strict_json import strict_loads
 from gateway.domain.money import format_fen
 from gateway.service.catalog import AccountConfig, MeterSpec
 from gateway.service.errors import FleetInvalid, RowError

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gateway.api.deps import BILLING_ROLES, READ_ROLES
-from gateway.api.jsonbody import strict_loads
+from gateway.strict_json import strict_loads
 from gateway.api.routes.metrics import outcome
 from gateway.api.routes.payments import payment_public
 from gateway.api.schemas import AccountPublic, MeterPublic, PaymentCreate
