@@ -34,11 +34,10 @@ class Alarms(Repository, AlarmRepository):
         c = t.outbox.c
         ids = [row[0] for row in await self.uow.execute(
             sa.select(c.id).where(c.id > after).order_by(c.id).limit(limit))]
-        wanted = _WANTED
         found: list[Any] = []
         if ids:
             found += await self.uow.execute(sa.select(c.id, c.topic, c.payload, c.created_at).where(
-                c.id > after, c.id <= ids[-1], wanted))
+                c.id > after, c.id <= ids[-1], _WANTED))
         ordered = sorted(holes)
         for start, size in chunks(len(ordered), 1):
             rows = list(await self.uow.execute(sa.select(c.id, c.topic, c.payload, c.created_at).where(
