@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from drivers.dlt645 import run_time_sync
+from gateway.adapters.dashboard_rows import SqlDashboardStore
 from gateway.adapters.database import create_engine, migrate
 from gateway.adapters.list_store import SqlListStore
 from gateway.adapters.metric_rows import SqlEventSource, SqlMetricRows
@@ -39,6 +40,7 @@ from gateway.service.alarm_desk import AlarmDesk
 from gateway.service.alarm_stale import StaleWatch
 from gateway.service.alarms import AlarmKeeper
 from gateway.service.clock import SystemClock
+from gateway.service.dashboard import Dashboard
 from gateway.service.event_stream import EventStream
 from gateway.service.facade import Service
 from gateway.service.fleet import Fleet
@@ -87,6 +89,9 @@ class Gateway:
         self.notices: Any = None  # the notice planner and dispatcher, when notices are on
         self.pruner: Any = None  # without MQTT: deletes old events from the outbox
         self.service.alarms = AlarmDesk(self.uow, self.service.clock)  # for the API
+        self.service.dashboard = Dashboard(SqlDashboardStore(SqlStorage(self.engine)), self.service.lists,
+                                           self.service.alarms, self.service.reports, self.catalog,
+                                           self.service.clock)  # the dashboard's pages
         self.alarms: Any = None  # the alarm keeper (and ``stale``, the stale-data watch of this instance's meters)
         self.stale: Any = None
         self.events = EventStream(SqlEventSource(SqlStorage(self.engine)))  # GET /v1/events
@@ -127,7 +132,10 @@ class Gateway:
         return create_app(self.service, static_keys=self.static_keys(), max_body_bytes=api.max_body_bytes,
                           failed_auth_limit=api.failed_auth_limit, failed_auth_window_s=api.failed_auth_window_s,
                           key_cache_s=api.key_cache_s, event_stream=self.events, gateway_metrics=self.metrics,
-                          hot_paths=hot_paths)
+                          hot_paths=hot_paths, dashboard=api.dashboard,
+                          session_secret=(api.session_secret.get_secret_value().encode()
+                                          if api.session_secret is not None else None),
+                          session_s=api.session_hours * 3600)
 
     async def __aenter__(self) -> Gateway:
         if self.pipeline and self.settings.database.switch_interval_ms:

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from fastapi_offline import FastAPIOffline
 
+from gateway.api import dashboard as dashboard_pages
 from gateway.api import problems
 from gateway.api.hot_paths import HotPaths
 from gateway.api.openapi import install_openapi
@@ -23,12 +24,14 @@ __all__ = ["create_app"]
 def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None, max_body_bytes: int = 1_048_576,
                failed_auth_limit: int = 20, failed_auth_window_s: float = 60.0, key_cache_s: float = 30.0,
                max_import_bytes: int = 67_108_864, event_stream: EventStream | None = None,
-               gateway_metrics: GatewayMetrics | None = None, hot_paths: bool = True) -> FastAPI:
+               gateway_metrics: GatewayMetrics | None = None, hot_paths: bool = True, dashboard: bool = True,
+               session_secret: bytes | None = None, session_s: float = 12 * 3600) -> FastAPI:
     """The API over ``service``; ``static_keys`` maps key SHA-256 → caller for the keys of the settings (the
     database's keys are read through ``service.stored_keys``); ``event_stream``: ``GET /v1/events`` (ended by
     ``app.state.events.close()`` when the server stops); ``gateway_metrics``: ``GET /metrics``; ``hot_paths``: the
     plain reads of one account or meter and plain payments answered before the stack (``gateway.api.hot_paths``;
-    False: every request through the routes)."""
+    False: every request through the routes); ``dashboard``: the pages under ``/ui`` (``gateway.api.dashboard``;
+    they need ``service.dashboard`` and ``event_stream``), their sessions signed with ``session_secret``."""
     # The docs pages (/docs, /redoc) load their scripts from the package, never from a CDN.
     # No OpenTelemetry: the gateway's figures are its Prometheus metrics; FastAPI would otherwise ask the
     # OpenTelemetry providers on every request whether it should trace it.
@@ -62,6 +65,8 @@ def create_app(service: Service, *, static_keys: dict[str, Caller] | None = None
     if gateway_metrics is not None:
         app.include_router(metrics.router)
     app.include_router(fleet.files)
+    if dashboard and event_stream is not None and getattr(service, "dashboard", None) is not None:
+        dashboard_pages.install(app, session_secret=session_secret, session_s=session_s)
     install_openapi(app, max_payment_fen=service.catalog.max_payment_fen)
     return app
 

@@ -43,7 +43,7 @@ from gateway.service.errors import (
 from gateway.service.alarm_desk import AlarmNotOpen, UnknownAlarm
 from gateway.service.reports import ReportRefused
 
-__all__ = ["PROBLEM", "PROBLEM_TYPES", "Problem", "ProblemType", "install", "problem", "responses"]
+__all__ = ["PROBLEM", "PROBLEM_TYPES", "Problem", "ProblemType", "install", "kind_of", "problem", "responses"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,14 @@ _ERRORS: dict[type[Exception], str] = {
 }
 _HTTP = {400: "bad-request", 401: "authentication-required", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
          413: "content-too-large", 422: "validation-error"}
+
+
+def kind_of(exc: Exception) -> ProblemType | None:
+    """The problem an error of the service or the domain (or a ``Problem``) is; None for any other error."""
+    if isinstance(exc, Problem):
+        return exc.type
+    slug = next((_ERRORS[cls] for cls in type(exc).__mro__ if cls in _ERRORS), None)
+    return None if slug is None else PROBLEM_TYPES[slug]
 
 
 def install(app: FastAPI) -> None:

@@ -55,6 +55,7 @@ class Service:
         self.lists: Any = None  # lists and the audit log (gateway.service.lists)
         self.reports: Any = None  # the daily reports (gateway.service.reports)
         self.alarms: Any = None  # alarms: listed, acknowledged, resolved (gateway.service.alarm_desk.AlarmDesk)
+        self.dashboard: Any = None  # what the dashboard's pages show (gateway.service.dashboard.Dashboard)
 
     # --- payments -----------------------------------------------------------------------------------------
     async def record_payment(self, *, source: str, payment_id: str, account_id: str, amount_fen: int,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
 from gateway.domain.policy import SitePolicy
 from gateway.domain.policy_config import site_policy_from_dict
@@ -112,6 +112,11 @@ class ApiSettings(_Strict):
                                                          "failed_auth_window_s before it gets 429")
     failed_auth_window_s: float = Field(60, gt=0)
     key_cache_s: float = Field(30, gt=0, description="keys created in the database are seen within this")
+    dashboard: bool = Field(True, description="serve the operations dashboard under /ui")
+    session_secret: SecretStr | None = Field(None, min_length=32, description=(
+        "signs the dashboard's session cookies; set the same one on every instance behind a load balancer "
+        "(default: a random one per start, so a restart signs everyone out)"))
+    session_hours: float = Field(12, gt=0, le=24 * 30, description="a dashboard session ends so long after login")
 
     _max = field_validator("max_payment", mode="before")(classmethod(lambda cls, v: _yuan(v)))
 

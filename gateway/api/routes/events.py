@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
@@ -111,10 +112,11 @@ class SseResponse(StreamingResponse):
     """The stream of one subscription until it ends (the client leaves, falls too far behind, or the server
     stops); a client that disconnects ends it at once, not at the next write."""
 
-    def __init__(self, subscription: Subscription, *, heartbeat_s: float) -> None:
+    def __init__(self, subscription: Subscription, *, heartbeat_s: float,
+                 encode: Callable[[OutboxEvent | Gap | Heartbeat], bytes] = sse) -> None:
         super().__init__(iter(()), media_type="text/event-stream",
                          headers={"X-Accel-Buffering": "no"})  # (nginx: pass each event on at once)
-        self.subscription, self.heartbeat_s = subscription, heartbeat_s
+        self.subscription, self.heartbeat_s, self.encode = subscription, heartbeat_s, encode
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         subscription = self.subscription
@@ -129,7 +131,7 @@ class SseResponse(StreamingResponse):
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             await send({"type": "http.response.body", "body": b"retry: 2000\n\n", "more_body": True})
             async for item in subscription.items(heartbeat_s=self.heartbeat_s):
-                await send({"type": "http.response.body", "body": sse(item), "more_body": True})
+                await send({"type": "http.response.body", "body": self.encode(item), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the client left while we wrote
             pass
