@@ -107,6 +107,8 @@ def banner(data_dir: Path, port: int, keys: dict[str, str], mqtt_port: int | Non
     lines = [
         "",
         "meter-gateway demo is running",
+        f"  dashboard:  {base}/ui/    sign in with the operator key: {keys['operator']}",
+        "              (the viewer key only looks; the admin key may do everything; 中文/English at the top right)",
         f"  API:        {base}    (OpenAPI docs: {base}/docs)",
         f"  health:     {base}/healthz",
         f"  config:     {data_dir / 'gateway.yaml'}",

@@ -55,6 +55,10 @@ def test_demo_starts_takes_a_payment_stops_and_resumes(tmp_path: Path) -> None:
         assert f"http://127.0.0.1:{port}" in banner and k["billing"] in banner
         assert oct((data_dir / "keys.txt").stat().st_mode & 0o777) == "0o600"
         base = f"http://127.0.0.1:{port}"
+        # the dashboard's address and a key to sign in with, and the page is there
+        assert f"dashboard:  {base}/ui/    sign in with the operator key: {k['operator']}" in banner
+        login = httpx.get(f"{base}/ui/login")
+        assert login.status_code == 200 and 'name="key"' in login.text
         payment = {"source": "billing", "payment_id": "P-1", "account_id": "A-3", "amount": "5.00"}
         response = httpx.post(f"{base}/v1/payments", json=payment, headers={"Authorization": f"Bearer {k['billing']}"})
         assert response.status_code == 201, response.text

@@ -176,13 +176,17 @@ async def _confirm_page(page: Page, name: str, target: str, *, form: dict[str, s
                   form=form or {}, error=error, verdict=verdict, back=back_to(action, target), **context)
 
 
+def _not_yours(page: Page) -> str:
+    return page.locale.text("The role %(role)s may not do this.", role=page.caller.role)
+
+
 @router.get("/{name}/{target}", response_class=HTMLResponse)
 async def confirm(request: Request, name: str, target: str) -> Response:
     page = await page_of(request)
     if name not in ACTIONS:
         return render(page, "error.html", status=404, message="Nothing to show.")
     if not may(page.caller, name):
-        return render(page, "error.html", status=403, message=f"the role {page.caller.role!r} may not do this")
+        return render(page, "error.html", status=403, message=_not_yours(page))
     return await _confirm_page(page, name, target)
 
 
@@ -195,7 +199,7 @@ async def act(request: Request, name: str, target: str) -> Response:
     if name not in ACTIONS:
         return render(page, "error.html", status=404, message="Nothing to show.")
     if not may(page.caller, name):
-        return render(page, "error.html", status=403, message=f"the role {page.caller.role!r} may not do this")
+        return render(page, "error.html", status=403, message=_not_yours(page))
     try:
         message = await _perform(page, name, target, form)
     except (Refused, ValidationError) as exc:

@@ -99,7 +99,7 @@ ZH: dict[str, str] = {
         "将电表 %(id)s 换为同一账户下的新表，换表前后连续计费。",
     "Acknowledge alarm %(id)s: it stays until resolved.": "确认告警 %(id)s：在解决前保持显示。",
     "Resolve alarm %(id)s by hand.": "手动解决告警 %(id)s。",
-    "The gateway allows it now.": "网关当前允许此操作。", "Alarm": "告警", "Subject of the alarm": "告警对象",
+    "The gateway allows it now.": "网关当前允许此操作。", "The role %(role)s may not do this.": "角色 %(role)s 无权执行此操作。", "Alarm": "告警", "Subject of the alarm": "告警对象",
     "Raised": "产生时间", "Severity": "级别", "Unresolved": "未解决", "All": "全部",
 }
 
