@@ -28,23 +28,42 @@ _a, _m, _r = t.accounts.c, t.meters.c, t.readings.c
 LOOKUPS = 400  # (meter, instant) lookups per statement (SQLite allows 500 terms of a UNION ALL)
 
 
+def _is(column: sa.ColumnElement[Any], value: str) -> sa.ColumnElement[bool]:
+    """``column = 'value'`` with the value written out, as the partial indexes' conditions are (SQLite matches
+    a query to a partial index only so; PostgreSQL's generic plans too)."""
+    return column == sa.literal_column(f"'{value}'")
+
+
 def _flag(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
     return sa.case((condition, 1), else_=0)
 
 
-def _supply_state() -> tuple[sa.ColumnElement[str], sa.Subquery]:
-    """Each account's supply state (``supply_state`` over its active meters; ``closed`` for a closed account),
-    and the per-account meter flags it needs, to be outer-joined on ``account_id``."""
+def _unusual() -> sa.ColumnElement[bool]:
+    """Active meters whose relay is not simply closed (``ix_meters_unusual``)."""
+    return sa.and_(_is(_m.status, "active"), sa.or_(_m.relay != sa.literal_column("'closed'"),
+                                                    _m.relay_fault != sa.literal_column("''")))
+
+
+def _candidates() -> sa.CTE:
+    """The accounts whose supply state may be other than ``connected``: those the engine wants disconnected and
+    those with an active meter whose relay is not simply closed (every other open account is ``connected``)."""
+    return sa.union(sa.select(_a.id.label("id")).where(_is(_a.supply, "disconnected")),
+                    sa.select(_m.account_id.label("id")).where(_unusual())).cte("candidates")
+
+
+def _supply_state(among: sa.CTE) -> tuple[sa.ColumnElement[str], sa.Subquery]:
+    """Each account's supply state (``supply_state`` over its active meters), and the per-account meter flags it
+    needs (of the accounts ``among``), to be outer-joined on ``account_id``."""
     flags = (sa.select(_m.account_id,
                        sa.func.max(_flag(_m.relay_fault == "disconnect_failed")).label("failed_off"),
                        sa.func.max(_flag(_m.relay_fault == "reconnect_failed")).label("failed_on"),
                        sa.func.max(_flag(_m.relay == "open")).label("any_open"),
                        sa.func.max(_flag(_m.relay == "armed")).label("any_armed"),
                        sa.func.min(_flag(_m.relay == "open")).label("all_open"))
-             .where(_m.status == "active").group_by(_m.account_id).subquery("flags"))
+             .where(_m.status == "active", _m.account_id.in_(sa.select(among.c.id)))
+             .group_by(_m.account_id).subquery("flags"))
     off, f = _a.supply == "disconnected", flags.c
     state = sa.case(
-        (_a.status == "closed", "closed"),
         (sa.and_(off, f.failed_off == 1), "disconnect_failed"),
         (sa.and_(off, f.all_open == 1), "disconnected"),  # (no meters: all_open is NULL, as supply_state says)
         (off, "disconnecting"),
@@ -66,7 +85,7 @@ def _account_where(q: TableQuery) -> list[sa.ColumnElement[bool]]:
         owner = sa.select(_m.account_id).where(_m.id == q.search)
         where.append(sa.or_(_a.id.icontains(q.search, autoescape=True), _a.id.in_(owner)))
     if q.state == "closed":
-        where.append(_a.status == "closed")
+        where.append(_is(_a.status, "closed"))  # ix_accounts_closed
     elif q.state is not None:
         where += [_a.status == "open", account_state(q.state)]
     return where
@@ -96,23 +115,33 @@ class SqlDashboardStore(DashboardStore):
             return list((await conn.execute(query)).all())
 
     async def state_counts(self) -> dict[str, int]:
-        state, flags = _supply_state()
-        each = (sa.select(state.label("state")).select_from(t.accounts.outerjoin(flags, flags.c.account_id == _a.id))
-                .subquery())
-        found = {row.state: int(row.n) for row in
-                 await self._all(sa.select(each.c.state, sa.func.count().label("n")).group_by(each.c.state))}
-        return {name: found.get(name, 0) for name in (*SUPPLY_STATES, "closed")}
+        among = _candidates()
+        state, flags = _supply_state(among)
+        each = (sa.select(state.label("state"))
+                .select_from(among.join(t.accounts, _a.id == among.c.id)
+                             .outerjoin(flags, flags.c.account_id == _a.id))
+                .where(_a.status == "open").subquery())
+        totals = sa.select(sa.select(sa.func.count()).select_from(t.accounts).scalar_subquery().label("all"),
+                           sa.select(sa.func.count()).select_from(t.accounts).where(_is(_a.status, "closed"))
+                           .scalar_subquery().label("closed"))
+        async with self.storage.reading() as conn:
+            found = {row.state: int(row.n) for row in await conn.execute(
+                sa.select(each.c.state, sa.func.count().label("n")).group_by(each.c.state))}
+            every, closed = (await conn.execute(totals)).one()
+        counts = {name: found.get(name, 0) for name in SUPPLY_STATES}
+        counts["connected"] += int(every) - int(closed) - sum(found.values())  # the open accounts not looked at
+        return {**counts, "closed": int(closed)}
 
     async def about_to_trip(self, limit: int) -> list[Row]:
         order = (_a.deferred_until.asc().nulls_last(), _a.balance_fen, _a.id)
-        page = (sa.select(_a.id).where(_a.status == "open", _a.supply == "connected", _a.balance_fen <= _a.warning2_fen)
-                .order_by(*order).limit(limit).subquery("page"))
+        low = (_a.balance_fen <= _a.warning2_fen, _is(_a.supply, "connected"), _is(_a.status, "open"))  # ix_accounts_low
+        page = sa.select(_a.id).where(*low).order_by(*order).limit(limit).subquery("page")
         final = t.accounts.c.state["final_warning_at"].as_string().label("final_warning_at")
         return await self._all(sa.select(_a.id, _a.balance_fen, _a.warning2_fen, _a.deferred_reason, _a.deferred_until,
                                          final).join_from(t.accounts, page, page.c.id == _a.id).order_by(*order))
 
     async def deferred(self, limit: int) -> tuple[list[Row], int]:
-        where = (_a.status == "open", _a.deferred_reason != "")
+        where = (_a.deferred_reason != sa.literal_column("''"), _a.status == "open")  # ix_accounts_deferred
         page = sa.select(_a.id).where(*where).order_by(_a.id).limit(limit).subquery("page")
         detail = t.accounts.c.state["deferred_detail"].as_string().label("deferred_detail")
         query = (sa.select(_a.id, _a.balance_fen, _a.deferred_reason, _a.deferred_until, detail)

@@ -288,3 +288,14 @@ sa.Index("ix_audit_action", audit_log.c.action, audit_log.c.at)
 sa.Index("ix_payments_received", payments.c.received_at)
 sa.Index("ix_commands_created", commands.c.created_at)
 sa.Index("ix_accounts_balance", accounts.c.balance_fen)
+
+# the dashboard's partial indexes (migration 0008): the few rows the overview looks for, each of them only
+for _name, _columns, _where in (
+        ("ix_accounts_off", [accounts.c.id], "supply = 'disconnected'"),
+        ("ix_accounts_closed", [accounts.c.id], "status = 'closed'"),
+        ("ix_accounts_deferred", [accounts.c.id], "deferred_reason <> ''"),
+        ("ix_accounts_low", [accounts.c.deferred_until, accounts.c.balance_fen, accounts.c.id],
+         "balance_fen <= warning2_fen AND supply = 'connected' AND status = 'open'"),
+        ("ix_meters_unusual", [meters.c.account_id], "status = 'active' AND (relay <> 'closed' OR relay_fault <> '')")):
+    sa.Index(_name, *_columns, sqlite_where=sa.text(_where), postgresql_where=sa.text(_where))
+del _name, _columns, _where

@@ -134,8 +134,17 @@ class Dashboard:
     async def overview(self, *, limit: int = 20) -> dict[str, Any]:
         """Everything the overview page shows; each list up to ``limit`` rows and whether more follow."""
         now = self.clock()
+        parts = self._parts(limit, now)
+        if self.store.concurrent:
+            done = await asyncio.gather(*(part() for part in parts.values()))
+        else:
+            done = [await part() for part in parts.values()]
+        return {**dict(zip(parts, done, strict=True)), "as_of": now}
+
+    def _parts(self, limit: int, now: dt.datetime) -> dict[str, Callable[[], Awaitable[Any]]]:
+        """The overview's parts, each a read of its own (independent of the others)."""
         today = now.astimezone(self.catalog.site.tz).date().isoformat()
-        parts: dict[str, Callable[[], Awaitable[Any]]] = {
+        return {
             "counts": self.store.state_counts,
             "about_to_trip": lambda: self._about_to_trip(limit),
             "deferred": lambda: self._deferred(limit),
@@ -146,11 +155,6 @@ class Dashboard:
             "alarms": lambda: self._alarms(limit),
             "timeliness": lambda: self._timeliness(today),
         }
-        if self.store.concurrent:
-            done = await asyncio.gather(*(part() for part in parts.values()))
-        else:
-            done = [await part() for part in parts.values()]
-        return {**dict(zip(parts, done, strict=True)), "as_of": now}
 
     async def _about_to_trip(self, limit: int) -> list[dict[str, Any]]:
         return [{"id": r.id, "balance": format_fen(r.balance_fen), "final_warning_level": format_fen(r.warning2_fen),
