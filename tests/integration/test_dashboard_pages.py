@@ -51,6 +51,12 @@ async def test_pages_need_a_session_and_a_known_key(tmp_path: Path) -> None:
         # a login's next is never another site
         away = await c.post("/ui/login", data={"key": KEYS["viewer"], "next": "//evil.example/"})
         assert away.headers["location"] == "/ui/"
+        # nor does another site sign the browser in (to a session of its choosing)
+        c.cookies.clear()
+        planted = await c.post("/ui/login", data={"key": KEYS["viewer"]}, headers={"Origin": "https://evil.example"})
+        assert planted.status_code == 403 and COOKIE not in c.cookies
+        same = await c.post("/ui/login", data={"key": KEYS["viewer"]}, headers={"Origin": "http://gw"})
+        assert same.status_code == 303
 
 
 @pytest.mark.parametrize("role", ["viewer", "operator", "admin", "provisioning", "billing"])
@@ -90,6 +96,11 @@ async def test_a_refused_post_changes_nothing(tmp_path: Path) -> None:
         for forged in ({}, {"csrf": token}, {"csrf": ""}):
             answer = await c.post("/ui/act/disconnect/M-1", data={**forged, "reason": "forged"})
             assert answer.status_code == 403, forged
+        # an operator with the token, from a page of another site
+        token = csrf((await c.get("/ui/")).text)
+        answer = await c.post("/ui/act/disconnect/M-1", data={"csrf": token, "reason": "x"},
+                              headers={"Origin": "https://evil.example"})
+        assert answer.status_code == 403
         # an operator with the token but bad input: no reason, a reason of control characters, an unknown meter,
         # an amount out of range, a hold in the past, an action that is admin's
         token = csrf((await c.get("/ui/")).text)

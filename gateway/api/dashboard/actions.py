@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
 from gateway.api.alarm_schemas import AlarmAction
-from gateway.api.dashboard.web import PREFIX, Page, may, page_of, parse_form, redirect, render
+from gateway.api.dashboard.web import PREFIX, Page, may, page_of, parse_form, redirect, render, same_origin
 from gateway.api.fleet_schemas import MeterSwap
 from gateway.api.problems import Problem, kind_of
 from gateway.api.routes import accounts as account_routes
@@ -194,7 +194,7 @@ async def confirm(request: Request, name: str, target: str) -> Response:
 async def act(request: Request, name: str, target: str) -> Response:
     page = await page_of(request)
     form = parse_form(await request.body())
-    if not request.app.state.sessions.csrf_ok(page.session, form.get("csrf")):
+    if not same_origin(request) or not request.app.state.sessions.csrf_ok(page.session, form.get("csrf")):
         return render(page, "error.html", status=403, message="The form has expired; please try again.")
     if name not in ACTIONS:
         return render(page, "error.html", status=404, message="Nothing to show.")

@@ -12,7 +12,8 @@ from fastapi.responses import HTMLResponse, Response
 
 from gateway.api.dashboard.i18n import LANG_COOKIE, LANGUAGES
 from gateway.api.dashboard.session import COOKIE, SessionCodec
-from gateway.api.dashboard.web import PREFIX, SignedOut, page_of, parse_form, redirect, render, safe_next
+from gateway.api.dashboard.web import (PREFIX, SignedOut, page_of, parse_form, redirect, render, safe_next,
+                                       same_origin)
 from gateway.api.routes.events import SseResponse
 from gateway.api.security import FailedAuthLimiter, KeyRing
 from gateway.service.dashboard import TableQuery
@@ -41,6 +42,9 @@ async def login_form(request: Request, next: Annotated[str | None, Query(max_len
 async def login(request: Request) -> Response:
     form = parse_form(await request.body())
     target = safe_next(form.get("next"))
+    if not same_origin(request):  # another site signing the browser in to a session of its choosing
+        return render(None, "login.html", request=request, next=target, status=403,
+                      error="The form has expired; please try again.")
     limiter: FailedAuthLimiter = request.app.state.auth_limiter
     client = request.client.host if request.client else "?"
     if limiter.retry_after(client) is not None:

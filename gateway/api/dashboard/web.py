@@ -136,6 +136,15 @@ def redirect(to: str, *, flash: str | None = None, kind: str = "ok") -> Response
     return response
 
 
+def same_origin(request: Request) -> bool:
+    """A post from this site's own pages: a browser names the page's origin, which must be this host (no
+    ``Origin``: not a browser's cross-site post; the CSRF token decides)."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return urllib.parse.urlsplit(origin).netloc == request.headers.get("host", "")
+
+
 def parse_form(body: bytes) -> dict[str, str]:
     """An urlencoded form (the last value of each field; nothing from a body that isn't one)."""
     try:
