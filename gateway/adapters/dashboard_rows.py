@@ -1,10 +1,11 @@
 """The dashboard's storage (``gateway.service.dashboard.DashboardStore``) on SQLAlchemy Core: SQLite or
 PostgreSQL.
 
-The supply-state counts are one pass over the accounts joined with their active meters' flags (grouped per
-account), with ``supply_state``'s rules as one CASE; the table filters reuse the lists' conditions
-(``account_state``, ``protected``). A table page is read as the ids of the page first (the sort's index, or a
-sort of the ids and keys alone), then their columns: a deep offset skips index entries, not rows. The energy at
+The overview reads the few rows it shows through partial indexes (migration 0008): the supply-state counts look
+only at the accounts that may be other than ``connected`` (disconnected ones, and those with a meter whose relay is
+not simply closed), with ``supply_state``'s rules as one CASE over their active meters' flags; every other open
+account is counted as connected. The table filters reuse the lists' conditions (``account_state``,
+``protected``). A table page is read as the ids of the page first, then their columns. The energy at
 given instants is one indexed lookup (``ix_readings_meter_taken``) per meter and instant, many to a statement.
 """
 
@@ -45,15 +46,20 @@ def _unusual() -> sa.ColumnElement[bool]:
 
 
 def _candidates() -> sa.CTE:
-    """The accounts whose supply state may be other than ``connected``: those the engine wants disconnected and
-    those with an active meter whose relay is not simply closed (every other open account is ``connected``)."""
-    return sa.union(sa.select(_a.id.label("id")).where(_is(_a.supply, "disconnected")),
-                    sa.select(_m.account_id.label("id")).where(_unusual())).cte("candidates")
+    """The accounts whose supply state may be other than ``connected`` (every other open account is): those the
+    engine wants disconnected (``off``: 1) and those with an active meter whose relay is not simply closed, each
+    once; from two partial indexes, without reading the accounts' rows."""
+    rows = sa.union_all(sa.select(_a.id.label("id"), sa.literal_column("1").label("off"))
+                        .where(_is(_a.supply, "disconnected")),
+                        sa.select(_m.account_id.label("id"), sa.literal_column("0").label("off")).where(_unusual())
+                        ).subquery("rows")
+    return sa.select(rows.c.id, sa.func.max(rows.c.off).label("off")).group_by(rows.c.id).cte("candidates")
 
 
 def _supply_state(among: sa.CTE) -> tuple[sa.ColumnElement[str], sa.Subquery]:
-    """Each account's supply state (``supply_state`` over its active meters), and the per-account meter flags it
-    needs (of the accounts ``among``), to be outer-joined on ``account_id``."""
+    """The supply state (``supply_state`` over the active meters) of the accounts ``among`` (id, off: whether the
+    engine wants the supply disconnected), and the per-account meter flags it needs, to be outer-joined on
+    ``account_id``."""
     flags = (sa.select(_m.account_id,
                        sa.func.max(_flag(_m.relay_fault == "disconnect_failed")).label("failed_off"),
                        sa.func.max(_flag(_m.relay_fault == "reconnect_failed")).label("failed_on"),
@@ -62,7 +68,7 @@ def _supply_state(among: sa.CTE) -> tuple[sa.ColumnElement[str], sa.Subquery]:
                        sa.func.min(_flag(_m.relay == "open")).label("all_open"))
              .where(_m.status == "active", _m.account_id.in_(sa.select(among.c.id)))
              .group_by(_m.account_id).subquery("flags"))
-    off, f = _a.supply == "disconnected", flags.c
+    off, f = among.c.off == 1, flags.c
     state = sa.case(
         (sa.and_(off, f.failed_off == 1), "disconnect_failed"),
         (sa.and_(off, f.all_open == 1), "disconnected"),  # (no meters: all_open is NULL, as supply_state says)
@@ -117,10 +123,10 @@ class SqlDashboardStore(DashboardStore):
     async def state_counts(self) -> dict[str, int]:
         among = _candidates()
         state, flags = _supply_state(among)
+        closed = sa.select(_a.id).where(_is(_a.status, "closed"))  # (ix_accounts_closed)
         each = (sa.select(state.label("state"))
-                .select_from(among.join(t.accounts, _a.id == among.c.id)
-                             .outerjoin(flags, flags.c.account_id == _a.id))
-                .where(_a.status == "open").subquery())
+                .select_from(among.outerjoin(flags, flags.c.account_id == among.c.id))
+                .where(among.c.id.not_in(closed)).subquery())
         totals = sa.select(sa.select(sa.func.count()).select_from(t.accounts).scalar_subquery().label("all"),
                            sa.select(sa.func.count()).select_from(t.accounts).where(_is(_a.status, "closed"))
                            .scalar_subquery().label("closed"))
