@@ -143,8 +143,9 @@ class SqlDashboardStore(DashboardStore):
         low = (_a.balance_fen <= _a.warning2_fen, _is(_a.supply, "connected"), _is(_a.status, "open"))  # ix_accounts_low
         page = sa.select(_a.id).where(*low).order_by(*order).limit(limit).subquery("page")
         final = t.accounts.c.state["final_warning_at"].as_string().label("final_warning_at")
+        delivered = t.accounts.c.state["final_warning_delivered_at"].as_string().label("final_warning_delivered_at")
         return await self._all(sa.select(_a.id, _a.balance_fen, _a.warning2_fen, _a.deferred_reason, _a.deferred_until,
-                                         final).join_from(t.accounts, page, page.c.id == _a.id).order_by(*order))
+                                         final, delivered).join_from(t.accounts, page, page.c.id == _a.id).order_by(*order))
 
     async def deferred(self, limit: int) -> tuple[list[Row], int]:
         where = (_a.deferred_reason != sa.literal_column("''"), _a.status == "open")  # ix_accounts_deferred
@@ -208,3 +209,10 @@ class SqlDashboardStore(DashboardStore):
                     values[int(n)] = None if energy is None else int(energy)
         width = len(instants)
         return {meter_id: values[i * width:(i + 1) * width] for i, meter_id in enumerate(meter_ids)}
+
+    async def first_energy(self, meter_id: str, since: dt.datetime) -> int | None:
+        query = (sa.select(_r.energy_wh).where(_r.meter_id == meter_id, _r.taken_at >= since)
+                 .order_by(_r.taken_at).limit(1))
+        async with self.storage.reading() as conn:
+            energy = (await conn.execute(query)).scalar_one_or_none()
+        return None if energy is None else int(energy)

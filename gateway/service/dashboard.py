@@ -93,6 +93,10 @@ class DashboardStore(abc.ABC):
                         ) -> dict[str, list[int | None]]:
         """Per meter, per instant: the energy of its newest stored reading taken at or before it (None: none)."""
 
+    @abc.abstractmethod
+    async def first_energy(self, meter_id: str, since: dt.datetime) -> int | None:
+        """The energy of the meter's oldest stored reading taken at or after ``since`` (None: none)."""
+
 
 def buckets(span: str, now: dt.datetime, tz: dt.tzinfo) -> list[tuple[dt.datetime, dt.datetime]]:
     """The UTC bounds of a span's buckets, oldest first, the last one ending ``now``: ``day``, 24 hours from
@@ -113,10 +117,10 @@ def buckets(span: str, now: dt.datetime, tz: dt.tzinfo) -> list[tuple[dt.datetim
 
 
 def used(energy: Sequence[int | None]) -> list[int]:
-    """The energy used between consecutive bounds (len - 1 values) from one meter's cumulative energy at each bound
-    (``energy_at``). A bucket whose start has no reading counts 0: the meter's first stored reading falls in it
-    (or after it), and what the meter counted before that reading is not this site's consumption; a decrease (a
-    reset or a replaced meter) counts 0 too, never a negative amount."""
+    """The energy used between consecutive bounds (len - 1 values) from one meter's cumulative energy at each bound.
+    A bucket without a value at its start counts 0 (``Dashboard.consumption`` gives the bucket of the meter's first
+    reading that reading's energy as its start); a decrease (a reset or a replaced meter) counts 0 too, never a
+    negative amount."""
     return [0 if start is None or end is None else max(end - start, 0)
             for start, end in zip(energy, energy[1:], strict=False)]
 
@@ -157,9 +161,20 @@ class Dashboard:
         }
 
     async def _about_to_trip(self, limit: int) -> list[dict[str, Any]]:
-        return [{"id": r.id, "balance": format_fen(r.balance_fen), "final_warning_level": format_fen(r.warning2_fen),
-                 "deferred_reason": r.deferred_reason or None, "deferred_until": r.deferred_until,
-                 "final_warning_at": from_iso(r.final_warning_at)} for r in await self.store.about_to_trip(limit)]
+        site = self.catalog.site
+        found = []
+        for r in await self.store.about_to_trip(limit):
+            issued, delivered = from_iso(r.final_warning_at), from_iso(r.final_warning_delivered_at)
+            # the notice period's end, as the guardrail counts it: from the delivery where the site waits for it
+            start = delivered if site.notice_delivery else issued
+            ends = start + site.notice_period if start is not None and site.notice_period else None
+            if r.deferred_reason == "notice_period" and r.deferred_until is not None:
+                ends = r.deferred_until
+            found.append({"id": r.id, "balance": format_fen(r.balance_fen),
+                          "final_warning_level": format_fen(r.warning2_fen),
+                          "deferred_reason": r.deferred_reason or None, "deferred_until": r.deferred_until,
+                          "final_warning_at": issued, "final_warning_delivered_at": delivered, "notice_ends": ends})
+        return found
 
     async def _deferred(self, limit: int) -> dict[str, Any]:
         rows, total = await self.store.deferred(limit)
@@ -222,7 +237,13 @@ class Dashboard:
         instants = [start for start, _ in bounds] + [bounds[-1][1]]
         energy = await self.store.energy_at(list(dict.fromkeys(meter_ids)), instants) if meter_ids else {}
         totals = [0] * len(bounds)
-        for values in energy.values():
+        for meter_id, values in energy.items():
+            # the bucket of the meter's first reading counts from that reading (what the meter counted before it
+            # was installed or read first is not consumption of the span)
+            first = next((i for i in range(len(values) - 1) if values[i] is None and values[i + 1] is not None), None)
+            if first is not None:
+                values = [*values[:first], await self.store.first_energy(meter_id, instants[first]),
+                          *values[first + 1:]]
             totals = [a + b for a, b in zip(totals, used(values), strict=True)]
         return [{"start": start, "end": end, "energy_wh": wh} for (start, end), wh in zip(bounds, totals, strict=True)]
 

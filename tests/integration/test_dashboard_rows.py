@@ -145,9 +145,12 @@ async def test_about_to_trip_and_deferred(db: Db) -> None:
         300, 500, "notice_period", soon)
     assert [r.id for r in await db.store.about_to_trip(2)] == ["T-4", "T-3"]
     shaped = (await db.dashboard().overview(limit=10))["about_to_trip"]
+    warned_at = dt.datetime(2026, 11, 22, 8, tzinfo=dt.UTC)
     assert shaped[2] == {"id": "T-2", "balance": "-1.00", "final_warning_level": "5.00", "deferred_reason": None,
-                         "deferred_until": None, "final_warning_at": dt.datetime(2026, 11, 22, 8, tzinfo=dt.UTC)}
+                         "deferred_until": None, "final_warning_at": warned_at, "final_warning_delivered_at": None,
+                         "notice_ends": warned_at + dt.timedelta(hours=24)}  # the site's notice period from it
     assert shaped[1]["final_warning_at"] is None and shaped[1]["deferred_reason"] == "friendly_hours"
+    assert shaped[1]["notice_ends"] is None and shaped[0]["notice_ends"] == soon  # the guardrail's own end
 
     rows, total = await db.store.deferred(2)
     assert total == 4  # T-3, T-4, N-2, N-4 (not the closed one)
@@ -285,6 +288,25 @@ async def test_consumption_per_local_day_and_hour(db: Db, zone: str, now: dt.dat
     assert [b["energy_wh"] for b in day[:-1]] == [1000] * 23
     assert all(b["end"] - b["start"] == dt.timedelta(hours=1) for b in day[:-1])
     assert await dash.consumption([], "day") == [{**b, "energy_wh": 0} for b in day]
+
+
+async def test_consumption_counts_from_a_new_meters_first_reading(db: Db) -> None:
+    """A meter read first in the middle of today (a new meter, the demo's first start): today's bucket counts from
+    that reading, not 0, and nothing before it."""
+    tz = ZoneInfo("Asia/Shanghai")
+    now = dt.datetime(2026, 3, 30, 12, 0, tzinfo=tz).astimezone(dt.UTC)
+    await db.insert(t.accounts, [account("N-1")])
+    await db.insert(t.meters, [meter("N-1.a", "N-1")])
+    first = dt.datetime(2026, 3, 30, 2, 0, tzinfo=tz).astimezone(dt.UTC)
+    await db.insert(t.readings, [reading("N-1.a", first, 20_369_000), reading("N-1.a", first + dt.timedelta(hours=5),
+                                                                              20_371_500)])
+    db.clock.now = now
+    week = await db.dashboard().consumption(["N-1.a"], "week")
+    assert [b["energy_wh"] for b in week] == [0] * 6 + [2_500]
+    day = await db.dashboard().consumption(["N-1.a"], "day")
+    assert sum(b["energy_wh"] for b in day) == 2_500 and day[-1]["energy_wh"] == 0
+    assert await db.store.first_energy("N-1.a", first + dt.timedelta(seconds=1)) == 20_371_500
+    assert await db.store.first_energy("N-1.a", now) is None
 
 
 async def test_overview(db: Db) -> None:
