@@ -1,9 +1,10 @@
-"""Shared helpers for the dashboard in a real browser: Debian's Chromium driven by Playwright (never `playwright
-install`: the browser is /usr/bin/chromium), a running `meter-gateway demo`, signing in, reading the simulated
-relay over Modbus, and the module-scoped fixtures the browser tests share.
+"""Shared helpers for the dashboard in a real browser: Debian's Chromium driven by Playwright (never
+`playwright install`: the browser is /usr/bin/chromium), a running `meter-gateway demo`, signing in, reading
+the simulated relay over Modbus, and the bodies of the module-scoped fixtures the browser tests share.
 
-A test module uses the fixtures by importing them (``from tests.browser import chromium, demo  # noqa: F401``).
-``docs/screenshots/take.py`` uses ``running_demo``, ``launch`` and ``sign_in`` outside pytest.
+A test module declares its fixtures with these bodies (``yield from browser_for_module()``, ``yield from
+demo_for_module(tmp_path_factory)``): one browser and one demo per module. ``docs/screenshots/take.py`` uses
+``running_demo``, ``launch`` and ``sign_in`` outside pytest.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from tests.support import free_port, require_tool, wait_for_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--disable-background-networking", "--disable-component-update", "--disable-quic", "--no-first-run"]
+CHROMIUM_ARGS = ["--disable-background-networking", "--disable-component-update", "--disable-quic",
+                 "--no-first-run"]
 METERS = 3
 ROLES = ("viewer", "billing", "operator", "provisioning", "admin")
 
@@ -38,7 +40,7 @@ def launch(playwright: Any, **options: Any) -> Any:
 
 @dataclass
 class Demo:
-    """A running ``meter-gateway demo --meters 3``: meter M-k is Modbus unit k of the simulator, account A-k."""
+    """A running ``meter-gateway demo --meters 3``: meter M-k is the simulator's unit k, account A-k."""
 
     proc: subprocess.Popen[bytes]
     data_dir: Path
@@ -74,13 +76,14 @@ class Demo:
             seen.update(self.get(f"/v1/commands/{command_id}"))
             return seen["state"] == state
 
-        wait_until(reached, timeout=timeout, interval=0.1, what=f"command {command_id} to be {state} ({seen})")
+        wait_until(reached, timeout=timeout, interval=0.1,
+                   what=f"command {command_id} to be {state} ({seen})")
         return seen
 
     def relay_on_simulator(self, unit: int) -> dict[str, int]:
         """The simulated meter's relay as the simulator holds it, read over Modbus from outside the gateway
-        (config/meters/generic-prepaid.yaml: the command coil 0 and the actual state on discrete input 0, both 0
-        for open and 1 for closed)."""
+        (config/meters/generic-prepaid.yaml: the command coil 0 and the actual state on discrete input 0, both
+        0 for open and 1 for closed)."""
         return relay_over_modbus(self.sim_port, unit)
 
 
@@ -99,8 +102,8 @@ def relay_over_modbus(port: int, unit: int) -> dict[str, int]:
 
 
 def _start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    # as tests/e2e/test_demo.py starts it (that module's start_demo; not imported: importing a test module would
-    # make pytest collect its tests a second time)
+    # as tests/e2e/test_demo.py starts it (its start_demo is not imported: importing a test module would make
+    # pytest collect its tests a second time)
     return subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo", "--port", str(port), "--data-dir",
                              str(data_dir), "--meters", str(METERS)], cwd=ROOT, stdout=log.open("ab"),
                             stderr=subprocess.STDOUT)
@@ -119,15 +122,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 
 
 def _up(proc: subprocess.Popen[bytes], port: int, log: Path, banners: int) -> None:
-    wait_until(lambda: log.read_text(errors="replace").count("demo API keys") >= banners or proc.poll() is not None,
-               timeout=60, what="the demo's banner")
+    wait_until(lambda: log.read_text(errors="replace").count("demo API keys") >= banners
+               or proc.poll() is not None, timeout=60, what="the demo's banner")
     assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
     wait_for_port(port, timeout=10)
 
 
 def _read_all(demo: Demo) -> None:
-    wait_until(lambda: all(demo.get(f"/v1/meters/M-{i}")["last_reading"] is not None for i in range(1, METERS + 1)),
-               timeout=30, interval=0.2, what="a first reading of every meter")
+    wait_until(lambda: all(demo.get(f"/v1/meters/M-{i}")["last_reading"] is not None
+                           for i in range(1, METERS + 1)), timeout=30, interval=0.2,
+               what="a first reading of every meter")
 
 
 @contextlib.contextmanager
@@ -184,10 +188,9 @@ def not_reloaded(page: Any) -> bool:
     return bool(page.evaluate("window.__marker === 'still-the-same-page'"))
 
 
-# --- fixtures ----------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    """One headless Chromium for the module (each test makes its own contexts)."""
+# --- fixture bodies -----------------------------------------------------------------------------------------
+def browser_for_module() -> Iterator[Any]:
+    """One headless Chromium (each test makes its own contexts); skipped without chromium, except under CI."""
     require_tool("chromium")
     from playwright.sync_api import sync_playwright
 
@@ -199,8 +202,7 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    """One demo for the module (warm: see ``running_demo``)."""
+def demo_for_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """One demo (warm: see ``running_demo``)."""
     with running_demo(tmp_path_factory.mktemp("dashboard-demo")) as running:
         yield running

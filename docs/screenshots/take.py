@@ -1,6 +1,6 @@
-"""Screenshots of the dashboard for the docs: starts a demo in a temporary directory, signs in as the operator in
-Debian's Chromium (Playwright; never `playwright install`) and saves full-page PNGs of each page in English and
-Chinese next to this script, as {page}-{lang}.png (viewport 1400x900).
+"""Screenshots of the dashboard for the docs: starts a demo in a temporary directory, signs in as the operator
+in Debian's Chromium (Playwright; never `playwright install`) and saves full-page PNGs of each page in English
+and Chinese next to this script, as {page}-{lang}.png (viewport 1400x900).
 
 Run by hand from the repository: `.venv/bin/python docs/screenshots/take.py` (needs the venv's [test] extra,
 /usr/bin/chromium and a CJK font for the Chinese pages: Debian's fonts-wqy-microhei).
@@ -40,7 +40,8 @@ def main() -> int:
         return 1
     fonts = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True).stdout.strip()
     if not fonts:
-        print("no CJK font: the Chinese pages would show boxes (apt-get install fonts-wqy-microhei)", file=sys.stderr)
+        print("no CJK font: the Chinese pages would show boxes (apt-get install fonts-wqy-microhei)",
+              file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="dashboard-shots-") as tmp, running_demo(Path(tmp)) as demo, \
             sync_playwright() as playwright:
