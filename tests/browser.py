@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.support import free_port, require_tool, wait_for_port, wait_until
 
@@ -134,6 +135,23 @@ def _read_all(demo: Demo) -> None:
                what="a first reading of every meter")
 
 
+def _write_files(data_dir: Path, port: int) -> None:
+    """The demo's files as its first start writes them, but the simulator on a port the kernel picks: the demo
+    takes the first free port from 15020 and keeps it in demo.json for its later starts, so a demo started by
+    another test run in the meantime could take it while this one restarts (``warm``)."""
+    from gateway.demo import write_demo_files
+
+    write_demo_files(data_dir, port=port, meters=METERS)
+    sim_port = free_port()
+    settings = data_dir / "demo.json"
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "port": sim_port}, indent=2) + "\n")
+    config_path = data_dir / "gateway.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    [bus] = config["buses"]
+    bus["port"] = sim_port
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+
+
 @contextlib.contextmanager
 def running_demo(directory: Path, *, warm: bool = True) -> Iterator[Demo]:
     """A demo in ``directory``; stopped (SIGTERM, it must exit 0) at the end.
@@ -145,6 +163,7 @@ def running_demo(directory: Path, *, warm: bool = True) -> Iterator[Demo]:
     database, as a user's demo does).
     """
     data_dir, port, log = directory / "demo", free_port(), directory / "demo.log"
+    _write_files(data_dir, port)
     proc = _start(data_dir, port, log)
     banners = 1
     try:
