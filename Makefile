@@ -4,8 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 # Debian packages the integration tests drive (real broker, serial ptys, an independent Modbus master,
-# a browser for the dashboard, PostgreSQL for the shared ledger, openssl for the broker's test certificate).
-DEB_PACKAGES := mosquitto mosquitto-clients socat mbpoll chromium postgresql openssl
+# a browser for the dashboard and a CJK font for its Chinese pages, PostgreSQL for the shared ledger,
+# openssl for the broker's test certificate).
+DEB_PACKAGES := mosquitto mosquitto-clients socat mbpoll chromium fonts-wqy-microhei postgresql openssl
 
 .PHONY: run test venv test-deps debs unit integration e2e bench clean
 

@@ -52,6 +52,17 @@ def _free_port(preferred: int) -> int:
     raise RuntimeError("no free port for the simulator")
 
 
+def _check_free(port: int, data_dir: Path) -> None:
+    """The simulated meters' port of the first start (the gateway's config polls it) must still be free."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise SystemExit(f"the demo's simulated meters answer on port {port} (chosen at its first start, in "
+                             f"{data_dir / 'demo.json'}), and another program uses that port now: stop it, or start "
+                             "a new demo with another --data-dir") from None
+
+
 def write_demo_files(data_dir: Path, *, port: int, meters: int) -> None:
     """Generate the demo's config, keys and simulator settings (first start only)."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +150,7 @@ async def run_demo(*, port: int, data_dir: Path, meters: int) -> None:
         settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": port})})
     keys = dict(line.split() for line in (data_dir / "keys.txt").read_text().splitlines() if line.strip())
     sim = json.loads((data_dir / "demo.json").read_text())
+    _check_free(sim["port"], data_dir)
     state_path = data_dir / "simulator-state.json"
     model = load_model(default_models_dir() / "generic-prepaid.yaml")
     with _broker(data_dir) as mqtt_port:

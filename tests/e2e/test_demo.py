@@ -86,6 +86,16 @@ def test_demo_starts_takes_a_payment_stops_and_resumes(tmp_path: Path) -> None:
     finally:
         assert stop(proc) == 0
 
+    # a third start while another program holds the simulated meters' port: a clear message, not a traceback
+    simulator_port = json.loads((data_dir / "demo.json").read_text())["port"]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", simulator_port))
+        holder.listen()
+        proc = start_demo(data_dir, port, tmp_path / "third.log")
+        code = proc.wait(timeout=30)
+    third = (tmp_path / "third.log").read_text()
+    assert code == 1 and f"answer on port {simulator_port}" in third and "Traceback" not in third, third
+
 
 def without_mosquitto() -> dict[str, str]:
     """The demo's environment on a host without mosquitto: the demo's own switch to its embedded broker

@@ -55,3 +55,22 @@ def test_a_session_cookie_cannot_be_forged_or_outlive_its_time() -> None:
     assert not codec.csrf_ok(session, other.csrf(codec.secret))  # another session's token
     now[0] += 3601
     assert codec.read(cookie) is None
+
+
+def test_every_code_the_pages_show_has_its_chinese() -> None:
+    """States, kinds and reasons are shown through ``term``: each code the gateway can produce has words."""
+    from gateway.domain import alarms, notices
+    from gateway.domain.account import CREDIT_STATES
+    from gateway.domain.ledger import EntryKind
+    from gateway.domain.relay import State
+    from gateway.service.lists import SUPPLY_STATES
+
+    guardrails = re.findall(r'Refusal\("([a-z_]+)"', (Path(alarms.__file__).parent / "guardrails.py").read_text())
+    codes = {*CREDIT_STATES, *(k.value for k in EntryKind), *alarms.KINDS, *notices.KINDS, *(s.value for s in State),
+             *SUPPLY_STATES, *guardrails, "online", "degraded", "offline", "unknown", "acknowledged", "resolved",
+             "delivered", "pending", "critical", "warning"}
+    assert len(guardrails) >= 9
+    zh = Locale("zh", ZoneInfo("Asia/Shanghai"))
+    missing = sorted(code for code in codes if zh.term(code) == code.replace("_", " "))
+    assert not missing, missing
+    assert zh.status("open") == "正常" and zh.term("open") == "未处理"  # an account in service is not an open alarm

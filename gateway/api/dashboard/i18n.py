@@ -48,11 +48,22 @@ ZH: dict[str, str] = {
     "friendly_window": "友好时段", "notice_undelivered": "提醒未送达", "notice_period": "通知期内",
     "rate_limit": "断电限速", "critical": "严重", "warning": "警告", "info": "提示",
     "disconnect": "断电", "reconnect": "复电", "automatic": "自动", "operator": "人工", "billing": "计费",
+    # ledger entries (gateway.domain.ledger.EntryKind) and credit levels (gateway.domain.account.CREDIT_STATES)
+    "opening": "期初余额", "payment": "缴费", "reversal": "冲正", "charge": "电费", "emergency_credit": "应急额度",
+    "repayment": "应急额度还款", "adjustment": "调账", "refund": "退款", "arrears": "欠费转债务",
+    "ok": "正常", "warning1": "一级预警", "warning2": "二级预警（最终提醒）", "exhausted": "余额耗尽",
+    "disconnect_point": "已到断电点",
+    # alarm kinds (docs/alarms.md) and notice kinds (docs/notices.md)
+    "meter_stale": "数据陈旧", "reading_quarantined": "读数隔离", "command_failed": "命令失败",
+    "disconnect_refused": "断电被拒", "notice_failed": "通知失败", "tamper": "防窃电告警",
+    "account_unreadable": "账户状态不可读", "outbox_overflow": "事件队列溢出",
+    "low_balance_1": "余额不足提醒", "low_balance_2": "最终提醒", "payment_received": "缴费到账",
+    "reconnected": "已复电", "final_warning_undelivered": "最终提醒未送达",
     # tables
     "Search": "搜索", "Account or meter id": "账户号或表号", "Meter or account id": "表号或账户号",
     "State": "状态", "Any": "全部", "Sort": "排序", "Filter": "筛选", "Balance": "余额", "Relay": "继电器",
     "Health": "通信", "Last reading": "最近读数", "Updated": "更新时间", "Account": "账户", "Meter": "电表",
-    "Model": "型号", "Previous": "上一页", "Next": "下一页", "%(first)s–%(last)s of %(total)s":
+    "Model": "型号", "Account status": "账户状态", "Previous": "上一页", "Next": "下一页", "%(first)s–%(last)s of %(total)s":
         "第 %(first)s–%(last)s 条，共 %(total)s 条", "Nothing matches.": "没有匹配的记录。",
     "ascending": "升序", "descending": "降序", "id": "编号", "balance": "余额", "updated": "更新时间",
     "health": "通信", "last_reading": "最近读数", "account": "账户", "Status": "状态",
@@ -132,6 +143,12 @@ class Locale:
             return ""
         return self._texts.get(code, code.replace("_", " ")) if self.lang == "zh" else code.replace("_", " ")
 
+    def status(self, code: str | None) -> str:
+        """An account's status (``open`` is an account in service here, not an alarm's state)."""
+        if not code:
+            return ""
+        return {"open": "正常", "closed": "已销户"}.get(code, code) if self.lang == "zh" else code
+
     def relay(self, code: str | None) -> str:
         """A relay's state (``open`` is a contact here, not an alarm's state)."""
         if not code:
@@ -179,4 +196,5 @@ class Locale:
     def functions(self) -> dict[str, Callable[..., str]]:
         """What the templates call."""
         return {"_": self.text, "term": self.term, "money": self.money, "when": self.when,
-                "energy": self.energy, "relay": self.relay}
+                "energy": self.energy, "relay": self.relay,
+                "status": self.status}

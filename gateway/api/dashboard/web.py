@@ -23,7 +23,8 @@ PREFIX = "/ui"
 FLASH = "mg_flash"
 HERE = Path(__file__).parent
 templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
-                        trim_blocks=True, lstrip_blocks=True, enable_async=False)
+                        trim_blocks=True, lstrip_blocks=True, enable_async=False,
+                        auto_reload=False)  # the templates of the code the process started with, never newer ones
 
 # who may do what in the dashboard (admin may do everything); the server checks it on every post, the pages
 # show only the buttons of the caller's role
