@@ -21,6 +21,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser import Demo, browser_for_module, demo_for_module, live, mark, not_reloaded, sign_in
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.tool("chromium"), pytest.mark.slow]
 
@@ -195,6 +196,44 @@ def test_a_payment_shows_live_but_only_an_operator_ends_a_manual_disconnect(chro
         wait_live_confirmed(watcher, page, demo, command_id, "closed")
     assert demo.relay_on_simulator(3) == {"coil": 1, "state": 1}
     assert demo.get("/v1/accounts/A-3")["manual_disconnect"] is False
+
+
+def test_a_payment_reconnects_a_meter_the_engine_cut_off_live_on_its_page(chromium: Any, demo: Demo) -> None:
+    """A-1 runs out of credit (it starts with ¥0.20 and its meter runs 60 times faster than real time; an admin's
+    correction of -¥20 spares the test the minute that takes) and the engine cuts it off. A payment pushed through
+    the API reconnects it: the meter page, loaded while it was cut off, shows the reconnect's command reach
+    "confirmed" and the relay close without a reload, and the simulated meter's relay is closed."""
+    if demo.get("/v1/meters/M-1")["relay"] != "open":
+        spent = demo.api("POST", "/v1/accounts/A-1/adjustments", role="admin",
+                         json={"amount": "-20.00", "reason": "browser test: credit spent"})
+        assert spent.status_code == 200, spent.text
+    wait_until(lambda: demo.get("/v1/meters/M-1")["relay"] == "open", timeout=60, interval=0.2,
+               what="the engine's automatic disconnect of M-1 (A-1 out of credit)")
+    assert demo.relay_on_simulator(1) == {"coil": 0, "state": 0}
+    account = demo.get("/v1/accounts/A-1")
+    assert account["manual_disconnect"] is False and account["supply"] == "disconnected", account
+    before = {c["id"] for c in demo.commands("M-1")}
+    with context(chromium) as ctx:
+        page = sign_in(ctx.new_page(), demo, "viewer", path="/ui/meters/M-1")
+        live(page)
+        expect(page.locator("#relay")).to_have_text("open")
+        mark(page)
+        payment = {"source": "billing", "payment_id": f"P-browser-{uuid.uuid4().hex[:8]}", "account_id": "A-1",
+                   "amount": "200.00"}
+        paid = demo.api("POST", "/v1/payments", role="billing", json=payment)
+        assert paid.status_code == 201, paid.text
+        wait_until(lambda: {c["id"] for c in demo.commands("M-1")} - before != set(), timeout=10,
+                   what="the reconnect the payment queues")
+        [command_id] = {c["id"] for c in demo.commands("M-1")} - before
+        row = page.locator(f"#meter-commands tr[data-command='{command_id}'] .command-state")
+        expect(row).to_have_text("confirmed", timeout=CONFIRM_S)  # a row the page got by a live update
+        expect(page.locator("#relay")).to_have_text("closed", timeout=LIVE_S)
+        expect(page.locator("#account-state")).to_contain_text("connected")
+        assert not_reloaded(page), "the meter page was reloaded instead of updated in place"
+    command = demo.get(f"/v1/commands/{command_id}")
+    assert (command["action"], command["origin"], command["state"]) == ("close", "billing", "confirmed"), command
+    assert command["reason"] == f"payment billing/{payment['payment_id']}"
+    assert demo.relay_on_simulator(1) == {"coil": 1, "state": 1}
 
 
 def operator_commands(demo: Demo, meter_id: str) -> set[str]:
