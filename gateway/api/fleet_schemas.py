@@ -132,6 +132,7 @@ class MeterSwap(_In):
     initial_wh: EnergyWh | None = Field(None, description="the new meter's initial reading (default: read now)")
     at: Timestamp | None = None
     relay: Relay = Field("follow", description=_RELAY)
+    reason: Reason | None = Field(None, description="why (kept in the audit log)")
 
 
 class MeterMoveIn(_In):

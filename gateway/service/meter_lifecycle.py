@@ -100,7 +100,7 @@ class MeterLifecycle:
 
     async def swap_meter(self, old_id: str, new: MeterSpec, *, final_wh: int | None = None,
                          initial_wh: int | None = None, at: dt.datetime | None = None, relay: str = "follow",
-                         actor: str) -> dict[str, Any]:
+                         actor: str, reason: str | None = None) -> dict[str, Any]:
         """换表: the old meter's final reading and the new one's initial reading, billed continuously across the
         swap; the old meter retired, the new one polled in its place (it may take the old one's unit id or
         address); the old meter's queued commands cancelled, the new meter's relay set as ``relay`` says."""
@@ -124,7 +124,7 @@ class MeterLifecycle:
             command = self._relay(change, new.id, relay, account, f"meter {old_id} replaced by {new.id}")
             change.audit("meter.swap", old.account_id, {"old": old_id, "new": new.id, "final_wh": energy,
                                                         "initial_wh": start[0], "at": when.isoformat(),
-                                                        "relay": relay} | _meter_detail(new))
+                                                        "relay": relay, "reason": reason} | _meter_detail(new))
             return {"charged_fen": charged, "final_wh": energy, "initial_wh": start[0], "at": when,
                     "command": command.id if command is not None else None}
 

@@ -3,12 +3,14 @@ every action (a refused post changes nothing), the actions through the API's own
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 
 import httpx
 import pytest
 
+from drivers.base import Reading
 from gateway.api.dashboard.actions import ACTIONS
 from gateway.api.dashboard.session import COOKIE
 from gateway.api.dashboard.web import ACTION_ROLES
@@ -157,3 +159,58 @@ async def test_sign_out_ends_the_session(tmp_path: Path) -> None:
         out = await c.post("/ui/logout", data={"csrf": token})
         assert out.headers["location"] == "/ui/login"
         assert (await c.get("/ui/")).status_code == 303
+
+
+async def test_every_action_does_what_the_api_does(tmp_path: Path) -> None:
+    """Each action of the dashboard, confirmed with a reason, changes what its API route changes: a hold and its
+    release, protection and its release, a quarantined reading accepted, an alarm acknowledged and resolved, a
+    meter replaced; each audited with the key's name and the reason."""
+    async with api_client(site(tmp_path), tmp_path) as (c, gw):
+        now = gw.service.clock()
+        # a quarantined reading on M-3 (a jump no 60 kW contract can make in a minute) and a tamper alarm on M-1
+        await gw.service.record_reading(Reading("M-3", now - dt.timedelta(minutes=2), 1_000_000))
+        await gw.service.record_reading(Reading("M-3", now - dt.timedelta(minutes=1), 9_000_000))
+        async with gw.uow() as uow:
+            await uow.add_outbox("alarms", {"type": "MeterTamper", "meter_id": "M-1", "account_id": "A-1",
+                                            "flags": ["cover_open"]}, now)
+            await uow.commit()
+        while await gw.alarms.step():
+            pass
+        viewer = {"Authorization": f"Bearer {KEYS['viewer']}"}
+        assert (await c.get("/v1/meters/M-3", headers=viewer)).json()["quarantine"] is not None
+        [alarm] = (await c.get("/v1/alarms?kind=tamper", headers=viewer)).json()["data"]
+
+        await sign_in(c, "admin")
+        token = csrf((await c.get("/ui/")).text)
+        until = (now + dt.timedelta(days=2)).astimezone(gw.catalog.site.tz).strftime("%Y-%m-%dT%H:%M")
+
+        async def act(name: str, target: str, **form: str) -> None:
+            confirm = await c.get(f"/ui/act/{name}/{target}")
+            assert confirm.status_code == 200 and 'name="reason"' in confirm.text, confirm.text[-500:]
+            done = await c.post(f"/ui/act/{name}/{target}", data={"csrf": token, "reason": f"why {name}", **form})
+            assert done.status_code == 303, (name, done.status_code, done.text[-800:])
+
+        await act("hold", "A-1", until=until)
+        held = (await c.get("/v1/accounts/A-1", headers=viewer)).json()["hold_until"]
+        assert dt.datetime.fromisoformat(held) == dt.datetime.fromisoformat(until).replace(
+            tzinfo=gw.catalog.site.tz)  # the site's local time, stored as the same instant
+        await act("release-hold", "A-1")
+        assert (await c.get("/v1/accounts/A-1", headers=viewer)).json()["hold_until"] is None
+        await act("protect", "A-3")
+        assert (await c.get("/v1/accounts/A-3", headers=viewer)).json()["protected"] is True
+        await act("unprotect", "A-3")
+        assert (await c.get("/v1/accounts/A-3", headers=viewer)).json()["protected"] is False
+        await act("accept", "M-3")
+        assert (await c.get("/v1/meters/M-3", headers=viewer)).json()["quarantine"] is None
+        await act("acknowledge", str(alarm["id"]))
+        assert (await c.get(f"/v1/alarms/{alarm['id']}", headers=viewer)).json()["state"] == "acknowledged"
+        await act("resolve", str(alarm["id"]))
+        assert (await c.get(f"/v1/alarms/{alarm['id']}", headers=viewer)).json()["state"] == "resolved"
+        await act("swap", "M-1", new_id="M-1B", unit_id="9", final_wh="5000", initial_wh="0")
+        swapped = (await c.get("/v1/meters/M-1B", headers=viewer)).json()
+        assert (swapped["account_id"], swapped["bus"], swapped["unit_id"]) == ("A-1", "b", 9)
+        audit = (await c.get("/v1/audit?actor=admin-key&limit=50", headers={"Authorization": f"Bearer {KEYS['admin']}"}
+                             )).json()["data"]
+        reasons = {row["detail"].get("reason") for row in audit if isinstance(row["detail"], dict)}
+        assert {"why hold", "why release-hold", "why protect", "why unprotect", "why accept", "why acknowledge",
+                "why resolve", "why swap"} <= reasons, reasons

@@ -132,7 +132,7 @@ async def _perform(page: Page, name: str, target: str, form: dict[str, str]) -> 
         else:
             new["address"] = form.get("address", "").strip()
         body = _json(MeterSwap, {"new_meter": new, "final_wh": _whole(form, "final_wh"),
-                                 "initial_wh": _whole(form, "initial_wh")})
+                                 "initial_wh": _whole(form, "initial_wh"), "reason": reason})
         await fleet_routes.swap_meter(target, body, service, caller)
     else:  # acknowledge, resolve
         if not target.isdigit() or len(target) > 18:

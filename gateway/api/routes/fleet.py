@@ -129,7 +129,7 @@ async def swap_meter(meter_id: MeterId, body: MeterSwap, service: ServiceDep, ca
     """换表: replace the meter by a new one, billing continuously across the swap."""
     new = meter_spec(body.new_meter.model_copy(update={"account": "-"}))  # (the replaced meter's, below)
     out = await service.lifecycle.swap_meter(meter_id, new, final_wh=body.final_wh, initial_wh=body.initial_wh,
-                                             at=body.at, relay=body.relay, actor=caller.name)
+                                             at=body.at, relay=body.relay, actor=caller.name, reason=body.reason)
     meter = await _meter(service, new.id)
     return SwapResult(account=await _account(service, meter.account_id), meter=meter,
                       charged=format_fen(out["charged_fen"]), final_wh=out["final_wh"], initial_wh=out["initial_wh"],
