@@ -51,7 +51,6 @@ async def test_killed_while_sending_then_relay_read_first(tmp_path: Path) -> Non
     db = tmp_path / "gw.db"
     async with Dlt645Simulator(meters=1, tcp=f"127.0.0.1:{sim_port}") as simulator:
         meter = simulator.meter(ADDRESS)
-        meter.inject("slow", delay=4)  # the meter acts at once but answers late: the gateway stays in `sending`
         gateway = start(config, tmp_path / "gw.log")
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=5) as client:
@@ -62,6 +61,13 @@ async def test_killed_while_sending_then_relay_read_first(tmp_path: Path) -> Non
                         return False
 
                 await async_wait_until(api_up, timeout=60, what="the gateway's API")
+
+                async def read_once() -> bool:  # the first poll done (at full speed: 8 reads)
+                    answer = await client.get("/v1/meters/M-1", headers={"Authorization": f"Bearer {OPERATOR}"})
+                    return answer.status_code == 200 and answer.json()["last_reading"] is not None
+
+                await async_wait_until(read_once, timeout=60, what="the meter's first reading")
+                meter.inject("slow", delay=4)  # the meter acts at once but answers late: the gateway stays `sending`
                 response = await client.post("/v1/meters/M-1/disconnect", json={"reason": "restart test"},
                                              headers={"Authorization": f"Bearer {OPERATOR}"})
                 assert response.status_code == 202, response.text
