@@ -69,7 +69,8 @@ async def logout(request: Request) -> Response:
     page = await page_of(request)
     codec: SessionCodec = request.app.state.sessions
     if not codec.csrf_ok(page.session, parse_form(await request.body()).get("csrf")):
-        return redirect(PREFIX + "/", flash="The form has expired; please try again.", kind="error")
+        expired = page.locale.text("The form has expired; please try again.")
+        return redirect(PREFIX + "/", flash=expired, kind="error")
     response = redirect(PREFIX + "/login")
     response.delete_cookie(COOKIE, path=PREFIX)
     return response
