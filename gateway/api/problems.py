@@ -179,7 +179,9 @@ def install(app: FastAPI) -> None:
     """Answer every error of ``app`` as a problem."""
 
     async def mapped(_: Request, exc: Exception) -> JSONResponse:
-        slug = next(_ERRORS[cls] for cls in type(exc).__mro__ if cls in _ERRORS)
+        kind = kind_of(exc)
+        assert kind is not None  # (registered for the classes of _ERRORS only)
+        slug = kind.slug
         headers = {"Retry-After": "5"} if slug == "unavailable" else None
         return problem(slug, str(exc), headers=headers)
 
